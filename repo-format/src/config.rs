@@ -64,7 +64,7 @@ impl Default for ChunkerParams {
 impl ChunkerParams {
     /// Check the bounds FastCDC 2020 accepts.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let even = |v: u32| v % 2 == 0;
+        let even = |v: u32| v.is_multiple_of(2);
         if !(64..=1 << 20).contains(&self.min_size)
             || !(256..=4 << 20).contains(&self.avg_size)
             || !(1024..=16 << 20).contains(&self.max_size)

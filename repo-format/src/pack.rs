@@ -236,7 +236,9 @@ pub fn trailer_len(tail: &[u8]) -> Result<usize> {
         ));
     }
     let len = read_u32(&footer[..4]) as usize;
-    if len < envelope::OVERHEAD + 4 || len > 4 + MAX_ENTRIES * ENTRY_LEN + envelope::OVERHEAD {
+    if !(envelope::OVERHEAD + 4 + ENTRY_LEN..=envelope::OVERHEAD + 4 + MAX_ENTRIES * ENTRY_LEN)
+        .contains(&len)
+    {
         return Err(Error::corrupt(
             What::Pack,
             format!("implausible trailer length {len}"),
