@@ -110,7 +110,8 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    fn id_key(&self, blob_type: BlobType) -> &[u8; 32] {
+    /// The ID key of a blob type (exposed for golden vectors and diagnostics).
+    pub fn id_key(&self, blob_type: BlobType) -> &[u8; 32] {
         match blob_type {
             BlobType::Data => &self.data_id,
             BlobType::Tree => &self.tree_id,
@@ -131,6 +132,11 @@ impl Keys {
     /// A hasher for computing a blob ID incrementally.
     pub fn blob_hasher(&self, blob_type: BlobType) -> blake3::Hasher {
         blake3::Hasher::new_keyed(self.id_key(blob_type))
+    }
+
+    /// The envelope key (exposed for golden vectors and diagnostics).
+    pub fn envelope_key(&self) -> &[u8; 32] {
+        &self.envelope
     }
 
     /// The seed XORed into FastCDC's gear table, so chunk boundaries (and thus chunk
@@ -184,7 +190,7 @@ impl KdfParams {
     }
 
     /// Derive the 32-byte key-encryption key from a password and salt.
-    fn kek(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+    pub fn kek(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
         self.check()?;
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))

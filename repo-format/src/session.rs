@@ -44,7 +44,18 @@ pub struct Session {
 impl Session {
     /// Seal into stored bytes.
     pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>> {
-        let body = encode_proto(&proto::Session {
+        envelope::seal(
+            keys,
+            Kind::Session,
+            &[],
+            &self.encode_plain(),
+            Compression::None,
+        )
+    }
+
+    /// The unsealed protobuf bytes.
+    pub fn encode_plain(&self) -> Vec<u8> {
+        encode_proto(&proto::Session {
             id: self.id.0.to_vec(),
             kind: match self.kind {
                 SessionKind::Backup => 1,
@@ -54,15 +65,18 @@ impl Session {
             pid: self.pid,
             started: Some(ts_to_proto(self.started)),
             heartbeat: Some(ts_to_proto(self.heartbeat)),
-        });
-        envelope::seal(keys, Kind::Session, &[], &body, Compression::None)
+        })
     }
 
     /// Open stored bytes.
     pub fn decode(keys: &Keys, bytes: &[u8]) -> Result<Self> {
+        Self::decode_plain(&envelope::open(keys, Kind::Session, &[], bytes, MAX_LEN)?)
+    }
+
+    /// Decode unsealed protobuf bytes.
+    pub fn decode_plain(plain: &[u8]) -> Result<Self> {
         let w = What::Session;
-        let plain = envelope::open(keys, Kind::Session, &[], bytes, MAX_LEN)?;
-        let p: proto::Session = decode_proto(w, &plain)?;
+        let p: proto::Session = decode_proto(w, plain)?;
         Ok(Self {
             id: SessionId(fixed(w, "session id", &p.id)?),
             kind: match p.kind {
@@ -96,21 +110,35 @@ pub struct Lease {
 impl Lease {
     /// Seal into stored bytes.
     pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>> {
-        let body = encode_proto(&proto::Lease {
+        envelope::seal(
+            keys,
+            Kind::Lease,
+            &[],
+            &self.encode_plain(),
+            Compression::None,
+        )
+    }
+
+    /// The unsealed protobuf bytes.
+    pub fn encode_plain(&self) -> Vec<u8> {
+        encode_proto(&proto::Lease {
             session: self.session.0.to_vec(),
             host: self.host.clone(),
             pid: self.pid,
             acquired: Some(ts_to_proto(self.acquired)),
             expires: Some(ts_to_proto(self.expires)),
-        });
-        envelope::seal(keys, Kind::Lease, &[], &body, Compression::None)
+        })
     }
 
     /// Open stored bytes.
     pub fn decode(keys: &Keys, bytes: &[u8]) -> Result<Self> {
+        Self::decode_plain(&envelope::open(keys, Kind::Lease, &[], bytes, MAX_LEN)?)
+    }
+
+    /// Decode unsealed protobuf bytes.
+    pub fn decode_plain(plain: &[u8]) -> Result<Self> {
         let w = What::Lease;
-        let plain = envelope::open(keys, Kind::Lease, &[], bytes, MAX_LEN)?;
-        let p: proto::Lease = decode_proto(w, &plain)?;
+        let p: proto::Lease = decode_proto(w, plain)?;
         Ok(Self {
             session: SessionId(fixed(w, "session id", &p.session)?),
             host: p.host,
