@@ -1,4 +1,46 @@
-//! `arca-engine` will own the repository: content-defined chunking, keyed hashing, dedup
-//! against the index, packing, the local rocksdb index cache, snapshots of directory trees,
-//! restore, storage through `object_store`, maintenance (GC, repack), check and retention.
-//! It builds on the sans-IO encodings of `arca-format`.
+//! # arca-engine: Arca's repository engine
+//!
+//! A library that other tools link: it owns a repository in an object store (local disk,
+//! S3, GCS, Azure, memory), and backs up and restores directory trees into and out of it
+//! with content-defined chunking, keyed dedup, zstd and AES-256-GCM, as `arca-format`
+//! encodes them. Many processes on many hosts may write into one repository at once.
+//!
+//! ```no_run
+//! # async fn demo() -> arca_engine::Result<()> {
+//! use arca_engine::*;
+//! let store = open_store("/srv/backups/repo", &StoreOptions::default())?;
+//! let repo = Repository::open(store, b"password").await?;
+//! let (idx, _) = repo.indexed(Some(std::path::Path::new("/var/cache/arca"))).await?;
+//! let report = idx
+//!     .backup(BackupOptions::new(vec!["/home".into()]), Default::default())
+//!     .await?;
+//! println!("snapshot {}", report.id);
+//! # Ok(()) }
+//! ```
+
+mod backup;
+mod cache;
+mod chunker;
+mod error;
+mod fsmeta;
+mod indexed;
+mod inspect;
+mod repo;
+mod restore;
+mod session;
+mod snapshots;
+pub mod store;
+mod writer;
+
+pub use backup::{BackupOptions, BackupProgress, BackupReport, ItemProblem, Parent};
+pub use cache::{BlobLocation, SyncStats};
+pub use chunker::Chunker;
+pub use error::{Error, Result, StoreErrorKind};
+pub use indexed::Indexed;
+pub use inspect::{Change, Difference, Entry, Stats};
+pub use repo::{Identity, InitOptions, KeyInfo, RepoStatus, Repository};
+pub use restore::{Existing, RestoreOptions, RestoreProgress, RestoreReport};
+pub use session::{COMMIT_DEADLINE, HEARTBEAT_INTERVAL, SESSION_TIMEOUT, SessionGuard};
+pub use snapshots::SnapshotFilter;
+pub use store::{Backend, ObjectInfo, Store, StoreOptions, WriteMode, open_store};
+pub use writer::{WriteStats, Writer};

@@ -1,0 +1,571 @@
+//! `arca snapshot ...`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arca_engine::{
+    BackupOptions, BackupProgress, Change, Existing, Identity, Indexed, Parent, RestoreOptions,
+    RestoreProgress, SnapshotFilter,
+};
+use arca_format::{NodeKind, SnapshotId};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::output::{self, EntryView, SnapshotView, lossy, print_json};
+use crate::{Ctx, EXIT_PARTIAL, progress};
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Back up files and directories into a new snapshot.
+    ///
+    /// Files unchanged since the parent snapshot (same size, mtime, ctime and inode) are not
+    /// read again. Files that cannot be read are reported and left out; the exit code is
+    /// then 3 (partial).
+    Create(CreateArgs),
+    /// List snapshots, oldest first.
+    List(FilterArgs),
+    /// List the entries of a snapshot (under PATH).
+    Ls {
+        /// Snapshot: ID, unique ID prefix, or "latest".
+        snapshot: String,
+        /// Path inside the snapshot.
+        path: Option<String>,
+        /// List every level below.
+        #[arg(long, short = 'R')]
+        recursive: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Show what differs between two snapshots: + added, - removed, M content, U metadata.
+    Diff {
+        /// First snapshot.
+        a: String,
+        /// Second snapshot.
+        b: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Restore a snapshot (or a path inside it) into a directory, or as tar to stdout.
+    Restore(RestoreArgs),
+    /// Logical size, stored size, dedup and compression ratios of snapshots (all when none
+    /// is given).
+    Stats {
+        /// Snapshots.
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct FilterArgs {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only snapshots that include this path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<SnapshotFilter> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut paths = Vec::new();
+        for p in &self.paths {
+            let abs = std::path::absolute(p)?;
+            paths.push(abs.as_os_str().as_bytes().to_vec());
+        }
+        Ok(SnapshotFilter {
+            hosts: self.hosts.clone(),
+            paths,
+            tags: self.tags.clone(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Files and directories to back up.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Label the snapshot, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Leave out what matches this glob (repeatable). With a "/", it matches the whole
+    /// path; without, the file name. "**" crosses directories.
+    #[arg(long = "exclude", short = 'e', value_name = "PATTERN")]
+    excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line ("#" starts a comment).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_files: Vec<PathBuf>,
+    /// Do not cross into other file systems.
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// Parent snapshot to compare with [default: the latest of this host and paths].
+    #[arg(long, conflicts_with = "force")]
+    parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot.
+    #[arg(long)]
+    force: bool,
+    /// Host name to record [default: this host].
+    #[arg(long)]
+    host: Option<String>,
+    /// Compression of this backup's data: none, zstd, zstd:N [default: the repository's].
+    #[arg(long)]
+    compression: Option<String>,
+    /// Reader threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ExistingArg {
+    /// Leave files whose size and mtime match; rewrite the others.
+    Skip,
+    /// Rewrite every file.
+    Overwrite,
+    /// Stop at the first existing file.
+    Fail,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: ID, unique ID prefix, or "latest"; SNAPSHOT:PATH restores only PATH
+    /// inside it.
+    snapshot: String,
+    /// Target directory, or "-" for a tar stream on stdout.
+    #[arg(long, short = 't')]
+    target: PathBuf,
+    /// Restore only this path inside the snapshot (same as SNAPSHOT:PATH).
+    #[arg(long, value_name = "PATH", default_value = "")]
+    subpath: String,
+    /// What to do with files that exist at the target.
+    #[arg(long, value_enum, default_value = "skip")]
+    existing: ExistingArg,
+    /// Do not restore owners even when running as root.
+    #[arg(long)]
+    no_owner: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+async fn indexed(ctx: &Ctx) -> Result<Indexed> {
+    let repo = ctx.open().await?;
+    let root = ctx.cache_root();
+    let (idx, _) = repo.indexed(root.as_deref()).await?;
+    Ok(idx)
+}
+
+fn read_exclude_file(f: &PathBuf) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read exclude file {}", f.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+#[derive(Serialize)]
+struct Problem {
+    path: String,
+    message: String,
+}
+
+fn problems(v: &[arca_engine::ItemProblem]) -> Vec<Problem> {
+    v.iter()
+        .map(|p| Problem {
+            path: p.path.display().to_string(),
+            message: p.message.clone(),
+        })
+        .collect()
+}
+
+pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
+    match cmd {
+        SnapshotCmd::Create(a) => create(ctx, a).await,
+        SnapshotCmd::List(f) => {
+            let repo = ctx.open().await?;
+            let filter = f.filter()?;
+            let snaps: Vec<_> = repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|(_, s)| filter.matches(s))
+                .collect();
+            if ctx.json {
+                let v: Vec<SnapshotView> = snaps
+                    .iter()
+                    .map(|(id, s)| SnapshotView::new(id, s))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                println!(
+                    "{:<9} {:<19} {:<14} {:>10} {:<16} PATHS",
+                    "ID", "TIME", "HOST", "SIZE", "TAGS"
+                );
+                for (id, s) in &snaps {
+                    println!(
+                        "{:<9} {:<19} {:<14} {:>10} {:<16} {}",
+                        id.short(),
+                        output::time(s.time),
+                        s.host,
+                        output::bytes(s.summary.bytes_processed),
+                        s.tags.join(","),
+                        s.paths
+                            .iter()
+                            .map(|p| lossy(p))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+            Ok(0)
+        }
+        SnapshotCmd::Ls {
+            snapshot,
+            path,
+            recursive,
+            filter,
+        } => {
+            let idx = indexed(ctx).await?;
+            let (_, s) = idx
+                .repo()
+                .find_snapshot(&snapshot, &filter.filter()?)
+                .await?;
+            let entries = idx
+                .ls(&s.root, path.as_deref().unwrap_or(""), recursive)
+                .await?;
+            if ctx.json {
+                let v: Vec<EntryView> = entries
+                    .iter()
+                    .map(|e| EntryView::new(&e.path, &e.node))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for e in entries {
+                    let n = &e.node;
+                    let user = if n.user.is_empty() {
+                        n.uid.to_string()
+                    } else {
+                        n.user.clone()
+                    };
+                    let group = if n.group.is_empty() {
+                        n.gid.to_string()
+                    } else {
+                        n.group.clone()
+                    };
+                    let extra = match &n.kind {
+                        NodeKind::Symlink { target } => format!(" -> {}", lossy(target)),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{} {:>8} {:>8} {:>10} {} {}{}",
+                        output::mode_string(n),
+                        user,
+                        group,
+                        n.size,
+                        output::time(n.mtime),
+                        lossy(&e.path),
+                        extra
+                    );
+                }
+            }
+            Ok(0)
+        }
+        SnapshotCmd::Diff { a, b, filter } => {
+            let idx = indexed(ctx).await?;
+            let f = filter.filter()?;
+            let (ia, sa) = idx.repo().find_snapshot(&a, &f).await?;
+            let (ib, sb) = idx.repo().find_snapshot(&b, &f).await?;
+            let diffs = idx.diff(&sa.root, &sb.root).await?;
+            let sym = |c: Change| match c {
+                Change::Added => "+",
+                Change::Removed => "-",
+                Change::Modified => "M",
+                Change::Metadata => "U",
+            };
+            if ctx.json {
+                #[derive(Serialize)]
+                struct D {
+                    path: String,
+                    change: &'static str,
+                }
+                let v: Vec<D> = diffs
+                    .iter()
+                    .map(|d| D {
+                        path: lossy(&d.path),
+                        change: match d.change {
+                            Change::Added => "added",
+                            Change::Removed => "removed",
+                            Change::Modified => "modified",
+                            Change::Metadata => "metadata",
+                        },
+                    })
+                    .collect();
+                print_json(
+                    &serde_json::json!({ "from": ia.to_hex(), "to": ib.to_hex(), "changes": v }),
+                )?;
+            } else {
+                for d in &diffs {
+                    let dir = if d
+                        .before
+                        .as_ref()
+                        .or(d.after.as_ref())
+                        .is_some_and(|n| n.is_dir())
+                    {
+                        "/"
+                    } else {
+                        ""
+                    };
+                    println!("{} {}{dir}", sym(d.change), lossy(&d.path));
+                }
+                let count = |c| diffs.iter().filter(|d| d.change == c).count();
+                println!(
+                    "{} added, {} removed, {} modified, {} metadata only",
+                    count(Change::Added),
+                    count(Change::Removed),
+                    count(Change::Modified),
+                    count(Change::Metadata)
+                );
+            }
+            Ok(0)
+        }
+        SnapshotCmd::Restore(a) => restore(ctx, a).await,
+        SnapshotCmd::Stats { snapshots, filter } => {
+            let idx = indexed(ctx).await?;
+            let f = filter.filter()?;
+            let chosen: Vec<(SnapshotId, arca_format::Snapshot)> = if snapshots.is_empty() {
+                idx.repo()
+                    .snapshots()
+                    .await?
+                    .into_iter()
+                    .filter(|(_, s)| f.matches(s))
+                    .collect()
+            } else {
+                let mut v = Vec::new();
+                for s in &snapshots {
+                    v.push(idx.repo().find_snapshot(s, &f).await?);
+                }
+                v
+            };
+            let roots: Vec<_> = chosen.iter().map(|(_, s)| s.root.clone()).collect();
+            let st = idx.stats(&roots).await?;
+            let status = idx.repo().status().await?;
+            if ctx.json {
+                print_json(&serde_json::json!({
+                    "snapshots": st.snapshots,
+                    "files": st.files,
+                    "logical_bytes": st.logical_bytes,
+                    "unique_bytes": st.unique_bytes,
+                    "stored_bytes": st.stored_bytes,
+                    "data_blobs": st.data_blobs,
+                    "tree_blobs": st.tree_blobs,
+                    "dedup_ratio": st.dedup_ratio(),
+                    "compression_ratio": st.compression_ratio(),
+                    "repository_bytes": status.total_bytes,
+                }))?;
+            } else {
+                println!("snapshots          {}", st.snapshots);
+                println!("files              {}", st.files);
+                println!("logical size       {}", output::bytes(st.logical_bytes));
+                println!(
+                    "unique data        {} in {} chunks",
+                    output::bytes(st.unique_bytes),
+                    st.data_blobs
+                );
+                println!("stored             {}", output::bytes(st.stored_bytes));
+                println!("dedup ratio        {:.2}x", st.dedup_ratio());
+                println!("compression ratio  {:.2}x", st.compression_ratio());
+                println!("repository size    {}", output::bytes(status.total_bytes));
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn create(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
+    let idx = indexed(ctx).await?;
+    let mut opts = BackupOptions::new(a.paths.clone());
+    opts.tags = a.tags;
+    let mut labels = BTreeMap::new();
+    for l in &a.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: use KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    opts.labels = labels;
+    opts.excludes = a.excludes;
+    for f in &a.exclude_files {
+        opts.excludes.extend(read_exclude_file(f)?);
+    }
+    opts.one_file_system = a.one_file_system;
+    opts.parent = if a.force {
+        Parent::None
+    } else if let Some(p) = &a.parent {
+        Parent::Snapshot(
+            idx.repo()
+                .find_snapshot(p, &SnapshotFilter::default())
+                .await?
+                .0,
+        )
+    } else {
+        Parent::Auto
+    };
+    if let Some(h) = a.host {
+        opts.identity = Identity {
+            host: h,
+            ..Identity::current()
+        };
+    }
+    if let Some(c) = &a.compression {
+        opts.compression = Some(match c.as_str() {
+            "none" => arca_format::Compression::None,
+            "zstd" => arca_format::Compression::Zstd(3),
+            other => match other.strip_prefix("zstd:").and_then(|l| l.parse().ok()) {
+                Some(l) if (-7..=22).contains(&l) => arca_format::Compression::Zstd(l),
+                _ => bail!("--compression {c:?}: use none, zstd or zstd:N"),
+            },
+        });
+    }
+    opts.threads = a.threads;
+    opts.cancel = ctx.cancel.clone();
+    opts.scan_totals = ctx.show_progress();
+    let progress = Arc::new(BackupProgress::default());
+    let bar = progress::backup(ctx.show_progress(), progress.clone());
+    let report = idx.backup(opts, progress).await;
+    drop(bar);
+    let report = report?;
+    let s = &report.snapshot;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "snapshot": SnapshotView::new(&report.id, s),
+            "errors": problems(&report.errors),
+            "warnings": problems(&report.warnings),
+        }))?;
+    } else {
+        for w in &report.warnings {
+            eprintln!("{}: {}", w.path.display(), w.message);
+        }
+        for e in &report.errors {
+            eprintln!("error: {}: {}", e.path.display(), e.message);
+        }
+        if !ctx.quiet {
+            let m = &s.summary;
+            println!(
+                "files: {} new, {} changed, {} unmodified",
+                m.files_new, m.files_changed, m.files_unmodified
+            );
+            println!(
+                "dirs:  {} new, {} changed, {} unmodified",
+                m.dirs_new, m.dirs_changed, m.dirs_unmodified
+            );
+            println!(
+                "added {} ({} stored) of {} processed",
+                output::bytes(m.bytes_added),
+                output::bytes(m.bytes_stored),
+                output::bytes(m.bytes_processed)
+            );
+            println!("snapshot {} saved", report.id.short());
+        }
+    }
+    if !report.errors.is_empty() {
+        if !ctx.json {
+            eprintln!(
+                "{} items could not be read: the snapshot is partial",
+                report.errors.len()
+            );
+        }
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(0)
+}
+
+async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
+    if let Some((snap, sub)) = a.snapshot.split_once(':') {
+        if !a.subpath.is_empty() {
+            bail!("give the path inside the snapshot once: SNAPSHOT:PATH or --subpath");
+        }
+        a.subpath = sub.to_string();
+        a.snapshot = snap.to_string();
+    }
+    let idx = indexed(ctx).await?;
+    let (id, s) = idx
+        .repo()
+        .find_snapshot(&a.snapshot, &a.filter.filter()?)
+        .await?;
+    if a.target.as_os_str() == "-" {
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let mut out = idx.restore_tar(&s.root, &a.subpath, out).await?;
+        std::io::Write::flush(&mut out)?;
+        return Ok(0);
+    }
+    let mut opts = RestoreOptions::new(&a.target);
+    opts.subpath = a.subpath;
+    opts.existing = match a.existing {
+        ExistingArg::Skip => Existing::SkipIdentical,
+        ExistingArg::Overwrite => Existing::Overwrite,
+        ExistingArg::Fail => Existing::Fail,
+    };
+    if a.no_owner {
+        opts.ownership = false;
+    }
+    opts.cancel = ctx.cancel.clone();
+    let progress = Arc::new(RestoreProgress::default());
+    let bar = progress::restore(ctx.show_progress(), progress.clone());
+    let report = idx.restore(&s.root, &opts, progress).await;
+    drop(bar);
+    let report = report?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "snapshot": id.to_hex(),
+            "target": a.target.display().to_string(),
+            "files_restored": report.files_restored,
+            "files_skipped": report.files_skipped,
+            "dirs": report.dirs,
+            "others": report.others,
+            "bytes_written": report.bytes_written,
+            "errors": problems(&report.errors),
+            "warnings": problems(&report.warnings),
+        }))?;
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {}: {}", w.path.display(), w.message);
+        }
+        for e in &report.errors {
+            eprintln!("error: {}: {}", e.path.display(), e.message);
+        }
+        if !ctx.quiet {
+            println!(
+                "restored {} files ({}), skipped {} unchanged, {} directories, {} other entries into {}",
+                report.files_restored,
+                output::bytes(report.bytes_written),
+                report.files_skipped,
+                report.dirs,
+                report.others,
+                a.target.display()
+            );
+        }
+    }
+    if !report.errors.is_empty() {
+        if !ctx.json {
+            eprintln!(
+                "{} items could not be restored: the restore is partial",
+                report.errors.len()
+            );
+        }
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(0)
+}

@@ -1,0 +1,101 @@
+//! Progress bars on stderr for long work: bytes/s, files, ETA. Drawn only on a terminal.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arca_engine::{BackupProgress, RestoreProgress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A bar redrawn from shared counters until dropped.
+pub struct Bar {
+    bar: ProgressBar,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+/// A bar on stderr, or a hidden one.
+fn new_bar(show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// A backup's bar: bytes done of the scanned total, files, bytes added.
+pub fn backup(show: bool, p: Arc<BackupProgress>) -> Bar {
+    let bar = new_bar(show);
+    let task = show.then(|| {
+        let b = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                b.set_length(
+                    p.total_bytes
+                        .load(Ordering::Relaxed)
+                        .max(p.bytes_done.load(Ordering::Relaxed)),
+                );
+                b.set_position(p.bytes_done.load(Ordering::Relaxed));
+                let total = if p.scan_done.load(Ordering::Relaxed) {
+                    p.total_files.load(Ordering::Relaxed).to_string()
+                } else {
+                    "?".into()
+                };
+                let added = p
+                    .written
+                    .get()
+                    .map_or(0, |w| w.bytes_stored.load(Ordering::Relaxed));
+                let errors = p.errors.load(Ordering::Relaxed);
+                b.set_message(format!(
+                    "files {}/{total} stored {}{}",
+                    p.files_done.load(Ordering::Relaxed),
+                    crate::output::bytes(added),
+                    if errors > 0 {
+                        format!(" errors {errors}")
+                    } else {
+                        String::new()
+                    }
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    Bar { bar, task }
+}
+
+/// A restore's bar.
+pub fn restore(show: bool, p: Arc<RestoreProgress>) -> Bar {
+    let bar = new_bar(show);
+    let task = show.then(|| {
+        let b = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                b.set_length(p.total_bytes.load(Ordering::Relaxed));
+                b.set_position(p.bytes_done.load(Ordering::Relaxed));
+                b.set_message(format!(
+                    "files {}/{}",
+                    p.files_done.load(Ordering::Relaxed),
+                    p.total_files.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    Bar { bar, task }
+}

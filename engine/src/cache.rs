@@ -1,0 +1,546 @@
+//! The local index cache: the repository's index in rocksdb, so that memory stays bounded
+//! however many blobs the repository holds.
+//!
+//! The cache is never the source of truth. It lives under
+//! `<cache root>/<repository id>/index.<n>`; at open it is brought in step with the index
+//! files in the store (new files ingested, superseded and deleted ones dropped), and a
+//! cache of another repository, of another schema, or that rocksdb cannot open is wiped and
+//! rebuilt from the store. Several processes on one host use separate slots (`index.0`,
+//! `index.1`, ...), because rocksdb allows one writer per database.
+//!
+//! Column families:
+//! - `blobs`: `blob id (32) || pack id (32)` → `type u8 | offset u32 | length u32 | raw u32`;
+//!   a blob stored in two packs has two keys.
+//! - `packs`: `pack id` → `size u64 | kind u8 | refs`, each ref `index id (32) | obsolete u8
+//!   | seconds i64`: which live index files list the pack, and whether they mark it obsolete.
+//!   A pack without refs is dead; its `blobs` keys are garbage, skipped on lookup and swept
+//!   when there is enough of it.
+//! - `files`: `index id` → `state u8 | n u32 | n superseded ids | m packs ids`.
+//! - `meta`: schema version and repository ID.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arca_format::{
+    BlobId, BlobType, IndexFile, IndexId, PackEntry, PackId, PackKind, RepoId, layout,
+};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, IteratorMode, Options, SliceTransform,
+    WriteBatch,
+};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+const SCHEMA: &[u8] = b"arca-index-cache-1";
+const CF_BLOBS: &str = "blobs";
+const CF_PACKS: &str = "packs";
+const CF_FILES: &str = "files";
+const CF_META: &str = "meta";
+const MAX_SLOTS: usize = 32;
+
+const FILE_LIVE: u8 = 1;
+const FILE_SUPERSEDED: u8 = 2;
+
+/// Where a blob is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Data or metadata pack.
+    pub kind: PackKind,
+    /// Its entry.
+    pub entry: PackEntry,
+    /// True when the pack is marked obsolete: readable, but not to deduplicate against.
+    pub obsolete: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PackRecord {
+    size: u64,
+    kind_meta: bool,
+    refs: Vec<(IndexId, Option<i64>)>,
+}
+
+impl PackRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + 41 * self.refs.len());
+        v.extend_from_slice(&self.size.to_le_bytes());
+        v.push(self.kind_meta as u8);
+        for (id, obs) in &self.refs {
+            v.extend_from_slice(id.as_bytes());
+            v.push(obs.is_some() as u8);
+            v.extend_from_slice(&obs.unwrap_or(0).to_le_bytes());
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < 9 || !(b.len() - 9).is_multiple_of(41) {
+            return None;
+        }
+        let size = u64::from_le_bytes(b[..8].try_into().ok()?);
+        let refs = b[9..]
+            .chunks_exact(41)
+            .map(|r| {
+                let id = IndexId(r[..32].try_into().expect("32"));
+                let secs = i64::from_le_bytes(r[33..41].try_into().expect("8"));
+                (id, (r[32] == 1).then_some(secs))
+            })
+            .collect();
+        Some(Self {
+            size,
+            kind_meta: b[8] == 1,
+            refs,
+        })
+    }
+
+    fn live(&self) -> bool {
+        !self.refs.is_empty()
+    }
+
+    fn obsolete(&self) -> bool {
+        self.live() && self.refs.iter().all(|(_, o)| o.is_some())
+    }
+
+    fn kind(&self) -> PackKind {
+        if self.kind_meta {
+            PackKind::Meta
+        } else {
+            PackKind::Data
+        }
+    }
+}
+
+fn encode_blob_value(e: &PackEntry) -> [u8; 13] {
+    let mut v = [0u8; 13];
+    v[0] = e.blob_type.as_u8();
+    v[1..5].copy_from_slice(&e.offset.to_le_bytes());
+    v[5..9].copy_from_slice(&e.length.to_le_bytes());
+    v[9..13].copy_from_slice(&e.raw_length.to_le_bytes());
+    v
+}
+
+fn decode_blob_value(id: BlobId, v: &[u8]) -> Option<PackEntry> {
+    if v.len() != 13 {
+        return None;
+    }
+    Some(PackEntry {
+        blob_type: BlobType::from_u8(v[0])?,
+        id,
+        offset: u32::from_le_bytes(v[1..5].try_into().ok()?),
+        length: u32::from_le_bytes(v[5..9].try_into().ok()?),
+        raw_length: u32::from_le_bytes(v[9..13].try_into().ok()?),
+    })
+}
+
+fn blob_key(blob: &BlobId, pack: &PackId) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(blob.as_bytes());
+    k[32..].copy_from_slice(pack.as_bytes());
+    k
+}
+
+/// The cache of one repository's index.
+pub(crate) struct IndexCache {
+    db: DB,
+    path: PathBuf,
+    /// Temporary caches (no cache root) are removed on drop.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IndexCache({})", self.path.display())
+    }
+}
+
+/// What a sync did, for logs and progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Index files downloaded and added.
+    pub ingested: usize,
+    /// Index files dropped (superseded or deleted).
+    pub dropped: usize,
+    /// Index files live after the sync.
+    pub live: usize,
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    // Bounded memory whatever the repository's size: small write buffers, a small block
+    // cache, a capped number of open files.
+    o.set_write_buffer_size(16 << 20);
+    o.set_max_write_buffer_number(2);
+    o.set_max_open_files(256);
+    o.set_keep_log_file_num(2);
+    o.increase_parallelism(2);
+    o
+}
+
+fn blobs_cf_options(cache: &rocksdb::Cache) -> Options {
+    let mut o = db_options();
+    // Most lookups during a backup are misses (new chunks): a prefix bloom filter on the
+    // 32-byte blob ID answers those without touching disk.
+    o.set_prefix_extractor(SliceTransform::create_fixed_prefix(32));
+    o.set_memtable_prefix_bloom_ratio(0.1);
+    let mut b = BlockBasedOptions::default();
+    b.set_bloom_filter(10.0, false);
+    b.set_whole_key_filtering(false);
+    b.set_block_cache(cache);
+    b.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&b);
+    o
+}
+
+impl IndexCache {
+    /// Open (or create) the cache of `repo` under `root`, taking the first free slot.
+    /// With no root, a temporary cache is used and removed when dropped.
+    pub(crate) fn open(root: Option<&Path>, repo: RepoId) -> Result<Self> {
+        let (base, temp) = match root {
+            Some(r) => (r.join(repo.to_hex()), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("arca-cache-")
+                    .tempdir()
+                    .map_err(|e| Error::io("create temporary cache", std::env::temp_dir(), e))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&base)
+            .map_err(|e| Error::io("create cache directory", &base, e))?;
+        for slot in 0..MAX_SLOTS {
+            let path = base.join(format!("index.{slot}"));
+            match Self::open_at(&path, repo) {
+                Ok(db) => return Ok(Self { db, path, temp }),
+                Err(OpenErr::Locked) => continue,
+                Err(OpenErr::Other(why)) => {
+                    // Damaged, foreign, or of another schema: wipe it and start over.
+                    tracing::warn!(
+                        "index cache {} unusable ({why}); rebuilding it",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_dir_all(&path);
+                    match Self::open_at(&path, repo) {
+                        Ok(db) => return Ok(Self { db, path, temp }),
+                        Err(OpenErr::Locked) => continue,
+                        Err(OpenErr::Other(reason)) => return Err(Error::Cache { path, reason }),
+                    }
+                }
+            }
+        }
+        Err(Error::Cache {
+            path: base,
+            reason: format!("all {MAX_SLOTS} cache slots are in use by other arca processes"),
+        })
+    }
+
+    fn open_at(path: &Path, repo: RepoId) -> std::result::Result<DB, OpenErr> {
+        let cache = rocksdb::Cache::new_lru_cache(32 << 20);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_BLOBS, blobs_cf_options(&cache)),
+            ColumnFamilyDescriptor::new(CF_PACKS, db_options()),
+            ColumnFamilyDescriptor::new(CF_FILES, db_options()),
+            ColumnFamilyDescriptor::new(CF_META, db_options()),
+        ];
+        let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {
+            let m = e.to_string();
+            if m.contains("lock") || m.contains("Lock") {
+                OpenErr::Locked
+            } else {
+                OpenErr::Other(m)
+            }
+        })?;
+        let meta = db.cf_handle(CF_META).expect("cf exists");
+        let schema = db
+            .get_cf(meta, b"schema")
+            .map_err(|e| OpenErr::Other(e.to_string()))?;
+        let id = db
+            .get_cf(meta, b"repo")
+            .map_err(|e| OpenErr::Other(e.to_string()))?;
+        match (schema, id) {
+            (Some(s), Some(i)) if s == SCHEMA && i == repo.0 => Ok(db),
+            (None, None) => {
+                db.put_cf(meta, b"schema", SCHEMA)
+                    .map_err(|e| OpenErr::Other(e.to_string()))?;
+                db.put_cf(meta, b"repo", repo.0)
+                    .map_err(|e| OpenErr::Other(e.to_string()))?;
+                Ok(db)
+            }
+            _ => Err(OpenErr::Other(
+                "it belongs to another repository or cache schema".into(),
+            )),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    fn db_err(&self, e: rocksdb::Error) -> Error {
+        Error::Cache {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn get_pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_PACKS), id.as_bytes())
+            .map_err(|e| self.db_err(e))?
+            .and_then(|v| PackRecord::decode(&v)))
+    }
+
+    /// Where a blob is: a live, non-obsolete copy if there is one, else an obsolete one.
+    pub(crate) fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        let mut fallback = None;
+        // A prefix iterator consults the prefix bloom filters: a miss costs no disk read.
+        for item in self.db.prefix_iterator_cf(self.cf(CF_BLOBS), id.as_bytes()) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if k.len() != 64 || &k[..32] != id.as_bytes() {
+                break;
+            }
+            let pack = PackId(k[32..].try_into().expect("32"));
+            let Some(rec) = self.get_pack(&pack)? else {
+                continue;
+            };
+            if !rec.live() {
+                continue;
+            }
+            let Some(entry) = decode_blob_value(*id, &v) else {
+                continue;
+            };
+            let loc = BlobLocation {
+                pack,
+                kind: rec.kind(),
+                entry,
+                obsolete: rec.obsolete(),
+            };
+            if !loc.obsolete {
+                return Ok(Some(loc));
+            }
+            fallback.get_or_insert(loc);
+        }
+        Ok(fallback)
+    }
+
+    /// True when a live, non-obsolete copy exists: a writer may deduplicate against it.
+    pub(crate) fn has(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.lookup(id)?.is_some_and(|l| !l.obsolete))
+    }
+
+    /// Add one index file's content (already downloaded and decoded).
+    pub(crate) fn ingest(&self, id: IndexId, file: &IndexFile) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut packs = Vec::with_capacity(file.packs.len());
+        for p in &file.packs {
+            let mut rec = self.get_pack(&p.id)?.unwrap_or_default();
+            rec.size = p.size;
+            rec.kind_meta = p.kind() == PackKind::Meta;
+            rec.refs.retain(|(i, _)| *i != id);
+            rec.refs.push((id, p.obsolete_since.map(|t| t.seconds)));
+            batch.put_cf(self.cf(CF_PACKS), p.id.as_bytes(), rec.encode());
+            for b in &p.blobs {
+                batch.put_cf(
+                    self.cf(CF_BLOBS),
+                    blob_key(&b.id, &p.id),
+                    encode_blob_value(b),
+                );
+            }
+            packs.push(p.id);
+        }
+        let mut v = vec![FILE_LIVE];
+        v.extend_from_slice(&(file.supersedes.len() as u32).to_le_bytes());
+        for s in &file.supersedes {
+            v.extend_from_slice(s.as_bytes());
+        }
+        for p in &packs {
+            v.extend_from_slice(p.as_bytes());
+        }
+        batch.put_cf(self.cf(CF_FILES), id.as_bytes(), v);
+        self.db.write(batch).map_err(|e| self.db_err(e))
+    }
+
+    fn file_record(&self, id: &IndexId) -> Result<Option<FileRecord>> {
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(CF_FILES), id.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        else {
+            return Ok(None);
+        };
+        let bad = || Error::Cache {
+            path: self.path.clone(),
+            reason: "damaged file record".into(),
+        };
+        if v.len() < 5 {
+            return Err(bad());
+        }
+        let n = u32::from_le_bytes(v[1..5].try_into().expect("4")) as usize;
+        let rest = &v[5..];
+        if rest.len() < 32 * n || !(rest.len() - 32 * n).is_multiple_of(32) {
+            return Err(bad());
+        }
+        let sup = rest[..32 * n]
+            .chunks_exact(32)
+            .map(|c| IndexId(c.try_into().expect("32")))
+            .collect();
+        let packs = rest[32 * n..]
+            .chunks_exact(32)
+            .map(|c| PackId(c.try_into().expect("32")))
+            .collect();
+        Ok(Some(FileRecord {
+            supersedes: sup,
+            packs,
+        }))
+    }
+
+    /// Remove an index file's refs from its packs; keep (superseded) or delete its record.
+    fn drop_file(&self, id: &IndexId, keep_record: bool) -> Result<()> {
+        let Some(FileRecord {
+            supersedes: sup,
+            packs,
+        }) = self.file_record(id)?
+        else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        for p in &packs {
+            if let Some(mut rec) = self.get_pack(p)? {
+                rec.refs.retain(|(i, _)| i != id);
+                if rec.refs.is_empty() {
+                    batch.delete_cf(self.cf(CF_PACKS), p.as_bytes());
+                } else {
+                    batch.put_cf(self.cf(CF_PACKS), p.as_bytes(), rec.encode());
+                }
+            }
+        }
+        if keep_record {
+            let mut v = vec![FILE_SUPERSEDED];
+            v.extend_from_slice(&(sup.len() as u32).to_le_bytes());
+            for s in &sup {
+                v.extend_from_slice(s.as_bytes());
+            }
+            batch.put_cf(self.cf(CF_FILES), id.as_bytes(), v);
+        } else {
+            batch.delete_cf(self.cf(CF_FILES), id.as_bytes());
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))
+    }
+
+    fn cached_files(&self) -> Result<HashMap<IndexId, u8>> {
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_FILES), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if let (Ok(k), Some(state)) = (<[u8; 32]>::try_from(&k[..]), v.first()) {
+                out.insert(IndexId(k), *state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bring the cache in step with the index files in the store.
+    pub(crate) async fn sync(
+        self: &Arc<Self>,
+        store: &Store,
+        keys: &Arc<arca_format::Keys>,
+    ) -> Result<SyncStats> {
+        let present: HashSet<IndexId> = store
+            .list(layout::INDEX)
+            .await?
+            .into_iter()
+            .filter_map(|o| layout::parse_id(layout::INDEX, &o.name))
+            .collect();
+        let cached = self.cached_files()?;
+        let new: Vec<IndexId> = present
+            .iter()
+            .filter(|i| !cached.contains_key(i))
+            .copied()
+            .collect();
+        let mut stats = SyncStats::default();
+
+        // Download and decode new files concurrently; ingest one at a time (rocksdb writes
+        // of one file's pack records must not interleave with another's).
+        use futures::StreamExt;
+        let mut downloads = futures::stream::iter(new.into_iter().map(|id| {
+            let store = store.clone();
+            let keys = keys.clone();
+            async move {
+                let bytes = store.get(&layout::index(&id)).await?;
+                let file = tokio::task::spawn_blocking(move || IndexFile::decode(&keys, &bytes))
+                    .await
+                    .expect("decode task panicked")
+                    .map_err(|e| match e {
+                        arca_format::Error::Corrupt { what, reason } => {
+                            arca_format::Error::Corrupt {
+                                what,
+                                reason: format!("index/{}: {reason}", id.short()),
+                            }
+                        }
+                        e => e,
+                    })?;
+                Ok::<_, Error>((id, file))
+            }
+        }))
+        .buffer_unordered(8);
+        while let Some(r) = downloads.next().await {
+            let (id, file) = match r {
+                Ok(x) => x,
+                // An index file deleted between listing and reading was superseded: skip.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.ingest(id, &file))
+                .await
+                .expect("ingest task panicked")?;
+            stats.ingested += 1;
+        }
+
+        // Which present files are superseded by another present file.
+        let mut superseded = BTreeSet::new();
+        for id in &present {
+            if let Some(FileRecord {
+                supersedes: sup, ..
+            }) = self.file_record(id)?
+            {
+                superseded.extend(sup.into_iter().filter(|s| present.contains(s)));
+            }
+        }
+        for (id, state) in self.cached_files()? {
+            if !present.contains(&id) {
+                self.drop_file(&id, false)?;
+                stats.dropped += 1;
+            } else if superseded.contains(&id) && state == FILE_LIVE {
+                self.drop_file(&id, true)?;
+                stats.dropped += 1;
+            }
+        }
+        stats.live = present.len() - superseded.len();
+        Ok(stats)
+    }
+}
+
+impl Drop for IndexCache {
+    fn drop(&mut self) {
+        if self.temp.is_some() {
+            // The TempDir removes the directory after the DB is closed (field order).
+            tracing::debug!("removing temporary cache {}", self.path.display());
+        }
+    }
+}
+
+/// What the cache remembers of one index file.
+struct FileRecord {
+    supersedes: Vec<IndexId>,
+    packs: Vec<PackId>,
+}
+
+enum OpenErr {
+    Locked,
+    Other(String),
+}

@@ -1,0 +1,140 @@
+//! File-system metadata to tree nodes and back.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use arca_format::{Node, NodeKind, Timestamp, Xattr};
+use nix::sys::stat::UtimensatFlags;
+use nix::sys::time::TimeSpec;
+
+/// User and group names by ID, looked up once each.
+#[derive(Default, Debug)]
+pub(crate) struct Names {
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+impl Names {
+    pub(crate) fn user(&mut self, uid: u32) -> String {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    pub(crate) fn group(&mut self, gid: u32) -> String {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+/// Extended attributes of a path (not following symlinks), sorted by name. File systems
+/// without xattr support give an empty list.
+pub(crate) fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            });
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.name == b.name);
+    Ok(out)
+}
+
+/// A node for `name` from its `lstat` metadata.
+pub(crate) fn node_from(
+    name: &OsStr,
+    meta: &Metadata,
+    kind: NodeKind,
+    names: &mut Names,
+    xattrs: Vec<Xattr>,
+) -> Node {
+    let mut n = Node::new(name.as_bytes().to_vec(), kind);
+    n.mode = meta.mode() & 0o7777;
+    n.uid = meta.uid();
+    n.gid = meta.gid();
+    n.user = names.user(n.uid);
+    n.group = names.group(n.gid);
+    n.mtime = Timestamp::new(meta.mtime(), meta.mtime_nsec() as u32);
+    n.ctime = Timestamp::new(meta.ctime(), meta.ctime_nsec() as u32);
+    n.size = if meta.is_file() { meta.len() } else { 0 };
+    n.inode = meta.ino();
+    n.device = meta.dev();
+    n.links = meta.nlink();
+    n.xattrs = xattrs;
+    n
+}
+
+/// Whether a file has holes: fewer blocks allocated than its length needs.
+pub(crate) fn looks_sparse(meta: &Metadata) -> bool {
+    meta.is_file() && meta.blocks().saturating_mul(512) < meta.len()
+}
+
+fn timespec(t: Timestamp) -> TimeSpec {
+    TimeSpec::new(t.seconds, t.nanos as _)
+}
+
+/// Apply a node's metadata to a restored path: extended attributes, owner (when asked,
+/// which needs root), permissions, then times (last, since the others change ctime and
+/// writing would change mtime). Returns what could not be applied.
+pub(crate) fn apply(path: &Path, node: &Node, ownership: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let is_link = matches!(node.kind, NodeKind::Symlink { .. });
+    for x in &node.xattrs {
+        if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
+            problems.push(format!(
+                "extended attribute {}: {e}",
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    if ownership && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)) {
+        problems.push(format!("owner {}:{}: {e}", node.uid, node.gid));
+    }
+    if !is_link {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) =
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
+        {
+            problems.push(format!("permissions {:o}: {e}", node.mode));
+        }
+    }
+    let atime = node.atime.unwrap_or(node.mtime);
+    if let Err(e) = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &timespec(atime),
+        &timespec(node.mtime),
+        UtimensatFlags::NoFollowSymlink,
+    ) {
+        problems.push(format!("times: {e}"));
+    }
+    problems
+}

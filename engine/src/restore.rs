@@ -1,0 +1,867 @@
+//! Restore of a snapshot (or a sub-path of it) into a directory, or as a tar stream.
+//!
+//! Directory restore runs in three phases:
+//! 1. walk the snapshot's trees: create directories, symlinks, fifos and devices, decide
+//!    per file whether to write it (existing-file policy), group hard links;
+//! 2. write file contents in batches, each planned **in pack order**: every pack range is
+//!    fetched once, blobs are authenticated and written at their offsets by several
+//!    workers at once, and all-zero chunks of sparse files are left as holes;
+//! 3. apply directory metadata, deepest first.
+//!
+//! A file's modification time is set only after its content is complete, so a rerun after
+//! an interruption recognises finished files (same size and mtime) and skips them.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arca_format::{
+    BlobId, Node, NodeKind, PackEntry, PackId, PackKind, SnapshotRoot, Timestamp, Tree, pack,
+};
+use futures::StreamExt;
+
+use crate::backup::ItemProblem;
+use crate::error::{Error, Result};
+use crate::fsmeta;
+use crate::indexed::{Indexed, pack_name};
+
+/// What to do with a file that already exists at the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Existing {
+    /// Leave it when its size and modification time match the snapshot's; else rewrite.
+    #[default]
+    SkipIdentical,
+    /// Always rewrite it.
+    Overwrite,
+    /// Stop the restore with an error.
+    Fail,
+}
+
+/// Where and how to restore.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Target directory (created if missing).
+    pub target: PathBuf,
+    /// Path inside the snapshot to restore (`/`-separated; empty: everything).
+    pub subpath: String,
+    /// Policy for existing files.
+    pub existing: Existing,
+    /// Restore owners (needs root; default: when running as root).
+    pub ownership: bool,
+    /// Pack ranges fetched at once.
+    pub concurrency: usize,
+    /// Set to stop early.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl RestoreOptions {
+    /// Restore everything into `target`.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        Self {
+            target: target.into(),
+            subpath: String::new(),
+            existing: Existing::SkipIdentical,
+            ownership: nix::unistd::geteuid().is_root(),
+            concurrency: 8,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// Files to write (known after the walk).
+    pub total_files: AtomicU64,
+    /// Bytes to write.
+    pub total_bytes: AtomicU64,
+    /// Files finished or skipped.
+    pub files_done: AtomicU64,
+    /// Bytes finished.
+    pub bytes_done: AtomicU64,
+    /// Problems so far.
+    pub errors: AtomicU64,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreReport {
+    /// Files written.
+    pub files_restored: u64,
+    /// Existing files left as they were.
+    pub files_skipped: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Other entries (symlinks, fifos, devices, hard links).
+    pub others: u64,
+    /// Bytes of file content written.
+    pub bytes_written: u64,
+    /// Items not restored, or restored damaged: the restore is partial.
+    pub errors: Vec<ItemProblem>,
+    /// Metadata that could not be applied.
+    pub warnings: Vec<ItemProblem>,
+}
+
+/// What the walk of phase 1 collects.
+#[derive(Default)]
+struct Plan {
+    jobs: Vec<FileJob>,
+    dirs: Vec<(PathBuf, Node)>,
+    /// Hard-link groups: (device, inode) → the job that writes the content.
+    groups: HashMap<(u64, u64), usize>,
+    /// Directories still to walk: tree and target path.
+    stack: Vec<(BlobId, PathBuf)>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    links: Vec<PathBuf>,
+}
+
+/// Files per batch, and content bytes per batch: bounds the plan's memory.
+const BATCH_FILES: usize = 4096;
+const BATCH_BYTES: u64 = 1 << 30;
+/// Blobs closer than this in a pack are fetched in one range.
+const COALESCE_GAP: u64 = 256 << 10;
+const MAX_RANGE: u64 = 32 << 20;
+
+fn node_path(base: &Path, name: &[u8]) -> PathBuf {
+    base.join(OsStr::from_bytes(name))
+}
+
+struct Collector {
+    errors: Mutex<Vec<ItemProblem>>,
+    warnings: Mutex<Vec<ItemProblem>>,
+    progress: Arc<RestoreProgress>,
+}
+
+impl Collector {
+    fn error(&self, path: &Path, msg: impl Into<String>) {
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors.lock().expect("lock").push(ItemProblem {
+            path: path.to_path_buf(),
+            message: msg.into(),
+        });
+    }
+
+    fn warn(&self, path: &Path, msg: impl Into<String>) {
+        self.warnings.lock().expect("lock").push(ItemProblem {
+            path: path.to_path_buf(),
+            message: msg.into(),
+        });
+    }
+}
+
+impl Indexed {
+    /// Find the node at `subpath` of a snapshot's tree (`None` for the root).
+    pub async fn resolve(&self, root: &BlobId, subpath: &str) -> Result<Option<Node>> {
+        let mut tree_id = *root;
+        let parts: Vec<&str> = subpath
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        let mut found = None;
+        for (i, part) in parts.iter().enumerate() {
+            let tree = self.read_tree(&tree_id).await?;
+            let node = tree
+                .nodes
+                .into_iter()
+                .find(|n| n.name == part.as_bytes())
+                .ok_or_else(|| {
+                    Error::NotFound(format!("no {:?} in the snapshot", parts[..=i].join("/")))
+                })?;
+            if let NodeKind::Dir { subtree } = node.kind {
+                tree_id = subtree;
+            } else if i + 1 < parts.len() {
+                return Err(Error::NotFound(format!(
+                    "{:?} is not a directory",
+                    parts[..=i].join("/")
+                )));
+            }
+            found = Some(node);
+        }
+        Ok(found)
+    }
+
+    /// Restore a snapshot's tree (or a sub-path) into a directory.
+    pub async fn restore(
+        &self,
+        root: &SnapshotRoot,
+        opts: &RestoreOptions,
+        progress: Arc<RestoreProgress>,
+    ) -> Result<RestoreReport> {
+        let SnapshotRoot::Tree(root) = root else {
+            return Err(Error::Invalid(
+                "this snapshot is a block volume; restore it with the volume mover".into(),
+            ));
+        };
+        let col = Arc::new(Collector {
+            errors: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+            progress: progress.clone(),
+        });
+        let mut report = RestoreReport::default();
+        std::fs::create_dir_all(&opts.target).map_err(|e| Error::io("create", &opts.target, e))?;
+
+        // Phase 1: the walk.
+        let mut plan = Plan::default();
+        match self.resolve(root, &opts.subpath).await? {
+            None => plan.stack.push((*root, opts.target.clone())),
+            Some(node) => match &node.kind {
+                NodeKind::Dir { subtree } => plan.stack.push((*subtree, opts.target.clone())),
+                _ => {
+                    let tree = Tree {
+                        nodes: vec![node],
+                        next: None,
+                    };
+                    self.place(&tree, &opts.target, opts, &col, &mut report, &mut plan)?;
+                }
+            },
+        }
+        while let Some((id, dir)) = plan.stack.pop() {
+            if opts.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let tree = match self.read_tree(&id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    col.error(&dir, format!("directory content lost: {e}"));
+                    continue;
+                }
+            };
+            self.place(&tree, &dir, opts, &col, &mut report, &mut plan)?;
+        }
+        let Plan { jobs, dirs, .. } = plan;
+        progress
+            .total_files
+            .store(jobs.len() as u64 + report.files_skipped, Ordering::Relaxed);
+        progress
+            .total_bytes
+            .store(jobs.iter().map(|j| j.node.size).sum(), Ordering::Relaxed);
+        progress
+            .files_done
+            .store(report.files_skipped, Ordering::Relaxed);
+
+        // Phase 2: contents, in batches planned in pack order.
+        let mut jobs = std::collections::VecDeque::from(jobs);
+        while !jobs.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            while n < jobs.len() && n < BATCH_FILES && (bytes < BATCH_BYTES || n == 0) {
+                bytes += jobs[n].node.size;
+                n += 1;
+            }
+            let batch: Vec<FileJob> = jobs.drain(..n).collect();
+            let (written, restored) = self.write_batch(batch, opts, &col).await?;
+            report.bytes_written += written;
+            report.files_restored += restored;
+        }
+
+        // Phase 3: directory metadata, deepest first.
+        for (path, node) in dirs.iter().rev() {
+            for p in fsmeta::apply(path, node, opts.ownership) {
+                col.warn(path, p);
+            }
+        }
+        report.errors = std::mem::take(&mut *col.errors.lock().expect("lock"));
+        report.warnings = std::mem::take(&mut *col.warnings.lock().expect("lock"));
+        Ok(report)
+    }
+
+    /// Create the entries of one tree under `dir`; queue files and subdirectories.
+    fn place(
+        &self,
+        tree: &Tree,
+        dir: &Path,
+        opts: &RestoreOptions,
+        col: &Collector,
+        report: &mut RestoreReport,
+        plan: &mut Plan,
+    ) -> Result<()> {
+        let Plan {
+            jobs,
+            dirs,
+            groups,
+            stack,
+        } = plan;
+        for node in &tree.nodes {
+            if arca_format::check_name(&node.name).is_err() {
+                col.error(
+                    dir,
+                    format!(
+                        "skipped an entry with an unsafe name {:?}",
+                        String::from_utf8_lossy(&node.name)
+                    ),
+                );
+                continue;
+            }
+            let path = node_path(dir, &node.name);
+            if let Some(d) = &node.damage {
+                col.error(&path, format!("damaged in the repository: {d}"));
+            }
+            let existing = std::fs::symlink_metadata(&path).ok();
+            match &node.kind {
+                NodeKind::Dir { subtree } => {
+                    match &existing {
+                        Some(m) if m.is_dir() => {}
+                        Some(_) => {
+                            if opts.existing == Existing::Fail {
+                                return Err(Error::Invalid(format!(
+                                    "{} exists (--existing fail)",
+                                    path.display()
+                                )));
+                            }
+                            if let Err(e) = std::fs::remove_file(&path) {
+                                col.error(&path, format!("cannot replace with a directory: {e}"));
+                                continue;
+                            }
+                            std::fs::create_dir(&path)
+                                .map_err(|e| Error::io("create directory", &path, e))?;
+                        }
+                        None => std::fs::create_dir(&path)
+                            .map_err(|e| Error::io("create directory", &path, e))?,
+                    }
+                    report.dirs += 1;
+                    dirs.push((path.clone(), node.clone()));
+                    stack.push((*subtree, path));
+                }
+                NodeKind::File { .. } => {
+                    if node.links > 1
+                        && let Some(&first) = groups.get(&(node.device, node.inode))
+                    {
+                        jobs[first].links.push(path);
+                        continue;
+                    }
+                    if let Some(m) = &existing {
+                        match opts.existing {
+                            Existing::Fail => {
+                                return Err(Error::Invalid(format!(
+                                    "{} exists (--existing fail)",
+                                    path.display()
+                                )));
+                            }
+                            Existing::SkipIdentical
+                                if m.is_file()
+                                    && m.len() == node.size
+                                    && Timestamp::new(m.mtime(), m.mtime_nsec() as u32)
+                                        == node.mtime =>
+                            {
+                                report.files_skipped += 1;
+                                continue;
+                            }
+                            _ => {
+                                if m.is_dir() {
+                                    col.error(&path, "a directory is in the way");
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    if node.links > 1 {
+                        groups.insert((node.device, node.inode), jobs.len());
+                    }
+                    jobs.push(FileJob {
+                        path,
+                        node: node.clone(),
+                        links: Vec::new(),
+                    });
+                }
+                other => {
+                    if existing.is_some() {
+                        if opts.existing == Existing::Fail {
+                            return Err(Error::Invalid(format!(
+                                "{} exists (--existing fail)",
+                                path.display()
+                            )));
+                        }
+                        if let NodeKind::Symlink { target } = other
+                            && std::fs::read_link(&path)
+                                .is_ok_and(|t| t.as_os_str().as_bytes() == target.as_slice())
+                        {
+                            report.others += 1;
+                            continue;
+                        }
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    let made = match other {
+                        NodeKind::Symlink { target } => {
+                            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                        }
+                        NodeKind::Fifo => nix::unistd::mkfifo(
+                            &path,
+                            nix::sys::stat::Mode::from_bits_truncate(0o600),
+                        )
+                        .map_err(std::io::Error::from),
+                        NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
+                            let kind = if matches!(other, NodeKind::CharDevice { .. }) {
+                                nix::sys::stat::SFlag::S_IFCHR
+                            } else {
+                                nix::sys::stat::SFlag::S_IFBLK
+                            };
+                            nix::sys::stat::mknod(
+                                &path,
+                                kind,
+                                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                                *rdev as _,
+                            )
+                            .map_err(std::io::Error::from)
+                        }
+                        // A socket is recreated by the program that listens on it.
+                        NodeKind::Socket => continue,
+                        NodeKind::Dir { .. } | NodeKind::File { .. } => {
+                            unreachable!("handled above")
+                        }
+                    };
+                    match made {
+                        Ok(()) => {
+                            report.others += 1;
+                            for p in fsmeta::apply(&path, node, opts.ownership) {
+                                col.warn(&path, p);
+                            }
+                        }
+                        Err(e) => col.error(&path, format!("cannot create: {e}")),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write one batch of files, fetching each pack range once.
+    async fn write_batch(
+        &self,
+        batch: Vec<FileJob>,
+        opts: &RestoreOptions,
+        col: &Arc<Collector>,
+    ) -> Result<(u64, u64)> {
+        // Where every blob goes: (job, offset in file).
+        type Targets = Vec<(usize, u64)>;
+        type PackPlan = (PackKind, HashMap<BlobId, (PackEntry, Targets)>);
+        let mut plan: HashMap<PackId, PackPlan> = HashMap::new();
+        let remaining: Arc<Vec<AtomicUsize>> =
+            Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
+        let damaged: Arc<Vec<AtomicBool>> =
+            Arc::new(batch.iter().map(|_| AtomicBool::new(false)).collect());
+        for (j, job) in batch.iter().enumerate() {
+            let NodeKind::File { content, .. } = &job.node.kind else {
+                continue;
+            };
+            // Create (or truncate) at its final size: holes where nothing is written.
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&job.path)
+                .and_then(|f| f.set_len(job.node.size));
+            if let Err(e) = created {
+                col.error(&job.path, format!("cannot create: {e}"));
+                damaged[j].store(true, Ordering::Relaxed);
+                continue;
+            }
+            let mut offset = 0u64;
+            for id in content {
+                match self.index.lookup(id)? {
+                    Some(loc) => {
+                        let slot = plan
+                            .entry(loc.pack)
+                            .or_insert_with(|| (loc.kind, HashMap::new()));
+                        slot.1
+                            .entry(*id)
+                            .or_insert_with(|| (loc.entry, Vec::new()))
+                            .1
+                            .push((j, offset));
+                        remaining[j].fetch_add(1, Ordering::Relaxed);
+                        offset += loc.entry.raw_length as u64;
+                    }
+                    None => {
+                        col.error(
+                            &job.path,
+                            format!("chunk {} is missing from the repository", id.short()),
+                        );
+                        damaged[j].store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        let batch = Arc::new(batch);
+        let written = Arc::new(AtomicU64::new(0));
+        let restored = Arc::new(AtomicU64::new(0));
+        // Files with nothing to fetch (empty, or broken above) are finished now.
+        for j in 0..batch.len() {
+            if remaining[j].load(Ordering::Relaxed) == 0 {
+                finish_file(
+                    &batch[j],
+                    damaged[j].load(Ordering::Relaxed),
+                    opts.ownership,
+                    col,
+                    &restored,
+                );
+            }
+        }
+
+        // Ranges: blobs of a pack sorted by offset, neighbours merged.
+        let mut ranges = Vec::new();
+        for (pack_id, (kind, blobs)) in plan {
+            let mut blobs: Vec<(PackEntry, Targets)> = blobs.into_values().collect();
+            blobs.sort_by_key(|b| b.0.offset);
+            let mut cur: Vec<(PackEntry, Targets)> = Vec::new();
+            for b in blobs {
+                if let (Some(first), Some(last)) = (cur.first(), cur.last())
+                    && (b.0.offset as u64 > last.0.end() + COALESCE_GAP
+                        || b.0.end() - first.0.offset as u64 > MAX_RANGE)
+                {
+                    ranges.push((pack_id, kind, std::mem::take(&mut cur)));
+                }
+                cur.push(b);
+            }
+            if !cur.is_empty() {
+                ranges.push((pack_id, kind, cur));
+            }
+        }
+        // Pack order: by pack, then offset.
+        ranges.sort_by(|a, b| (a.0, a.2[0].0.offset).cmp(&(b.0, b.2[0].0.offset)));
+
+        let results = futures::stream::iter(ranges.into_iter().map(|(pack_id, kind, blobs)| {
+            let (idx, batch, remaining, damaged, col, written, restored) = (
+                self.clone(),
+                batch.clone(),
+                remaining.clone(),
+                damaged.clone(),
+                col.clone(),
+                written.clone(),
+                restored.clone(),
+            );
+            let (ownership, cancel) = (opts.ownership, opts.cancel.clone());
+            async move {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+                let start = blobs[0].0.offset as u64;
+                let end = blobs.last().expect("non-empty").0.end();
+                let fetched = idx
+                    .repo
+                    .store
+                    .get_range(&pack_name(kind, &pack_id), start..end)
+                    .await;
+                tokio::task::spawn_blocking(move || {
+                    let bytes = match fetched {
+                        Ok(b) => Some(b),
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => {
+                            for (entry, targets) in &blobs {
+                                for (j, _) in targets {
+                                    col.error(
+                                        &batch[*j].path,
+                                        format!("chunk {} unreadable: {e}", entry.id.short()),
+                                    );
+                                    damaged[*j].store(true, Ordering::Relaxed);
+                                }
+                            }
+                            None
+                        }
+                    };
+                    for (entry, targets) in &blobs {
+                        let plain = bytes.as_ref().map(|b| {
+                            let from = (entry.offset as u64 - start) as usize;
+                            pack::open_blob(
+                                &idx.repo.keys,
+                                entry,
+                                &b[from..from + entry.length as usize],
+                            )
+                        });
+                        for (j, off) in targets {
+                            let job = &batch[*j];
+                            match &plain {
+                                Some(Ok(data)) if !damaged[*j].load(Ordering::Relaxed) => {
+                                    let sparse = matches!(
+                                        job.node.kind,
+                                        NodeKind::File { sparse: true, .. }
+                                    );
+                                    let w = std::fs::OpenOptions::new()
+                                        .write(true)
+                                        .open(&job.path)
+                                        .and_then(|f| {
+                                            if sparse {
+                                                write_sparse(&f, data, *off)
+                                            } else {
+                                                f.write_all_at(data, *off)
+                                            }
+                                        });
+                                    if let Err(e) = w {
+                                        col.error(&job.path, format!("write failed: {e}"));
+                                        damaged[*j].store(true, Ordering::Relaxed);
+                                    }
+                                    written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                    col.progress
+                                        .bytes_done
+                                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                                }
+                                Some(Err(e)) => {
+                                    col.error(
+                                        &job.path,
+                                        format!(
+                                            "damaged: blob {} in pack {}: {e}",
+                                            entry.id.short(),
+                                            pack_id.short()
+                                        ),
+                                    );
+                                    damaged[*j].store(true, Ordering::Relaxed);
+                                }
+                                _ => {}
+                            }
+                            if remaining[*j].fetch_sub(1, Ordering::AcqRel) == 1 {
+                                finish_file(
+                                    job,
+                                    damaged[*j].load(Ordering::Relaxed),
+                                    ownership,
+                                    &col,
+                                    &restored,
+                                );
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .expect("restore worker panicked")
+            }
+        }))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect::<Vec<Result<()>>>()
+        .await;
+        for r in results {
+            r?;
+        }
+        Ok((
+            written.load(Ordering::Relaxed),
+            restored.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Write a snapshot's tree (or a sub-path) as a tar stream.
+    pub async fn restore_tar<W: Write + Send + 'static>(
+        &self,
+        root: &SnapshotRoot,
+        subpath: &str,
+        out: W,
+    ) -> Result<W> {
+        let SnapshotRoot::Tree(root) = root else {
+            return Err(Error::Invalid(
+                "this snapshot is a block volume, not a directory tree".into(),
+            ));
+        };
+        let top = self.resolve(root, subpath).await?;
+        let (idx, root) = (self.clone(), *root);
+        tokio::task::spawn_blocking(move || {
+            let handle = tokio::runtime::Handle::current();
+            let mut b = tar::Builder::new(out);
+            match top {
+                None => tar_tree(&idx, &handle, &mut b, Path::new(""), &root)?,
+                Some(node) => {
+                    tar_node(&idx, &mut b, Path::new(""), &node)?;
+                    if let NodeKind::Dir { subtree } = node.kind {
+                        tar_tree(
+                            &idx,
+                            &handle,
+                            &mut b,
+                            Path::new(OsStr::from_bytes(&node.name)),
+                            &subtree,
+                        )?;
+                    }
+                }
+            }
+            b.into_inner()
+                .map_err(|e| Error::io("write", "tar stream", e))
+        })
+        .await
+        .expect("tar task panicked")
+    }
+}
+
+/// Entries of one directory, depth first, in name order.
+fn tar_tree<W: Write>(
+    idx: &Indexed,
+    handle: &tokio::runtime::Handle,
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    id: &BlobId,
+) -> Result<()> {
+    let tree = handle.block_on(idx.read_tree(id))?;
+    for n in &tree.nodes {
+        tar_node(idx, b, dir, n)?;
+        if let NodeKind::Dir { subtree } = n.kind {
+            tar_tree(
+                idx,
+                handle,
+                b,
+                &dir.join(OsStr::from_bytes(&n.name)),
+                &subtree,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `data` at `offset`, leaving all-zero 4 KiB blocks as holes (the file was created
+/// at its full length, so holes read as zeros).
+fn write_sparse(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut i = 0;
+    while i < data.len() {
+        // Blocks are aligned to the file, not to the chunk.
+        let end = ((((offset as usize + i) / BLOCK) + 1) * BLOCK - offset as usize).min(data.len());
+        if data[i..end].iter().all(|b| *b == 0) {
+            i = end;
+            continue;
+        }
+        // Extend over following non-zero blocks, then write the run at once.
+        let mut run_end = end;
+        while run_end < data.len() {
+            let next = (run_end + BLOCK).min(data.len());
+            if data[run_end..next].iter().all(|b| *b == 0) {
+                break;
+            }
+            run_end = next;
+        }
+        f.write_all_at(&data[i..run_end], offset + i as u64)?;
+        i = run_end;
+    }
+    Ok(())
+}
+
+fn finish_file(
+    job: &FileJob,
+    damaged: bool,
+    ownership: bool,
+    col: &Collector,
+    restored: &AtomicU64,
+) {
+    col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+    if damaged {
+        // Leave the mtime unset: a rerun will rewrite this file.
+        return;
+    }
+    for p in fsmeta::apply(&job.path, &job.node, ownership) {
+        col.warn(&job.path, p);
+    }
+    restored.fetch_add(1, Ordering::Relaxed);
+    for link in &job.links {
+        let _ = std::fs::remove_file(link);
+        if let Err(e) = std::fs::hard_link(&job.path, link) {
+            col.error(link, format!("cannot create hard link: {e}"));
+        }
+    }
+}
+
+fn tar_header(node: &Node) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(node.mode & 0o7777);
+    h.set_uid(node.uid as u64);
+    h.set_gid(node.gid as u64);
+    let _ = h.set_username(&node.user);
+    let _ = h.set_groupname(&node.group);
+    h.set_mtime(node.mtime.seconds.max(0) as u64);
+    h.set_size(0);
+    h
+}
+
+/// One tar entry for a node; file content is fetched blob by blob as it is written.
+fn tar_node<W: Write>(
+    idx: &Indexed,
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    node: &Node,
+) -> Result<()> {
+    let path = dir.join(OsStr::from_bytes(&node.name));
+    let mut h = tar_header(node);
+    let err = |e: std::io::Error| Error::io("write tar entry", &path, e);
+    match &node.kind {
+        NodeKind::Dir { .. } => {
+            h.set_entry_type(tar::EntryType::Directory);
+            b.append_data(&mut h, &path, std::io::empty()).map_err(err)
+        }
+        NodeKind::File { content, .. } => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(node.size);
+            let reader = BlobReader::new(idx.clone(), content.clone());
+            b.append_data(&mut h, &path, reader).map_err(err)
+        }
+        NodeKind::Symlink { target } => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, &path, OsStr::from_bytes(target))
+                .map_err(err)
+        }
+        NodeKind::Fifo => {
+            h.set_entry_type(tar::EntryType::Fifo);
+            b.append_data(&mut h, &path, std::io::empty()).map_err(err)
+        }
+        NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
+            h.set_entry_type(if matches!(node.kind, NodeKind::CharDevice { .. }) {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let _ = h.set_device_major(nix::sys::stat::major(*rdev as _) as u32);
+            let _ = h.set_device_minor(nix::sys::stat::minor(*rdev as _) as u32);
+            b.append_data(&mut h, &path, std::io::empty()).map_err(err)
+        }
+        NodeKind::Socket => Ok(()),
+    }
+}
+
+/// Reads a file's content blob by blob, a few blobs ahead.
+struct BlobReader {
+    idx: Indexed,
+    ids: std::collections::VecDeque<BlobId>,
+    ahead: std::collections::VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    handle: tokio::runtime::Handle,
+}
+
+impl BlobReader {
+    fn new(idx: Indexed, ids: Vec<BlobId>) -> Self {
+        Self {
+            idx,
+            ids: ids.into(),
+            ahead: Default::default(),
+            cur: Vec::new(),
+            pos: 0,
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl std::io::Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            while self.ahead.len() < 4 {
+                let Some(id) = self.ids.pop_front() else {
+                    break;
+                };
+                let idx = self.idx.clone();
+                self.ahead
+                    .push_back(self.handle.spawn(async move { idx.read_blob(&id).await }));
+            }
+            let Some(next) = self.ahead.pop_front() else {
+                return Ok(0);
+            };
+            self.cur = self
+                .handle
+                .block_on(next)
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            self.pos = 0;
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,385 @@
+//! Storage: the engine's small store trait, and its implementation over `object_store`.
+//!
+//! [`Backend`] is all the engine asks of a store (FORMAT.md section 2): whole and ranged
+//! gets, atomic puts (overwrite or create-only), deletes, and listing with sizes and times.
+//! [`ObjectStoreBackend`] implements it for every `object_store` store: the local file
+//! system (the default), memory, S3 and S3-compatible servers, GCS and Azure. Every backend
+//! must pass [`conformance::run`].
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path as OsPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+use crate::error::{Error, Result, StoreErrorKind};
+
+pub mod conformance;
+
+/// One object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Name relative to the repository prefix.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was last written, by the store's clock.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// How a put treats an existing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace it.
+    Overwrite,
+    /// Fail with [`StoreErrorKind::AlreadyExists`] if it exists.
+    CreateNew,
+}
+
+/// What the engine needs from an object store. Names are relative to the repository.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The location, for messages (a URL or a path).
+    fn location(&self) -> &str;
+    /// Read a whole object.
+    fn get(&self, name: &str) -> BoxFut<'_, Bytes>;
+    /// Read a byte range of an object.
+    fn get_range(&self, name: &str, range: Range<u64>) -> BoxFut<'_, Bytes>;
+    /// Write a whole object atomically.
+    fn put(&self, name: &str, data: Bytes, mode: WriteMode) -> BoxFut<'_, ()>;
+    /// Delete an object; deleting a missing object is not an error.
+    fn delete(&self, name: &str) -> BoxFut<'_, ()>;
+    /// List the objects whose names start with `prefix`.
+    fn list(&self, prefix: &str) -> BoxFut<'_, Vec<ObjectInfo>>;
+    /// Metadata of one object, or `None` if it does not exist.
+    fn head(&self, name: &str) -> BoxFut<'_, Option<ObjectInfo>>;
+}
+
+/// The boxed future every [`Backend`] method returns (object-safe async).
+pub type BoxFut<'a, T> = futures::future::BoxFuture<'a, Result<T>>;
+
+/// A repository's store: a backend shared between tasks.
+pub type Store = Arc<dyn Backend>;
+
+/// Options for reaching a store by URL.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// S3 endpoint for S3-compatible servers (else `AWS_ENDPOINT_URL`, else AWS).
+    pub s3_endpoint: Option<String>,
+    /// S3 region (else `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub s3_region: Option<String>,
+    /// How long to keep retrying a transient failure before giving up (default 60 s).
+    pub retry_timeout: Option<Duration>,
+}
+
+/// `object_store` behind [`Backend`], with the repository's prefix.
+pub struct ObjectStoreBackend {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+    location: String,
+}
+
+impl fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectStoreBackend({})", self.location)
+    }
+}
+
+impl ObjectStoreBackend {
+    /// Wrap an `object_store` store; objects live under `prefix` (may be empty).
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str, location: impl Into<String>) -> Self {
+        let prefix = prefix.trim_matches('/');
+        Self {
+            inner,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            location: location.into(),
+        }
+    }
+
+    fn path(&self, name: &str) -> OsPath {
+        OsPath::from(format!("{}{name}", self.prefix))
+    }
+
+    fn err(&self, op: &'static str, name: &str, e: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let kind = match &e {
+            E::NotFound { .. } => StoreErrorKind::NotFound,
+            E::AlreadyExists { .. } | E::Precondition { .. } => StoreErrorKind::AlreadyExists,
+            E::PermissionDenied { .. } => StoreErrorKind::PermissionDenied,
+            E::Unauthenticated { .. } => StoreErrorKind::Unauthenticated,
+            E::Generic { source, .. } if looks_unreachable(source.as_ref()) => {
+                StoreErrorKind::Unreachable
+            }
+            _ => StoreErrorKind::Other,
+        };
+        Error::Store {
+            op,
+            location: self.location.clone(),
+            name: name.to_string(),
+            kind,
+            reason: root_cause(&e),
+        }
+    }
+}
+
+/// The innermost message of an error chain: "connection refused" rather than three layers
+/// of wrapping.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !m.is_empty() && !msg.contains(&m) {
+            msg = format!("{msg}: {m}");
+        }
+        cur = s.source();
+    }
+    msg
+}
+
+fn looks_unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let m = root_cause(e).to_lowercase();
+    [
+        "connect",
+        "timed out",
+        "timeout",
+        "dns",
+        "retry",
+        "connection",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+impl Backend for ObjectStoreBackend {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn get(&self, name: &str) -> BoxFut<'_, Bytes> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let r = self
+                .inner
+                .get(&self.path(&name))
+                .await
+                .map_err(|e| self.err("read", &name, e))?;
+            r.bytes().await.map_err(|e| self.err("read", &name, e))
+        })
+    }
+
+    fn get_range(&self, name: &str, range: Range<u64>) -> BoxFut<'_, Bytes> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let len = range.end - range.start;
+            let b = self
+                .inner
+                .get_range(&self.path(&name), range)
+                .await
+                .map_err(|e| self.err("read", &name, e))?;
+            if b.len() as u64 != len {
+                return Err(Error::Store {
+                    op: "read",
+                    location: self.location.clone(),
+                    name,
+                    kind: StoreErrorKind::Other,
+                    reason: format!("asked for {len} bytes, got {}", b.len()),
+                });
+            }
+            Ok(b)
+        })
+    }
+
+    fn put(&self, name: &str, data: Bytes, mode: WriteMode) -> BoxFut<'_, ()> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let opts = PutOptions {
+                mode: match mode {
+                    WriteMode::Overwrite => PutMode::Overwrite,
+                    WriteMode::CreateNew => PutMode::Create,
+                },
+                ..Default::default()
+            };
+            self.inner
+                .put_opts(&self.path(&name), data.into(), opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("write", &name, e))
+        })
+    }
+
+    fn delete(&self, name: &str) -> BoxFut<'_, ()> {
+        let name = name.to_string();
+        Box::pin(async move {
+            match self.inner.delete(&self.path(&name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.err("delete", &name, e)),
+            }
+        })
+    }
+
+    fn list(&self, prefix: &str) -> BoxFut<'_, Vec<ObjectInfo>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            // object_store lists by path segments: list the directory part, filter the rest.
+            let full = format!("{}{prefix}", self.prefix);
+            let dir = match full.rfind('/') {
+                Some(i) => &full[..i],
+                None => "",
+            };
+            let dir_path = (!dir.is_empty()).then(|| OsPath::from(dir));
+            let metas: Vec<_> = self
+                .inner
+                .list(dir_path.as_ref())
+                .try_collect()
+                .await
+                .or_else(|e| match e {
+                    // A prefix nobody wrote to yet is an empty listing.
+                    object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                    e => Err(self.err("list", &prefix, e)),
+                })?;
+            let mut out: Vec<ObjectInfo> = metas
+                .into_iter()
+                .filter_map(|m| {
+                    let loc = m.location.as_ref();
+                    let name = loc.strip_prefix(self.prefix.as_str())?;
+                    name.starts_with(prefix.as_str()).then(|| ObjectInfo {
+                        name: name.to_string(),
+                        size: m.size,
+                        last_modified: m.last_modified,
+                    })
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn head(&self, name: &str) -> BoxFut<'_, Option<ObjectInfo>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            match self.inner.head(&self.path(&name)).await {
+                Ok(m) => Ok(Some(ObjectInfo {
+                    name,
+                    size: m.size,
+                    last_modified: m.last_modified,
+                })),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.err("read", &name, e)),
+            }
+        })
+    }
+}
+
+fn retry(opts: &StoreOptions) -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+        max_retries: 8,
+        retry_timeout: opts.retry_timeout.unwrap_or(Duration::from_secs(60)),
+    }
+}
+
+fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(300))
+}
+
+/// Open the store a repository location names:
+/// a path or `file://` URL (local disk), `memory://` (tests; a fresh empty store each
+/// time), `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+pub fn open_store(location: &str, opts: &StoreOptions) -> Result<Store> {
+    let invalid = |why: String| Error::Invalid(format!("repository location {location:?}: {why}"));
+    let (scheme, rest) = match location.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("file", location),
+    };
+    let backend = match scheme {
+        "file" => {
+            let path = std::path::Path::new(rest);
+            std::fs::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))?;
+            let abs = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs)
+                .map_err(|e| invalid(e.to_string()))?
+                // Durability on power loss, not only on process death.
+                .with_fsync(true);
+            ObjectStoreBackend::new(Arc::new(fs), "", abs.display().to_string())
+        }
+        "memory" => ObjectStoreBackend::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            location,
+        ),
+        "s3" | "gs" | "az" | "azure" => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("no bucket name".into()));
+            }
+            let inner: Arc<dyn ObjectStore> = match scheme {
+                "s3" => {
+                    let mut b = object_store::aws::AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry(opts))
+                        .with_client_options(client_options())
+                        // Path-style requests: what S3-compatible servers expect.
+                        .with_virtual_hosted_style_request(false);
+                    let endpoint = opts
+                        .s3_endpoint
+                        .clone()
+                        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                    if let Some(ep) = endpoint {
+                        b = b
+                            .with_allow_http(ep.starts_with("http://"))
+                            .with_endpoint(ep);
+                    }
+                    let region = opts
+                        .s3_region
+                        .clone()
+                        .or_else(|| std::env::var("AWS_REGION").ok())
+                        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                        .unwrap_or_else(|| "us-east-1".into());
+                    Arc::new(
+                        b.with_region(region)
+                            .build()
+                            .map_err(|e| invalid(root_cause(&e)))?,
+                    )
+                }
+                "gs" => Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry(opts))
+                        .with_client_options(client_options())
+                        .build()
+                        .map_err(|e| invalid(root_cause(&e)))?,
+                ),
+                _ => Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_container_name(bucket)
+                        .with_retry(retry(opts))
+                        .with_client_options(client_options())
+                        .build()
+                        .map_err(|e| invalid(root_cause(&e)))?,
+                ),
+            };
+            ObjectStoreBackend::new(inner, prefix, location)
+        }
+        other => {
+            return Err(invalid(format!(
+                "unknown scheme {other:?}; use a path, file://, s3://, gs://, az:// or memory://"
+            )));
+        }
+    };
+    Ok(Arc::new(backend))
+}

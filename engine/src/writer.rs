@@ -1,0 +1,371 @@
+//! Writing blobs: dedup, seal, pack, upload, index — shared by every writer (backup of a
+//! directory tree, and the data movers).
+//!
+//! CPU work (hashing, compression, encryption) happens in the calling thread, which is a
+//! rayon worker or a plain thread, never a tokio worker. Sealed blobs go through a bounded
+//! channel to one packer thread; finished packs are uploaded on tokio with a bounded number
+//! in flight. Every bounded step blocks its producer when full, so memory stays bounded
+//! whatever the input. Index files are written after the packs they describe and flushed
+//! every [`FLUSH_PACKS`] packs, which also bounds the set of blobs only this writer knows.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use arca_format::{
+    BlobId, BlobType, Compression, IndexFile, IndexId, IndexPack, Keys, PackKind, PackWriter,
+    envelope, layout,
+};
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::indexed::{Indexed, pack_name};
+use crate::store::WriteMode;
+
+/// Packs per index file written during a backup.
+pub(crate) const FLUSH_PACKS: usize = 64;
+const UPLOADS_IN_FLIGHT: usize = 4;
+const SEALED_QUEUE: usize = 16;
+
+/// Counters of what a writer added.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Data blobs stored.
+    pub data_blobs: AtomicU64,
+    /// Tree and extent-list blobs stored.
+    pub tree_blobs: AtomicU64,
+    /// Plaintext bytes of stored blobs.
+    pub bytes_added: AtomicU64,
+    /// Sealed bytes of stored blobs.
+    pub bytes_stored: AtomicU64,
+    /// Packs uploaded.
+    pub packs: AtomicU64,
+    /// Bytes of packs uploaded.
+    pub pack_bytes: AtomicU64,
+}
+
+struct SealedBlob {
+    blob_type: BlobType,
+    id: BlobId,
+    raw_len: u32,
+    sealed: Vec<u8>,
+}
+
+struct Shared {
+    idx: Indexed,
+    stats: Arc<WriteStats>,
+    failed: Mutex<Option<Error>>,
+    abort: AtomicBool,
+    pending: Mutex<Vec<IndexPack>>,
+    claimed: Mutex<HashSet<BlobId>>,
+    index_files: Mutex<Vec<IndexId>>,
+    flush_lock: tokio::sync::Mutex<()>,
+    uploads: Arc<Semaphore>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut f = self.failed.lock().expect("lock");
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    /// Write an index file for the packs uploaded so far, add it to the cache, and forget
+    /// the claims it now answers for.
+    async fn flush_index(self: &Arc<Self>) -> Result<()> {
+        let _guard = self.flush_lock.lock().await;
+        let packs = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let file = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+        };
+        let keys = self.idx.repo.keys.clone();
+        let (file, id, bytes) = tokio::task::spawn_blocking(move || {
+            file.encode(&keys, Compression::Zstd(3))
+                .map(|(id, b)| (file, id, b))
+        })
+        .await
+        .expect("encode task panicked")?;
+        self.idx
+            .repo
+            .store
+            .put(
+                &layout::index(&id),
+                Bytes::from(bytes),
+                WriteMode::Overwrite,
+            )
+            .await?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.idx.index.ingest(id, &file)?;
+            let mut claimed = me.claimed.lock().expect("lock");
+            for p in &file.packs {
+                for b in &p.blobs {
+                    claimed.remove(&b.id);
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .expect("ingest task panicked")?;
+        self.index_files.lock().expect("lock").push(id);
+        Ok(())
+    }
+}
+
+/// A writer of blobs into one repository.
+pub struct Writer {
+    keys: Arc<Keys>,
+    compression: Compression,
+    shared: Arc<Shared>,
+    tx: Mutex<Option<SyncSender<SealedBlob>>>,
+    packer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Start a writer. Must be called from within a tokio runtime.
+    pub fn new(idx: &Indexed, compression: Compression) -> Self {
+        let handle = Handle::current();
+        let shared = Arc::new(Shared {
+            idx: idx.clone(),
+            stats: Arc::new(WriteStats::default()),
+            failed: Mutex::new(None),
+            abort: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+            claimed: Mutex::new(HashSet::new()),
+            index_files: Mutex::new(Vec::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            uploads: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = sync_channel(SEALED_QUEUE);
+        let s = shared.clone();
+        let cfg = idx.repo.config.clone();
+        let packer = std::thread::Builder::new()
+            .name("arca-packer".into())
+            .spawn(move || {
+                packer(
+                    s,
+                    rx,
+                    handle,
+                    cfg.data_pack_size as usize,
+                    cfg.tree_pack_size as usize,
+                )
+            })
+            .expect("spawn packer thread");
+        Self {
+            keys: idx.repo.keys.clone(),
+            compression,
+            shared,
+            tx: Mutex::new(Some(tx)),
+            packer: Mutex::new(Some(packer)),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<WriteStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Whether the writer failed (a store error): producers should stop.
+    pub fn aborted(&self) -> bool {
+        self.shared.abort.load(Ordering::Relaxed)
+    }
+
+    /// Producers see `Cancelled` once the writer failed; [`Writer::finish`] returns the
+    /// error that made it fail.
+    fn check(&self) -> Result<()> {
+        if self.aborted() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Claim a blob ID for storing: false if it is already stored or being stored.
+    fn claim(&self, id: &BlobId) -> Result<bool> {
+        if self.shared.claimed.lock().expect("lock").contains(id) {
+            return Ok(false);
+        }
+        if self.shared.idx.index.has(id)? {
+            return Ok(false);
+        }
+        Ok(self.shared.claimed.lock().expect("lock").insert(*id))
+    }
+
+    /// Store a blob unless the repository has it; returns its ID. Blocks while the packer
+    /// and the uploads are behind (that is the backpressure).
+    pub fn store(&self, blob_type: BlobType, data: &[u8]) -> Result<BlobId> {
+        self.check()?;
+        let id = self.keys.blob_id(blob_type, data);
+        if !self.claim(&id)? {
+            return Ok(id);
+        }
+        let compression = match blob_type {
+            BlobType::Data => self.compression,
+            // Metadata compresses well and is read often: always zstd.
+            _ => Compression::Zstd(3),
+        };
+        let sealed = envelope::seal(&self.keys, blob_type.kind(), &[], data, compression)?;
+        let st = &self.shared.stats;
+        match blob_type {
+            BlobType::Data => st.data_blobs.fetch_add(1, Ordering::Relaxed),
+            _ => st.tree_blobs.fetch_add(1, Ordering::Relaxed),
+        };
+        st.bytes_added
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        st.bytes_stored
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        let tx = self
+            .tx
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or(Error::Cancelled)?;
+        tx.send(SealedBlob {
+            blob_type,
+            id,
+            raw_len: data.len() as u32,
+            sealed,
+        })
+        .map_err(|_| Error::Cancelled)?;
+        Ok(id)
+    }
+
+    /// Whether the repository (or this writer) has a blob a writer may reuse.
+    pub fn has(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.shared.claimed.lock().expect("lock").contains(id)
+            || self.shared.idx.index.has(id)?)
+    }
+
+    /// Flush everything: close the packs, wait for uploads, write the last index file.
+    /// Returns the index files written.
+    pub async fn finish(&self) -> Result<Vec<IndexId>> {
+        drop(self.tx.lock().expect("lock").take());
+        let packer = self.packer.lock().expect("lock").take();
+        if let Some(p) = packer {
+            tokio::task::spawn_blocking(move || p.join())
+                .await
+                .expect("join task panicked")
+                .map_err(|_| Error::Invalid("packer thread panicked".into()))?;
+        }
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("lock"));
+        for t in tasks {
+            t.await
+                .map_err(|_| Error::Invalid("upload task panicked".into()))?;
+        }
+        if let Some(e) = self.shared.failed.lock().expect("lock").take() {
+            return Err(e);
+        }
+        self.check()?;
+        self.shared.flush_index().await?;
+        Ok(self.shared.index_files.lock().expect("lock").clone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Unblock and stop the packer if finish() was never reached (an error upstream).
+        self.shared.abort.store(true, Ordering::SeqCst);
+        drop(self.tx.lock().map(|mut t| t.take()));
+    }
+}
+
+fn packer(
+    shared: Arc<Shared>,
+    rx: Receiver<SealedBlob>,
+    handle: Handle,
+    data_size: usize,
+    tree_size: usize,
+) {
+    let mut data = PackWriter::new(PackKind::Data, data_size + (1 << 20));
+    let mut meta = PackWriter::new(PackKind::Meta, tree_size + (1 << 20));
+    let add =
+        |w: &mut PackWriter, b: &SealedBlob| w.add_sealed(b.blob_type, b.id, b.raw_len, &b.sealed);
+    for b in rx.iter() {
+        if shared.abort.load(Ordering::Relaxed) {
+            continue; // drain, so producers blocked on send are released
+        }
+        let (w, target, kind, cap) = match b.blob_type.pack_kind() {
+            PackKind::Data => (&mut data, data_size, PackKind::Data, data_size),
+            PackKind::Meta => (&mut meta, tree_size, PackKind::Meta, tree_size),
+        };
+        if let Err(e) = add(w, &b) {
+            shared.fail(e.into());
+            continue;
+        }
+        if w.len() >= target {
+            let full = std::mem::replace(w, PackWriter::new(kind, cap + (1 << 20)));
+            upload(&shared, &handle, full);
+        }
+    }
+    if !shared.abort.load(Ordering::Relaxed) {
+        for w in [data, meta] {
+            if !w.is_empty() {
+                upload(&shared, &handle, w);
+            }
+        }
+    }
+}
+
+fn upload(shared: &Arc<Shared>, handle: &Handle, w: PackWriter) {
+    let keys = shared.idx.repo.keys.clone();
+    let finished = match w.finish(&keys) {
+        Ok(p) => p,
+        Err(e) => return shared.fail(e.into()),
+    };
+    // Wait for a free upload slot: the packer (and through it every producer) slows down to
+    // the store's pace.
+    let permit = handle
+        .block_on(shared.uploads.clone().acquire_owned())
+        .expect("semaphore never closed");
+    let s = shared.clone();
+    let task = handle.spawn(async move {
+        let _permit = permit;
+        let name = pack_name(finished.kind, &finished.id);
+        let size = finished.bytes.len() as u64;
+        match s
+            .idx
+            .repo
+            .store
+            .put(&name, Bytes::from(finished.bytes), WriteMode::Overwrite)
+            .await
+        {
+            Ok(()) => {
+                s.stats.packs.fetch_add(1, Ordering::Relaxed);
+                s.stats.pack_bytes.fetch_add(size, Ordering::Relaxed);
+                let n = {
+                    let mut p = s.pending.lock().expect("lock");
+                    p.push(IndexPack {
+                        id: finished.id,
+                        size,
+                        obsolete_since: None,
+                        blobs: finished.entries,
+                    });
+                    p.len()
+                };
+                if n >= FLUSH_PACKS
+                    && let Err(e) = s.flush_index().await
+                {
+                    s.fail(e);
+                }
+            }
+            Err(e) => s.fail(e),
+        }
+    });
+    shared.tasks.lock().expect("lock").push(task);
+}
