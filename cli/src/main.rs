@@ -57,6 +57,10 @@ struct Cli {
     #[arg(long, env = "ARCA_S3_REGION", global = true)]
     s3_region: Option<String>,
 
+    /// Seconds to keep retrying an unreachable store before giving up.
+    #[arg(long, env = "ARCA_RETRY_TIMEOUT", default_value_t = 60, global = true)]
+    retry_timeout: u64,
+
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -186,7 +190,7 @@ fn main() -> ExitCode {
         store_opts: StoreOptions {
             s3_endpoint: cli.s3_endpoint,
             s3_region: cli.s3_region,
-            retry_timeout: None,
+            retry_timeout: Some(std::time::Duration::from_secs(cli.retry_timeout)),
         },
         json: cli.json,
         quiet: cli.quiet,

@@ -527,7 +527,7 @@ fn unreadable_files_are_reported_skipped_and_exit_partial() {
     std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
 
     // Root reads everything: drop to an unprivileged user for this test.
-    let as_root = nix_is_root();
+    let as_root = is_root();
     let run = |args: &[&str]| {
         let mut c = if as_root {
             let mut c = std::process::Command::new("setpriv");
@@ -601,14 +601,6 @@ fn unreadable_files_are_reported_skipped_and_exit_partial() {
         "{names:?}"
     );
     std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn nix_is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
 }
 
 #[test]
@@ -746,4 +738,173 @@ fn odd_names_survive_listing_as_json() {
     let id = env.backup(&[src.to_str().unwrap()]);
     let ls = env.json(&["snapshot", "ls", &id]);
     assert_eq!(ls[0]["path"], "x\u{fffd}y");
+}
+
+#[test]
+fn one_file_system_stays_on_one_file_system() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    std::fs::write(src.join("here"), b"on the root fs").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(src.join("mnt"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs here (not root?): one-file-system not exercised");
+        return;
+    }
+    std::fs::write(src.join("mnt/elsewhere"), b"on the tmpfs").unwrap();
+    let all = env.backup(&[src.to_str().unwrap()]);
+    let one = env.backup(&[src.to_str().unwrap(), "--one-file-system", "--force"]);
+    let _ = std::process::Command::new("umount")
+        .arg(src.join("mnt"))
+        .status();
+    let names = |id: &str| -> Vec<String> {
+        env.json(&["snapshot", "ls", id, "-R"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&all), ["here", "mnt", "mnt/elsewhere"]);
+    // The mount point is kept, empty; what is mounted on it is not crossed into.
+    assert_eq!(names(&one), ["here", "mnt"]);
+}
+
+#[test]
+fn an_interrupted_restore_resumes_without_redoing_finished_files() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..300u64 {
+        std::fs::write(src.join(format!("f{i:03}")), noise(i, 600_000)).unwrap();
+    }
+    let id = env.backup(&[src.to_str().unwrap()]);
+    let dst = env.path("dst");
+    let mut child = env
+        .cmd()
+        .args([
+            "snapshot",
+            "restore",
+            &id,
+            "--target",
+            dst.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    // Kill it hard once some files are complete (their mtime is set last).
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let started = std::time::Instant::now();
+    loop {
+        let done = (0..300)
+            .filter(|i| {
+                let name = format!("f{i:03}");
+                mtime(&dst.join(&name)).is_some()
+                    && mtime(&dst.join(&name)) == mtime(&src.join(&name))
+            })
+            .count();
+        if done > 20 || started.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let killed = !status.success();
+    assert!(
+        killed,
+        "the restore finished before it could be interrupted; make the tree larger"
+    );
+    let r = env.json(&[
+        "snapshot",
+        "restore",
+        &id,
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+    // Files completed before the kill were skipped, not rewritten.
+    assert!(r["files_skipped"].as_u64().unwrap() >= 20, "{r}");
+    assert!(r["files_restored"].as_u64().unwrap() < 300, "{r}");
+}
+
+#[test]
+fn a_missing_damaged_or_foreign_cache_is_rebuilt() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), noise(1, 100_000)).unwrap();
+    let id = env.backup(&[src.to_str().unwrap()]);
+    let cache = env.path("cache");
+    let restore_ok = |name: &str| {
+        let dst = env.path(name);
+        env.ok(&[
+            "snapshot",
+            "restore",
+            &id,
+            "--target",
+            dst.to_str().unwrap(),
+        ]);
+        assert_same_tree(&src, &dst);
+    };
+    // Missing.
+    std::fs::remove_dir_all(&cache).unwrap();
+    restore_ok("r1");
+    // Damaged: every file of the rocksdb directory overwritten with garbage.
+    for f in walk_files(&cache) {
+        std::fs::write(&f, b"garbage").unwrap();
+    }
+    restore_ok("r2");
+    // Foreign: another repository's cache put in this one's place.
+    let other = Env::new();
+    other.init();
+    let other_src = other.path("src");
+    std::fs::create_dir_all(&other_src).unwrap();
+    std::fs::write(other_src.join("b"), b"other").unwrap();
+    other.backup(&[other_src.to_str().unwrap()]);
+    let repo_dir = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let other_dir = std::fs::read_dir(other.path("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_dir_all(&repo_dir).unwrap();
+    copy_dir(&other_dir, &repo_dir);
+    restore_ok("r3");
+    // A throw-away cache works too.
+    let dst = env.path("r4");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        &id,
+        "--target",
+        dst.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert_same_tree(&src, &dst);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
 }

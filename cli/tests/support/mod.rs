@@ -44,6 +44,9 @@ impl Env {
             .env_remove("ARCA_PASSWORD_FILE")
             .env_remove("ARCA_LOG")
             .stdin(Stdio::null());
+        if let Ok(e) = std::env::var("ARCA_TEST_S3_ENDPOINT") {
+            c.env("ARCA_S3_ENDPOINT", e);
+        }
         c
     }
 
@@ -168,6 +171,24 @@ pub fn tricky_tree(root: &Path) {
     )
     .unwrap();
     set_mtime(&root.join("plain.txt"), 1_000_000_000, 123_456_789);
+    // A character device (like /dev/null), where we may create one.
+    if is_root() {
+        let status = Command::new("mknod")
+            .arg(root.join("null-device"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 fn nix_mkfifo(p: &Path) {
