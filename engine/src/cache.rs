@@ -173,7 +173,7 @@ fn db_options() -> Options {
     o.create_missing_column_families(true);
     // Bounded memory whatever the repository's size: small write buffers, a small block
     // cache, a capped number of open files.
-    o.set_write_buffer_size(16 << 20);
+    o.set_write_buffer_size(8 << 20);
     o.set_max_write_buffer_number(2);
     o.set_max_open_files(256);
     o.set_keep_log_file_num(2);
@@ -338,6 +338,10 @@ impl IndexCache {
         let mut batch = WriteBatch::default();
         let mut packs = Vec::with_capacity(file.packs.len());
         for p in &file.packs {
+            // Bounded write batches: a large index file must not inflate the memtable.
+            if batch.len() > 20_000 {
+                self.db.write(std::mem::take(&mut batch)).map_err(|e| self.db_err(e))?;
+            }
             let mut rec = self.get_pack(&p.id)?.unwrap_or_default();
             rec.size = p.size;
             rec.kind_meta = p.kind() == PackKind::Meta;

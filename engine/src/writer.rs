@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 use crate::indexed::{Indexed, pack_name};
 use crate::store::WriteMode;
 
-/// Packs per index file written during a backup.
+/// An index file is written once this many packs, or this many blobs, are uploaded and not
+/// yet indexed: it bounds the memory of the pending entries and of the claims.
 pub(crate) const FLUSH_PACKS: usize = 64;
+pub(crate) const FLUSH_BLOBS: usize = 50_000;
 const UPLOADS_IN_FLIGHT: usize = 4;
 const SEALED_QUEUE: usize = 16;
 
@@ -348,7 +350,7 @@ fn upload(shared: &Arc<Shared>, handle: &Handle, w: PackWriter) {
             Ok(()) => {
                 s.stats.packs.fetch_add(1, Ordering::Relaxed);
                 s.stats.pack_bytes.fetch_add(size, Ordering::Relaxed);
-                let n = {
+                let (packs, blobs) = {
                     let mut p = s.pending.lock().expect("lock");
                     p.push(IndexPack {
                         id: finished.id,
@@ -356,9 +358,9 @@ fn upload(shared: &Arc<Shared>, handle: &Handle, w: PackWriter) {
                         obsolete_since: None,
                         blobs: finished.entries,
                     });
-                    p.len()
+                    (p.len(), p.iter().map(|x| x.blobs.len()).sum::<usize>())
                 };
-                if n >= FLUSH_PACKS
+                if (packs >= FLUSH_PACKS || blobs >= FLUSH_BLOBS)
                     && let Err(e) = s.flush_index().await
                 {
                     s.fail(e);
