@@ -437,6 +437,11 @@ fn restore_sub_path_tar_stream_and_existing_policies() {
         "only the edited file is rewritten: {r}"
     );
     assert_same_tree(&src, &dst);
+    // Overwriting replaces files instead of writing into them: another name of a
+    // target file (a hard link outside the target) keeps its content.
+    std::fs::write(dst.join("plain.txt"), b"local edit").unwrap();
+    let outside = env.path("outside-link");
+    std::fs::hard_link(dst.join("plain.txt"), &outside).unwrap();
     let r = env.json(&[
         "snapshot",
         "restore",
@@ -447,6 +452,8 @@ fn restore_sub_path_tar_stream_and_existing_policies() {
         "overwrite",
     ]);
     assert!(r["files_restored"].as_u64().unwrap() > 10);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"local edit");
+    assert_same_tree(&src, &dst);
     let out = env.run(&[
         "snapshot",
         "restore",
@@ -907,4 +914,42 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), t).unwrap();
         }
     }
+}
+
+#[test]
+fn a_file_changing_while_it_is_read_is_reported() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let growing = src.join("growing.log");
+    std::fs::write(&growing, noise(9, 64 << 20)).unwrap();
+    std::fs::write(src.join("still"), b"still").unwrap();
+    // A writer appends to the file for as long as the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, g) = (stop.clone(), growing.clone());
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&g).unwrap();
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            f.write_all(b"another line\n").unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    });
+    let out = env.json(&["snapshot", "create", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let warnings = out["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["path"].as_str().unwrap().ends_with("growing.log")
+                && w["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("changed while it was read")),
+        "{out}"
+    );
+    // A warning, not an error: the backup is complete.
+    assert!(out["errors"].as_array().unwrap().is_empty());
 }

@@ -340,7 +340,9 @@ impl IndexCache {
         for p in &file.packs {
             // Bounded write batches: a large index file must not inflate the memtable.
             if batch.len() > 20_000 {
-                self.db.write(std::mem::take(&mut batch)).map_err(|e| self.db_err(e))?;
+                self.db
+                    .write(std::mem::take(&mut batch))
+                    .map_err(|e| self.db_err(e))?;
             }
             let mut rec = self.get_pack(&p.id)?.unwrap_or_default();
             rec.size = p.size;

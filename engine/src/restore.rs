@@ -359,6 +359,12 @@ impl Indexed {
                                     col.error(&path, "a directory is in the way");
                                     continue;
                                 }
+                                // Replace rather than write into it: it may be read-only,
+                                // or a hard link whose other names must not change.
+                                if let Err(e) = std::fs::remove_file(&path) {
+                                    col.error(&path, format!("cannot replace: {e}"));
+                                    continue;
+                                }
                             }
                         }
                     }
