@@ -18,6 +18,12 @@ pub enum RepoCmd {
     /// Manage the passwords (key files) that open the repository.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Verify the repository: structure, and with --read-data the data itself. Names what
+    /// is damaged (pack, blobs, snapshots and paths); exits 1 when anything is.
+    Check(crate::cmd_maint::CheckArgs),
+    /// Repair the index or snapshots.
+    #[command(subcommand)]
+    Repair(crate::cmd_maint::RepairCmd),
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +238,8 @@ pub async fn run(ctx: &Ctx, cmd: RepoCmd) -> Result<u8> {
             }
             Ok(0)
         }
+        RepoCmd::Check(a) => crate::cmd_maint::check(ctx, a).await,
+        RepoCmd::Repair(r) => crate::cmd_maint::repair(ctx, r).await,
         RepoCmd::Key(k) => {
             let mut repo = ctx.open().await?;
             match k {

@@ -49,6 +49,9 @@ pub enum SnapshotCmd {
     },
     /// Restore a snapshot (or a path inside it) into a directory, or as tar to stdout.
     Restore(RestoreArgs),
+    /// Remove snapshots: the ones named, or those no keep rule keeps. Their data is
+    /// reclaimed by `arca maintenance run --full` (or --prune).
+    Forget(ForgetArgs),
     /// Logical size, stored size, dedup and compression ratios of snapshots (all when none
     /// is given).
     Stats {
@@ -89,6 +92,50 @@ impl FilterArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove by name (instead of a policy).
+    snapshots: Vec<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot within this duration of the group's newest (e.g. 7d, 2w, 3mo).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long, value_name = "TAG")]
+    keep_tag: Vec<String>,
+    /// Apply the rules per group of: host, paths, tags (comma-separated; "" for one group).
+    #[arg(long, default_value = "host,paths")]
+    group_by: String,
+    /// Show what would be removed and which rule keeps each survivor; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Collect garbage afterwards (`arca maintenance run --full`).
+    #[arg(long)]
+    prune: bool,
+    /// Safety margin of the garbage collection run by --prune.
+    #[arg(long, default_value = "1h")]
+    safety_margin: String,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Files and directories to back up.
     #[arg(required = true)]
@@ -124,6 +171,10 @@ pub struct CreateArgs {
     /// Reader threads [default: one per core].
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Make uploaded data reusable at least this often (e.g. 30s, 5m): a backup that is
+    /// killed loses at most this much work.
+    #[arg(long, default_value = "1m")]
+    checkpoint_interval: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -342,6 +393,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
             Ok(0)
         }
         SnapshotCmd::Restore(a) => restore(ctx, a).await,
+        SnapshotCmd::Forget(a) => forget(ctx, a).await,
         SnapshotCmd::Stats { snapshots, filter } => {
             let idx = indexed(ctx).await?;
             let f = filter.filter()?;
@@ -440,6 +492,8 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
         });
     }
     opts.threads = a.threads;
+    opts.checkpoint =
+        std::time::Duration::from_secs(arca_engine::parse_duration(&a.checkpoint_interval)? as u64);
     opts.cancel = ctx.cancel.clone();
     opts.scan_totals = ctx.show_progress();
     let progress = Arc::new(BackupProgress::default());
@@ -566,6 +620,125 @@ async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
             );
         }
         return Ok(EXIT_PARTIAL);
+    }
+    Ok(0)
+}
+
+async fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<u8> {
+    use arca_engine::{GroupBy, KeepPolicy, apply_policy, parse_duration};
+    let repo = ctx.open().await?;
+    let filter = a.filter.filter()?;
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within_secs: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        tags: a.keep_tag.clone(),
+    };
+    // Named snapshots, or a policy over the (filtered) snapshots.
+    let remove: Vec<(SnapshotId, String)>;
+    if !a.snapshots.is_empty() {
+        if !policy.is_empty() {
+            bail!("name snapshots or give keep rules, not both");
+        }
+        let mut v = Vec::new();
+        for s in &a.snapshots {
+            let (id, _) = repo.find_snapshot(s, &filter).await?;
+            v.push((id, "named".to_string()));
+        }
+        remove = v;
+        if ctx.json {
+            print_json(
+                &remove
+                    .iter()
+                    .map(|(id, _)| serde_json::json!({"id": id.to_hex(), "keep": false}))
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+    } else {
+        let snaps: Vec<_> = repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| filter.matches(s))
+            .collect();
+        let decisions = apply_policy(&snaps, &policy, GroupBy::parse(&a.group_by)?)?;
+        if ctx.json {
+            print_json(
+                &decisions
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id.to_hex(),
+                            "time": output::rfc3339(d.time),
+                            "group": d.group,
+                            "keep": d.keep(),
+                            "reasons": d.reasons,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+        } else if !ctx.quiet {
+            let mut group = None;
+            for d in &decisions {
+                if group != Some(&d.group) {
+                    println!(
+                        "{}:",
+                        if d.group.is_empty() {
+                            "all snapshots"
+                        } else {
+                            &d.group
+                        }
+                    );
+                    group = Some(&d.group);
+                }
+                if d.keep() {
+                    println!(
+                        "  keep   {}  {}  ({})",
+                        d.id.short(),
+                        output::time(d.time),
+                        d.reasons.join(", ")
+                    );
+                } else {
+                    println!(
+                        "  {}{}  {}",
+                        if a.dry_run {
+                            "would remove "
+                        } else {
+                            "remove "
+                        },
+                        d.id.short(),
+                        output::time(d.time)
+                    );
+                }
+            }
+        }
+        remove = decisions
+            .iter()
+            .filter(|d| !d.keep())
+            .map(|d| (d.id, String::new()))
+            .collect();
+    }
+    if a.dry_run {
+        if !ctx.json && !ctx.quiet {
+            println!("dry run: {} snapshots would be removed", remove.len());
+        }
+        return Ok(0);
+    }
+    for (id, _) in &remove {
+        repo.delete_snapshot(id).await?;
+    }
+    if !ctx.json && !ctx.quiet {
+        println!("removed {} snapshots", remove.len());
+    }
+    if a.prune {
+        let sub = crate::cmd_maint::MaintenanceCmd::Run(crate::cmd_maint::RunArgs::full(
+            a.safety_margin.clone(),
+        ));
+        return crate::cmd_maint::maintenance(ctx, sub).await;
     }
     Ok(0)
 }

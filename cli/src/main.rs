@@ -4,6 +4,7 @@
 // A binary: nothing is reachable from outside, so `pub` only marks what modules share.
 #![allow(unreachable_pub)]
 
+mod cmd_maint;
 mod cmd_repo;
 mod cmd_snapshot;
 mod output;
@@ -82,9 +83,12 @@ enum Command {
     /// Create, inspect and manage repositories and their keys.
     #[command(subcommand)]
     Repo(cmd_repo::RepoCmd),
-    /// Create, list, inspect, compare and restore snapshots.
+    /// Create, list, inspect, compare, restore and forget snapshots.
     #[command(subcommand)]
     Snapshot(cmd_snapshot::SnapshotCmd),
+    /// Compact the index, collect garbage, repack.
+    #[command(subcommand)]
+    Maintenance(cmd_maint::MaintenanceCmd),
 }
 
 /// Everything a command needs from the global options.
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Repo(c) => cmd_repo::run(&ctx, c).await,
             Command::Snapshot(c) => cmd_snapshot::run(&ctx, c).await,
+            Command::Maintenance(c) => cmd_maint::maintenance(&ctx, c).await,
         }
     });
     // Do not wait for background tasks (heartbeats) at exit.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arca_engine::{BackupProgress, RestoreProgress};
+use arca_engine::{BackupProgress, CheckProgress, RestoreProgress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A bar redrawn from shared counters until dropped.
@@ -98,4 +98,47 @@ pub fn restore(show: bool, p: Arc<RestoreProgress>) -> Bar {
         })
     });
     Bar { bar, task }
+}
+
+/// A check's bar: packs read of packs to read.
+pub fn check(show: bool, p: Arc<CheckProgress>) -> Bar {
+    let bar = new_bar(show);
+    let task = show.then(|| {
+        let b = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                b.set_length(p.packs_total.load(Ordering::Relaxed));
+                b.set_position(p.packs_done.load(Ordering::Relaxed));
+                b.set_message(format!(
+                    "read {}",
+                    crate::output::bytes(p.bytes_done.load(Ordering::Relaxed))
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    if show {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{wide_bar}] packs {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+    Bar { bar, task }
+}
+
+/// A spinner with a message, for work without a measurable total.
+pub fn spinner(show: bool, msg: &'static str) -> Bar {
+    let bar = if show {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_message(msg);
+    if show {
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
+    Bar { bar, task: None }
 }

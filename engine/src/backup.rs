@@ -80,6 +80,9 @@ pub struct BackupOptions {
     pub cancel: Arc<AtomicBool>,
     /// Count the files and bytes to do first, for progress with an ETA.
     pub scan_totals: bool,
+    /// How often uploaded data is made reusable (an index file written), so that an
+    /// interrupted backup loses at most this much work.
+    pub checkpoint: std::time::Duration,
 }
 
 impl BackupOptions {
@@ -97,6 +100,7 @@ impl BackupOptions {
             identity: Identity::current(),
             cancel: Arc::new(AtomicBool::new(false)),
             scan_totals: false,
+            checkpoint: crate::writer::DEFAULT_CHECKPOINT,
         }
     }
 }
@@ -291,6 +295,11 @@ impl Indexed {
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .collect();
 
+        // The session first, then a fresh look at the index: maintenance relies on every
+        // writer's view of the index being newer than its session's start.
+        let session = SessionGuard::start(&self.repo, SessionKind::Backup, &opts.identity).await?;
+        self.resync().await?;
+
         let parent = match &opts.parent {
             Parent::None => None,
             Parent::Snapshot(id) => Some((*id, self.repo.snapshot(id).await?)),
@@ -316,10 +325,10 @@ impl Indexed {
             _ => None,
         };
 
-        let session = SessionGuard::start(&self.repo, SessionKind::Backup, &opts.identity).await?;
         let start = Timestamp::now();
         let compression = opts.compression.unwrap_or(self.repo.config.compression);
         let writer = Arc::new(Writer::new(self, compression));
+        writer.set_checkpoint(opts.checkpoint);
         let _ = progress.written.set(writer.stats());
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism()

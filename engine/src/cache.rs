@@ -333,6 +333,69 @@ impl IndexCache {
         Ok(self.lookup(id)?.is_some_and(|l| !l.obsolete))
     }
 
+    /// The live index files (ingested and not superseded).
+    pub(crate) fn live_files(&self) -> Result<Vec<IndexId>> {
+        let mut out: Vec<IndexId> = self
+            .cached_files()?
+            .into_iter()
+            .filter(|(_, state)| *state == FILE_LIVE)
+            .map(|(id, _)| id)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every live pack.
+    pub(crate) fn packs(&self) -> Result<Vec<PackInfo>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PACKS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if let (Ok(k), Some(rec)) = (<[u8; 32]>::try_from(&k[..]), PackRecord::decode(&v))
+                && rec.live()
+            {
+                out.push(PackInfo {
+                    id: PackId(k),
+                    kind: rec.kind(),
+                    size: rec.size,
+                    obsolete_since: rec
+                        .obsolete()
+                        .then(|| rec.refs.iter().filter_map(|(_, o)| *o).max())
+                        .flatten(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index entry of a blob in one particular pack.
+    pub(crate) fn entry(&self, blob: &BlobId, pack: &PackId) -> Result<Option<PackEntry>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_BLOBS), blob_key(blob, pack))
+            .map_err(|e| self.db_err(e))?
+            .and_then(|v| decode_blob_value(*blob, &v)))
+    }
+
+    /// Visit every blob entry of a live pack: (pack, entry). A blob in two packs is
+    /// visited twice.
+    pub(crate) fn for_each_blob(&self, mut f: impl FnMut(PackId, PackEntry)) -> Result<()> {
+        let live: HashSet<PackId> = self.packs()?.into_iter().map(|p| p.id).collect();
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if k.len() != 64 {
+                continue;
+            }
+            let pack = PackId(k[32..].try_into().expect("32"));
+            if !live.contains(&pack) {
+                continue;
+            }
+            if let Some(entry) = decode_blob_value(BlobId(k[..32].try_into().expect("32")), &v) {
+                f(pack, entry);
+            }
+        }
+        Ok(())
+    }
+
     /// Add one index file's content (already downloaded and decoded).
     pub(crate) fn ingest(&self, id: IndexId, file: &IndexFile) -> Result<()> {
         let mut batch = WriteBatch::default();
@@ -538,6 +601,16 @@ impl Drop for IndexCache {
             tracing::debug!("removing temporary cache {}", self.path.display());
         }
     }
+}
+
+/// A live pack as the index lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PackInfo {
+    pub(crate) id: PackId,
+    pub(crate) kind: PackKind,
+    pub(crate) size: u64,
+    /// Marked obsolete, and since when (seconds), by every live index file listing it.
+    pub(crate) obsolete_since: Option<i64>,
 }
 
 /// What the cache remembers of one index file.

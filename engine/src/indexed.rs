@@ -3,11 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arca_format::{BlobId, BlobType, PackId, PackKind, Tree, layout, pack};
+use arca_format::{
+    BlobId, BlobType, Compression, IndexFile, IndexId, PackId, PackKind, Tree, layout, pack,
+};
+use bytes::Bytes;
 
 use crate::cache::{BlobLocation, IndexCache, SyncStats};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
+use crate::store::WriteMode;
 
 /// A repository whose index cache is open and in step with the store.
 #[derive(Clone, Debug)]
@@ -52,6 +56,26 @@ impl Indexed {
     /// Bring the index in step with the store again (after other writers or maintenance).
     pub async fn resync(&self) -> Result<SyncStats> {
         self.index.sync(&self.repo.store, &self.repo.keys).await
+    }
+
+    /// Seal and store an index file (named by its hash); hands the file back.
+    pub(crate) async fn write_index_file(&self, file: IndexFile) -> Result<(IndexId, IndexFile)> {
+        let keys = self.repo.keys.clone();
+        let (id, bytes, file) = tokio::task::spawn_blocking(move || {
+            file.encode(&keys, Compression::Zstd(3))
+                .map(|(id, b)| (id, b, file))
+        })
+        .await
+        .expect("encode task panicked")?;
+        self.repo
+            .store
+            .put(
+                &layout::index(&id),
+                Bytes::from(bytes),
+                WriteMode::Overwrite,
+            )
+            .await?;
+        Ok((id, file))
     }
 
     /// Where a blob is.

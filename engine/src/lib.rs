@@ -20,24 +20,33 @@
 
 mod backup;
 mod cache;
+mod check;
 mod chunker;
 mod error;
+mod forget;
 mod fsmeta;
 mod indexed;
 mod inspect;
+mod maintenance;
+mod repair;
 mod repo;
 mod restore;
 mod session;
 mod snapshots;
 pub mod store;
+mod usage;
 mod writer;
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport, ItemProblem, Parent};
 pub use cache::{BlobLocation, SyncStats};
+pub use check::{CheckProgress, CheckReport, Missing, PackDamage, ReadData};
 pub use chunker::Chunker;
 pub use error::{Error, Result, StoreErrorKind};
+pub use forget::{Decision, GroupBy, KeepPolicy, apply_policy, parse_duration};
 pub use indexed::Indexed;
 pub use inspect::{Change, Difference, Entry, Stats};
+pub use maintenance::{CLOCK_SKEW, MaintenanceOptions, MaintenanceReport};
+pub use repair::{RepairIndexReport, RepairedSnapshot};
 pub use repo::{Identity, InitOptions, KeyInfo, RepoStatus, Repository};
 pub use restore::{Existing, RestoreOptions, RestoreProgress, RestoreReport};
 pub use session::{COMMIT_DEADLINE, HEARTBEAT_INTERVAL, SESSION_TIMEOUT, SessionGuard};

@@ -20,6 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use crate::error::{Error, Result, StoreErrorKind};
 
 pub mod conformance;
+pub mod faulty;
 
 /// One object as a listing shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use arca_format::{
     BlobId, BlobType, Compression, IndexFile, IndexId, IndexPack, Keys, PackKind, PackWriter,
-    envelope, layout,
+    envelope,
 };
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -30,6 +30,8 @@ use crate::store::WriteMode;
 pub(crate) const FLUSH_PACKS: usize = 64;
 pub(crate) const FLUSH_BLOBS: usize = 50_000;
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// How often, at most, uploaded packs wait for an index file.
+pub(crate) const DEFAULT_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(60);
 const SEALED_QUEUE: usize = 16;
 
 /// Counters of what a writer added.
@@ -67,6 +69,9 @@ struct Shared {
     flush_lock: tokio::sync::Mutex<()>,
     uploads: Arc<Semaphore>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Write an index file at least this often while packs are uploaded, so that a killed
+    /// writer loses at most this much work: the next backup reuses what was indexed.
+    checkpoint: Mutex<(std::time::Duration, std::time::Instant)>,
 }
 
 impl Shared {
@@ -90,22 +95,7 @@ impl Shared {
             supersedes: Vec::new(),
             packs,
         };
-        let keys = self.idx.repo.keys.clone();
-        let (file, id, bytes) = tokio::task::spawn_blocking(move || {
-            file.encode(&keys, Compression::Zstd(3))
-                .map(|(id, b)| (file, id, b))
-        })
-        .await
-        .expect("encode task panicked")?;
-        self.idx
-            .repo
-            .store
-            .put(
-                &layout::index(&id),
-                Bytes::from(bytes),
-                WriteMode::Overwrite,
-            )
-            .await?;
+        let (id, file) = self.idx.write_index_file(file).await?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.idx.index.ingest(id, &file)?;
@@ -120,6 +110,7 @@ impl Shared {
         .await
         .expect("ingest task panicked")?;
         self.index_files.lock().expect("lock").push(id);
+        self.checkpoint.lock().expect("lock").1 = std::time::Instant::now();
         Ok(())
     }
 }
@@ -154,6 +145,7 @@ impl Writer {
             flush_lock: tokio::sync::Mutex::new(()),
             uploads: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
             tasks: Mutex::new(Vec::new()),
+            checkpoint: Mutex::new((DEFAULT_CHECKPOINT, std::time::Instant::now())),
         });
         let (tx, rx) = sync_channel(SEALED_QUEUE);
         let s = shared.clone();
@@ -177,6 +169,11 @@ impl Writer {
             tx: Mutex::new(Some(tx)),
             packer: Mutex::new(Some(packer)),
         }
+    }
+
+    /// Write an index file at least this often while uploading (default one minute).
+    pub fn set_checkpoint(&self, every: std::time::Duration) {
+        self.shared.checkpoint.lock().expect("lock").0 = every;
     }
 
     /// Counters.
@@ -360,7 +357,11 @@ fn upload(shared: &Arc<Shared>, handle: &Handle, w: PackWriter) {
                     });
                     (p.len(), p.iter().map(|x| x.blobs.len()).sum::<usize>())
                 };
-                if (packs >= FLUSH_PACKS || blobs >= FLUSH_BLOBS)
+                let due = {
+                    let c = s.checkpoint.lock().expect("lock");
+                    c.1.elapsed() >= c.0
+                };
+                if (packs >= FLUSH_PACKS || blobs >= FLUSH_BLOBS || due)
                     && let Err(e) = s.flush_index().await
                 {
                     s.fail(e);
