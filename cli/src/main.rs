@@ -195,6 +195,7 @@ fn main() -> ExitCode {
             s3_endpoint: cli.s3_endpoint,
             s3_region: cli.s3_region,
             retry_timeout: Some(std::time::Duration::from_secs(cli.retry_timeout)),
+            s3_credentials: None,
         },
         json: cli.json,
         quiet: cli.quiet,

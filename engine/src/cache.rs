@@ -345,6 +345,13 @@ impl IndexCache {
         Ok(out)
     }
 
+    /// Every index file in the store the cache knows of: live or superseded.
+    pub(crate) fn present_files(&self) -> Result<Vec<IndexId>> {
+        let mut out: Vec<IndexId> = self.cached_files()?.into_keys().collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Every live pack.
     pub(crate) fn packs(&self) -> Result<Vec<PackInfo>> {
         let mut out = Vec::new();

@@ -55,6 +55,8 @@ pub struct MaintenanceOptions {
     /// Take the maintenance lease even if another maintainer holds it (only when that one
     /// is known to be gone).
     pub break_lease: bool,
+    /// How far writers' clocks may disagree with the store's.
+    pub clock_skew: Duration,
 }
 
 impl Default for MaintenanceOptions {
@@ -66,6 +68,7 @@ impl Default for MaintenanceOptions {
             dry_run: false,
             identity: Identity::current(),
             break_lease: false,
+            clock_skew: CLOCK_SKEW,
         }
     }
 }
@@ -277,7 +280,8 @@ impl Indexed {
             report.index_files.1 = if opts.dry_run {
                 index_file_count(&out)
             } else {
-                self.replace_index(&inputs, out).await?
+                self.replace_index(&self.index.present_files()?, out)
+                    .await?
             };
             return Ok(report);
         }
@@ -285,6 +289,7 @@ impl Indexed {
         // Live backup sessions, listed *before* the snapshots are read: a backup that ends
         // after this listing was seen alive; one that ended before it has its snapshot
         // read below. Either way nothing it uses is swept.
+        let sessions_listed = (Timestamp::now().as_nanos() / 1_000_000) as i64;
         let mut oldest_live_backup: Option<i64> = None;
         let mut dead_sessions = Vec::new();
         for o in self.repo.store.list(layout::SESSIONS).await? {
@@ -296,10 +301,9 @@ impl Indexed {
                     dead_sessions.push(o.name)
                 }
                 Ok(s) if s.kind == SessionKind::Backup => {
-                    oldest_live_backup = Some(
-                        oldest_live_backup
-                            .map_or(s.started.seconds, |t: i64| t.min(s.started.seconds)),
-                    );
+                    let started = (s.started.as_nanos() / 1_000_000) as i64;
+                    oldest_live_backup =
+                        Some(oldest_live_backup.map_or(started, |t: i64| t.min(started)));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("session {}: {e}", o.name),
@@ -307,7 +311,8 @@ impl Indexed {
         }
         // A writer whose session started before `visible + skew` may have read an index
         // older than `visible`: what became unused then may still be used by it.
-        let skew = CLOCK_SKEW.as_secs() as i64;
+        // Milliseconds from here on: visibility, writes and session starts.
+        let skew = opts.clock_skew.as_millis() as i64;
         let no_writer_before =
             |visible: i64| oldest_live_backup.is_none_or(|start| start > visible + skew);
 
@@ -317,6 +322,11 @@ impl Indexed {
                 "cannot read every snapshot, so no garbage can be collected safely: {e}"
             ))
         })?;
+        // Every snapshot's index files were stored before it: reading the index *after*
+        // listing the snapshots guarantees it covers every blob they use.
+        self.resync().await?;
+        let inputs = self.index.live_files()?;
+        report.index_files.0 = inputs.len();
         let usage = self.usage(&snapshots).await?;
         if let Some(m) = usage.missing.iter().find(|m| !usage.data.contains(&m.blob)) {
             return Err(Error::Invalid(format!(
@@ -335,7 +345,8 @@ impl Indexed {
             .await?
             .into_iter()
             .filter_map(|o| {
-                layout::parse_id(layout::INDEX, &o.name).map(|id| (id, o.last_modified.timestamp()))
+                layout::parse_id(layout::INDEX, &o.name)
+                    .map(|id| (id, o.last_modified.timestamp_millis()))
             })
             .collect();
 
@@ -343,7 +354,10 @@ impl Indexed {
         let mut seen = HashSet::new();
         let mut fates = Vec::new();
         for id in &inputs {
-            let file_visible = visible.get(id).copied().unwrap_or(now.seconds);
+            let file_visible = visible
+                .get(id)
+                .copied()
+                .unwrap_or((now.as_nanos() / 1_000_000) as i64);
             for p in self.read_index_file(id).await?.packs {
                 if !seen.insert(p.id) {
                     continue;
@@ -354,8 +368,17 @@ impl Indexed {
                     .filter(|b| usage.uses(&b.id))
                     .map(|b| b.length as u64)
                     .sum();
+                // A marked pack is needed again only for a used blob with no other live
+                // copy (a repacked pack's blobs all have one).
+                let needed = p.obsolete_since.is_some()
+                    && p.blobs
+                        .iter()
+                        .filter(|b| usage.uses(&b.id))
+                        .try_fold(false, |acc, b| {
+                            Ok::<_, Error>(acc || !self.index.has(&b.id)?)
+                        })?;
                 let fate = match p.obsolete_since {
-                    Some(_) if used > 0 => Fate::Resurrect(p),
+                    Some(_) if needed => Fate::Resurrect(p),
                     Some(t)
                         if now.seconds - t.seconds >= margin && no_writer_before(file_visible) =>
                     {
@@ -375,6 +398,7 @@ impl Indexed {
         let mut sweep: Vec<(PackKind, PackId, u64)> = Vec::new();
         let mut writers: [Option<PackWriter>; 2] = [None, None];
         let mut new_packs: Vec<IndexPack> = Vec::new();
+        let mut copied: HashSet<arca_format::BlobId> = HashSet::new();
         for fate in fates {
             match fate {
                 Fate::Keep(p) => {
@@ -414,7 +438,7 @@ impl Indexed {
                         continue;
                     }
                     match self
-                        .copy_blobs(&p, &used, &mut writers, &mut new_packs)
+                        .copy_blobs(&p, &used, &mut writers, &mut new_packs, &mut copied)
                         .await
                     {
                         Ok(bytes) => {
@@ -453,9 +477,12 @@ impl Indexed {
             let Some((kind, id)) = layout::parse_pack(&o.name) else {
                 continue;
             };
-            let written = o.last_modified.timestamp();
+            let written = o.last_modified.timestamp_millis();
+            // Only a pack written well before the sessions were listed can be judged: a
+            // younger one may belong to a backup that started after the listing.
             if !indexed.contains(&id)
-                && now.seconds - written >= margin
+                && now.seconds - written / 1000 >= margin
+                && written + skew < sessions_listed
                 && no_writer_before(written)
             {
                 leftovers.push((kind, id, o.size));
@@ -472,7 +499,9 @@ impl Indexed {
         }
 
         // Commit: the new index, then deletions that it no longer needs.
-        report.index_files.1 = self.replace_index(&inputs, out).await?;
+        report.index_files.1 = self
+            .replace_index(&self.index.present_files()?, out)
+            .await?;
         for (kind, id, size) in sweep {
             self.repo.store.delete(&pack_name(kind, &id)).await?;
             report.packs_deleted += 1;
@@ -502,6 +531,9 @@ impl Indexed {
 
     /// Write `packs` as new index files, the last superseding `inputs`; then delete the
     /// inputs. Returns the number of files written.
+    ///
+    /// `inputs` must be every index file present, superseded ones included: deleting a
+    /// file that supersedes another would otherwise bring the older one back to life.
     pub(crate) async fn replace_index(
         &self,
         inputs: &[IndexId],
@@ -533,6 +565,7 @@ impl Indexed {
         blobs: &[PackEntry],
         writers: &mut [Option<PackWriter>; 2],
         done: &mut Vec<IndexPack>,
+        copied_ids: &mut HashSet<arca_format::BlobId>,
     ) -> Result<u64> {
         let bytes = self
             .repo
@@ -554,6 +587,10 @@ impl Indexed {
         }
         let cfg = &self.repo.config;
         for b in blobs {
+            if copied_ids.contains(&b.id) {
+                continue; // the same blob from another repacked pack (two writers stored it)
+            }
+            copied_ids.insert(b.id);
             let kind = b.blob_type.pack_kind();
             let (slot, target) = match kind {
                 PackKind::Data => (0, cfg.data_pack_size as usize),

@@ -75,6 +75,9 @@ pub struct StoreOptions {
     pub s3_region: Option<String>,
     /// How long to keep retrying a transient failure before giving up (default 60 s).
     pub retry_timeout: Option<Duration>,
+    /// S3 access key ID and secret (else the usual `AWS_*` variables, web identity, or
+    /// instance metadata).
+    pub s3_credentials: Option<(String, String)>,
 }
 
 /// `object_store` behind [`Backend`], with the repository's prefix.
@@ -121,12 +124,29 @@ impl ObjectStoreBackend {
             }
             _ => StoreErrorKind::Other,
         };
+        let mut reason = root_cause(&e);
+        // With no credentials configured, the AWS client falls back to the instance
+        // metadata service; off EC2 that fails with an address nobody recognises.
+        if reason.contains("169.254.169.254") {
+            return Error::Store {
+                op,
+                location: self.location.clone(),
+                name: name.to_string(),
+                kind: StoreErrorKind::Unauthenticated,
+                reason: "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                         (or a web identity or instance role)"
+                    .into(),
+            };
+        }
+        if reason.is_empty() {
+            reason = e.to_string();
+        }
         Error::Store {
             op,
             location: self.location.clone(),
             name: name.to_string(),
             kind,
-            reason: root_cause(&e),
+            reason,
         }
     }
 }
@@ -344,6 +364,9 @@ pub fn open_store(location: &str, opts: &StoreOptions) -> Result<Store> {
                         b = b
                             .with_allow_http(ep.starts_with("http://"))
                             .with_endpoint(ep);
+                    }
+                    if let Some((id, secret)) = &opts.s3_credentials {
+                        b = b.with_access_key_id(id).with_secret_access_key(secret);
                     }
                     let region = opts
                         .s3_region

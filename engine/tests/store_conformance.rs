@@ -61,6 +61,7 @@ async fn unreachable_s3_fails_clearly_and_fast() {
         // Nothing listens here.
         s3_endpoint: Some("http://127.0.0.1:9".into()),
         retry_timeout: Some(std::time::Duration::from_secs(2)),
+        s3_credentials: Some(("x".into(), "x".into())),
         ..Default::default()
     };
     let s = open_store("s3://nobucket/x", &opts).unwrap();
@@ -80,4 +81,22 @@ fn rand_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     format!("{:x}", t.as_nanos())
+}
+
+#[tokio::test]
+async fn missing_s3_credentials_are_named() {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        return; // credentials in the environment: nothing to show
+    }
+    let opts = StoreOptions {
+        s3_endpoint: Some("http://127.0.0.1:9".into()),
+        retry_timeout: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let s = open_store("s3://nobucket/x", &opts).unwrap();
+    let msg = s.get("config").await.unwrap_err().to_string();
+    assert!(
+        msg.contains("no S3 credentials") || msg.contains("127.0.0.1"),
+        "{msg}"
+    );
 }

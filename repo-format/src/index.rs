@@ -98,6 +98,7 @@ impl IndexFile {
         for pp in p.packs {
             let id = PackId(fixed(w, "pack id", &pp.id)?);
             let mut blobs = Vec::with_capacity(pp.blobs.len());
+            let mut seen = std::collections::HashSet::with_capacity(pp.blobs.len());
             let mut kind = None;
             for b in pp.blobs {
                 let blob_type = u8::try_from(b.blob_type)
@@ -119,6 +120,12 @@ impl IndexFile {
                     length: b.length,
                     raw_length: b.raw_length,
                 };
+                if !seen.insert(entry.id) {
+                    return Err(Error::corrupt(
+                        w,
+                        format!("pack {} lists blob {} twice", id.short(), entry.id.short()),
+                    ));
+                }
                 if entry.end() > pp.size || (entry.length as usize) < envelope::OVERHEAD {
                     return Err(Error::corrupt(
                         w,

@@ -57,6 +57,7 @@ pub struct PackWriter {
     kind: PackKind,
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    ids: std::collections::HashSet<BlobId>,
 }
 
 /// A finished pack.
@@ -79,6 +80,7 @@ impl PackWriter {
             kind,
             buf: Vec::with_capacity(capacity),
             entries: Vec::new(),
+            ids: std::collections::HashSet::new(),
         }
     }
 
@@ -102,7 +104,18 @@ impl PackWriter {
         &self.entries
     }
 
-    fn check(&self, blob_type: BlobType, extra: usize) -> Result<()> {
+    /// Whether the pack already holds this blob.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn check(&self, blob_type: BlobType, id: &BlobId, extra: usize) -> Result<()> {
+        if self.ids.contains(id) {
+            return Err(Error::invalid(
+                What::Pack,
+                format!("blob {} is already in this pack", id.short()),
+            ));
+        }
         if blob_type.pack_kind() != self.kind {
             return Err(Error::invalid(
                 What::Pack,
@@ -127,7 +140,7 @@ impl PackWriter {
         raw_length: u32,
         sealed: &[u8],
     ) -> Result<PackEntry> {
-        self.check(blob_type, sealed.len())?;
+        self.check(blob_type, &id, sealed.len())?;
         let entry = PackEntry {
             blob_type,
             id,
@@ -137,6 +150,7 @@ impl PackWriter {
         };
         self.buf.extend_from_slice(sealed);
         self.entries.push(entry);
+        self.ids.insert(id);
         Ok(entry)
     }
 
@@ -149,7 +163,7 @@ impl PackWriter {
         plaintext: &[u8],
         compression: Compression,
     ) -> Result<PackEntry> {
-        self.check(blob_type, plaintext.len() + envelope::OVERHEAD)?;
+        self.check(blob_type, &id, plaintext.len() + envelope::OVERHEAD)?;
         let offset = self.buf.len() as u32;
         let Sealed { len, .. } = envelope::seal_into(
             keys,
@@ -167,6 +181,7 @@ impl PackWriter {
             raw_length: plaintext.len() as u32,
         };
         self.entries.push(entry);
+        self.ids.insert(id);
         Ok(entry)
     }
 
@@ -269,6 +284,7 @@ pub fn decode_trailer(keys: &Keys, sealed: &[u8], trailer_offset: u64) -> Result
         )));
     }
     let mut entries = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
     let mut offset: u64 = 0;
     for rec in plain[4..].chunks_exact(ENTRY_LEN) {
         let blob_type = BlobType::from_u8(rec[0])
@@ -286,6 +302,9 @@ pub fn decode_trailer(keys: &Keys, sealed: &[u8], trailer_offset: u64) -> Result
             && first != blob_type.pack_kind()
         {
             return Err(corrupt("data and metadata blobs mixed in one pack".into()));
+        }
+        if !seen.insert(id) {
+            return Err(corrupt(format!("blob {} listed twice", BlobId(id).short())));
         }
         entries.push(PackEntry {
             blob_type,
