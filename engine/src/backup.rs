@@ -41,6 +41,9 @@ use crate::writer::Writer;
 /// Tree blobs are split before their plaintext passes this (FORMAT.md section 12).
 const MAX_TREE_BLOB: usize = 16 << 20;
 const EVENT_QUEUE: usize = 4096;
+/// Most chunks one file may have in format v1: its list must fit in one tree blob
+/// (34 bytes per entry; about 780 GB at the default 1 MiB average chunk).
+const MAX_CONTENT_IDS: usize = 750_000;
 
 /// Which snapshot a backup is incremental against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -815,6 +818,19 @@ fn assemble(ctx: &Ctx, rx: Receiver<Event>) -> Result<RunResult> {
                             size,
                             changed,
                         } => {
+                            if content.len() > MAX_CONTENT_IDS {
+                                // Format v1 keeps a file's chunk list inside its tree
+                                // blob; a longer list would make the tree unreadable.
+                                ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
+                                errors.push(ItemProblem {
+                                    path,
+                                    message: format!(
+                                        "left out: {} chunks is more than one tree can list ({MAX_CONTENT_IDS})",
+                                        content.len()
+                                    ),
+                                });
+                                continue;
+                            }
                             if changed {
                                 warnings.push(ItemProblem {
                                         path,
