@@ -288,14 +288,7 @@ pub async fn maintenance(ctx: &Ctx, cmd: MaintenanceCmd) -> Result<u8> {
         break_lease: a.break_lease,
         ..Default::default()
     };
-    let spinner = progress::spinner(
-        ctx.show_progress(),
-        if a.full {
-            "collecting garbage"
-        } else {
-            "compacting the index"
-        },
-    );
+    let spinner = progress::maintenance(ctx.show_progress(), opts.progress.clone());
     let r = idx.maintain(&opts).await;
     drop(spinner);
     let r = r?;

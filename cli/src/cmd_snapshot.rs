@@ -208,6 +208,20 @@ pub struct RestoreArgs {
     filter: FilterArgs,
 }
 
+/// The readable snapshots; each damaged manifest is named on stderr and left alone.
+async fn readable(
+    repo: &arca_engine::Repository,
+) -> Result<Vec<(SnapshotId, arca_format::Snapshot)>> {
+    let (ok, damaged) = repo.readable_snapshots().await?;
+    for (id, e) in &damaged {
+        eprintln!(
+            "warning: snapshot {} is unreadable and left out: {e}",
+            id.short()
+        );
+    }
+    Ok(ok)
+}
+
 async fn indexed(ctx: &Ctx) -> Result<Indexed> {
     let repo = ctx.open().await?;
     let root = ctx.cache_root();
@@ -247,8 +261,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
         SnapshotCmd::List(f) => {
             let repo = ctx.open().await?;
             let filter = f.filter()?;
-            let snaps: Vec<_> = repo
-                .snapshots()
+            let snaps: Vec<_> = readable(&repo)
                 .await?
                 .into_iter()
                 .filter(|(_, s)| filter.matches(s))
@@ -398,8 +411,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
             let idx = indexed(ctx).await?;
             let f = filter.filter()?;
             let chosen: Vec<(SnapshotId, arca_format::Snapshot)> = if snapshots.is_empty() {
-                idx.repo()
-                    .snapshots()
+                readable(idx.repo())
                     .await?
                     .into_iter()
                     .filter(|(_, s)| f.matches(s))
@@ -659,8 +671,7 @@ async fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<u8> {
             )?;
         }
     } else {
-        let snaps: Vec<_> = repo
-            .snapshots()
+        let snaps: Vec<_> = readable(&repo)
             .await?
             .into_iter()
             .filter(|(_, s)| filter.matches(s))

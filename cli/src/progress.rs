@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arca_engine::{BackupProgress, CheckProgress, RestoreProgress};
+use arca_engine::{BackupProgress, CheckProgress, MaintenanceProgress, RestoreProgress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A bar redrawn from shared counters until dropped.
@@ -129,16 +129,30 @@ pub fn check(show: bool, p: Arc<CheckProgress>) -> Bar {
     Bar { bar, task }
 }
 
-/// A spinner with a message, for work without a measurable total.
-pub fn spinner(show: bool, msg: &'static str) -> Bar {
+/// Maintenance: a spinner with the phase and its count.
+pub fn maintenance(show: bool, p: Arc<MaintenanceProgress>) -> Bar {
     let bar = if show {
         ProgressBar::new_spinner()
     } else {
         ProgressBar::hidden()
     };
-    bar.set_message(msg);
-    if show {
-        bar.enable_steady_tick(Duration::from_millis(120));
-    }
-    Bar { bar, task: None }
+    let task = show.then(|| {
+        let b = bar.clone();
+        b.enable_steady_tick(Duration::from_millis(120));
+        tokio::spawn(async move {
+            loop {
+                let (done, total) = (
+                    p.done.load(Ordering::Relaxed),
+                    p.total.load(Ordering::Relaxed),
+                );
+                b.set_message(if total > 0 {
+                    format!("{} {done}/{total}", p.phase())
+                } else {
+                    p.phase().to_string()
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    Bar { bar, task }
 }

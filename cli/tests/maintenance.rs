@@ -94,6 +94,30 @@ fn check_forget_gc_and_a_clean_read_data_check() {
     );
     let human = env.ok(&["maintenance", "run", "--full", "--safety-margin", "0"]);
     assert!(human.contains("reclaimed"), "{human}");
+    // forget --prune collects in the same command (the unused data waits for a second
+    // run, the safety margin being zero here).
+    std::fs::write(src.join("gen3"), noise(3, 2 << 20)).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    std::fs::remove_file(src.join("gen3")).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    let pruned = env.ok(&[
+        "snapshot",
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--safety-margin",
+        "0",
+    ]);
+    assert!(
+        pruned.contains("removed 2 snapshots") && pruned.contains("mark"),
+        "{pruned}"
+    );
+    let again = env.json(&["maintenance", "run", "--full", "--safety-margin", "0"]);
+    assert!(
+        again["bytes_reclaimed"].as_u64().unwrap() >= 2 << 20,
+        "{again}"
+    );
 
     let check = env.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
@@ -374,6 +398,89 @@ fn kill_9_during_backup_and_maintenance_leaves_a_clean_repository() {
         "snapshot",
         "restore",
         "latest",
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_damaged_index_file_or_snapshot_is_named_and_the_rest_goes_on() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), noise(1, 300_000)).unwrap();
+    let first = env.backup(&[src.to_str().unwrap()]);
+    std::fs::write(src.join("b"), noise(2, 300_000)).unwrap();
+    let second = env.backup(&[src.to_str().unwrap()]);
+    let flip = |p: &Path| {
+        let mut b = std::fs::read(p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x10;
+        std::fs::write(p, b).unwrap();
+    };
+
+    // A damaged snapshot manifest: listed as unreadable, the other still listed and
+    // restorable, check names it.
+    flip(&Path::new(&env.repo).join("snapshots").join(&first));
+    let out = env.run(&["snapshot", "list", "--json"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&first[..8]));
+    let check = env.run(&["repo", "check", "--json"]);
+    assert_eq!(check.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert!(
+        v["errors"][0].as_str().unwrap().contains(&first[..8]),
+        "{v}"
+    );
+    let dst = env.path("dst");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        &second,
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+    let out = env.run(&[
+        "snapshot",
+        "restore",
+        &first,
+        "--target",
+        env.path("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    std::fs::remove_file(Path::new(&env.repo).join("snapshots").join(&first)).unwrap();
+
+    // A damaged index file: check names it, GC refuses, repair index rebuilds it.
+    let index = walk_files(&Path::new(&env.repo).join("index"));
+    flip(&index[0]);
+    let check = env.run(&["repo", "check", "--json", "--no-cache"]);
+    assert_eq!(check.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let name = index[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains(name)),
+        "{v}"
+    );
+    let gc = env.run(&["maintenance", "run", "--full", "--no-cache"]);
+    assert_eq!(gc.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gc.stderr).contains("repair index"));
+    env.ok(&["repo", "repair", "index", "--no-cache"]);
+    assert_eq!(env.json(&["repo", "check", "--read-data"])["ok"], true);
+    let dst = env.path("dst2");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        &second,
         "--target",
         dst.to_str().unwrap(),
     ]);

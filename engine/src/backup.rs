@@ -312,8 +312,9 @@ impl Indexed {
                     ..Default::default()
                 };
                 self.repo
-                    .snapshots()
+                    .readable_snapshots()
                     .await?
+                    .0
                     .into_iter()
                     .rev()
                     .find(|(_, s)| {

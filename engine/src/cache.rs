@@ -157,7 +157,7 @@ impl std::fmt::Debug for IndexCache {
 }
 
 /// What a sync did, for logs and progress.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     /// Index files downloaded and added.
     pub ingested: usize,
@@ -165,6 +165,8 @@ pub struct SyncStats {
     pub dropped: usize,
     /// Index files live after the sync.
     pub live: usize,
+    /// Index files that could not be read (damaged): left out of the cache.
+    pub damaged: Vec<(IndexId, String)>,
 }
 
 fn db_options() -> Options {
@@ -546,7 +548,7 @@ impl IndexCache {
             let store = store.clone();
             let keys = keys.clone();
             async move {
-                let bytes = store.get(&layout::index(&id)).await?;
+                let bytes = store.get(&layout::index(&id)).await.map_err(|e| (id, e))?;
                 let file = tokio::task::spawn_blocking(move || IndexFile::decode(&keys, &bytes))
                     .await
                     .expect("decode task panicked")
@@ -558,8 +560,9 @@ impl IndexCache {
                             }
                         }
                         e => e,
-                    })?;
-                Ok::<_, Error>((id, file))
+                    })
+                    .map_err(|e| (id, Error::from(e)))?;
+                Ok::<_, (IndexId, Error)>((id, file))
             }
         }))
         .buffer_unordered(8);
@@ -567,8 +570,14 @@ impl IndexCache {
             let (id, file) = match r {
                 Ok(x) => x,
                 // An index file deleted between listing and reading was superseded: skip.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+                Err((_, e)) if e.is_not_found() => continue,
+                // A damaged file is left out (its blobs read as missing) and reported.
+                Err((id, Error::Format(e))) if e.is_corruption() => {
+                    tracing::warn!("index file {} is damaged and left out: {e}", id.short());
+                    stats.damaged.push((id, e.to_string()));
+                    continue;
+                }
+                Err((_, e)) => return Err(e),
             };
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.ingest(id, &file))

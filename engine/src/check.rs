@@ -104,7 +104,12 @@ impl Indexed {
     /// Check the repository.
     pub async fn check(&self, read: ReadData, progress: Arc<CheckProgress>) -> Result<CheckReport> {
         let mut r = CheckReport::default();
-        self.resync().await?;
+        for (id, e) in self.resync().await?.damaged {
+            r.errors.push(format!(
+                "index file {}: {e} (run `arca repo repair index`)",
+                id.to_hex()
+            ));
+        }
 
         // Snapshots, one by one, so a damaged manifest is reported, not fatal.
         let mut snapshots: Vec<(SnapshotId, Snapshot)> = Vec::new();

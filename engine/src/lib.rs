@@ -45,7 +45,7 @@ pub use error::{Error, Result, StoreErrorKind};
 pub use forget::{Decision, GroupBy, KeepPolicy, apply_policy, parse_duration};
 pub use indexed::Indexed;
 pub use inspect::{Change, Difference, Entry, Stats};
-pub use maintenance::{CLOCK_SKEW, MaintenanceOptions, MaintenanceReport};
+pub use maintenance::{CLOCK_SKEW, MaintenanceOptions, MaintenanceProgress, MaintenanceReport};
 pub use repair::{RepairIndexReport, RepairedSnapshot};
 pub use repo::{Identity, InitOptions, KeyInfo, RepoStatus, Repository};
 pub use restore::{Existing, RestoreOptions, RestoreProgress, RestoreReport};

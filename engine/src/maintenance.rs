@@ -38,6 +38,34 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How long a lease lasts unless renewed.
 const LEASE_LENGTH: Duration = Duration::from_secs(30 * 60);
 
+/// Live progress of a maintenance run: the phase, and items done of a total.
+#[derive(Debug, Default)]
+pub struct MaintenanceProgress {
+    phase: std::sync::Mutex<&'static str>,
+    /// Items of the phase done.
+    pub done: std::sync::atomic::AtomicU64,
+    /// Items of the phase in all (0 when unknown).
+    pub total: std::sync::atomic::AtomicU64,
+}
+
+impl MaintenanceProgress {
+    /// The current phase.
+    pub fn phase(&self) -> &'static str {
+        *self.phase.lock().expect("lock")
+    }
+
+    fn enter(&self, phase: &'static str, total: u64) {
+        *self.phase.lock().expect("lock") = phase;
+        self.done.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn tick(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What to do.
 #[derive(Clone, Debug)]
 pub struct MaintenanceOptions {
@@ -57,6 +85,8 @@ pub struct MaintenanceOptions {
     pub break_lease: bool,
     /// How far writers' clocks may disagree with the store's.
     pub clock_skew: Duration,
+    /// Where the run reports its progress.
+    pub progress: std::sync::Arc<MaintenanceProgress>,
 }
 
 impl Default for MaintenanceOptions {
@@ -69,6 +99,7 @@ impl Default for MaintenanceOptions {
             identity: Identity::current(),
             break_lease: false,
             clock_skew: CLOCK_SKEW,
+            progress: Default::default(),
         }
     }
 }
@@ -257,6 +288,8 @@ impl Indexed {
 
     async fn maintain_locked(&self, opts: &MaintenanceOptions) -> Result<MaintenanceReport> {
         let mut report = MaintenanceReport::default();
+        let progress = &opts.progress;
+        progress.enter("reading the index", 0);
         self.resync().await?;
         let inputs = self.index.live_files()?;
         report.index_files.0 = inputs.len();
@@ -317,6 +350,7 @@ impl Indexed {
             |visible: i64| oldest_live_backup.is_none_or(|start| start > visible + skew);
 
         // What the snapshots use. GC must know all of it, or it would delete live data.
+        progress.enter("reading snapshots and their trees", 0);
         let snapshots = self.repo.snapshots().await.map_err(|e| {
             Error::Invalid(format!(
                 "cannot read every snapshot, so no garbage can be collected safely: {e}"
@@ -324,7 +358,13 @@ impl Indexed {
         })?;
         // Every snapshot's index files were stored before it: reading the index *after*
         // listing the snapshots guarantees it covers every blob they use.
-        self.resync().await?;
+        if let Some((id, e)) = self.resync().await?.damaged.into_iter().next() {
+            // The packs it lists would look unindexed, and be taken for leftovers.
+            return Err(Error::Invalid(format!(
+                "index file {} is damaged ({e}); run `arca repo repair index` before collecting garbage",
+                id.short()
+            )));
+        }
         let inputs = self.index.live_files()?;
         report.index_files.0 = inputs.len();
         let usage = self.usage(&snapshots).await?;
@@ -353,7 +393,9 @@ impl Indexed {
         // Decide per pack, streaming the index files.
         let mut seen = HashSet::new();
         let mut fates = Vec::new();
+        progress.enter("deciding per pack", inputs.len() as u64);
         for id in &inputs {
+            progress.tick();
             let file_visible = visible
                 .get(id)
                 .copied()
@@ -399,6 +441,11 @@ impl Indexed {
         let mut writers: [Option<PackWriter>; 2] = [None, None];
         let mut new_packs: Vec<IndexPack> = Vec::new();
         let mut copied: HashSet<arca_format::BlobId> = HashSet::new();
+        let repacks = fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Repack(_)))
+            .count();
+        progress.enter("repacking", repacks as u64);
         for fate in fates {
             match fate {
                 Fate::Keep(p) => {
@@ -424,6 +471,7 @@ impl Indexed {
                     sweep.push((p.kind(), p.id, p.size));
                 }
                 Fate::Repack(mut p) => {
+                    progress.tick();
                     let used: Vec<PackEntry> = p
                         .blobs
                         .iter()
@@ -473,7 +521,17 @@ impl Indexed {
             .chain(sweep.iter().map(|s| s.1))
             .collect();
         let mut leftovers = Vec::new();
-        for o in self.repo.store.list(layout::PACKS).await? {
+        // Blobs the snapshots need are missing from the index: an unindexed pack might
+        // hold them, so none is taken for a leftover until check and repair had a look.
+        let judge_leftovers = usage.missing.is_empty();
+        for o in self
+            .repo
+            .store
+            .list(layout::PACKS)
+            .await?
+            .into_iter()
+            .filter(|_| judge_leftovers)
+        {
             let Some((kind, id)) = layout::parse_pack(&o.name) else {
                 continue;
             };
@@ -499,15 +557,22 @@ impl Indexed {
         }
 
         // Commit: the new index, then deletions that it no longer needs.
+        progress.enter("writing the index", 0);
         report.index_files.1 = self
             .replace_index(&self.index.present_files()?, out)
             .await?;
+        progress.enter(
+            "deleting unused packs",
+            (sweep.len() + leftovers.len()) as u64,
+        );
         for (kind, id, size) in sweep {
+            progress.tick();
             self.repo.store.delete(&pack_name(kind, &id)).await?;
             report.packs_deleted += 1;
             report.bytes_reclaimed += size;
         }
         for (kind, id, size) in leftovers {
+            progress.tick();
             self.repo.store.delete(&pack_name(kind, &id)).await?;
             report.leftovers_deleted += 1;
             report.bytes_reclaimed += size;

@@ -144,7 +144,8 @@ impl Indexed {
         keep_original: bool,
     ) -> Result<Vec<RepairedSnapshot>> {
         self.resync().await?;
-        let snapshots = self.repo.snapshots().await?;
+        // A damaged manifest cannot be rewritten (check names it); the others can.
+        let (snapshots, _) = self.repo.readable_snapshots().await?;
         let writer = Arc::new(Writer::new(self, self.repo.config.compression));
         let mut memo: HashMap<BlobId, (BlobId, Vec<String>)> = HashMap::new();
         let mut rewrites = Vec::new();

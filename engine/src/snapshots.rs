@@ -2,7 +2,7 @@
 
 use arca_format::{Snapshot, SnapshotId, layout};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::repo::Repository;
@@ -29,38 +29,63 @@ impl SnapshotFilter {
 }
 
 impl Repository {
-    /// Every snapshot, oldest first.
+    /// Every snapshot, oldest first. Fails if any manifest is damaged: what must know
+    /// every snapshot (garbage collection) uses this.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let (ok, damaged) = self.readable_snapshots().await?;
+        match damaged.into_iter().next() {
+            None => Ok(ok),
+            Some((_, e)) => Err(e),
+        }
+    }
+
+    /// Every readable snapshot, oldest first, and the damaged manifests apart (listing,
+    /// `latest`, forget and backup go on without them).
+    pub async fn readable_snapshots(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>)> {
         let names = self.store.list(layout::SNAPSHOTS).await?;
-        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
-            names
-                .into_iter()
-                .filter_map(|o| layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)),
-        )
-        .map(|id| async move {
-            match self.store.get(&layout::snapshot(&id)).await {
-                Ok(bytes) => Snapshot::decode(&self.keys, &bytes)
-                    .map(|s| Some((id, s)))
-                    .map_err(|e| match e {
-                        arca_format::Error::Corrupt { what, reason } => {
-                            Error::Format(arca_format::Error::Corrupt {
-                                what,
-                                reason: format!("snapshots/{}: {reason}", id.short()),
-                            })
-                        }
-                        e => e.into(),
-                    }),
-                // Forgotten between listing and reading.
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
+        let results: Vec<Result<Option<(SnapshotId, std::result::Result<Snapshot, Error>)>>> =
+            futures::stream::iter(
+                names
+                    .into_iter()
+                    .filter_map(|o| layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)),
+            )
+            .map(|id| async move {
+                match self.store.get(&layout::snapshot(&id)).await {
+                    Ok(bytes) => Ok(Some((
+                        id,
+                        Snapshot::decode(&self.keys, &bytes).map_err(|e| match e {
+                            arca_format::Error::Corrupt { what, reason } => {
+                                Error::Format(arca_format::Error::Corrupt {
+                                    what,
+                                    reason: format!("snapshots/{}: {reason}", id.short()),
+                                })
+                            }
+                            e => e.into(),
+                        }),
+                    ))),
+                    // Forgotten between listing and reading.
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let (mut ok, mut damaged) = (Vec::new(), Vec::new());
+        for r in results {
+            match r? {
+                Some((id, Ok(s))) => ok.push((id, s)),
+                Some((id, Err(e))) => {
+                    tracing::warn!("snapshot {} is unreadable: {e}", id.short());
+                    damaged.push((id, e));
+                }
+                None => {}
             }
-        })
-        .buffer_unordered(16)
-        .try_filter_map(|x| async move { Ok(x) })
-        .try_collect()
-        .await?;
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        }
+        ok.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok((ok, damaged))
     }
 
     /// Read one snapshot.
@@ -84,8 +109,9 @@ impl Repository {
     ) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
             return self
-                .snapshots()
+                .readable_snapshots()
                 .await?
+                .0
                 .into_iter()
                 .rev()
                 .find(|(_, s)| filter.matches(s))
