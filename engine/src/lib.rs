@@ -50,6 +50,6 @@ pub use repair::{RepairIndexReport, RepairedSnapshot};
 pub use repo::{Identity, InitOptions, KeyInfo, RepoStatus, Repository};
 pub use restore::{Existing, RestoreOptions, RestoreProgress, RestoreReport};
 pub use session::{COMMIT_DEADLINE, HEARTBEAT_INTERVAL, SESSION_TIMEOUT, SessionGuard};
-pub use snapshots::SnapshotFilter;
+pub use snapshots::{SnapshotFilter, SnapshotList};
 pub use store::{Backend, ObjectInfo, Store, StoreOptions, WriteMode, open_store};
 pub use writer::{WriteStats, Writer};

@@ -28,6 +28,12 @@ impl SnapshotFilter {
     }
 }
 
+/// One manifest as read: absent (forgotten meanwhile), or decoded or not.
+type Loaded = Option<(SnapshotId, std::result::Result<Snapshot, Error>)>;
+
+/// Readable snapshots, and the damaged ones apart.
+pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>);
+
 impl Repository {
     /// Every snapshot, oldest first. Fails if any manifest is damaged: what must know
     /// every snapshot (garbage collection) uses this.
@@ -41,38 +47,35 @@ impl Repository {
 
     /// Every readable snapshot, oldest first, and the damaged manifests apart (listing,
     /// `latest`, forget and backup go on without them).
-    pub async fn readable_snapshots(
-        &self,
-    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>)> {
+    pub async fn readable_snapshots(&self) -> Result<SnapshotList> {
         let names = self.store.list(layout::SNAPSHOTS).await?;
-        let results: Vec<Result<Option<(SnapshotId, std::result::Result<Snapshot, Error>)>>> =
-            futures::stream::iter(
-                names
-                    .into_iter()
-                    .filter_map(|o| layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)),
-            )
-            .map(|id| async move {
-                match self.store.get(&layout::snapshot(&id)).await {
-                    Ok(bytes) => Ok(Some((
-                        id,
-                        Snapshot::decode(&self.keys, &bytes).map_err(|e| match e {
-                            arca_format::Error::Corrupt { what, reason } => {
-                                Error::Format(arca_format::Error::Corrupt {
-                                    what,
-                                    reason: format!("snapshots/{}: {reason}", id.short()),
-                                })
-                            }
-                            e => e.into(),
-                        }),
-                    ))),
-                    // Forgotten between listing and reading.
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        let results: Vec<Result<Loaded>> = futures::stream::iter(
+            names
+                .into_iter()
+                .filter_map(|o| layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)),
+        )
+        .map(|id| async move {
+            match self.store.get(&layout::snapshot(&id)).await {
+                Ok(bytes) => Ok(Some((
+                    id,
+                    Snapshot::decode(&self.keys, &bytes).map_err(|e| match e {
+                        arca_format::Error::Corrupt { what, reason } => {
+                            Error::Format(arca_format::Error::Corrupt {
+                                what,
+                                reason: format!("snapshots/{}: {reason}", id.short()),
+                            })
+                        }
+                        e => e.into(),
+                    }),
+                ))),
+                // Forgotten between listing and reading.
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
         let (mut ok, mut damaged) = (Vec::new(), Vec::new());
         for r in results {
             match r? {
