@@ -1,0 +1,618 @@
+//! What the CLI (and later the operator) does around backups and restores: connect,
+//! install, create, sync from object storage, delete, and read the stored records.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arca_engine::{Identity, Indexed, SnapshotFilter};
+use arca_format::{Snapshot, SnapshotId};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+
+use crate::crd::{
+    Backup, BackupSpec, BackupStorageLocation, DeleteBackupRequest, DeleteBackupRequestSpec,
+    DeleteBackupRequestStatus, Restore, RestoreSpec,
+};
+use crate::error::{Error, Result};
+use crate::location::{CREDENTIALS_SECRET, Location, PASSWORD_KEY};
+use crate::record::*;
+use crate::restore::{latest_record, read_file, read_json};
+
+/// Field manager of everything Arca applies.
+pub const FIELD_MANAGER: &str = "arca";
+/// Label on backups synced from object storage: the location they came from.
+pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
+
+/// A client for the cluster of `kubeconfig` (else `$KUBECONFIG`, `~/.kube/config`, or the
+/// pod's service account) and `context` (else the current one).
+pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
+    let opts = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = Kubeconfig::read_from(p)
+                .map_err(|e| Error::Invalid(format!("kubeconfig {}: {e}", p.display())))?;
+            Config::from_custom_kubeconfig(kc, &opts).await
+        }
+        None if context.is_some() => Config::from_kubeconfig(&opts).await,
+        None => Config::infer()
+            .await
+            .map_err(|e| kube::config::KubeconfigError::LoadContext(e.to_string())),
+    }
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "no usable cluster configuration: {e} (use --kubeconfig, --context or KUBECONFIG)"
+        ))
+    })?;
+    let url = config.cluster_url.to_string();
+    Client::try_from(config)
+        .map_err(|e| Error::kube(format!("connect to the API server at {url}"), e))
+}
+
+/// Check that the API server answers and serves Arca's resources.
+pub async fn check_installed(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get_opt("backups.arca.dev").await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::NotFound(
+            "Arca's resources are not installed in this cluster: run `arca install` first".into(),
+        )),
+        Err(e) => Err(Error::kube("reach the API server", e)),
+    }
+}
+
+/// What `arca install` creates besides the CRDs.
+#[derive(Clone, Debug, Default)]
+pub struct InstallPlan {
+    /// The namespace Arca's resources live in.
+    pub namespace: String,
+    /// The default backup storage location, if one is to be created.
+    pub location: Option<BackupStorageLocation>,
+    /// The cloud credentials file for the location (stored as secret `cloud-credentials`,
+    /// key `cloud`).
+    pub cloud_credentials: Option<Vec<u8>>,
+    /// The repository password (secret `arca-repo-credentials`).
+    pub repository_password: Option<Vec<u8>>,
+}
+
+/// Name of the secret holding the location's cloud credentials.
+pub const CLOUD_CREDENTIALS_SECRET: &str = "cloud-credentials";
+
+impl InstallPlan {
+    /// Every object, in apply order, as JSON (for `--dry-run` and for applying).
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = crate::crd::all()
+            .into_iter()
+            .map(|c| serde_json::to_value(c).expect("serializes"))
+            .collect();
+        out.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": self.namespace }
+        }));
+        let secret = |name: &str, key: &str, v: &[u8]| {
+            let s = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(self.namespace.clone()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    key.to_string(),
+                    k8s_openapi::ByteString(v.to_vec()),
+                )])),
+                ..Default::default()
+            };
+            let mut v = serde_json::to_value(s).expect("serializes");
+            v["apiVersion"] = "v1".into();
+            v["kind"] = "Secret".into();
+            v
+        };
+        if let Some(p) = &self.repository_password {
+            out.push(secret(CREDENTIALS_SECRET, PASSWORD_KEY, p));
+        }
+        if let Some(c) = &self.cloud_credentials {
+            out.push(secret(CLOUD_CREDENTIALS_SECRET, "cloud", c));
+        }
+        if let Some(l) = &self.location {
+            let mut l = l.clone();
+            l.metadata.namespace = Some(self.namespace.clone());
+            if self.cloud_credentials.is_some() && l.spec.credential.is_none() {
+                l.spec.credential = Some(crate::crd::SecretKeySelector {
+                    name: CLOUD_CREDENTIALS_SECRET.into(),
+                    key: "cloud".into(),
+                });
+            }
+            out.push(serde_json::to_value(l).expect("serializes"));
+        }
+        out
+    }
+}
+
+/// Apply an install plan: CRDs (waited on until established), the namespace, secrets and
+/// the location. Applying again updates them in place.
+pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut done = Vec::new();
+    for crd in crate::crd::all() {
+        let name = crd.name_any();
+        crds.patch(&name, &pp, &Patch::Apply(&crd))
+            .await
+            .map_err(|e| Error::kube(format!("apply CustomResourceDefinition {name}"), e))?;
+        done.push(format!("CustomResourceDefinition/{name}"));
+    }
+    for crd in crate::crd::all() {
+        wait_established(&crds, &crd.name_any(), std::time::Duration::from_secs(60)).await?;
+    }
+    let ns = &plan.namespace;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let nso = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(&nso).expect("serializes");
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Namespace".into();
+    nss.patch(ns, &pp, &Patch::Apply(&v))
+        .await
+        .map_err(|e| Error::kube(format!("apply namespace {ns}"), e))?;
+    done.push(format!("Namespace/{ns}"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
+    for o in plan.objects() {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = match kind.as_str() {
+            "Secret" => secrets
+                .patch(&name, &pp, &Patch::Apply(&o))
+                .await
+                .map(|_| ()),
+            "BackupStorageLocation" => bsls.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ()),
+            _ => continue,
+        };
+        r.map_err(|e| Error::kube(format!("apply {kind} {ns}/{name}"), e))?;
+        done.push(format!("{kind}/{name}"));
+    }
+    Ok(done)
+}
+
+async fn wait_established(
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+    limit: std::time::Duration,
+) -> Result<()> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let crd = api
+            .get(name)
+            .await
+            .map_err(|e| Error::kube(format!("read CustomResourceDefinition {name}"), e))?;
+        let ok = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if ok {
+            return Ok(());
+        }
+        if std::time::Instant::now() > until {
+            return Err(Error::Invalid(format!(
+                "CustomResourceDefinition {name} is not established after {}s: check the API server's log",
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Create a Backup resource in phase New.
+pub async fn create_backup(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: BackupSpec,
+    labels: BTreeMap<String, String>,
+) -> Result<Backup> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let mut b = Backup::new(name, spec);
+    b.metadata.namespace = Some(ns.to_string());
+    b.metadata.labels = (!labels.is_empty()).then_some(labels);
+    b.status = Some(crate::crd::BackupStatus {
+        phase: Some("New".into()),
+        ..Default::default()
+    });
+    match api.create(&PostParams::default(), &b).await {
+        Ok(b) => Ok(b),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Invalid(format!(
+            "backup {name:?} already exists in namespace {ns}: choose another name"
+        ))),
+        Err(e) => Err(Error::kube(format!("create backup {ns}/{name}"), e)),
+    }
+}
+
+/// Create a Restore resource in phase New.
+pub async fn create_restore(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: RestoreSpec,
+    labels: BTreeMap<String, String>,
+) -> Result<Restore> {
+    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+    let mut r = Restore::new(name, spec);
+    r.metadata.namespace = Some(ns.to_string());
+    r.metadata.labels = (!labels.is_empty()).then_some(labels);
+    match api.create(&PostParams::default(), &r).await {
+        Ok(r) => Ok(r),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Invalid(format!(
+            "restore {name:?} already exists in namespace {ns}: choose another name"
+        ))),
+        Err(e) => Err(Error::kube(format!("create restore {ns}/{name}"), e)),
+    }
+}
+
+fn who(ns: &str) -> Identity {
+    Identity {
+        host: format!("cluster/{ns}"),
+        username: "arca".into(),
+    }
+}
+
+/// The backups stored in a location: the newest record of each name.
+pub async fn stored_backups(repo: &Indexed) -> Result<BTreeMap<String, (SnapshotId, Snapshot)>> {
+    let filter = SnapshotFilter {
+        tags: vec![BACKUP_TAG.to_string()],
+        ..Default::default()
+    };
+    let (snaps, _) = repo.repo().readable_snapshots().await?;
+    let mut out = BTreeMap::new();
+    // Oldest first, so the newest of a name wins.
+    for (id, s) in snaps {
+        if !filter.matches(&s) {
+            continue;
+        }
+        if let Some(n) = s.labels.get(BACKUP_NAME_LABEL) {
+            out.insert(n.clone(), (id, s));
+        }
+    }
+    Ok(out)
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// Backups found in storage and created in the cluster.
+    pub created: Vec<String>,
+    /// Completed backups gone from storage, removed from the cluster.
+    pub removed: Vec<String>,
+    /// Locations that could not be read, and why.
+    pub unreachable: Vec<(String, String)>,
+}
+
+/// Velero's backup sync: every backup stored in a location of namespace `ns` exists as a
+/// Backup resource (so a new cluster sees the old one's backups), and a finished backup
+/// whose record is gone from its location is removed.
+pub async fn sync_backups(
+    client: &Client,
+    ns: &str,
+    cache_root: Option<&Path>,
+) -> Result<SyncReport> {
+    let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
+    let backups: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let locations = bsls
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube(format!("list BackupStorageLocations in {ns}"), e))?;
+    let existing = backups
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
+    let default_name = locations
+        .items
+        .iter()
+        .find(|b| b.spec.default == Some(true))
+        .map(|b| b.name_any());
+    let only_one = (locations.items.len() == 1).then(|| locations.items[0].name_any());
+    let mut report = SyncReport::default();
+    for bsl in &locations.items {
+        let bsl_name = bsl.name_any();
+        let stored = async {
+            let loc = Location::from_bsl(client, ns, bsl).await?;
+            let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+            let list = stored_backups(&repo).await?;
+            Ok::<_, Error>((repo, list))
+        };
+        let (repo, list) = match stored.await {
+            Ok(x) => x,
+            Err(e) => {
+                report.unreachable.push((bsl_name.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let here: BTreeMap<String, &Backup> =
+            existing.items.iter().map(|b| (b.name_any(), b)).collect();
+        for (name, (id, _)) in &list {
+            if here.contains_key(name) {
+                continue;
+            }
+            let stored: Backup = match read_json(&repo, id, "backup.json").await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("backup {name} in location {bsl_name} is unreadable: {e}");
+                    continue;
+                }
+            };
+            let mut b = Backup::new(name, stored.spec.clone());
+            b.spec.storage_location = Some(bsl_name.clone());
+            let mut labels = stored.metadata.labels.clone().unwrap_or_default();
+            labels.insert(STORAGE_LOCATION_LABEL.into(), bsl_name.clone());
+            b.metadata.labels = Some(labels);
+            b.metadata.namespace = Some(ns.to_string());
+            match backups.create(&PostParams::default(), &b).await {
+                Ok(_) => {}
+                // Another sync (or a create) got there first.
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(Error::kube(format!("create synced backup {ns}/{name}"), e)),
+            }
+            let mut status = stored.status.clone().unwrap_or_default();
+            status.snapshot_id = Some(id.to_hex());
+            crate::backup::set_status(client, ns, name, &status).await?;
+            report.created.push(name.clone());
+        }
+        // A finished backup of this location whose record is gone was deleted elsewhere.
+        for (name, b) in &here {
+            let loc = b
+                .spec
+                .storage_location
+                .clone()
+                .or_else(|| default_name.clone())
+                .or_else(|| only_one.clone());
+            let phase = b
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("");
+            if loc.as_deref() == Some(&bsl_name)
+                && matches!(phase, "Completed" | "PartiallyFailed")
+                && !list.contains_key(name)
+            {
+                match backups.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => report.removed.push(name.clone()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(Error::kube(format!("remove backup {ns}/{name}"), e)),
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The location a backup lives in: its resource's, else the default.
+async fn location_of_backup(
+    client: &Client,
+    ns: &str,
+    backup: &str,
+) -> Result<(Location, Option<Backup>)> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let b = api
+        .get_opt(backup)
+        .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
+    let loc = Location::resolve(
+        client,
+        ns,
+        b.as_ref().and_then(|b| b.spec.storage_location.as_deref()),
+    )
+    .await?;
+    Ok((loc, b))
+}
+
+/// A backup's stored record: repository, snapshot, and the Backup as stored.
+pub async fn backup_record(
+    client: &Client,
+    ns: &str,
+    backup: &str,
+    cache_root: Option<&Path>,
+) -> Result<(Indexed, SnapshotId, Backup)> {
+    crate::restore::find_backup(client, ns, backup, cache_root).await
+}
+
+/// A backup's warnings and errors.
+pub async fn backup_results(repo: &Indexed, id: &SnapshotId) -> Result<Results> {
+    read_json(repo, id, "results.json").await
+}
+
+/// A backup's (or restore's) log.
+pub async fn record_log(repo: &Indexed, id: &SnapshotId) -> Result<String> {
+    Ok(String::from_utf8_lossy(&read_file(repo, id, "log.txt").await?).into_owned())
+}
+
+/// A backup's item list.
+pub async fn backup_items(repo: &Indexed, id: &SnapshotId) -> Result<Vec<ItemRef>> {
+    read_json(repo, id, "items.json").await
+}
+
+/// A restore's stored record: found through its backup's location.
+pub async fn restore_record(
+    client: &Client,
+    ns: &str,
+    restore: &str,
+    cache_root: Option<&Path>,
+) -> Result<(Indexed, SnapshotId)> {
+    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+    let r = api
+        .get_opt(restore)
+        .await
+        .map_err(|e| Error::kube(format!("read restore {ns}/{restore}"), e))?
+        .ok_or_else(|| Error::NotFound(format!("no restore {restore:?} in namespace {ns}")))?;
+    let backup = r.spec.backup_name.clone().unwrap_or_default();
+    let (loc, _) = location_of_backup(client, ns, &backup).await?;
+    let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+    let (id, _) = latest_record(&repo, RESTORE_TAG, RESTORE_NAME_LABEL, restore)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("restore {restore:?} has no stored record (it has not finished, or storing it failed)")))?;
+    Ok((repo, id))
+}
+
+/// What deleting a backup removed.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteReport {
+    /// Repository snapshots forgotten (backup and restore records).
+    pub records_forgotten: usize,
+    /// Restores of the backup removed from the cluster.
+    pub restores_deleted: Vec<String>,
+}
+
+/// Delete a backup the way Velero does: through a DeleteBackupRequest, which removes the
+/// stored record and the restores of the backup, then the Backup resource. A failure
+/// leaves the request with its errors for `kubectl get deletebackuprequests` to show.
+pub async fn delete_backup(
+    client: &Client,
+    ns: &str,
+    backup: &str,
+    cache_root: Option<&Path>,
+) -> Result<DeleteReport> {
+    let dbrs: Api<DeleteBackupRequest> = Api::namespaced(client.clone(), ns);
+    let mut req = DeleteBackupRequest::new(
+        "",
+        DeleteBackupRequestSpec {
+            backup_name: backup.to_string(),
+        },
+    );
+    req.metadata.name = None;
+    req.metadata.generate_name = Some(format!("{backup}-"));
+    req.metadata.labels = Some(BTreeMap::from([(
+        BACKUP_NAME_LABEL.to_string(),
+        backup.to_string(),
+    )]));
+    let req = dbrs
+        .create(&PostParams::default(), &req)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("create a delete request for backup {ns}/{backup}"),
+                e,
+            )
+        })?;
+    let req_name = req.name_any();
+    let set = |phase: &str, errors: Vec<String>| {
+        let st = DeleteBackupRequestStatus {
+            phase: Some(phase.into()),
+            errors: (!errors.is_empty()).then_some(errors),
+        };
+        let dbrs = dbrs.clone();
+        let req_name = req_name.clone();
+        async move {
+            dbrs.patch_status(
+                &req_name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "status": st })),
+            )
+            .await
+            .map_err(|e| Error::kube(format!("update delete request {ns}/{req_name}"), e))
+        }
+    };
+    set("InProgress", vec![]).await?;
+    let work = async {
+        let (loc, cr) = location_of_backup(client, ns, backup).await?;
+        if loc.read_only {
+            return Err(Error::Invalid(format!(
+                "backup {backup} is in storage location {}, which is read-only: nothing was deleted",
+                loc.name
+            )));
+        }
+        let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+        let (snaps, _) = repo.repo().readable_snapshots().await?;
+        let mine: Vec<SnapshotId> = snaps
+            .iter()
+            .filter(|(_, s)| s.labels.get(BACKUP_NAME_LABEL).map(String::as_str) == Some(backup))
+            .filter(|(_, s)| s.tags.iter().any(|t| t == BACKUP_TAG || t == RESTORE_TAG))
+            .map(|(id, _)| *id)
+            .collect();
+        if cr.is_none() && mine.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no backup {backup:?} in namespace {ns} or in location {}",
+                loc.name
+            )));
+        }
+        let mut report = DeleteReport::default();
+        for id in &mine {
+            repo.repo().delete_snapshot(id).await?;
+            report.records_forgotten += 1;
+        }
+        let restores: Api<Restore> = Api::namespaced(client.clone(), ns);
+        let list = restores
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::kube(format!("list restores in {ns}"), e))?;
+        for r in list
+            .items
+            .iter()
+            .filter(|r| r.spec.backup_name.as_deref() == Some(backup))
+        {
+            let n = r.name_any();
+            match restores.delete(&n, &DeleteParams::default()).await {
+                Ok(_) => report.restores_deleted.push(n),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("delete restore {ns}/{n}"), e)),
+            }
+        }
+        if cr.is_some() {
+            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+            match api.delete(backup, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("delete backup {ns}/{backup}"), e)),
+            }
+        }
+        Ok(report)
+    };
+    match work.await {
+        Ok(report) => {
+            set("Processed", vec![]).await?;
+            // Done: the request has nothing more to say.
+            let _ = dbrs.delete(&req_name, &DeleteParams::default()).await;
+            Ok(report)
+        }
+        Err(e) => {
+            set("Processed", vec![e.to_string()]).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Delete a restore: its resource and its stored record (the restored objects stay).
+pub async fn delete_restore(
+    client: &Client,
+    ns: &str,
+    restore: &str,
+    cache_root: Option<&Path>,
+) -> Result<bool> {
+    let forgotten = match restore_record(client, ns, restore, cache_root).await {
+        Ok((repo, id)) => {
+            repo.repo().delete_snapshot(&id).await?;
+            true
+        }
+        Err(Error::NotFound(_)) => false,
+        Err(e) => return Err(e),
+    };
+    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+    match api.delete(restore, &DeleteParams::default()).await {
+        Ok(_) => Ok(forgotten),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::NotFound(format!(
+            "no restore {restore:?} in namespace {ns}"
+        ))),
+        Err(e) => Err(Error::kube(format!("delete restore {ns}/{restore}"), e)),
+    }
+}

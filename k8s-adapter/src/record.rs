@@ -1,0 +1,149 @@
+//! The stored form of a backup (and of a restore's record) inside the location's resource
+//! repository: one repository snapshot per backup, whose tree is
+//!
+//! ```text
+//! backup.json                      the Backup resource, with its final status
+//! items.json                       every item in backup order (group, version, resource,
+//!                                  kind, namespace, name, path)
+//! results.json                     warnings and errors, Velero's shape
+//! log.txt                          the backup's log
+//! resources/<resource.group>/<version>/cluster/<name>.json
+//! resources/<resource.group>/<version>/namespaces/<namespace>/<name>.json
+//! ```
+//!
+//! and whose labels name it (`arca.dev/backup-name`, ...). See `spec/KUBERNETES.md`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Snapshot tag of backups.
+pub const BACKUP_TAG: &str = "arca-backup";
+/// Snapshot tag of restore records.
+pub const RESTORE_TAG: &str = "arca-restore";
+/// Label: the backup's name.
+pub const BACKUP_NAME_LABEL: &str = "arca.dev/backup-name";
+/// Label: the restore's name.
+pub const RESTORE_NAME_LABEL: &str = "arca.dev/restore-name";
+/// Label: the schedule that made the backup.
+pub const SCHEDULE_NAME_LABEL: &str = "arca.dev/schedule-name";
+/// Label: the backup's phase when stored.
+pub const PHASE_LABEL: &str = "arca.dev/phase";
+/// Label: the namespace of the Backup resource.
+pub const NAMESPACE_LABEL: &str = "arca.dev/namespace";
+
+/// One backed-up item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRef {
+    /// API group ("" for core).
+    pub group: String,
+    /// Version it was read at (the server's preferred).
+    pub version: String,
+    /// Plural resource name.
+    pub resource: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, for namespaced items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl ItemRef {
+    /// `resource.group`.
+    pub fn group_resource(&self) -> String {
+        crate::discovery::group_resource(&self.group, &self.resource)
+    }
+
+    /// Where the item's JSON lives in the backup's tree.
+    pub fn path(&self) -> String {
+        let scope = match &self.namespace {
+            Some(ns) => format!("namespaces/{ns}"),
+            None => "cluster".into(),
+        };
+        format!(
+            "resources/{}/{}/{scope}/{}.json",
+            self.group_resource(),
+            self.version,
+            self.name
+        )
+    }
+
+    /// `namespace/name` or `name`.
+    pub fn display(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Messages by scope, Velero's shape: general, cluster-scoped items, and per namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Messages {
+    /// About the operation itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arca: Vec<String>,
+    /// About cluster-scoped items.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
+    /// About namespaced items.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, Vec<String>>,
+}
+
+impl Messages {
+    /// Add a message about an item (or the operation, when `namespace` is `None` and
+    /// `cluster` is false).
+    pub fn add(&mut self, namespace: Option<&str>, cluster: bool, msg: String) {
+        match namespace {
+            Some(ns) => self.namespaces.entry(ns.to_string()).or_default().push(msg),
+            None if cluster => self.cluster.push(msg),
+            None => self.arca.push(msg),
+        }
+    }
+
+    /// How many.
+    pub fn count(&self) -> usize {
+        self.arca.len() + self.cluster.len() + self.namespaces.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// Warnings and errors of a backup or restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Results {
+    /// Warnings.
+    #[serde(default)]
+    pub warnings: Messages,
+    /// Errors.
+    #[serde(default)]
+    pub errors: Messages,
+}
+
+/// A log being written: timestamped lines, kept in memory and stored with the record.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    lines: Vec<String>,
+}
+
+impl Log {
+    /// Add a line (also sent to tracing).
+    pub fn line(&mut self, level: &str, msg: impl Into<String>) {
+        let msg = msg.into();
+        // Per-item problems are results, counted in the summary and listed by `describe`:
+        // on stderr they would flood the terminal of a large restore (`-v` shows them).
+        tracing::info!("{level}: {msg}");
+        self.lines.push(format!(
+            "{} {level:<7} {msg}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
+    }
+
+    /// The whole log.
+    pub fn text(&self) -> String {
+        let mut s = self.lines.join("\n");
+        s.push('\n');
+        s
+    }
+}
