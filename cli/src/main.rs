@@ -4,6 +4,7 @@
 // A binary: nothing is reachable from outside, so `pub` only marks what modules share.
 #![allow(unreachable_pub)]
 
+mod cmd_k8s;
 mod cmd_maint;
 mod cmd_repo;
 mod cmd_snapshot;
@@ -74,6 +75,9 @@ struct Cli {
     #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    #[command(flatten)]
+    kube: cmd_k8s::KubeOpts,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +93,12 @@ enum Command {
     /// Compact the index, collect garbage, repack.
     #[command(subcommand)]
     Maintenance(cmd_maint::MaintenanceCmd),
+    /// Install Arca's resources (CRDs, namespace, default storage location) in a cluster.
+    Install(cmd_k8s::InstallArgs),
+    /// Back up Kubernetes resources (Velero's `backup` verbs and flags).
+    Backup(cmd_k8s::BackupArgs),
+    /// Restore Kubernetes resources from a backup (Velero's `restore` verbs and flags).
+    Restore(cmd_k8s::RestoreArgs),
 }
 
 /// Everything a command needs from the global options.
@@ -178,6 +188,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -228,6 +239,9 @@ fn main() -> ExitCode {
             Command::Repo(c) => cmd_repo::run(&ctx, c).await,
             Command::Snapshot(c) => cmd_snapshot::run(&ctx, c).await,
             Command::Maintenance(c) => cmd_maint::maintenance(&ctx, c).await,
+            Command::Install(a) => cmd_k8s::install(&ctx, &cli.kube, a).await,
+            Command::Backup(a) => cmd_k8s::backup(&ctx, &cli.kube, a).await,
+            Command::Restore(a) => cmd_k8s::restore(&ctx, &cli.kube, a).await,
         }
     });
     // Do not wait for background tasks (heartbeats) at exit.

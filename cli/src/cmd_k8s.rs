@@ -1,0 +1,1362 @@
+//! `arca install`, `arca backup ...`, `arca restore ...`: Velero's verbs and flags, run
+//! from the client directly against the cluster (no operator needed).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arca_k8s::crd::{
+    Backup, BackupSpec, BackupStorageLocation, BackupStorageLocationSpec, ObjectStorageLocation,
+    Restore, RestoreSpec, RestoreStatusSpec, Schedule,
+};
+use arca_k8s::filter::parse_selector;
+use arca_k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use arca_k8s::kube::api::{Api, ListParams};
+use arca_k8s::kube::{Client, ResourceExt};
+use arca_k8s::manage;
+use arca_k8s::record::{Messages, Results};
+use arca_k8s::restore::{Priorities, RestoreSettings};
+use clap::{Args, Subcommand};
+
+use crate::output::print_json;
+use crate::{Ctx, EXIT_PARTIAL};
+
+/// How to reach the cluster, and where Arca's resources live in it (global flags, as in
+/// Velero: before or after the command).
+#[derive(Args, Debug, Clone)]
+pub struct KubeOpts {
+    /// Kubeconfig file [default: $KUBECONFIG, then ~/.kube/config, then the pod's
+    /// service account].
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context [default: the current context].
+    #[arg(long, global = true)]
+    context: Option<String>,
+
+    /// Namespace of Arca's resources (backups, restores, storage locations).
+    #[arg(
+        long,
+        short = 'n',
+        env = "ARCA_NAMESPACE",
+        default_value = "arca",
+        global = true
+    )]
+    namespace: String,
+}
+
+impl KubeOpts {
+    async fn client(&self) -> Result<Client> {
+        Ok(manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+    }
+
+    /// A client of a cluster where Arca is installed.
+    async fn installed(&self) -> Result<Client> {
+        let c = self.client().await?;
+        manage::check_installed(&c).await?;
+        Ok(c)
+    }
+}
+
+/// `arca install`.
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// Print what would be applied, as YAML (or JSON with --json), and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Create a default backup storage location with this provider: aws (S3 and
+    /// S3-compatible), gcp, azure, or local (a directory the client can reach).
+    #[arg(long)]
+    provider: Option<String>,
+
+    /// Bucket of the default location (for `local`: the directory).
+    #[arg(long, requires = "provider")]
+    bucket: Option<String>,
+
+    /// Prefix within the bucket.
+    #[arg(long, requires = "provider")]
+    prefix: Option<String>,
+
+    /// Location settings, key=value pairs: region, s3Url, s3ForcePathStyle.
+    #[arg(long, value_delimiter = ',', requires = "provider")]
+    backup_location_config: Vec<String>,
+
+    /// Cloud credentials file (AWS style) for the location, stored as a secret.
+    #[arg(long, requires = "provider")]
+    secret_file: Option<PathBuf>,
+}
+
+/// Filters shared by backups and restores.
+#[derive(Args, Debug, Default)]
+struct CommonFilters {
+    /// Namespaces to include, comma-separated globs [default: all].
+    #[arg(long, value_delimiter = ',')]
+    include_namespaces: Vec<String>,
+
+    /// Namespaces to exclude, comma-separated globs.
+    #[arg(long, value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
+
+    /// Resources to include (resource, resource.group or short name) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    include_resources: Vec<String>,
+
+    /// Resources to exclude.
+    #[arg(long, value_delimiter = ',')]
+    exclude_resources: Vec<String>,
+
+    /// Include cluster-scoped resources: true or false [default: only when all
+    /// namespaces are included].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    include_cluster_resources: Option<bool>,
+
+    /// Only items matching this label selector, e.g. `app=web,tier!=db`.
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+
+    /// Items matching any of these selectors: `app=web or app=db`. Not with --selector.
+    #[arg(long, conflicts_with = "selector")]
+    or_selector: Option<String>,
+
+    /// Labels of the new resource, key=value pairs.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+
+    /// Accepted for Velero compatibility: the CLI runs the operation itself and always
+    /// waits for it.
+    #[arg(long, short = 'w')]
+    wait: bool,
+}
+
+impl CommonFilters {
+    fn selectors(&self) -> Result<(Option<LabelSelector>, Option<Vec<LabelSelector>>)> {
+        let sel = self.selector.as_deref().map(parse_selector).transpose()?;
+        let or = match &self.or_selector {
+            None => None,
+            Some(s) => Some(
+                s.split(" or ")
+                    .map(|p| parse_selector(p.trim()))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok((sel, or))
+    }
+
+    fn labels(&self) -> Result<BTreeMap<String, String>> {
+        pairs(&self.labels, '=', "--labels")
+    }
+}
+
+/// `key=value` (or `a:b`) pairs.
+fn pairs(list: &[String], sep: char, flag: &str) -> Result<BTreeMap<String, String>> {
+    list.iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once(sep) {
+            Some((k, v)) if !k.is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => bail!("{flag}: {s:?} is not of the form key{sep}value"),
+        })
+        .collect()
+}
+
+fn opt_list(v: &[String]) -> Option<Vec<String>> {
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Back up cluster resources now, into a backup storage location.
+    ///
+    /// The CLI reads the cluster and stores the backup itself: discovery at the server's
+    /// preferred versions, Velero's filters, and the items, resource list, results and
+    /// log stored as one snapshot of the location's resource repository.
+    Create(Box<BackupCreate>),
+    /// List backups (and first sync those stored in the locations into the cluster).
+    Get(GetArgs),
+    /// Show a backup: spec, status, per-item warnings and errors.
+    Describe(DescribeArgs),
+    /// Delete backups: their stored records, their restores, and the resources.
+    Delete(DeleteArgs),
+    /// Print a backup's log.
+    Logs(LogsArgs),
+}
+
+/// `arca backup ...`.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    cmd: BackupCmd,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupCreate {
+    /// Name of the backup [default with --from-schedule: <schedule>-<YYYYMMDDhhmmss>].
+    name: Option<String>,
+
+    #[command(flatten)]
+    filters: CommonFilters,
+
+    /// Cluster-scoped resources to include (new-style filter; not with the old ones).
+    #[arg(long, value_delimiter = ',')]
+    include_cluster_scoped_resources: Vec<String>,
+
+    /// Cluster-scoped resources to exclude.
+    #[arg(long, value_delimiter = ',')]
+    exclude_cluster_scoped_resources: Vec<String>,
+
+    /// Namespaced resources to include.
+    #[arg(long, value_delimiter = ',')]
+    include_namespace_scoped_resources: Vec<String>,
+
+    /// Namespaced resources to exclude.
+    #[arg(long, value_delimiter = ',')]
+    exclude_namespace_scoped_resources: Vec<String>,
+
+    /// Items backed up first: `pods=ns1/pod1,ns1/pod2;persistentvolumeclaims=ns1/pvc4`.
+    #[arg(long)]
+    ordered_resources: Option<String>,
+
+    /// How long the backup is kept, e.g. 720h0m0s.
+    #[arg(long)]
+    ttl: Option<String>,
+
+    /// Backup storage location [default: the default location].
+    #[arg(long)]
+    storage_location: Option<String>,
+
+    /// Take the spec from this schedule's template.
+    #[arg(long)]
+    from_schedule: Option<String>,
+
+    /// Snapshot volumes (recorded in the spec; volume data moves with a later release).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    snapshot_volumes: Option<bool>,
+
+    /// Back up pod volumes with the file-system mover by default (recorded in the spec).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    default_volumes_to_fs_backup: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Names to show [default: all].
+    names: Vec<String>,
+
+    /// Only those whose labels match this selector.
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// Names to describe [default: all].
+    names: Vec<String>,
+
+    /// Also list every item.
+    #[arg(long)]
+    details: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Names to delete.
+    names: Vec<String>,
+
+    /// Delete all of them.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+
+    /// Do not ask.
+    #[arg(long)]
+    confirm: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The name.
+    name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RestoreCmd {
+    /// Restore cluster resources from a backup, now.
+    ///
+    /// Velero's semantics: CRDs first and waited on, namespaces created, priorities,
+    /// namespace mappings, the PV rename rule, existing-resource policy, node ports,
+    /// storage-class mapping; every per-item failure recorded and the restore goes on.
+    Create(Box<RestoreCreate>),
+    /// List restores.
+    Get(GetArgs),
+    /// Show a restore: spec, status, per-item warnings and errors.
+    Describe(DescribeArgs),
+    /// Delete restores (their resources and records; restored objects stay).
+    Delete(DeleteArgs),
+    /// Print a restore's log.
+    Logs(LogsArgs),
+}
+
+/// `arca restore ...`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(subcommand)]
+    cmd: RestoreCmd,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreCreate {
+    /// Name of the restore [default: <backup>-<YYYYMMDDhhmmss>].
+    name: Option<String>,
+
+    /// The backup to restore.
+    #[arg(
+        long,
+        required_unless_present = "from_schedule",
+        conflicts_with = "from_schedule"
+    )]
+    from_backup: Option<String>,
+
+    /// Restore the newest completed backup of this schedule.
+    #[arg(long)]
+    from_schedule: Option<String>,
+
+    #[command(flatten)]
+    filters: CommonFilters,
+
+    /// Restore into other namespaces: `src1:dst1,src2:dst2`.
+    #[arg(long, value_delimiter = ',')]
+    namespace_mappings: Vec<String>,
+
+    /// Restore persistent volumes: true or false [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    restore_volumes: Option<bool>,
+
+    /// Keep the node ports of services: true or false [default: only those set explicitly].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    preserve_nodeports: Option<bool>,
+
+    /// What to do with an item that exists: none (keep it, warn if it differs) or
+    /// update (patch it to the backed-up version).
+    #[arg(long, value_parser = ["none", "update"])]
+    existing_resource_policy: Option<String>,
+
+    /// Resources whose status is restored too.
+    #[arg(long, value_delimiter = ',')]
+    status_include_resources: Vec<String>,
+
+    /// Resources whose status is not restored.
+    #[arg(long, value_delimiter = ',')]
+    status_exclude_resources: Vec<String>,
+
+    /// Restore order: comma-separated resources; those after a `-` go last
+    /// [default: Velero's list].
+    #[arg(long)]
+    restore_resource_priorities: Option<String>,
+
+    /// Items restored at once within one priority tier.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+}
+
+fn k8s_time(t: &Time) -> String {
+    crate::output::time(arca_format::Timestamp {
+        seconds: t.0.as_second(),
+        nanos: 0,
+    })
+}
+
+fn opt_time(t: Option<&Time>) -> String {
+    t.map(k8s_time).unwrap_or_else(|| "<none>".into())
+}
+
+/// `29d`, `5h`, `expired`.
+fn expires_in(t: Option<&Time>) -> String {
+    let Some(t) = t else { return String::new() };
+    let secs = t.0.as_second() - chrono::Utc::now().timestamp();
+    match secs {
+        s if s <= 0 => "expired".into(),
+        s if s >= 86400 => format!("{}d", s / 86400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s => format!("{}m", (s / 60).max(1)),
+    }
+}
+
+fn list_or_none(v: Option<&Vec<String>>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.join(", "),
+        _ => "<none>".into(),
+    }
+}
+
+fn list_or_all(v: Option<&Vec<String>>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.join(", "),
+        _ => "*".into(),
+    }
+}
+
+fn selector_text(s: Option<&LabelSelector>) -> String {
+    let Some(s) = s else { return "<none>".into() };
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for r in s.match_expressions.iter().flatten() {
+        let vals = r.values.clone().unwrap_or_default().join(",");
+        parts.push(match r.operator.as_str() {
+            "Exists" => r.key.clone(),
+            "DoesNotExist" => format!("!{}", r.key),
+            op => format!("{} {} ({vals})", r.key, op.to_lowercase()),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// Run a closure's future with a spinner on the terminal.
+async fn with_spinner<T>(ctx: &Ctx, msg: String, f: impl std::future::Future<Output = T>) -> T {
+    if !ctx.show_progress() {
+        return f.await;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(120));
+    let out = f.await;
+    pb.finish_and_clear();
+    out
+}
+
+fn exit_for(phase: &str) -> u8 {
+    match phase {
+        "Completed" => 0,
+        "PartiallyFailed" => EXIT_PARTIAL,
+        _ => 1,
+    }
+}
+
+/// `arca install`.
+pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
+    let mut plan = manage::InstallPlan {
+        namespace: kube.namespace.clone(),
+        ..Default::default()
+    };
+    if let Some(provider) = &a.provider {
+        let config = pairs(&a.backup_location_config, '=', "--backup-location-config")?;
+        let bucket = a
+            .bucket
+            .clone()
+            .with_context(|| format!("--provider {provider} needs --bucket"))?;
+        let mut bsl = BackupStorageLocation::new(
+            "default",
+            BackupStorageLocationSpec {
+                provider: provider.clone(),
+                object_storage: ObjectStorageLocation {
+                    bucket,
+                    prefix: a.prefix.clone(),
+                    ca_cert: None,
+                },
+                config: (!config.is_empty()).then_some(config),
+                default: Some(true),
+                access_mode: Some("ReadWrite".into()),
+                ..Default::default()
+            },
+        );
+        bsl.metadata.namespace = Some(plan.namespace.clone());
+        plan.location = Some(bsl);
+        if let Some(f) = &a.secret_file {
+            plan.cloud_credentials = Some(
+                std::fs::read(f)
+                    .with_context(|| format!("cannot read the secret file {}", f.display()))?,
+            );
+        }
+        // The repositories' password goes into the cluster, where backups and restores
+        // (from any client) find it.
+        plan.repository_password =
+            Some(ctx.password("password for the location's repositories: ")?);
+    }
+    if a.dry_run {
+        let objects = plan.objects();
+        if ctx.json {
+            return print_json(&objects).map(|_| 0);
+        }
+        for o in objects {
+            println!("---\n{}", serde_yaml_ng::to_string(&o)?.trim_end());
+        }
+        return Ok(0);
+    }
+    let client = kube.client().await?;
+    let done = manage::install(&client, &plan).await?;
+    if ctx.json {
+        print_json(&done)?;
+    } else if !ctx.quiet {
+        for d in &done {
+            println!("applied {d}");
+        }
+        println!("Arca is installed in namespace {}.", plan.namespace);
+        if plan.location.is_none() {
+            println!(
+                "No backup storage location was created: run `arca install --provider ... --bucket ...`, \
+                 or apply a BackupStorageLocation."
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `arca backup ...`.
+pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
+    let client = kube.installed().await?;
+    let ns = kube.namespace.as_str();
+    let cache = ctx.cache_root();
+    match a.cmd {
+        BackupCmd::Create(c) => backup_create(ctx, &client, ns, *c).await,
+        BackupCmd::Get(g) => {
+            sync(ctx, &client, ns).await?;
+            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+            let mut lp = ListParams::default();
+            if let Some(s) = &g.selector {
+                lp = lp.labels(s);
+            }
+            let mut list = api.list(&lp).await.context("cannot list backups")?.items;
+            list.retain(|b| g.names.is_empty() || g.names.contains(&b.name_any()));
+            missing(&g.names, list.iter().map(|b| b.name_any()), "backup")?;
+            list.sort_by_key(|b| {
+                std::cmp::Reverse(b.metadata.creation_timestamp.clone().map(|t| t.0))
+            });
+            if ctx.json {
+                return print_json(&list).map(|_| 0);
+            }
+            println!(
+                "{:<32} {:<16} {:>6} {:>8} {:<20} {:<8} {:<16} SELECTOR",
+                "NAME", "STATUS", "ERRORS", "WARNINGS", "CREATED", "EXPIRES", "STORAGE LOCATION"
+            );
+            for b in &list {
+                let st = b.status.clone().unwrap_or_default();
+                println!(
+                    "{:<32} {:<16} {:>6} {:>8} {:<20} {:<8} {:<16} {}",
+                    b.name_any(),
+                    st.phase.as_deref().unwrap_or("New"),
+                    st.errors.unwrap_or(0),
+                    st.warnings.unwrap_or(0),
+                    opt_time(b.metadata.creation_timestamp.as_ref()),
+                    expires_in(st.expiration.as_ref()),
+                    b.spec.storage_location.as_deref().unwrap_or("default"),
+                    selector_text(b.spec.label_selector.as_ref()),
+                );
+            }
+            Ok(0)
+        }
+        BackupCmd::Describe(d) => {
+            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+            let names = names_or_all(&api, &d.names).await?;
+            let mut views = Vec::new();
+            for name in names {
+                let b = api.get_opt(&name).await?;
+                let record = manage::backup_record(&client, ns, &name, cache.as_deref()).await;
+                let (b, results, items) = match (b, record) {
+                    (b, Ok((repo, id, stored))) => {
+                        let results = manage::backup_results(&repo, &id).await.ok();
+                        let items = if d.details {
+                            manage::backup_items(&repo, &id).await.ok()
+                        } else {
+                            None
+                        };
+                        (b.unwrap_or(stored), results, items)
+                    }
+                    (Some(b), Err(e)) => {
+                        tracing::info!("backup {name}: no stored record: {e}");
+                        (b, None, None)
+                    }
+                    (None, Err(e)) => return Err(e.into()),
+                };
+                if ctx.json {
+                    views.push(
+                        serde_json::json!({ "backup": b, "results": results, "items": items }),
+                    );
+                } else {
+                    describe_backup(&b, results.as_ref(), items.as_deref());
+                }
+            }
+            if ctx.json {
+                print_json(&views)?;
+            }
+            Ok(0)
+        }
+        BackupCmd::Delete(d) => {
+            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+            let Some(names) = to_delete(&api, &d, "backup").await? else {
+                return Ok(0);
+            };
+            let mut failed = 0;
+            let mut out = Vec::new();
+            for name in &names {
+                match manage::delete_backup(&client, ns, name, cache.as_deref()).await {
+                    Ok(r) => {
+                        if !ctx.json && !ctx.quiet {
+                            println!(
+                                "Backup {name} deleted ({} stored records forgotten{}).",
+                                r.records_forgotten,
+                                if r.restores_deleted.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", restores {} deleted", r.restores_deleted.join(", "))
+                                }
+                            );
+                        }
+                        out.push(serde_json::json!({ "backup": name, "deleted": true, "recordsForgotten": r.records_forgotten, "restoresDeleted": r.restores_deleted }));
+                    }
+                    Err(e) => {
+                        eprintln!("error: backup {name}: {e}");
+                        out.push(serde_json::json!({ "backup": name, "deleted": false, "error": e.to_string() }));
+                        failed += 1;
+                    }
+                }
+            }
+            if ctx.json {
+                print_json(&out)?;
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
+        BackupCmd::Logs(l) => {
+            let (repo, id, _) =
+                manage::backup_record(&client, ns, &l.name, cache.as_deref()).await?;
+            print!("{}", manage::record_log(&repo, &id).await?);
+            Ok(0)
+        }
+    }
+}
+
+/// Sync stored backups into the cluster; unreadable locations are named on stderr.
+async fn sync(ctx: &Ctx, client: &Client, ns: &str) -> Result<()> {
+    let report = manage::sync_backups(client, ns, ctx.cache_root().as_deref()).await?;
+    for (loc, why) in &report.unreachable {
+        eprintln!("warning: backup storage location {loc} could not be read: {why}");
+    }
+    if !ctx.quiet && !ctx.json {
+        for n in &report.created {
+            eprintln!("synced backup {n} from object storage");
+        }
+        for n in &report.removed {
+            eprintln!("removed backup {n}: it is gone from object storage");
+        }
+    }
+    Ok(())
+}
+
+fn missing(want: &[String], have: impl Iterator<Item = String>, what: &str) -> Result<()> {
+    let have: Vec<String> = have.collect();
+    let gone: Vec<&String> = want.iter().filter(|w| !have.contains(w)).collect();
+    if !gone.is_empty() {
+        bail!(
+            "no {what} named {}",
+            gone.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn names_or_all<K>(api: &Api<K>, names: &[String]) -> Result<Vec<String>>
+where
+    K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !names.is_empty() {
+        return Ok(names.to_vec());
+    }
+    let mut all: Vec<String> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
+/// The names a delete acts on, confirmed; `None` when there is nothing to do.
+async fn to_delete<K>(api: &Api<K>, d: &DeleteArgs, what: &str) -> Result<Option<Vec<String>>>
+where
+    K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let names = if d.all {
+        names_or_all(api, &[]).await?
+    } else if d.names.is_empty() {
+        bail!("name the {what}s to delete, or use --all");
+    } else {
+        d.names.clone()
+    };
+    if names.is_empty() {
+        println!("No {what}s to delete.");
+        return Ok(None);
+    }
+    confirm(
+        d.confirm,
+        &format!("Delete {what}(s) {}?", names.join(", ")),
+    )?;
+    Ok(Some(names))
+}
+
+fn confirm(given: bool, question: &str) -> Result<()> {
+    if given {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Add --confirm to do it without asking.");
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("cancelled: nothing was deleted");
+    }
+    Ok(())
+}
+
+async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) -> Result<u8> {
+    let stamp = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
+    let (mut spec, mut labels) = match &c.from_schedule {
+        Some(s) => {
+            let api: Api<Schedule> = Api::namespaced(client.clone(), ns);
+            let sched = api
+                .get_opt(s)
+                .await?
+                .with_context(|| format!("no schedule {s:?} in namespace {ns}"))?;
+            let labels = BTreeMap::from([
+                (arca_k8s::record::SCHEDULE_NAME_LABEL.to_string(), s.clone()),
+                ("velero.io/schedule-name".to_string(), s.clone()),
+            ]);
+            (sched.spec.template, labels)
+        }
+        None => (BackupSpec::default(), BTreeMap::new()),
+    };
+    let name = match (&c.name, &c.from_schedule) {
+        (Some(n), _) => n.clone(),
+        (None, Some(s)) => format!("{s}-{stamp}"),
+        (None, None) => bail!("name the backup: arca backup create NAME"),
+    };
+    let f = &c.filters;
+    let set = |slot: &mut Option<Vec<String>>, v: &[String]| {
+        if !v.is_empty() {
+            *slot = Some(v.to_vec());
+        }
+    };
+    set(&mut spec.included_namespaces, &f.include_namespaces);
+    set(&mut spec.excluded_namespaces, &f.exclude_namespaces);
+    set(&mut spec.included_resources, &f.include_resources);
+    set(&mut spec.excluded_resources, &f.exclude_resources);
+    set(
+        &mut spec.included_cluster_scoped_resources,
+        &c.include_cluster_scoped_resources,
+    );
+    set(
+        &mut spec.excluded_cluster_scoped_resources,
+        &c.exclude_cluster_scoped_resources,
+    );
+    set(
+        &mut spec.included_namespace_scoped_resources,
+        &c.include_namespace_scoped_resources,
+    );
+    set(
+        &mut spec.excluded_namespace_scoped_resources,
+        &c.exclude_namespace_scoped_resources,
+    );
+    if f.include_cluster_resources.is_some() {
+        spec.include_cluster_resources = f.include_cluster_resources;
+    }
+    let (sel, or) = f.selectors()?;
+    if sel.is_some() {
+        spec.label_selector = sel;
+    }
+    if or.is_some() {
+        spec.or_label_selectors = or;
+    }
+    if let Some(o) = &c.ordered_resources {
+        let map = pairs(
+            &o.split(';').map(str::to_string).collect::<Vec<_>>(),
+            '=',
+            "--ordered-resources",
+        )?;
+        spec.ordered_resources = Some(map);
+    }
+    if let Some(t) = &c.ttl {
+        arca_k8s::backup::parse_go_duration(t)?;
+        spec.ttl = Some(t.clone());
+    }
+    if c.storage_location.is_some() {
+        spec.storage_location = c.storage_location.clone();
+    }
+    if c.snapshot_volumes.is_some() {
+        spec.snapshot_volumes = c.snapshot_volumes;
+    }
+    if c.default_volumes_to_fs_backup.is_some() {
+        spec.default_volumes_to_fs_backup = c.default_volumes_to_fs_backup;
+    }
+    labels.extend(f.labels()?);
+    manage::create_backup(client, ns, &name, spec, labels).await?;
+    if !ctx.json && !ctx.quiet {
+        println!("Backup request {name:?} submitted successfully.");
+    }
+    let cache = ctx.cache_root();
+    let out = with_spinner(
+        ctx,
+        format!("backing up resources into backup {name}"),
+        arca_k8s::backup::run_backup(client, ns, &name, cache.as_deref()),
+    )
+    .await?;
+    let progress = out
+        .status
+        .progress
+        .as_ref()
+        .map(|p| (p.items_backed_up, p.total_items));
+    finish(
+        ctx,
+        "backup",
+        &name,
+        serde_json::to_value(&out.status)?,
+        out.status.validation_errors.as_ref(),
+        out.status.failure_reason.as_deref(),
+        &out.results,
+        progress,
+    )
+}
+
+/// Report how a backup or restore ended; its exit code.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    ctx: &Ctx,
+    what: &str,
+    name: &str,
+    status: serde_json::Value,
+    validation: Option<&Vec<String>>,
+    failure: Option<&str>,
+    r: &Results,
+    progress: Option<(Option<i64>, Option<i64>)>,
+) -> Result<u8> {
+    let phase = status["phase"].as_str().unwrap_or_default().to_string();
+    if ctx.json {
+        print_json(&serde_json::json!({ "name": name, "status": status, "results": r }))?;
+        return Ok(exit_for(&phase));
+    }
+    let title = if what == "backup" {
+        "Backup"
+    } else {
+        "Restore"
+    };
+    match phase.as_str() {
+        "Completed" => println!("{title} {name} completed."),
+        "PartiallyFailed" => println!(
+            "{title} {name} partially failed: {} errors, {} warnings.",
+            r.errors.count(),
+            r.warnings.count()
+        ),
+        "FailedValidation" => eprintln!(
+            "error: {title} {name} failed validation: {}",
+            validation.map(|v| v.join("; ")).unwrap_or_default()
+        ),
+        other => eprintln!(
+            "error: {title} {name} ended {other}: {}",
+            failure.unwrap_or("no reason given")
+        ),
+    }
+    if !ctx.quiet {
+        if let Some((done, total)) = progress {
+            let verb = if what == "backup" {
+                "backed up"
+            } else {
+                "restored"
+            };
+            println!(
+                "Items {verb}: {} of {}.",
+                done.unwrap_or(0),
+                total.unwrap_or(0)
+            );
+        }
+        println!("Run `arca {what} describe {name}` or `arca {what} logs {name}` for more.");
+    }
+    Ok(exit_for(&phase))
+}
+
+fn print_messages(title: &str, m: Option<&Messages>) {
+    let Some(m) = m.filter(|m| m.count() > 0) else {
+        println!("{title}:  <none>");
+        return;
+    };
+    println!("{title}:");
+    let block = |label: &str, v: &[String]| {
+        if v.is_empty() {
+            println!("  {label}:  <none>");
+        } else {
+            println!("  {label}:");
+            for s in v {
+                println!("    {s}");
+            }
+        }
+    };
+    block("Arca", &m.arca);
+    block("Cluster", &m.cluster);
+    if m.namespaces.is_empty() {
+        println!("  Namespaces: <none>");
+    } else {
+        println!("  Namespaces:");
+        for (ns, v) in &m.namespaces {
+            println!("    {ns}:");
+            for s in v {
+                println!("      {s}");
+            }
+        }
+    }
+}
+
+fn describe_backup(
+    b: &Backup,
+    results: Option<&Results>,
+    items: Option<&[arca_k8s::record::ItemRef]>,
+) {
+    let st = b.status.clone().unwrap_or_default();
+    let s = &b.spec;
+    println!("Name:         {}", b.name_any());
+    println!("Namespace:    {}", b.namespace().unwrap_or_default());
+    let labels: Vec<String> = b.labels().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "Labels:       {}",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        }
+    );
+    println!();
+    println!("Phase:  {}", st.phase.as_deref().unwrap_or("New"));
+    if let Some(v) = &st.validation_errors {
+        println!("Validation errors:  {}", v.join("; "));
+    }
+    if let Some(f) = &st.failure_reason {
+        println!("Failure reason:  {f}");
+    }
+    println!();
+    println!("Namespaces:");
+    println!(
+        "  Included:  {}",
+        list_or_all(s.included_namespaces.as_ref())
+    );
+    println!(
+        "  Excluded:  {}",
+        list_or_none(s.excluded_namespaces.as_ref())
+    );
+    println!();
+    println!("Resources:");
+    let new_style = s.included_cluster_scoped_resources.is_some()
+        || s.excluded_cluster_scoped_resources.is_some()
+        || s.included_namespace_scoped_resources.is_some()
+        || s.excluded_namespace_scoped_resources.is_some();
+    if new_style {
+        println!(
+            "  Included cluster-scoped:    {}",
+            list_or_none(s.included_cluster_scoped_resources.as_ref())
+        );
+        println!(
+            "  Excluded cluster-scoped:    {}",
+            list_or_none(s.excluded_cluster_scoped_resources.as_ref())
+        );
+        println!(
+            "  Included namespace-scoped:  {}",
+            list_or_all(s.included_namespace_scoped_resources.as_ref())
+        );
+        println!(
+            "  Excluded namespace-scoped:  {}",
+            list_or_none(s.excluded_namespace_scoped_resources.as_ref())
+        );
+    } else {
+        println!(
+            "  Included:        {}",
+            list_or_all(s.included_resources.as_ref())
+        );
+        println!(
+            "  Excluded:        {}",
+            list_or_none(s.excluded_resources.as_ref())
+        );
+        println!(
+            "  Cluster-scoped:  {}",
+            match s.include_cluster_resources {
+                Some(true) => "included",
+                Some(false) => "excluded",
+                None => "auto",
+            }
+        );
+    }
+    println!();
+    println!(
+        "Label selector:  {}",
+        selector_text(s.label_selector.as_ref())
+    );
+    if let Some(or) = &s.or_label_selectors {
+        println!(
+            "Or label selector:  {}",
+            or.iter()
+                .map(|l| selector_text(Some(l)))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        );
+    }
+    println!();
+    println!(
+        "Storage Location:  {}",
+        s.storage_location.as_deref().unwrap_or("default")
+    );
+    println!("TTL:  {}", s.ttl.as_deref().unwrap_or("720h0m0s"));
+    if let Some(o) = &s.ordered_resources {
+        println!("Ordered resources:");
+        for (k, v) in o {
+            println!("  {k}: {v}");
+        }
+    }
+    println!();
+    println!("Started:    {}", opt_time(st.start_timestamp.as_ref()));
+    println!("Completed:  {}", opt_time(st.completion_timestamp.as_ref()));
+    println!();
+    println!("Expiration:  {}", opt_time(st.expiration.as_ref()));
+    println!();
+    if let Some(p) = &st.progress {
+        println!(
+            "Total items to be backed up:  {}",
+            p.total_items.unwrap_or(0)
+        );
+        println!(
+            "Items backed up:              {}",
+            p.items_backed_up.unwrap_or(0)
+        );
+        println!();
+    }
+    if let Some(id) = &st.snapshot_id {
+        println!("Repository snapshot:  {}", &id[..id.len().min(16)]);
+        println!();
+    }
+    match results {
+        Some(r) => {
+            print_messages("Warnings", Some(&r.warnings));
+            println!();
+            print_messages("Errors", Some(&r.errors));
+        }
+        None => println!("Warnings and errors:  <not stored yet>"),
+    }
+    if let Some(items) = items {
+        println!();
+        println!("Resource List:");
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for i in items {
+            let gv = if i.group.is_empty() {
+                i.version.clone()
+            } else {
+                format!("{}/{}", i.group, i.version)
+            };
+            by.entry(format!("{gv}/{}", i.kind))
+                .or_default()
+                .push(i.display());
+        }
+        for (k, v) in by {
+            println!("  {k}:");
+            for n in v {
+                println!("    - {n}");
+            }
+        }
+    }
+    println!();
+}
+
+/// `arca restore ...`.
+pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
+    let client = kube.installed().await?;
+    let ns = kube.namespace.as_str();
+    let cache = ctx.cache_root();
+    match a.cmd {
+        RestoreCmd::Create(c) => restore_create(ctx, &client, ns, *c).await,
+        RestoreCmd::Get(g) => {
+            let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+            let mut lp = ListParams::default();
+            if let Some(s) = &g.selector {
+                lp = lp.labels(s);
+            }
+            let mut list = api.list(&lp).await.context("cannot list restores")?.items;
+            list.retain(|r| g.names.is_empty() || g.names.contains(&r.name_any()));
+            missing(&g.names, list.iter().map(|r| r.name_any()), "restore")?;
+            list.sort_by_key(|r| {
+                std::cmp::Reverse(r.metadata.creation_timestamp.clone().map(|t| t.0))
+            });
+            if ctx.json {
+                return print_json(&list).map(|_| 0);
+            }
+            println!(
+                "{:<40} {:<32} {:<16} {:<20} {:<20} {:>6} {:>8} SELECTOR",
+                "NAME", "BACKUP", "STATUS", "STARTED", "COMPLETED", "ERRORS", "WARNINGS"
+            );
+            for r in &list {
+                let st = r.status.clone().unwrap_or_default();
+                println!(
+                    "{:<40} {:<32} {:<16} {:<20} {:<20} {:>6} {:>8} {}",
+                    r.name_any(),
+                    r.spec.backup_name.as_deref().unwrap_or(""),
+                    st.phase.as_deref().unwrap_or("New"),
+                    opt_time(st.start_timestamp.as_ref()),
+                    opt_time(st.completion_timestamp.as_ref()),
+                    st.errors.unwrap_or(0),
+                    st.warnings.unwrap_or(0),
+                    selector_text(r.spec.label_selector.as_ref()),
+                );
+            }
+            Ok(0)
+        }
+        RestoreCmd::Describe(d) => {
+            let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+            let names = names_or_all(&api, &d.names).await?;
+            let mut views = Vec::new();
+            for name in names {
+                let r = api
+                    .get_opt(&name)
+                    .await?
+                    .with_context(|| format!("no restore {name:?} in namespace {ns}"))?;
+                let results: Option<Results> =
+                    match manage::restore_record(&client, ns, &name, cache.as_deref()).await {
+                        Ok((repo, id)) => arca_k8s::restore::read_json(&repo, &id, "results.json")
+                            .await
+                            .ok(),
+                        Err(e) => {
+                            tracing::info!("restore {name}: no stored record: {e}");
+                            None
+                        }
+                    };
+                if ctx.json {
+                    views.push(serde_json::json!({ "restore": r, "results": results }));
+                } else {
+                    describe_restore(&r, results.as_ref());
+                }
+            }
+            if ctx.json {
+                print_json(&views)?;
+            }
+            Ok(0)
+        }
+        RestoreCmd::Delete(d) => {
+            let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+            let Some(names) = to_delete(&api, &d, "restore").await? else {
+                return Ok(0);
+            };
+            let mut failed = 0;
+            for name in &names {
+                match manage::delete_restore(&client, ns, name, cache.as_deref()).await {
+                    Ok(_) => {
+                        if !ctx.quiet {
+                            println!("Restore {name} deleted.");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: restore {name}: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
+        RestoreCmd::Logs(l) => {
+            let (repo, id) = manage::restore_record(&client, ns, &l.name, cache.as_deref()).await?;
+            print!("{}", manage::record_log(&repo, &id).await?);
+            Ok(0)
+        }
+    }
+}
+
+async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) -> Result<u8> {
+    let f = &c.filters;
+    let mapping = pairs(&c.namespace_mappings, ':', "--namespace-mappings")?;
+    let (sel, or) = f.selectors()?;
+    let status = (!c.status_include_resources.is_empty() || !c.status_exclude_resources.is_empty())
+        .then(|| RestoreStatusSpec {
+            included_resources: opt_list(&c.status_include_resources),
+            excluded_resources: opt_list(&c.status_exclude_resources),
+        });
+    let spec = RestoreSpec {
+        backup_name: c.from_backup.clone(),
+        schedule_name: c.from_schedule.clone(),
+        included_namespaces: opt_list(&f.include_namespaces),
+        excluded_namespaces: opt_list(&f.exclude_namespaces),
+        included_resources: opt_list(&f.include_resources),
+        excluded_resources: opt_list(&f.exclude_resources),
+        namespace_mapping: (!mapping.is_empty()).then_some(mapping),
+        label_selector: sel,
+        or_label_selectors: or,
+        restore_p_vs: c.restore_volumes,
+        restore_status: status,
+        preserve_node_ports: c.preserve_nodeports,
+        include_cluster_resources: f.include_cluster_resources,
+        existing_resource_policy: c.existing_resource_policy.clone(),
+        ..Default::default()
+    };
+    let stamp = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
+    let base = c
+        .from_backup
+        .clone()
+        .or(c.from_schedule.clone())
+        .unwrap_or_default();
+    let name = c.name.clone().unwrap_or_else(|| format!("{base}-{stamp}"));
+    // A backup known only to object storage is fine: the restore finds it there.
+    manage::create_restore(client, ns, &name, spec, f.labels()?).await?;
+    if !ctx.json && !ctx.quiet {
+        println!("Restore request {name:?} submitted successfully.");
+    }
+    let mut settings = RestoreSettings::new();
+    settings.parallel_items = c.parallel.max(1);
+    if let Some(p) = &c.restore_resource_priorities {
+        settings.priorities = Priorities::parse(p);
+    }
+    let cache = ctx.cache_root();
+    let out = with_spinner(
+        ctx,
+        format!("restoring backup {base} (restore {name})"),
+        arca_k8s::restore::run_restore(client, ns, &name, settings, cache.as_deref()),
+    )
+    .await?;
+    let progress = out
+        .status
+        .progress
+        .as_ref()
+        .map(|p| (p.items_restored, p.total_items));
+    finish(
+        ctx,
+        "restore",
+        &name,
+        serde_json::to_value(&out.status)?,
+        out.status.validation_errors.as_ref(),
+        out.status.failure_reason.as_deref(),
+        &out.results,
+        progress,
+    )
+}
+
+fn describe_restore(r: &Restore, results: Option<&Results>) {
+    let st = r.status.clone().unwrap_or_default();
+    let s = &r.spec;
+    println!("Name:         {}", r.name_any());
+    println!("Namespace:    {}", r.namespace().unwrap_or_default());
+    let labels: Vec<String> = r.labels().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "Labels:       {}",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        }
+    );
+    println!();
+    println!("Phase:  {}", st.phase.as_deref().unwrap_or("New"));
+    if let Some(v) = &st.validation_errors {
+        println!("Validation errors:  {}", v.join("; "));
+    }
+    if let Some(f) = &st.failure_reason {
+        println!("Failure reason:  {f}");
+    }
+    if let Some(p) = &st.progress {
+        println!(
+            "Total items to be restored:  {}",
+            p.total_items.unwrap_or(0)
+        );
+        println!(
+            "Items restored:              {}",
+            p.items_restored.unwrap_or(0)
+        );
+    }
+    println!();
+    println!("Started:    {}", opt_time(st.start_timestamp.as_ref()));
+    println!("Completed:  {}", opt_time(st.completion_timestamp.as_ref()));
+    println!();
+    match results {
+        Some(res) => {
+            print_messages("Warnings", Some(&res.warnings));
+            println!();
+            print_messages("Errors", Some(&res.errors));
+        }
+        None => println!("Warnings and errors:  <not stored>"),
+    }
+    println!();
+    match (&s.backup_name, &s.schedule_name) {
+        (Some(b), _) => println!("Backup:  {b}"),
+        (None, Some(sc)) => println!("Schedule:  {sc}"),
+        _ => {}
+    }
+    println!();
+    println!("Namespaces:");
+    println!(
+        "  Included:  {}",
+        list_or_all(s.included_namespaces.as_ref())
+    );
+    println!(
+        "  Excluded:  {}",
+        list_or_none(s.excluded_namespaces.as_ref())
+    );
+    println!();
+    println!("Resources:");
+    println!(
+        "  Included:        {}",
+        list_or_all(s.included_resources.as_ref())
+    );
+    println!(
+        "  Excluded:        {}",
+        list_or_none(s.excluded_resources.as_ref())
+    );
+    println!(
+        "  Cluster-scoped:  {}",
+        match s.include_cluster_resources {
+            Some(true) => "included",
+            Some(false) => "excluded",
+            None => "auto",
+        }
+    );
+    println!();
+    let mapping: Vec<String> = s
+        .namespace_mapping
+        .iter()
+        .flatten()
+        .map(|(a, b)| format!("{a}:{b}"))
+        .collect();
+    println!(
+        "Namespace mappings:  {}",
+        if mapping.is_empty() {
+            "<none>".into()
+        } else {
+            mapping.join(", ")
+        }
+    );
+    println!();
+    println!(
+        "Label selector:  {}",
+        selector_text(s.label_selector.as_ref())
+    );
+    println!();
+    println!(
+        "Restore PVs:  {}",
+        match s.restore_p_vs {
+            Some(false) => "false",
+            _ => "auto",
+        }
+    );
+    println!(
+        "Existing resource policy:  {}",
+        s.existing_resource_policy.as_deref().unwrap_or("none")
+    );
+    println!(
+        "Preserve service node ports:  {}",
+        match s.preserve_node_ports {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "auto",
+        }
+    );
+    println!();
+}

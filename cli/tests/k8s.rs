@@ -1,0 +1,1368 @@
+//! Velero's resource scenarios through the `arca` binary, against real kube-apiservers on
+//! 127.0.0.1 (two of them, for migrations), started by `scripts/test` through
+//! `scripts/test-cluster`. Fixtures are applied and checked with the kube client.
+//!
+//! Every test works in namespaces and under names of its own, with its own install
+//! namespace and storage location, so that tests run in parallel on the same clusters.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use arca_k8s::kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use arca_k8s::kube::discovery::{Discovery, Scope};
+use arca_k8s::kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::PASSWORD;
+
+/// A test cluster: its kubeconfig and a client.
+struct Cluster {
+    kubeconfig: PathBuf,
+    client: Client,
+}
+
+fn kubeconfig(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("ARCA_REQUIRE_K8S").is_some() => {
+            panic!(
+                "ARCA_REQUIRE_K8S is set but {var} is not: start the clusters with scripts/test-cluster"
+            )
+        }
+        None => {
+            eprintln!("no test cluster ({var} unset): skipped");
+            None
+        }
+    }
+}
+
+async fn cluster(var: &str) -> Option<Cluster> {
+    let kc = kubeconfig(var)?;
+    let client = arca_k8s::manage::connect(Some(&kc), None)
+        .await
+        .expect("connect to the test cluster");
+    Some(Cluster {
+        kubeconfig: kc,
+        client,
+    })
+}
+
+/// Cluster A (every test) and B (migrations, restores into an empty cluster).
+async fn clusters() -> Option<(Cluster, Cluster)> {
+    Some((
+        cluster("ARCA_TEST_KUBECONFIG").await?,
+        cluster("ARCA_TEST_KUBECONFIG_B").await?,
+    ))
+}
+
+/// One test's Arca: an install namespace and a storage location directory.
+struct Arca {
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Arca {
+    fn new(name: &str) -> Self {
+        // Unique per run, so that a rerun on the same clusters starts clean.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Self {
+            ns: format!("arca-{name}-{:x}", t & 0xfffff),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, c: &Cluster) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arca"));
+        cmd.env("ARCA_PASSWORD", PASSWORD)
+            .env("ARCA_CACHE_DIR", self.dir.path().join("cache"))
+            .env_remove("ARCA_PASSWORD_FILE")
+            .env_remove("ARCA_LOG")
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["-n", &self.ns])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, c: &Cluster, args: &[&str]) -> Output {
+        self.cmd(c).args(args).output().unwrap()
+    }
+
+    fn expect(&self, c: &Cluster, code: i32, args: &[&str]) -> String {
+        let out = self.run(c, args);
+        // A create that ended otherwise than expected: its log says why.
+        let log = match args {
+            [kind @ ("backup" | "restore"), "create", name, ..]
+                if out.status.code() != Some(code) && !name.starts_with('-') =>
+            {
+                let l = self.run(c, &[kind, "logs", name]);
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&l.stdout),
+                    String::from_utf8_lossy(&l.stderr)
+                )
+            }
+            _ => String::new(),
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "arca {args:?} exited {:?}\nstdout: {}\nstderr: {}\nlog: {log}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn ok(&self, c: &Cluster, args: &[&str]) -> String {
+        self.expect(c, 0, args)
+    }
+
+    fn json(&self, c: &Cluster, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(c, &a)).unwrap()
+    }
+
+    /// Install with a local storage location in this test's directory.
+    fn install(&self, c: &Cluster) {
+        let bucket = self.dir.path().join("bsl");
+        self.ok(
+            c,
+            &[
+                "install",
+                "--provider",
+                "local",
+                "--bucket",
+                bucket.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// Items of a backup, as `namespace/name` of `resource`.
+    fn items(&self, c: &Cluster, backup: &str) -> BTreeSet<String> {
+        let v = self.json(c, &["backup", "describe", backup, "--details"]);
+        v[0]["items"]
+            .as_array()
+            .expect("items listed")
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}:{}/{}",
+                    i["resource"].as_str().unwrap(),
+                    i["namespace"].as_str().unwrap_or(""),
+                    i["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Apply YAML documents (server-side apply), resolving kinds through discovery.
+async fn apply(c: &Cluster, yaml: &str) {
+    let disc = Discovery::new(c.client.clone()).run().await.unwrap();
+    for doc in yaml.split("\n---\n").filter(|d| !d.trim().is_empty()) {
+        let obj: DynamicObject =
+            serde_yaml_ng::from_str(doc).unwrap_or_else(|e| panic!("bad fixture {doc}: {e}"));
+        let tm = obj.types.clone().expect("apiVersion and kind");
+        let (group, version) = tm
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", &tm.api_version));
+        let gvk = arca_k8s::kube::api::GroupVersionKind::gvk(group, version, &tm.kind);
+        let (ar, caps) = disc
+            .resolve_gvk(&gvk)
+            .unwrap_or_else(|| panic!("{gvk:?} is not served"));
+        let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+            Api::namespaced_with(
+                c.client.clone(),
+                obj.metadata.namespace.as_deref().unwrap(),
+                &ar,
+            )
+        } else {
+            Api::all_with(c.client.clone(), &ar)
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("arca-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {}: {e}", tm.kind, obj.name_any()));
+    }
+}
+
+/// Wait until a CRD is established (fixtures that create custom resources right after).
+async fn wait_crd(c: &Cluster, name: &str) {
+    use arca_k8s::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+    for _ in 0..300 {
+        if let Some(crd) = api.get_opt(name).await.unwrap()
+            && crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x.type_ == "Established" && x.status == "True")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("CRD {name} not established");
+}
+
+/// An object as JSON, or None.
+async fn get(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let ar = arca_k8s::kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = match ns {
+        Some(n) => Api::namespaced_with(c.client.clone(), n, &ar),
+        None => Api::all_with(c.client.clone(), &ar),
+    };
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+async fn configmap(c: &Cluster, ns: &str, name: &str) -> Option<Value> {
+    get(c, "v1", "ConfigMap", "configmaps", Some(ns), name).await
+}
+
+async fn delete_namespaced(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    ns: &str,
+    name: &str,
+) {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let ar = arca_k8s::kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), ns, &ar);
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    for _ in 0..100 {
+        if api.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn cm(ns: &str, name: &str, labels: &[(&str, &str)], data: &str) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\""))
+        .collect();
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("  labels:\n{}\n", labels.join("\n"))
+    };
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n{labels}data:\n  v: \"{data}\"\n---\n"
+    )
+}
+
+fn ns(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n---\n")
+}
+
+#[test]
+fn install_dry_run_prints_every_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_arca"))
+        .args(["install", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut kinds = BTreeSet::new();
+    for doc in text.split("---\n").filter(|d| !d.trim().is_empty()) {
+        let v: Value = serde_yaml_ng::from_str(doc).unwrap();
+        if v["kind"] == "CustomResourceDefinition" {
+            assert_eq!(v["spec"]["group"], "arca.dev");
+            kinds.insert(v["spec"]["names"]["kind"].as_str().unwrap().to_string());
+        }
+    }
+    let want: BTreeSet<String> = [
+        "Backup",
+        "Restore",
+        "Schedule",
+        "BackupStorageLocation",
+        "BackupRepository",
+        "DataUpload",
+        "DataDownload",
+        "DeleteBackupRequest",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(kinds, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_by_namespace_glob_resource_label_and_exclude_label() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("filters");
+    arca.install(&a);
+    let mut y = String::new();
+    for n in ["flt-app1", "flt-app2", "flt-other"] {
+        y += &ns(n);
+        y += &cm(n, "plain", &[], "x");
+        y += &cm(n, "web", &[("tier", "web")], "x");
+        y += &cm(n, "db", &[("tier", "db")], "x");
+        y += &cm(
+            n,
+            "hidden",
+            &[("arca.dev/exclude-from-backup", "true")],
+            "x",
+        );
+        y += &cm(
+            n,
+            "hidden-velero",
+            &[("velero.io/exclude-from-backup", "true")],
+            "x",
+        );
+        y += &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: {n}\nstringData:\n  k: v\n---\n"
+        );
+    }
+    apply(&a, &y).await;
+
+    // Namespaces by glob, one excluded.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "glob",
+            "--include-namespaces",
+            "flt-*",
+            "--exclude-namespaces",
+            "flt-other",
+        ],
+    );
+    let items = arca.items(&a, "glob");
+    assert!(
+        items.contains("configmaps:flt-app1/plain") && items.contains("secrets:flt-app2/s"),
+        "{items:?}"
+    );
+    assert!(
+        items.contains("namespaces:/flt-app1") && items.contains("namespaces:/flt-app2"),
+        "{items:?}"
+    );
+    assert!(!items.iter().any(|i| i.contains("flt-other")), "{items:?}");
+    assert!(
+        !items.iter().any(|i| i.contains("hidden")),
+        "exclude labels are honoured: {items:?}"
+    );
+    // Not all namespaces: no cluster-scoped resources unless asked.
+    assert!(
+        !items.iter().any(|i| i.starts_with("clusterroles")),
+        "{items:?}"
+    );
+
+    // Resources.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "res",
+            "--include-namespaces",
+            "flt-app1",
+            "--include-resources",
+            "configmaps",
+        ],
+    );
+    let items = arca.items(&a, "res");
+    assert!(
+        items.iter().all(|i| i.starts_with("configmaps:flt-app1/")),
+        "{items:?}"
+    );
+    assert!(items.contains("configmaps:flt-app1/web"));
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "res-ex",
+            "--include-namespaces",
+            "flt-app1",
+            "--exclude-resources",
+            "secrets,cm",
+        ],
+    );
+    let items = arca.items(&a, "res-ex");
+    assert!(
+        !items
+            .iter()
+            .any(|i| i.starts_with("secrets") || i.starts_with("configmaps")),
+        "{items:?}"
+    );
+    assert!(items.contains("namespaces:/flt-app1"), "{items:?}");
+
+    // Label selector, and or-selectors.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "lab",
+            "--include-namespaces",
+            "flt-*",
+            "-l",
+            "tier=web",
+        ],
+    );
+    let items = arca.items(&a, "lab");
+    let cms: BTreeSet<&String> = items
+        .iter()
+        .filter(|i| i.starts_with("configmaps"))
+        .collect();
+    assert_eq!(cms.len(), 3, "{items:?}");
+    assert!(cms.iter().all(|i| i.ends_with("/web")));
+    assert!(!items.iter().any(|i| i.starts_with("secrets")));
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "orsel",
+            "--include-namespaces",
+            "flt-app1",
+            "--or-selector",
+            "tier=web or tier=db",
+        ],
+    );
+    let items = arca.items(&a, "orsel");
+    let cms: BTreeSet<&String> = items
+        .iter()
+        .filter(|i| i.starts_with("configmaps"))
+        .collect();
+    assert_eq!(cms.len(), 2, "{items:?}");
+
+    // New-style scoped filters: namespaced configmaps only, cluster-scoped clusterroles.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "scoped",
+            "--include-namespaces",
+            "flt-app2",
+            "--include-namespace-scoped-resources",
+            "configmaps",
+            "--include-cluster-scoped-resources",
+            "clusterroles",
+        ],
+    );
+    let items = arca.items(&a, "scoped");
+    assert!(
+        items.iter().any(|i| i.starts_with("clusterroles:/")),
+        "{items:?}"
+    );
+    assert!(
+        items.iter().all(|i| i.starts_with("clusterroles")
+            || i.starts_with("configmaps:flt-app2/")
+            || i.starts_with("namespaces")),
+        "{items:?}"
+    );
+
+    // Old and new styles together fail validation, and say so.
+    let out = arca.run(
+        &a,
+        &[
+            "backup",
+            "create",
+            "mixed",
+            "--include-resources",
+            "configmaps",
+            "--include-cluster-scoped-resources",
+            "clusterroles",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed validation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Listing, in text and JSON.
+    let text = arca.ok(&a, &["backup", "get"]);
+    assert!(
+        text.contains("glob") && text.contains("Completed") && text.contains("FailedValidation"),
+        "{text}"
+    );
+    let list = arca.json(&a, &["backup", "get", "glob"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["status"]["phase"], "Completed");
+    assert!(
+        list[0]["status"]["progress"]["totalItems"]
+            .as_i64()
+            .unwrap()
+            >= 8
+    );
+    let log = arca.ok(&a, &["backup", "logs", "glob"]);
+    assert!(
+        log.contains(&format!("backup {}/glob started", arca.ns)),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_mappings_single_and_multiple_with_restore_labels() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("mapping");
+    arca.install(&a);
+    let mut y = ns("map-a") + &ns("map-b");
+    y += &cm("map-a", "one", &[], "a1");
+    y += &cm("map-b", "two", &[], "b2");
+    apply(&a, &y).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "maps",
+            "--include-namespaces",
+            "map-a,map-b",
+        ],
+    );
+
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "single",
+            "--from-backup",
+            "maps",
+            "--include-namespaces",
+            "map-a",
+            "--namespace-mappings",
+            "map-a:map-a2",
+        ],
+    );
+    let one = configmap(&a, "map-a2", "one")
+        .await
+        .expect("restored into the mapped namespace");
+    assert_eq!(one["data"]["v"], "a1");
+    assert_eq!(one["metadata"]["labels"]["arca.dev/backup-name"], "maps");
+    assert_eq!(one["metadata"]["labels"]["arca.dev/restore-name"], "single");
+    assert!(configmap(&a, "map-a2", "two").await.is_none());
+
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "--from-backup",
+            "maps",
+            "--namespace-mappings",
+            "map-a:map-x,map-b:map-y",
+        ],
+    );
+    assert_eq!(
+        configmap(&a, "map-x", "one").await.unwrap()["data"]["v"],
+        "a1"
+    );
+    assert_eq!(
+        configmap(&a, "map-y", "two").await.unwrap()["data"]["v"],
+        "b2"
+    );
+    // The default name is <backup>-<timestamp>.
+    let restores = arca.json(&a, &["restore", "get"]);
+    let names: Vec<&str> = restores
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("maps-") && n.len() == "maps-".len() + 14),
+        "{names:?}"
+    );
+    let text = arca.ok(&a, &["restore", "describe", "single"]);
+    assert!(
+        text.contains("Phase:  Completed") && text.contains("map-a:map-a2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_with_several_versions_and_its_resources_into_an_empty_cluster() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("crd");
+    // A group of this run's own, so that cluster B has never seen it.
+    let group = format!("{}.arca.dev", arca.ns.replace("arca-", "g-"));
+    let crd_name = format!("widgets.{group}");
+    arca.install(&a);
+    arca.install(&b);
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.crd-test.arca.dev
+spec:
+  group: crd-test.arca.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}}
+  - name: v2
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}}
+---
+"#;
+    apply(&a, &crd.replace("crd-test.arca.dev", &group)).await;
+    wait_crd(&a, &crd_name).await;
+    let mut y = ns("crd-ns");
+    for i in 0..3 {
+        y += &format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w{i}\n  namespace: crd-ns\nspec:\n  size: {i}\n---\n"
+        );
+    }
+    apply(&a, &y).await;
+    // Only the namespace: the CRD comes along with its resources.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "widgets",
+            "--include-namespaces",
+            "crd-ns",
+        ],
+    );
+    let v = arca.json(&a, &["backup", "describe", "widgets", "--details"]);
+    let items = v[0]["items"].as_array().unwrap();
+    let widgets: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["resource"] == "widgets" && i["group"] == group.as_str())
+        .collect();
+    assert_eq!(widgets.len(), 3);
+    // Read at the server's preferred version: v2 sorts above v1.
+    assert!(widgets.iter().all(|w| w["version"] == "v2"), "{widgets:?}");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["resource"] == "customresourcedefinitions"
+                && i["name"] == crd_name.as_str())
+    );
+
+    // Cluster B has never seen the type: the CRD is restored first, waited on, and the
+    // widgets follow.
+    assert!(
+        get(
+            &b,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            None,
+            &crd_name
+        )
+        .await
+        .is_none()
+    );
+    let out = arca.ok(
+        &b,
+        &["restore", "create", "widgets-b", "--from-backup", "widgets"],
+    );
+    assert!(out.contains("completed"), "{out}");
+    for i in 0..3 {
+        let w = get(
+            &b,
+            &format!("{group}/v1"),
+            "Widget",
+            "widgets",
+            Some("crd-ns"),
+            &format!("w{i}"),
+        )
+        .await
+        .expect("widget restored");
+        assert_eq!(w["spec"]["size"], i);
+    }
+    let crd_b = get(
+        &b,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        None,
+        &crd_name,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        crd_b["spec"]["versions"].as_array().unwrap().len(),
+        2,
+        "both versions restored"
+    );
+    let log = arca.ok(&b, &["restore", "logs", "widgets-b"]);
+    let crd_at = log
+        .find("restored customresourcedefinitions")
+        .expect("CRD in the log");
+    let widget_at = log
+        .find(&format!("restored {crd_name} crd-ns/"))
+        .expect("widget in the log");
+    assert!(
+        crd_at < widget_at,
+        "CRDs are restored before their resources:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resources_and_rbac() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("rbac");
+    arca.install(&a);
+    let y = ns("rbac-ns")
+        + r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: robot, namespace: rbac-ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader, namespace: rbac-ns}
+rules: [{apiGroups: [""], resources: [configmaps], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader, namespace: rbac-ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}
+subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: rbac-test-viewer, labels: {app: rbac-test}}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: rbac-test-viewer, labels: {app: rbac-test}}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rbac-test-viewer}
+subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
+---
+"#;
+    apply(&a, &y).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "rbac",
+            "--include-namespaces",
+            "rbac-ns",
+            "--include-cluster-resources",
+        ],
+    );
+    let items = arca.items(&a, "rbac");
+    for want in [
+        "serviceaccounts:rbac-ns/robot",
+        "roles:rbac-ns/reader",
+        "rolebindings:rbac-ns/reader",
+        "clusterroles:/rbac-test-viewer",
+        "clusterrolebindings:/rbac-test-viewer",
+    ] {
+        assert!(items.contains(want), "{want} missing from {items:?}");
+    }
+    // Gone, then back.
+    for (kind, plural) in [
+        ("ClusterRoleBinding", "clusterrolebindings"),
+        ("ClusterRole", "clusterroles"),
+    ] {
+        let ar = arca_k8s::kube::api::ApiResource {
+            group: "rbac.authorization.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(a.client.clone(), &ar);
+        api.delete("rbac-test-viewer", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    delete_namespaced(
+        &a,
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        "rolebindings",
+        "rbac-ns",
+        "reader",
+    )
+    .await;
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "rbac-r",
+            "--from-backup",
+            "rbac",
+            "-l",
+            "app=rbac-test",
+            "--include-cluster-resources",
+        ],
+    );
+    let crb = get(
+        &a,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+        "rbac-test-viewer",
+    )
+    .await
+    .expect("restored");
+    assert_eq!(crb["subjects"][0]["name"], "robot");
+    assert!(
+        get(
+            &a,
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            "clusterroles",
+            None,
+            "rbac-test-viewer"
+        )
+        .await
+        .is_some()
+    );
+    // The label filter left the role binding out.
+    assert!(
+        get(
+            &a,
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+            Some("rbac-ns"),
+            "reader"
+        )
+        .await
+        .is_none()
+    );
+    arca.ok(
+        &a,
+        &["restore", "create", "rbac-all", "--from-backup", "rbac"],
+    );
+    let rb = get(
+        &a,
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        "rolebindings",
+        Some("rbac-ns"),
+        "reader",
+    )
+    .await
+    .expect("restored");
+    assert_eq!(rb["roleRef"]["name"], "reader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_resource_policy_none_and_update() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("policy");
+    arca.install(&a);
+    let y = ns("pol-ns")
+        + &cm("pol-ns", "conf", &[("v", "1")], "backed-up")
+        + "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: pol-ns}\nimagePullSecrets: [{name: from-backup}]\n---\n";
+    apply(&a, &y).await;
+    arca.ok(
+        &a,
+        &["backup", "create", "pol", "--include-namespaces", "pol-ns"],
+    );
+    // The cluster moves on.
+    apply(&a, &(cm("pol-ns", "conf", &[("v", "2")], "changed") + "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: pol-ns}\nimagePullSecrets: [{name: in-cluster}]\n---\n")).await;
+
+    // none: existing items are left alone, with a warning naming them.
+    let out = arca.ok(
+        &a,
+        &["restore", "create", "pol-none", "--from-backup", "pol"],
+    );
+    assert!(out.contains("completed"), "{out}");
+    assert_eq!(
+        configmap(&a, "pol-ns", "conf").await.unwrap()["data"]["v"],
+        "changed"
+    );
+    let d = arca.ok(&a, &["restore", "describe", "pol-none"]);
+    assert!(
+        d.contains("pol-ns:") && d.contains("conf"),
+        "the warning names the item:\n{d}"
+    );
+    let j = arca.json(&a, &["restore", "describe", "pol-none"]);
+    assert!(
+        j[0]["results"]["warnings"]["namespaces"]["pol-ns"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty()),
+        "{j}"
+    );
+    // The service account is merged all the same (Velero's rule).
+    let sa = get(
+        &a,
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        Some("pol-ns"),
+        "sa",
+    )
+    .await
+    .unwrap();
+    let pulls: BTreeSet<&str> = sa["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pulls, BTreeSet::from(["in-cluster", "from-backup"]));
+
+    // update: existing items become the backed-up version.
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "pol-update",
+            "--from-backup",
+            "pol",
+            "--existing-resource-policy",
+            "update",
+        ],
+    );
+    let conf = configmap(&a, "pol-ns", "conf").await.unwrap();
+    assert_eq!(conf["data"]["v"], "backed-up");
+    assert_eq!(conf["metadata"]["labels"]["v"], "1");
+    assert_eq!(
+        conf["metadata"]["labels"]["arca.dev/restore-name"],
+        "pol-update"
+    );
+
+    // A bad policy is refused before anything happens.
+    let out = arca.run(
+        &a,
+        &[
+            "restore",
+            "create",
+            "pol-bad",
+            "--from-backup",
+            "pol",
+            "--existing-resource-policy",
+            "replace",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap rejects it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_are_kept_when_explicit_or_asked_for() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("nodeport");
+    arca.install(&a);
+    let explicit = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"explicit","namespace":"np-ns"},"spec":{"type":"NodePort","ports":[{"port":80,"protocol":"TCP","nodePort":31081}]}}"#;
+    let y = ns("np-ns")
+        + &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: explicit\n  namespace: np-ns\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: '{explicit}'\nspec:\n  type: NodePort\n  ports: [{{port: 80, protocol: TCP, nodePort: 31081}}]\n  selector: {{app: x}}\n---\n"
+        )
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: auto, namespace: np-ns}\nspec:\n  type: NodePort\n  ports: [{port: 80, protocol: TCP}]\n  selector: {app: x}\n---\n";
+    apply(&a, &y).await;
+    let auto_port = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+        .await
+        .unwrap()["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .unwrap();
+    arca.ok(
+        &a,
+        &["backup", "create", "np", "--include-namespaces", "np-ns"],
+    );
+
+    let del = || async {
+        delete_namespaced(&a, "v1", "Service", "services", "np-ns", "explicit").await;
+        delete_namespaced(&a, "v1", "Service", "services", "np-ns", "auto").await;
+    };
+    del().await;
+    arca.ok(
+        &a,
+        &["restore", "create", "np-default", "--from-backup", "np"],
+    );
+    let e = get(&a, "v1", "Service", "services", Some("np-ns"), "explicit")
+        .await
+        .unwrap();
+    assert_eq!(
+        e["spec"]["ports"][0]["nodePort"], 31081,
+        "an explicit node port is kept"
+    );
+    let auto = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+        .await
+        .unwrap();
+    assert!(auto["spec"]["clusterIP"].as_str().is_some());
+    // An assigned port is dropped, so the cluster picks one (it may pick the same).
+    let _ = auto["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+
+    del().await;
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "np-keep",
+            "--from-backup",
+            "np",
+            "--preserve-nodeports",
+        ],
+    );
+    let auto = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+        .await
+        .unwrap();
+    assert_eq!(
+        auto["spec"]["ports"][0]["nodePort"].as_i64().unwrap(),
+        auto_port,
+        "--preserve-nodeports keeps every port"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_class_mapping_and_the_pv_rename_rule() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("storage");
+    arca.install(&a);
+    let y = ns("sc-ns")
+        + r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {name: sc-test-pv}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: old-class
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: /tmp/arca-sc-test}
+  claimRef: {namespace: sc-ns, name: data}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: sc-ns}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: old-class
+  volumeName: sc-test-pv
+  resources: {requests: {storage: 1Gi}}
+---
+"#;
+    apply(&a, &y).await;
+    let mapping = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: change-storage-class\n  namespace: {}\n  labels:\n    arca.dev/change-storage-class: RestoreItemAction\ndata:\n  old-class: new-class\n---\n",
+        arca.ns
+    );
+    apply(&a, &mapping).await;
+    arca.ok(
+        &a,
+        &["backup", "create", "sc", "--include-namespaces", "sc-ns"],
+    );
+    let items = arca.items(&a, "sc");
+    assert!(
+        items.contains("persistentvolumes:/sc-test-pv"),
+        "a claim pulls in its volume: {items:?}"
+    );
+
+    // Into another namespace while the volume still exists: the volume is restored under a
+    // new name, and the claim follows it.
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "sc-r",
+            "--from-backup",
+            "sc",
+            "--namespace-mappings",
+            "sc-ns:sc-ns2",
+        ],
+    );
+    let pvc = get(
+        &a,
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        Some("sc-ns2"),
+        "data",
+    )
+    .await
+    .expect("claim restored");
+    assert_eq!(pvc["spec"]["storageClassName"], "new-class");
+    let new_pv = pvc["spec"]["volumeName"].as_str().unwrap().to_string();
+    assert!(new_pv.starts_with("arca-clone-"), "{new_pv}");
+    let pv = get(
+        &a,
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        None,
+        &new_pv,
+    )
+    .await
+    .expect("renamed volume");
+    assert_eq!(
+        pv["metadata"]["annotations"]["arca.dev/original-pv-name"],
+        "sc-test-pv"
+    );
+    assert_eq!(pv["spec"]["storageClassName"], "new-class");
+    assert_eq!(pv["spec"]["claimRef"]["namespace"], "sc-ns2");
+    // The original is untouched.
+    let old = get(
+        &a,
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        None,
+        "sc-test-pv",
+    )
+    .await
+    .unwrap();
+    assert_eq!(old["spec"]["storageClassName"], "old-class");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_to_a_second_cluster_through_s3_alone() {
+    let Some(endpoint) = std::env::var("ARCA_TEST_S3_ENDPOINT").ok().or_else(|| {
+        assert!(
+            std::env::var_os("ARCA_REQUIRE_S3").is_none(),
+            "ARCA_REQUIRE_S3 set without ARCA_TEST_S3_ENDPOINT"
+        );
+        None
+    }) else {
+        return;
+    };
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("migrate");
+    let creds = arca.dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("migrate-{t:x}");
+    let install = |c: &Cluster| {
+        arca.ok(
+            c,
+            &[
+                "install",
+                "--provider",
+                "aws",
+                "--bucket",
+                "arca-test",
+                "--prefix",
+                &prefix,
+                "--backup-location-config",
+                &format!("region=us-east-1,s3Url={endpoint}"),
+                "--secret-file",
+                creds.to_str().unwrap(),
+            ],
+        );
+    };
+    install(&a);
+    let y = ns("mig-app")
+        + &cm("mig-app", "settings", &[("app", "shop")], "from-a")
+        + "apiVersion: v1\nkind: Secret\nmetadata: {name: token, namespace: mig-app}\nstringData: {t: s3cr3t}\n---\n"
+        + "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop, namespace: mig-app}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: shop}}\n  template:\n    metadata: {labels: {app: shop}}\n    spec: {containers: [{name: c, image: example.invalid/shop:1}]}\n---\n";
+    apply(&a, &y).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "move",
+            "--include-namespaces",
+            "mig-app",
+        ],
+    );
+
+    // Cluster B knows nothing but the bucket: the backup shows up, and restores.
+    install(&b);
+    let list = arca.json(&b, &["backup", "get"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["move"], "synced from object storage");
+    assert_eq!(list[0]["status"]["phase"], "Completed");
+    let d = arca.ok(&b, &["backup", "describe", "move", "--details"]);
+    assert!(d.contains("mig-app/settings"), "{d}");
+    arca.ok(&b, &["restore", "create", "--from-backup", "move"]);
+    assert_eq!(
+        configmap(&b, "mig-app", "settings").await.unwrap()["data"]["v"],
+        "from-a"
+    );
+    let s = get(&b, "v1", "Secret", "secrets", Some("mig-app"), "token")
+        .await
+        .unwrap();
+    assert_eq!(s["data"]["t"], "czNjcjN0");
+    let dep = get(
+        &b,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some("mig-app"),
+        "shop",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.invalid/shop:1"
+    );
+
+    // Deleting the backup from B removes it from storage; A's sync then drops it.
+    arca.ok(&b, &["backup", "delete", "move", "--confirm"]);
+    assert!(
+        arca.json(&b, &["backup", "get"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        arca.json(&a, &["backup", "get"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "gone from storage, gone from A"
+    );
+    let out = arca.run(&a, &["backup", "logs", "move"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backup \"move\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_namespaces_backed_up_and_restored() {
+    use futures::StreamExt;
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("big");
+    arca.install(&a);
+    arca.install(&b);
+    let nsapi: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let cmapi = |n: &str| {
+        Api::<arca_k8s::k8s_openapi::api::core::v1::ConfigMap>::namespaced(a.client.clone(), n)
+    };
+    futures::stream::iter(0..500)
+        .map(|i| {
+            let n = format!("big-{i:03}");
+            let nsapi = nsapi.clone();
+            let cms = cmapi(&n);
+            async move {
+                let pp = PatchParams::apply("arca-test").force();
+                nsapi.patch(&n, &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))).await.unwrap();
+                cms.patch("c", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": n}, "data": {"i": i.to_string()}}))).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "big",
+            "--include-namespaces",
+            "big-*",
+            "--include-resources",
+            "namespaces,configmaps",
+        ],
+    );
+    let list = arca.json(&a, &["backup", "get", "big"]);
+    // 500 namespaces, their configmaps, and each namespace's root CA configmap.
+    assert!(
+        list[0]["status"]["progress"]["totalItems"]
+            .as_i64()
+            .unwrap()
+            >= 1000,
+        "{list}"
+    );
+    arca.ok(&b, &["restore", "create", "big-b", "--from-backup", "big"]);
+    let on_b = Api::<arca_k8s::k8s_openapi::api::core::v1::Namespace>::all(b.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let big: Vec<String> = on_b
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .filter(|n| n.starts_with("big-"))
+        .collect();
+    assert_eq!(big.len(), 500);
+    for i in [0, 250, 499] {
+        let n = format!("big-{i:03}");
+        let c = Api::<arca_k8s::k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+            b.client.clone(),
+            &n,
+        )
+        .get("c")
+        .await
+        .unwrap();
+        assert_eq!(c.data.unwrap()["i"], i.to_string());
+    }
+    let r = arca.json(&b, &["restore", "get", "big-b"]);
+    assert_eq!(r[0]["status"]["phase"], "Completed", "{r}");
+}
