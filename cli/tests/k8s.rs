@@ -435,6 +435,29 @@ async fn filters_by_namespace_glob_resource_label_and_exclude_label() {
     );
     assert!(items.contains("namespaces:/flt-app1"), "{items:?}");
 
+    // Ordered resources: the named items first, in the order given.
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "ordered",
+            "--include-namespaces",
+            "flt-app1",
+            "--ordered-resources",
+            "configmaps=flt-app1/web,flt-app1/db;secrets=flt-app1/s",
+        ],
+    );
+    let v = arca.json(&a, &["backup", "describe", "ordered", "--details"]);
+    let cms: Vec<&str> = v[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["resource"] == "configmaps")
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(&cms[..2], &["web", "db"], "{cms:?}");
+
     // Label selector, and or-selectors.
     arca.ok(
         &a,
@@ -708,6 +731,27 @@ spec:
         .await
         .is_none()
     );
+    // Without their CRD, B cannot serve the widgets: each is skipped with a warning, and
+    // the rest is restored.
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "no-crd",
+            "--from-backup",
+            "widgets",
+            "--exclude-resources",
+            "customresourcedefinitions.apiextensions.k8s.io",
+        ],
+    );
+    let d = arca.json(&b, &["restore", "describe", "no-crd"]);
+    let warned = d[0]["results"]["warnings"]["namespaces"]["crd-ns"].to_string();
+    assert!(
+        warned.contains("does not serve") && warned.contains(&format!("{group}/v2 widgets")),
+        "{d}"
+    );
+    assert_eq!(d[0]["restore"]["status"]["phase"], "Completed");
     let out = arca.ok(
         &b,
         &["restore", "create", "widgets-b", "--from-backup", "widgets"],
