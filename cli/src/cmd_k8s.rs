@@ -49,14 +49,17 @@ pub struct KubeOpts {
 
 impl KubeOpts {
     async fn client(&self) -> Result<Client> {
-        Ok(manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+        let (client, _) =
+            manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        Ok(client)
     }
 
     /// A client of a cluster where Arca is installed.
     async fn installed(&self) -> Result<Client> {
-        let c = self.client().await?;
-        manage::check_installed(&c).await?;
-        Ok(c)
+        let (client, url) =
+            manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        manage::check_installed(&client, &url).await?;
+        Ok(client)
     }
 }
 

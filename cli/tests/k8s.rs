@@ -40,7 +40,7 @@ fn kubeconfig(var: &str) -> Option<PathBuf> {
 
 async fn cluster(var: &str) -> Option<Cluster> {
     let kc = kubeconfig(var)?;
-    let client = arca_k8s::manage::connect(Some(&kc), None)
+    let (client, _) = arca_k8s::manage::connect(Some(&kc), None)
         .await
         .expect("connect to the test cluster");
     Some(Cluster {
@@ -1409,4 +1409,42 @@ async fn five_hundred_namespaces_backed_up_and_restored() {
     }
     let r = arca.json(&b, &["restore", "get", "big-b"]);
     assert_eq!(r[0]["status"]["phase"], "Completed", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_or_a_missing_location_is_named() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("errors");
+    let text = std::fs::read_to_string(&a.kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let bad = arca.dir.path().join("kubeconfig");
+    std::fs::write(&bad, text.replace(&server, "https://127.0.0.1:1")).unwrap();
+    let down = Cluster {
+        kubeconfig: bad,
+        client: a.client.clone(),
+    };
+    let out = arca.run(&down, &["backup", "get"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("cannot reach the API server at https://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("Status {"), "no debug dumps: {err}");
+
+    // Installed, but no storage location: the backup says what to do.
+    arca.ok(&a, &["install"]);
+    let out = arca.run(&a, &["backup", "create", "nowhere"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("no BackupStorageLocation") && err.contains("arca install"),
+        "{err}"
+    );
 }

@@ -100,7 +100,7 @@ impl Discovery {
         let mut d = Discovery::default();
         let kube = |e: kube::Error| Error::Kube {
             what: "discovery".into(),
-            source: Box::new(e),
+            error: Box::new(e),
         };
         let core = client.list_core_api_versions().await.map_err(kube)?;
         let mut lists: Vec<(String, String, bool)> = Vec::new();

@@ -8,14 +8,14 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The API server refused or could not be reached.
-    #[error("{what}: {source}")]
+    /// The API server refused or could not be reached. Shown as the server's message (or
+    /// the client's chain of causes), not the client's debug dump of the status.
+    #[error("{what}: {}", kube_detail(error))]
     Kube {
         /// What was being done.
         what: String,
         /// The client's error.
-        #[source]
-        source: Box<kube::Error>,
+        error: Box<kube::Error>,
     },
 
     /// The repository failed.
@@ -51,6 +51,23 @@ pub enum Error {
     },
 }
 
+/// The API server's own message, or the client error and its causes on one line.
+fn kube_detail(e: &kube::Error) -> String {
+    if let kube::Error::Api(s) = e {
+        return s.message.clone();
+    }
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out = format!("{out}: {m}");
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,17 +75,17 @@ impl Error {
     pub(crate) fn kube(what: impl Into<String>, e: kube::Error) -> Self {
         Error::Kube {
             what: what.into(),
-            source: Box::new(e),
+            error: Box::new(e),
         }
     }
 
     /// True when the API server said the object exists already.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 409))
+        matches!(self, Error::Kube { error, .. } if matches!(**error, kube::Error::Api(ref s) if s.code == 409))
     }
 
     /// True when the API server said the object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 404))
+        matches!(self, Error::Kube { error, .. } if matches!(**error, kube::Error::Api(ref s) if s.code == 404))
     }
 }

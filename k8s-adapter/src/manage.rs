@@ -27,8 +27,8 @@ pub const FIELD_MANAGER: &str = "arca";
 pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
 
 /// A client for the cluster of `kubeconfig` (else `$KUBECONFIG`, `~/.kube/config`, or the
-/// pod's service account) and `context` (else the current one).
-pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
+/// pod's service account) and `context` (else the current one), and the server's URL.
+pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<(Client, String)> {
     let opts = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -50,19 +50,23 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result
         ))
     })?;
     let url = config.cluster_url.to_string();
-    Client::try_from(config)
-        .map_err(|e| Error::kube(format!("connect to the API server at {url}"), e))
+    let client = Client::try_from(config)
+        .map_err(|e| Error::kube(format!("connect to the API server at {url}"), e))?;
+    Ok((client, url))
 }
 
-/// Check that the API server answers and serves Arca's resources.
-pub async fn check_installed(client: &Client) -> Result<()> {
+/// Check that the API server at `url` answers and serves Arca's resources.
+pub async fn check_installed(client: &Client, url: &str) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     match crds.get_opt("backups.arca.dev").await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Error::NotFound(
-            "Arca's resources are not installed in this cluster: run `arca install` first".into(),
+        Ok(None) => Err(Error::NotFound(format!(
+            "Arca's resources are not installed in the cluster at {url}: run `arca install` first"
+        ))),
+        Err(e) => Err(Error::kube(
+            format!("cannot reach the API server at {url} (check --kubeconfig and --context)"),
+            e,
         )),
-        Err(e) => Err(Error::kube("reach the API server", e)),
     }
 }
 
