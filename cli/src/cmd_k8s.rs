@@ -324,6 +324,10 @@ pub struct RestoreCreate {
     #[arg(long)]
     from_schedule: Option<String>,
 
+    /// With --from-schedule: consider its partially failed backups too.
+    #[arg(long, requires = "from_schedule")]
+    allow_partially_failed: bool,
+
     #[command(flatten)]
     filters: CommonFilters,
 
@@ -1216,6 +1220,7 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
     }
     let mut settings = RestoreSettings::new();
     settings.parallel_items = c.parallel.max(1);
+    settings.allow_partially_failed = c.allow_partially_failed;
     if let Some(p) = &c.restore_resource_priorities {
         settings.priorities = Priorities::parse(p);
     }

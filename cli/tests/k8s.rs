@@ -1448,3 +1448,58 @@ async fn an_unreachable_cluster_or_a_missing_location_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_from_a_schedule_and_a_restore_of_its_newest() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("sched");
+    arca.install(&a);
+    apply(&a, &(ns("sch-ns") + &cm("sch-ns", "c", &[], "first"))).await;
+    let schedule = format!(
+        "apiVersion: arca.dev/v1\nkind: Schedule\nmetadata: {{name: nightly, namespace: {}}}\nspec:\n  schedule: \"0 1 * * *\"\n  template:\n    includedNamespaces: [sch-ns]\n    ttl: 24h0m0s\n---\n",
+        arca.ns
+    );
+    apply(&a, &schedule).await;
+    // No backup yet: the restore fails validation and says why.
+    let out = arca.run(
+        &a,
+        &["restore", "create", "early", "--from-schedule", "nightly"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("schedule nightly has no completed backup")
+    );
+
+    let first = arca.ok(&a, &["backup", "create", "--from-schedule", "nightly"]);
+    assert!(first.contains("Backup request \"nightly-"), "{first}");
+    let b = arca.json(
+        &a,
+        &["backup", "get", "-l", "arca.dev/schedule-name=nightly"],
+    );
+    assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b[0]["spec"]["ttl"], "24h0m0s", "the template's spec");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    apply(&a, &cm("sch-ns", "c", &[], "second")).await;
+    arca.ok(&a, &["backup", "create", "--from-schedule", "nightly"]);
+
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "latest",
+            "--from-schedule",
+            "nightly",
+            "--allow-partially-failed",
+            "--namespace-mappings",
+            "sch-ns:sch-copy",
+        ],
+    );
+    assert_eq!(
+        configmap(&a, "sch-copy", "c").await.unwrap()["data"]["v"],
+        "second",
+        "the newest backup"
+    );
+}

@@ -116,6 +116,9 @@ pub struct RestoreSettings {
     pub crd_wait: Duration,
     /// How long to wait for a terminating namespace or volume to go.
     pub terminating_wait: Duration,
+    /// With a schedule: consider its PartiallyFailed backups too (Velero's
+    /// `--allow-partially-failed`); else only Completed ones.
+    pub allow_partially_failed: bool,
 }
 
 impl RestoreSettings {
@@ -126,6 +129,7 @@ impl RestoreSettings {
             parallel_items: 8,
             crd_wait: Duration::from_secs(60),
             terminating_wait: Duration::from_secs(600),
+            allow_partially_failed: false,
         }
     }
 }
@@ -382,9 +386,14 @@ pub async fn run_restore(
                     .map_err(|e| Error::kube("list backups", e))?
                     .items,
             );
-            list.retain(|b| {
-                b.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Completed")
-            });
+            let allow_partial = settings.allow_partially_failed;
+            list.retain(
+                |b| match b.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                    Some("Completed") => true,
+                    Some("PartiallyFailed") => allow_partial,
+                    _ => false,
+                },
+            );
             list.sort_by_key(|b| b.metadata.creation_timestamp.clone().map(|t| t.0));
             match list.last() {
                 Some(b) => b.name_any(),
@@ -393,7 +402,14 @@ pub async fn run_restore(
                         client,
                         ns,
                         name,
-                        format!("schedule {sched} has no completed backup"),
+                        format!(
+                            "schedule {sched} has no completed backup{}",
+                            if allow_partial {
+                                " (nor a partially failed one)"
+                            } else {
+                                " (--allow-partially-failed considers partially failed ones)"
+                            }
+                        ),
                     )
                     .await;
                 }
