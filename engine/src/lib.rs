@@ -53,3 +53,32 @@ pub use session::{COMMIT_DEADLINE, HEARTBEAT_INTERVAL, SESSION_TIMEOUT, SessionG
 pub use snapshots::{SnapshotFilter, SnapshotList};
 pub use store::{Backend, ObjectInfo, Store, StoreOptions, WriteMode, open_store};
 pub use writer::{WriteStats, Writer};
+
+/// Internals opened for the benchmarks (`arca-benches`); not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use arca_format::{BlobId, IndexFile, IndexId, RepoId};
+
+    use crate::{BlobLocation, Result};
+
+    /// The local index cache (rocksdb), as backups use it for dedup lookups.
+    #[derive(Debug)]
+    pub struct Index(crate::cache::IndexCache);
+
+    impl Index {
+        /// A throw-away cache, removed when dropped.
+        pub fn temporary(repo: RepoId) -> Result<Self> {
+            crate::cache::IndexCache::open(None, repo).map(Index)
+        }
+
+        /// Add an index file's entries.
+        pub fn ingest(&self, id: IndexId, file: &IndexFile) -> Result<()> {
+            self.0.ingest(id, file)
+        }
+
+        /// Where a blob is, if known.
+        pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+            self.0.lookup(id)
+        }
+    }
+}

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Arca, restic and rustic side by side, on the same data in the same run.
+
+Run through benches/scripts/compare.sh, which installs the peers and builds arca. For each
+dataset and tool: first backup, unchanged re-backup, restore, backup of a second similar
+tree into the same repository; wall time, CPU time, peak RSS (GNU time), repository size.
+Also the box's own limits on the same data: `tar -cf - DIR | zstd -T0 -3` (a compressing
+backup) and `tar -cf - DIR | cat` (reading the files, as an unchanged re-run must at least
+stat them). Prints a Markdown report and writes it to --out.
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+PASSWORD = "benchmark password"
+TOOLS = ["arca", "restic", "rustic"]
+PEERS = ["restic", "rustic"]
+
+
+def log(msg):
+    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def du(path):
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def count_files(path):
+    n = 0
+    for _, _, files in os.walk(path):
+        n += len(files)
+    return n
+
+
+class Runner:
+    def __init__(self, a):
+        self.a = a
+        self.work = a.work
+        self.env = dict(os.environ)
+        self.env.update(
+            ARCA_PASSWORD=PASSWORD,
+            RESTIC_PASSWORD=PASSWORD,
+            RUSTIC_PASSWORD=PASSWORD,
+            ARCA_CACHE_DIR=os.path.join(self.work, "cache-arca"),
+        )
+        for k in ("ARCA_REPOSITORY", "RESTIC_REPOSITORY", "ARCA_PASSWORD_FILE"):
+            self.env.pop(k, None)
+
+    def timed(self, argv, shell=False):
+        """Run; return (wall s, cpu s, peak RSS MiB)."""
+        out = os.path.join(self.work, "time.out")
+        cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", out]
+        cmd += ["sh", "-c", argv] if shell else argv
+        t0 = time.monotonic()
+        r = subprocess.run(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, argv if not shell else [argv]))} failed ({r.returncode}): "
+                               f"{r.stderr.decode(errors='replace')[-2000:]}")
+        e, u, s, m = open(out).read().split()[-4:]
+        return wall, float(u) + float(s), int(m) / 1024
+
+    def quiet(self, argv):
+        r = subprocess.run(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.decode(errors='replace')[-2000:]}")
+
+    def repo(self, tool, ds):
+        return os.path.join(self.work, f"repo-{tool}-{ds}")
+
+    def init(self, tool, ds):
+        repo = self.repo(tool, ds)
+        shutil.rmtree(repo, ignore_errors=True)
+        if tool == "arca":
+            self.quiet([self.a.arca, "--repo", repo, "repo", "init"])
+        elif tool == "restic":
+            self.quiet([self.a.restic, "--repo", repo, "--cache-dir", os.path.join(self.work, "cache-restic"),
+                        "init", "--repository-version", "2"])
+        else:
+            self.quiet([self.a.rustic, "--repository", repo, "--cache-dir", os.path.join(self.work, "cache-rustic"),
+                        "init"])
+
+    def backup(self, tool, ds, path):
+        repo = self.repo(tool, ds)
+        if tool == "arca":
+            argv = [self.a.arca, "--repo", repo, "-q", "snapshot", "create", path]
+        elif tool == "restic":
+            argv = [self.a.restic, "--repo", repo, "--cache-dir", os.path.join(self.work, "cache-restic"),
+                    "-q", "backup", path]
+        else:
+            argv = [self.a.rustic, "--repository", repo, "--cache-dir", os.path.join(self.work, "cache-rustic"),
+                    "--no-progress", "backup", path]
+        return self.timed(argv)
+
+    def restore(self, tool, ds, target):
+        repo = self.repo(tool, ds)
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        if tool == "arca":
+            argv = [self.a.arca, "--repo", repo, "-q", "snapshot", "restore", "latest", "--target", target]
+        elif tool == "restic":
+            argv = [self.a.restic, "--repo", repo, "--cache-dir", os.path.join(self.work, "cache-restic"),
+                    "-q", "restore", "latest", "--target", target]
+        else:
+            argv = [self.a.rustic, "--repository", repo, "--cache-dir", os.path.join(self.work, "cache-rustic"),
+                    "--no-progress", "restore", "latest", target]
+        r = self.timed(argv)
+        shutil.rmtree(target, ignore_errors=True)
+        return r
+
+
+def fmt_ratio(x):
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--arca", required=True)
+    p.add_argument("--restic", required=True)
+    p.add_argument("--rustic", required=True)
+    p.add_argument("--data-gen", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--real", default=None, help="a real software tree (default: the Rust toolchain)")
+    p.add_argument("--quick", action="store_true", help="small data, for a smoke run")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    r = Runner(a)
+
+    gib = 1 << 30
+    mixed_bytes = 64 << 20 if a.quick else gib
+    small_files = 5_000 if a.quick else 200_000
+    datasets = []
+    real = a.real
+    if real is None:
+        rustup = os.path.expanduser("~/.rustup/toolchains")
+        cands = sorted(os.path.join(rustup, d) for d in os.listdir(rustup)) if os.path.isdir(rustup) else []
+        cands = [c for c in cands if "stable" in c] or cands
+        real = cands[0] if cands else "/usr/lib"
+        if a.quick:
+            real = os.path.join(real, "lib", "rustlib", "src") if os.path.isdir(os.path.join(real, "lib", "rustlib", "src")) else real
+    datasets.append(("real", real, True))
+    gen = os.path.join(a.work, "data-mixed")
+    if not os.path.isdir(gen):
+        log(f"generating {mixed_bytes >> 20} MiB of mixed data")
+        subprocess.run([a.data_gen, "generate", gen, "mixed", str(mixed_bytes)], check=True, stdout=subprocess.DEVNULL)
+    datasets.append(("generated", gen, True))
+    small = os.path.join(a.work, "data-small")
+    if not os.path.isdir(small):
+        log(f"generating {small_files} small files")
+        subprocess.run([a.data_gen, "generate", small, "small", "0", str(small_files)], check=True,
+                       stdout=subprocess.DEVNULL)
+    datasets.append(("small files", small, False))
+
+    results = {}  # (ds, step, tool) -> (wall, cpu, rss)
+    sizes = {}  # (ds, tool) -> bytes
+    info = {}
+    limits = {}
+    for name, path, similar in datasets:
+        files, size = count_files(path), du(path)
+        info[name] = (path, files, size)
+        log(f"{name}: {path}, {files} files, {size / (1 << 20):.0f} MiB")
+        # Warm the page cache, then the box's limits.
+        subprocess.run(["sh", "-c", f"tar -cf - -C '{path}' . | cat > /dev/null"], check=True)
+        limits[(name, "read")] = r.timed(f"tar -cf - -C '{path}' . | cat > /dev/null", shell=True)
+        limits[(name, "zstd")] = r.timed(f"tar -cf - -C '{path}' . | zstd -T0 -3 -q -c > /dev/null", shell=True)
+        second = None
+        if similar:
+            second = os.path.join(a.work, f"similar-{name.replace(' ', '-')}")
+            if not os.path.isdir(second):
+                log(f"{name}: a similar tree (a copy with 1% of the files edited)")
+                shutil.copytree(path, second, symlinks=True)
+                subprocess.run([a.data_gen, "mutate", second, "100", "200", "5"], check=True, stdout=subprocess.DEVNULL)
+        for tool in TOOLS:
+            log(f"{name}: {tool}")
+            r.init(tool, name)
+            results[(name, "first backup", tool)] = r.backup(tool, name, path)
+            sizes[(name, tool)] = du(r.repo(tool, name))
+            results[(name, "unchanged re-backup", tool)] = r.backup(tool, name, path)
+            results[(name, "restore", tool)] = r.restore(tool, name, os.path.join(a.work, "restore-target"))
+            if second:
+                results[(name, "similar tree", tool)] = r.backup(tool, name, second)
+            shutil.rmtree(r.repo(tool, name), ignore_errors=True)
+
+    report = render(a, info, results, sizes, limits)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report)
+        log(f"written to {a.out}")
+
+
+def render(a, info, results, sizes, limits):
+    def ver(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except Exception:  # noqa: BLE001 - a missing version is not worth failing over
+            return "?"
+
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    out = []
+    out.append("# Benchmarks\n")
+    out.append("Generated by `benches/scripts/compare.sh` (do not edit by hand). One run; the machine is\n"
+               "shared and noisy, so read ratios, not absolute times.\n")
+    out.append(f"- Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform()}")
+    out.append(f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append(f"- arca: `{ver([a.arca, '--version'])}`; restic: `{ver([a.restic, 'version'])}`; "
+               f"rustic: `{ver([a.rustic, '--version'])}`")
+    out.append("- Page cache warm (each tree read once before timing); repositories on local disk.")
+    out.append("")
+    out.append("## Data\n")
+    out.append("| dataset | path | files | size |")
+    out.append("|---|---|---:|---:|")
+    for name, (path, files, size) in info.items():
+        out.append(f"| {name} | `{path}` | {files} | {size / (1 << 20):.0f} MiB |")
+    out.append("")
+    out.append("## Results\n")
+    out.append("Wall / CPU seconds, peak RSS in MiB. Ratio: arca's wall time over the best peer's.\n")
+    out.append("| dataset | step | arca | restic | rustic | arca / best peer |")
+    out.append("|---|---|---|---|---|---:|")
+    steps = ["first backup", "unchanged re-backup", "similar tree", "restore"]
+    for name in info:
+        for step in steps:
+            row = [results.get((name, step, t)) for t in TOOLS]
+            if row[0] is None:
+                continue
+            cells = [f"{w:.1f} / {c:.1f} / {m:.0f}" for (w, c, m) in row]
+            best = min(x[0] for x in row[1:])
+            out.append(f"| {name} | {step} | {' | '.join(cells)} | {fmt_ratio(row[0][0] / best)} |")
+        s = [sizes[(name, t)] for t in TOOLS]
+        out.append(f"| {name} | repository size (MiB) | {' | '.join(f'{x / (1 << 20):.0f}' for x in s)} | "
+                   f"{fmt_ratio(s[0] / min(s[1:]))} |")
+    out.append("")
+    out.append("## The box's own limits\n")
+    out.append("| dataset | `tar \\| zstd -T0 -3` | `tar \\| cat` (read) | arca first backup / zstd | "
+               "arca unchanged / read |")
+    out.append("|---|---:|---:|---:|---:|")
+    for name in info:
+        z, rd = limits[(name, "zstd")][0], limits[(name, "read")][0]
+        fb = results[(name, "first backup", "arca")][0]
+        un = results[(name, "unchanged re-backup", "arca")][0]
+        out.append(f"| {name} | {z:.1f} s | {rd:.1f} s | {fmt_ratio(fb / z)} | {fmt_ratio(un / rd)} |")
+    out.append("")
+    out.append("## Targets\n")
+    out.append("| target | measured (worst dataset) | met |")
+    out.append("|---|---|---|")
+
+    def worst(step, kind="wall"):
+        vals = []
+        for name in info:
+            row = [results.get((name, step, t)) for t in TOOLS]
+            if row[0] is None:
+                continue
+            vals.append(row[0][0] / min(x[0] for x in row[1:]))
+        return max(vals) if vals else None
+
+    def line(label, value, ok):
+        out.append(f"| {label} | {value} | {'yes' if ok else '**no**'} |")
+
+    for label, step, limit in [("first backup ≤ 0.4x", "first backup", 0.4),
+                               ("unchanged re-backup ≤ 0.3x", "unchanged re-backup", 0.3),
+                               ("similar tree ≤ 0.4x", "similar tree", 0.4),
+                               ("restore ≤ 0.5x", "restore", 0.5)]:
+        w = worst(step)
+        line(label, fmt_ratio(w), w is not None and w <= limit)
+    rss = max(results[(n, "restore", "arca")][2] for n in info)
+    line("restore peak RSS ≤ 256 MiB", f"{rss:.0f} MiB", rss <= 256)
+    sz = max(sizes[(n, "arca")] / min(sizes[(n, t)] for t in PEERS) for n in info)
+    line("repository size ≤ 1.0x", fmt_ratio(sz), sz <= 1.0)
+    if "small files" in info:
+        files = info["small files"][1]
+        fps = {t: files / results[("small files", "first backup", t)][0] for t in TOOLS}
+        ratio = fps["arca"] / max(fps[t] for t in PEERS)
+        line("small files ≥ 2.5x files/s", f"{fps['arca']:.0f} files/s, {ratio:.2f}x", ratio >= 2.5)
+    zs = max(results[(n, "first backup", "arca")][0] / limits[(n, "zstd")][0] for n in info)
+    line("first backup ≤ 1.3x `tar | zstd -T0 -3`", fmt_ratio(zs), zs <= 1.3)
+    rd = max(results[(n, "unchanged re-backup", "arca")][0] / limits[(n, "read")][0] for n in info)
+    line("unchanged re-backup ≤ 1.3x reading the files", fmt_ratio(rd), rd <= 1.3)
+    out.append("")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+//! Generate benchmark trees for `scripts/compare.sh`.
+//!
+//!   arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]
+//!   arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn num(a: Option<&String>, default: u64) -> Result<u64, String> {
+    a.map_or(Ok(default), |s| {
+        s.parse().map_err(|_| format!("{s:?} is not a number"))
+    })
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("generate") if args.len() >= 3 => {
+            let shape = arca_benches::Shape::parse(&args[2])
+                .ok_or_else(|| format!("shape {:?}: use large, small or mixed", args[2]))?;
+            let bytes = num(args.get(3), 1 << 30)?;
+            let files = num(args.get(4), 200_000)?;
+            let seed = num(args.get(5), 1)?;
+            let (f, b) = arca_benches::generate(Path::new(&args[1]), shape, bytes, files, seed)
+                .map_err(|e| format!("generate into {}: {e}", args[1]))?;
+            println!("{f} files, {b} bytes");
+            Ok(())
+        }
+        Some("mutate") if args.len() >= 2 => {
+            let every = num(args.get(2), 100)? as usize;
+            let insert = num(args.get(3), 100)? as usize;
+            let seed = num(args.get(4), 2)?;
+            let n = arca_benches::mutate(Path::new(&args[1]), every, insert, seed)
+                .map_err(|e| format!("mutate {}: {e}", args[1]))?;
+            println!("{n} files changed, 1 added");
+            Ok(())
+        }
+        _ => Err("usage: arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]\n       arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
