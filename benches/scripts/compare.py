@@ -18,8 +18,9 @@ import sys
 import time
 
 PASSWORD = "benchmark password"
-TOOLS = ["arca", "restic", "rustic"]
-PEERS = ["restic", "rustic"]
+ALL_PEERS = ["restic", "rustic"]
+TOOLS = ["arca"] + ALL_PEERS
+PEERS = list(ALL_PEERS)
 
 
 def log(msg):
@@ -129,13 +130,22 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arca", required=True)
     p.add_argument("--restic", required=True)
-    p.add_argument("--rustic", required=True)
+    p.add_argument("--rustic", default=None)
+    p.add_argument("--peers", default="restic,rustic",
+                   help="which peers to run (a partial run says so in the report)")
     p.add_argument("--data-gen", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--real", default=None, help="a real software tree (default: the Rust toolchain)")
     p.add_argument("--quick", action="store_true", help="small data, for a smoke run")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    peers = [x for x in a.peers.split(",") if x]
+    if any(x not in ALL_PEERS for x in peers) or not peers:
+        sys.exit(f"--peers {a.peers}: choose from {','.join(ALL_PEERS)}")
+    if "rustic" in peers and not a.rustic:
+        sys.exit("--rustic is required when rustic is a peer")
+    PEERS[:] = peers
+    TOOLS[:] = ["arca"] + peers
     os.makedirs(a.work, exist_ok=True)
     r = Runner(a)
 
@@ -224,8 +234,18 @@ def render(a, info, results, sizes, limits):
                "shared and noisy, so read ratios, not absolute times.\n")
     out.append(f"- Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform()}")
     out.append(f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    out.append(f"- arca: `{ver([a.arca, '--version'])}`; restic: `{ver([a.restic, 'version'])}`; "
-               f"rustic: `{ver([a.rustic, '--version'])}`")
+    vers = [f"arca: `{ver([a.arca, '--version'])}`"]
+    if "restic" in PEERS:
+        vers.append(f"restic: `{ver([a.restic, 'version'])}`")
+    if "rustic" in PEERS:
+        vers.append(f"rustic: `{ver([a.rustic, '--version'])}`")
+    out.append("- " + "; ".join(vers))
+    missing = [p for p in ALL_PEERS if p not in PEERS]
+    if missing:
+        out.append(f"- **Partial run: {', '.join(missing)} not run**, so ratios are against "
+                   f"{', '.join(PEERS)} alone and the targets are not judged complete.")
+    if a.quick:
+        out.append("- **Quick run (small data)**: a smoke run, not the record the targets ask for.")
     out.append("- Page cache warm (each tree read once before timing); repositories on local disk.")
     out.append("")
     out.append("## Data\n")
@@ -236,8 +256,8 @@ def render(a, info, results, sizes, limits):
     out.append("")
     out.append("## Results\n")
     out.append("Wall / CPU seconds, peak RSS in MiB. Ratio: arca's wall time over the best peer's.\n")
-    out.append("| dataset | step | arca | restic | rustic | arca / best peer |")
-    out.append("|---|---|---|---|---|---:|")
+    out.append(f"| dataset | step | {' | '.join(TOOLS)} | arca / best peer |")
+    out.append("|---|---|" + "---|" * len(PEERS) + "---|---:|")
     steps = ["first backup", "unchanged re-backup", "similar tree", "restore"]
     for name in info:
         for step in steps:

@@ -3,7 +3,7 @@
 # limits; writes BENCHMARKS.md. Installs what it needs when missing (restic and GNU time
 # from Debian; rustic from crates.io into the cache), none of it into the product.
 #
-#   benches/scripts/compare.sh [--quick] [--real DIR] [--out FILE]
+#   benches/scripts/compare.sh [--quick] [--real DIR] [--out FILE] [--peers restic,rustic]
 #
 # --quick: small data (a smoke run, a few minutes); default: a real software tree (the
 # Rust toolchain, ~1.4 GB, ~58k files), 1 GiB of generated data, 200,000 small files.
@@ -23,7 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_ apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q "${missing[@]}" >/dev/null
 fi
-if [ ! -x "$tools/bin/rustic" ]; then
+peers="restic,rustic"
+for ((i = 1; i <= $#; i++)); do [ "${!i}" = "--peers" ] && { j=$((i + 1)); peers="${!j}"; }; done
+if [[ ",$peers," == *",rustic,"* ]] && [ ! -x "$tools/bin/rustic" ]; then
   log "installing rustic from crates.io into $tools (once, about 15 minutes)"
   cargo install rustic-rs --locked --root "$tools"
 fi
