@@ -173,9 +173,11 @@ impl Default for KdfParams {
 
 impl KdfParams {
     fn check(&self) -> Result<()> {
-        let ok = (8 * self.parallelism.max(1)..=MAX_MEMORY_KIB).contains(&self.memory_kib)
-            && (1..=MAX_ITERATIONS).contains(&self.iterations)
-            && (1..=MAX_PARALLELISM).contains(&self.parallelism);
+        // Lanes first: the memory bound multiplies by them, and any u32 may arrive here
+        // from a damaged key file (found by the key_file fuzz target).
+        let ok = (1..=MAX_PARALLELISM).contains(&self.parallelism)
+            && (8 * self.parallelism..=MAX_MEMORY_KIB).contains(&self.memory_kib)
+            && (1..=MAX_ITERATIONS).contains(&self.iterations);
         if ok {
             Ok(())
         } else {

@@ -286,3 +286,26 @@ fn config_from_a_newer_format_is_unsupported_not_corrupt() {
         })
     ));
 }
+
+/// Any u32 may arrive as Argon2id parameters from a damaged key file; the check rejects
+/// them without overflowing (the key_file fuzz target found `8 * parallelism` overflow).
+#[test]
+fn implausible_kdf_parameters_are_rejected_without_overflow() {
+    for (m, t, p) in [
+        (65536, 3, u32::MAX),
+        (u32::MAX, 3, 1 << 29),
+        (0, 0, 0),
+        (65536, u32::MAX, 1),
+    ] {
+        let kdf = KdfParams {
+            memory_kib: m,
+            iterations: t,
+            parallelism: p,
+        };
+        let e = kdf.kek(b"pw", &[0; 32]).unwrap_err();
+        assert!(
+            e.to_string().contains("implausible Argon2id parameters"),
+            "{e}"
+        );
+    }
+}
