@@ -159,8 +159,8 @@ def main():
         cands = sorted(os.path.join(rustup, d) for d in os.listdir(rustup)) if os.path.isdir(rustup) else []
         cands = [c for c in cands if "stable" in c] or cands
         real = cands[0] if cands else "/usr/lib"
-        if a.quick:
-            real = os.path.join(real, "lib", "rustlib", "src") if os.path.isdir(os.path.join(real, "lib", "rustlib", "src")) else real
+        if a.quick and os.path.isdir("/usr/share/doc"):
+            real = "/usr/share/doc"
     datasets.append(("real", real, True))
     gen = os.path.join(a.work, "data-mixed")
     if not os.path.isdir(gen):
