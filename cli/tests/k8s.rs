@@ -1438,8 +1438,24 @@ async fn an_unreachable_cluster_or_a_missing_location_is_named() {
     );
     assert!(!err.contains("Status {"), "no debug dumps: {err}");
 
+    // --context: a context the kubeconfig lacks is named; its own context works.
+    let out = arca.run(&a, &["--context", "no-such-context", "backup", "get"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-context") && err.contains("--context"),
+        "{err}"
+    );
+    let current = text
+        .lines()
+        .find_map(|l| l.strip_prefix("current-context: "))
+        .unwrap()
+        .trim()
+        .to_string();
+
     // Installed, but no storage location: the backup says what to do.
     arca.ok(&a, &["install"]);
+    arca.ok(&a, &["--context", &current, "backup", "get"]);
     let out = arca.run(&a, &["backup", "create", "nowhere"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
