@@ -526,16 +526,7 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
         BackupCmd::Get(g) => {
             sync(ctx, &client, ns).await?;
             let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-            let mut lp = ListParams::default();
-            if let Some(s) = &g.selector {
-                lp = lp.labels(s);
-            }
-            let mut list = api.list(&lp).await.context("cannot list backups")?.items;
-            list.retain(|b| g.names.is_empty() || g.names.contains(&b.name_any()));
-            missing(&g.names, list.iter().map(|b| b.name_any()), "backup")?;
-            list.sort_by_key(|b| {
-                std::cmp::Reverse(b.metadata.creation_timestamp.clone().map(|t| t.0))
-            });
+            let list = listed(&api, &g, "backup").await?;
             if ctx.json {
                 return print_json(&list).map(|_| 0);
             }
@@ -656,19 +647,34 @@ async fn sync(ctx: &Ctx, client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-fn missing(want: &[String], have: impl Iterator<Item = String>, what: &str) -> Result<()> {
-    let have: Vec<String> = have.collect();
-    let gone: Vec<&String> = want.iter().filter(|w| !have.contains(w)).collect();
-    if !gone.is_empty() {
-        bail!(
-            "no {what} named {}",
-            gone.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+/// The resources `get` shows: named ones (all named must exist) or all, matching the
+/// selector, newest first.
+async fn listed<K>(api: &Api<K>, g: &GetArgs, what: &str) -> Result<Vec<K>>
+where
+    K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = ListParams::default();
+    if let Some(s) = &g.selector {
+        lp = lp.labels(s);
     }
-    Ok(())
+    let mut list = api
+        .list(&lp)
+        .await
+        .with_context(|| format!("cannot list {what}s"))?
+        .items;
+    list.retain(|o| g.names.is_empty() || g.names.contains(&o.name_any()));
+    let have: Vec<String> = list.iter().map(|o| o.name_any()).collect();
+    let gone: Vec<&str> = g
+        .names
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(String::as_str)
+        .collect();
+    if !gone.is_empty() {
+        bail!("no {what} named {}", gone.join(", "));
+    }
+    list.sort_by_key(|o| std::cmp::Reverse(o.meta().creation_timestamp.clone().map(|t| t.0)));
+    Ok(list)
 }
 
 async fn names_or_all<K>(api: &Api<K>, names: &[String]) -> Result<Vec<String>>
@@ -1088,16 +1094,7 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
         RestoreCmd::Create(c) => restore_create(ctx, &client, ns, *c).await,
         RestoreCmd::Get(g) => {
             let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-            let mut lp = ListParams::default();
-            if let Some(s) = &g.selector {
-                lp = lp.labels(s);
-            }
-            let mut list = api.list(&lp).await.context("cannot list restores")?.items;
-            list.retain(|r| g.names.is_empty() || g.names.contains(&r.name_any()));
-            missing(&g.names, list.iter().map(|r| r.name_any()), "restore")?;
-            list.sort_by_key(|r| {
-                std::cmp::Reverse(r.metadata.creation_timestamp.clone().map(|t| t.0))
-            });
+            let list = listed(&api, &g, "restore").await?;
             if ctx.json {
                 return print_json(&list).map(|_| 0);
             }

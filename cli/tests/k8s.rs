@@ -219,6 +219,18 @@ async fn wait_crd(c: &Cluster, name: &str) {
     panic!("CRD {name} not established");
 }
 
+/// The API resource of `apiVersion`, kind and plural.
+fn resource(api_version: &str, kind: &str, plural: &str) -> arca_k8s::kube::api::ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    arca_k8s::kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
 /// An object as JSON, or None.
 async fn get(
     c: &Cluster,
@@ -228,14 +240,7 @@ async fn get(
     ns: Option<&str>,
     name: &str,
 ) -> Option<Value> {
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let ar = arca_k8s::kube::api::ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    };
+    let ar = resource(api_version, kind, plural);
     let api: Api<DynamicObject> = match ns {
         Some(n) => Api::namespaced_with(c.client.clone(), n, &ar),
         None => Api::all_with(c.client.clone(), &ar),
@@ -258,14 +263,7 @@ async fn delete_namespaced(
     ns: &str,
     name: &str,
 ) {
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let ar = arca_k8s::kube::api::ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    };
+    let ar = resource(api_version, kind, plural);
     let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), ns, &ar);
     api.delete(name, &DeleteParams::default()).await.unwrap();
     for _ in 0..100 {
@@ -860,13 +858,7 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
         ("ClusterRoleBinding", "clusterrolebindings"),
         ("ClusterRole", "clusterroles"),
     ] {
-        let ar = arca_k8s::kube::api::ApiResource {
-            group: "rbac.authorization.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "rbac.authorization.k8s.io/v1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
+        let ar = resource("rbac.authorization.k8s.io/v1", kind, plural);
         let api: Api<DynamicObject> = Api::all_with(a.client.clone(), &ar);
         api.delete("rbac-test-viewer", &DeleteParams::default())
             .await

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use arca_engine::{BackupOptions, BackupProgress, Identity, Parent};
+use arca_engine::{BackupOptions, BackupProgress, Parent};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -547,10 +547,7 @@ pub async fn run_backup(
     set_status(client, ns, name, &status).await?;
 
     // Store: the record as one snapshot of the location's resource repository.
-    let who = Identity {
-        host: format!("cluster/{ns}"),
-        username: "arca".into(),
-    };
+    let who = crate::location::writer(ns);
     let store = async {
         let repo = location
             .open(&location.resources_url(), cache_root, &who)

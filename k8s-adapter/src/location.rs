@@ -34,6 +34,14 @@ pub struct Location {
     pub read_only: bool,
 }
 
+/// Who writes the records of install namespace `ns` (snapshot host and user).
+pub fn writer(ns: &str) -> Identity {
+    Identity {
+        host: format!("cluster/{ns}"),
+        username: "arca".into(),
+    }
+}
+
 fn join(root: &str, part: &str) -> String {
     format!("{}/{part}", root.trim_end_matches('/'))
 }
@@ -107,6 +115,22 @@ impl Location {
             }
         };
         Self::from_bsl(client, ns, &bsl).await
+    }
+
+    /// The location of a backup: its resource's, else the default (a backup made by
+    /// another cluster); and the resource, if this cluster has it.
+    pub async fn of_backup(
+        client: &Client,
+        ns: &str,
+        backup: &str,
+    ) -> Result<(Self, Option<crate::crd::Backup>)> {
+        let api: Api<crate::crd::Backup> = Api::namespaced(client.clone(), ns);
+        let b = api
+            .get_opt(backup)
+            .await
+            .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
+        let name = b.as_ref().and_then(|b| b.spec.storage_location.clone());
+        Ok((Self::resolve(client, ns, name.as_deref()).await?, b))
     }
 
     /// Resolve a BackupStorageLocation object.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arca_engine::{Identity, Indexed, SnapshotFilter};
+use arca_engine::{Indexed, SnapshotFilter};
 use arca_format::{Snapshot, SnapshotId};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -17,7 +17,7 @@ use crate::crd::{
     DeleteBackupRequestStatus, Restore, RestoreSpec,
 };
 use crate::error::{Error, Result};
-use crate::location::{CREDENTIALS_SECRET, Location, PASSWORD_KEY};
+use crate::location::{CREDENTIALS_SECRET, Location, PASSWORD_KEY, writer};
 use crate::record::*;
 use crate::restore::{latest_record, read_file, read_json};
 
@@ -220,6 +220,34 @@ async fn wait_established(
     }
 }
 
+/// Create a new resource; an existing name is the user's to change.
+async fn create_new<K>(
+    client: &Client,
+    ns: &str,
+    what: &str,
+    mut obj: K,
+    labels: BTreeMap<String, String>,
+) -> Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    obj.meta_mut().namespace = Some(ns.to_string());
+    obj.meta_mut().labels = (!labels.is_empty()).then_some(labels);
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Invalid(format!(
+            "{what} {name:?} already exists in namespace {ns}: choose another name"
+        ))),
+        Err(e) => Err(Error::kube(format!("create {what} {ns}/{name}"), e)),
+    }
+}
+
 /// Create a Backup resource in phase New.
 pub async fn create_backup(
     client: &Client,
@@ -228,21 +256,12 @@ pub async fn create_backup(
     spec: BackupSpec,
     labels: BTreeMap<String, String>,
 ) -> Result<Backup> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     let mut b = Backup::new(name, spec);
-    b.metadata.namespace = Some(ns.to_string());
-    b.metadata.labels = (!labels.is_empty()).then_some(labels);
     b.status = Some(crate::crd::BackupStatus {
         phase: Some("New".into()),
         ..Default::default()
     });
-    match api.create(&PostParams::default(), &b).await {
-        Ok(b) => Ok(b),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Invalid(format!(
-            "backup {name:?} already exists in namespace {ns}: choose another name"
-        ))),
-        Err(e) => Err(Error::kube(format!("create backup {ns}/{name}"), e)),
-    }
+    create_new(client, ns, "backup", b, labels).await
 }
 
 /// Create a Restore resource in phase New.
@@ -253,24 +272,7 @@ pub async fn create_restore(
     spec: RestoreSpec,
     labels: BTreeMap<String, String>,
 ) -> Result<Restore> {
-    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-    let mut r = Restore::new(name, spec);
-    r.metadata.namespace = Some(ns.to_string());
-    r.metadata.labels = (!labels.is_empty()).then_some(labels);
-    match api.create(&PostParams::default(), &r).await {
-        Ok(r) => Ok(r),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Invalid(format!(
-            "restore {name:?} already exists in namespace {ns}: choose another name"
-        ))),
-        Err(e) => Err(Error::kube(format!("create restore {ns}/{name}"), e)),
-    }
-}
-
-fn who(ns: &str) -> Identity {
-    Identity {
-        host: format!("cluster/{ns}"),
-        username: "arca".into(),
-    }
+    create_new(client, ns, "restore", Restore::new(name, spec), labels).await
 }
 
 /// The backups stored in a location: the newest record of each name.
@@ -333,7 +335,9 @@ pub async fn sync_backups(
         let bsl_name = bsl.name_any();
         let stored = async {
             let loc = Location::from_bsl(client, ns, bsl).await?;
-            let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+            let repo = loc
+                .open(&loc.resources_url(), cache_root, &writer(ns))
+                .await?;
             let list = stored_backups(&repo).await?;
             Ok::<_, Error>((repo, list))
         };
@@ -402,26 +406,6 @@ pub async fn sync_backups(
     Ok(report)
 }
 
-/// The location a backup lives in: its resource's, else the default.
-async fn location_of_backup(
-    client: &Client,
-    ns: &str,
-    backup: &str,
-) -> Result<(Location, Option<Backup>)> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let b = api
-        .get_opt(backup)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
-    let loc = Location::resolve(
-        client,
-        ns,
-        b.as_ref().and_then(|b| b.spec.storage_location.as_deref()),
-    )
-    .await?;
-    Ok((loc, b))
-}
-
 /// A backup's stored record: repository, snapshot, and the Backup as stored.
 pub async fn backup_record(
     client: &Client,
@@ -461,8 +445,10 @@ pub async fn restore_record(
         .map_err(|e| Error::kube(format!("read restore {ns}/{restore}"), e))?
         .ok_or_else(|| Error::NotFound(format!("no restore {restore:?} in namespace {ns}")))?;
     let backup = r.spec.backup_name.clone().unwrap_or_default();
-    let (loc, _) = location_of_backup(client, ns, &backup).await?;
-    let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+    let (loc, _) = Location::of_backup(client, ns, &backup).await?;
+    let repo = loc
+        .open(&loc.resources_url(), cache_root, &writer(ns))
+        .await?;
     let (id, _) = latest_record(&repo, RESTORE_TAG, RESTORE_NAME_LABEL, restore)
         .await?
         .ok_or_else(|| Error::NotFound(format!("restore {restore:?} has no stored record (it has not finished, or storing it failed)")))?;
@@ -529,14 +515,16 @@ pub async fn delete_backup(
     };
     set("InProgress", vec![]).await?;
     let work = async {
-        let (loc, cr) = location_of_backup(client, ns, backup).await?;
+        let (loc, cr) = Location::of_backup(client, ns, backup).await?;
         if loc.read_only {
             return Err(Error::Invalid(format!(
                 "backup {backup} is in storage location {}, which is read-only: nothing was deleted",
                 loc.name
             )));
         }
-        let repo = loc.open(&loc.resources_url(), cache_root, &who(ns)).await?;
+        let repo = loc
+            .open(&loc.resources_url(), cache_root, &writer(ns))
+            .await?;
         let (snaps, _) = repo.repo().readable_snapshots().await?;
         let mine: Vec<SnapshotId> = snaps
             .iter()

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arca_engine::{
-    BackupOptions, BackupProgress, Identity, Indexed, Parent, RestoreOptions, RestoreProgress,
-    SnapshotFilter,
+    BackupOptions, BackupProgress, Indexed, Parent, RestoreOptions, RestoreProgress, SnapshotFilter,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -25,7 +24,7 @@ use crate::crd::{Backup, Restore, RestoreSpec, RestoreStatus};
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
 use crate::filter::{IncludesExcludes, LabelFilter, NamespaceFilter};
-use crate::location::Location;
+use crate::location::{Location, writer};
 use crate::record::*;
 
 /// Resources never restored.
@@ -158,21 +157,9 @@ pub async fn find_backup(
     backup: &str,
     cache_root: Option<&Path>,
 ) -> Result<(Indexed, arca_format::SnapshotId, Backup)> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let in_cluster = api
-        .get_opt(backup)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
-    let loc_name = in_cluster
-        .as_ref()
-        .and_then(|b| b.spec.storage_location.clone());
-    let location = Location::resolve(client, ns, loc_name.as_deref()).await?;
-    let who = Identity {
-        host: format!("cluster/{ns}"),
-        username: "arca".into(),
-    };
+    let (location, _) = Location::of_backup(client, ns, backup).await?;
     let repo = location
-        .open(&location.resources_url(), cache_root, &who)
+        .open(&location.resources_url(), cache_root, &writer(ns))
         .await?;
     let (id, _) = latest_record(&repo, BACKUP_TAG, BACKUP_NAME_LABEL, backup)
         .await?
@@ -691,10 +678,7 @@ pub async fn run_restore(
     )?;
     write("log.txt", log.clone().into_bytes())?;
     let mut o = BackupOptions::new(vec![record_dir.clone()]);
-    o.identity = Identity {
-        host: format!("cluster/{ns}"),
-        username: "arca".into(),
-    };
+    o.identity = writer(ns);
     o.parent = Parent::None;
     o.tags = vec![RESTORE_TAG.to_string()];
     o.labels = BTreeMap::from([
