@@ -40,7 +40,10 @@ use crate::writer::Writer;
 
 /// Tree blobs are split before their plaintext passes this (FORMAT.md section 12).
 const MAX_TREE_BLOB: usize = 16 << 20;
-const EVENT_QUEUE: usize = 4096;
+/// Events travel from the walker to the assembler in batches: one wake-up per batch, not
+/// per file (per-event hand-offs cost more than the walk itself on an unchanged tree).
+const EVENT_BATCH: usize = 256;
+const EVENT_QUEUE: usize = 16;
 /// Most chunks one file may have in format v1: its list must fit in one tree blob
 /// (34 bytes per entry; about 780 GB at the default 1 MiB average chunk).
 const MAX_CONTENT_IDS: usize = 750_000;
@@ -187,9 +190,37 @@ enum Event {
     Problem(ItemProblem),
 }
 
+/// The walker's side of the event channel: buffers events and sends them in batches.
+struct Events {
+    tx: SyncSender<Vec<Event>>,
+    buf: std::cell::RefCell<Vec<Event>>,
+}
+
+impl Events {
+    fn send(&self, e: Event) -> Result<()> {
+        let mut buf = self.buf.borrow_mut();
+        buf.push(e);
+        if buf.len() < EVENT_BATCH {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut *buf, Vec::with_capacity(EVENT_BATCH));
+        drop(buf);
+        self.tx.send(full).map_err(|_| Error::Cancelled)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let rest = std::mem::take(&mut *self.buf.borrow_mut());
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(rest).map_err(|_| Error::Cancelled)
+    }
+}
+
 /// Counting gate: at most `limit` files in flight.
 struct Gate {
-    n: Mutex<usize>,
+    /// Files in flight, and whether the walker waits.
+    n: Mutex<(usize, bool)>,
     cv: Condvar,
     limit: usize,
 }
@@ -197,15 +228,21 @@ struct Gate {
 impl Gate {
     fn enter(&self) {
         let mut n = self.n.lock().expect("lock");
-        while *n >= self.limit {
+        while n.0 >= self.limit {
+            n.1 = true;
             n = self.cv.wait(n).expect("lock");
         }
-        *n += 1;
+        n.0 += 1;
     }
 
     fn leave(&self) {
-        *self.n.lock().expect("lock") -= 1;
-        self.cv.notify_one();
+        let mut n = self.n.lock().expect("lock");
+        n.0 -= 1;
+        // Wake only a waiting walker: a notify is a syscall, and this runs once per file.
+        if std::mem::take(&mut n.1) {
+            drop(n);
+            self.cv.notify_one();
+        }
     }
 }
 
@@ -250,12 +287,7 @@ impl Ctx {
         self.exclude_name.is_match(Path::new(name)) || self.exclude_path.is_match(path)
     }
 
-    fn parent_tree(
-        &self,
-        subtree: Option<BlobId>,
-        path: &Path,
-        tx: &SyncSender<Event>,
-    ) -> Option<Tree> {
+    fn parent_tree(&self, subtree: Option<BlobId>, path: &Path, tx: &Events) -> Option<Tree> {
         let id = subtree?;
         match self.handle.block_on(self.idx.read_tree(&id)) {
             Ok(t) => Some(t),
@@ -361,7 +393,7 @@ impl Indexed {
                 .build()
                 .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))?,
             gate: Arc::new(Gate {
-                n: Mutex::new(0),
+                n: Mutex::new((0, false)),
                 cv: Condvar::new(),
                 limit: 4 * threads,
             }),
@@ -421,7 +453,14 @@ fn run(ctx: &Arc<Ctx>, paths: &[PathBuf], parent_root: Option<BlobId>) -> Result
     std::thread::scope(|s| {
         let walker = std::thread::Builder::new()
             .name("arca-walk".into())
-            .spawn_scoped(s, || walk_roots(ctx, paths, parent_root, tx))
+            .spawn_scoped(s, || {
+                let events = Events {
+                    tx,
+                    buf: std::cell::RefCell::new(Vec::with_capacity(EVENT_BATCH)),
+                };
+                walk_roots(ctx, paths, parent_root, &events)?;
+                events.flush()
+            })
             .expect("spawn walker");
         let assembled = assemble(ctx, rx);
         if assembled.is_err() {
@@ -438,9 +477,9 @@ fn walk_roots(
     ctx: &Arc<Ctx>,
     paths: &[PathBuf],
     parent_root: Option<BlobId>,
-    tx: SyncSender<Event>,
+    tx: &Events,
 ) -> Result<()> {
-    let send = |e: Event| tx.send(e).map_err(|_| Error::Cancelled);
+    let send = |e: Event| tx.send(e);
     let mut names = Names::default();
     // One directory: the snapshot's root is that directory's content.
     if let [only] = paths
@@ -452,8 +491,8 @@ fn walk_roots(
             status: Status::New,
             parent_subtree: parent_root,
         })?;
-        let parent = ctx.parent_tree(parent_root, only, &tx);
-        walk_entries(ctx, only, meta.dev(), parent.as_ref(), &tx, &mut names)?;
+        let parent = ctx.parent_tree(parent_root, only, tx);
+        walk_entries(ctx, only, meta.dev(), parent.as_ref(), tx, &mut names)?;
         return send(Event::Leave);
     }
     // Several paths, or a file: the root holds each by its base name.
@@ -472,7 +511,7 @@ fn walk_roots(
         status: Status::New,
         parent_subtree: parent_root,
     })?;
-    let parent = ctx.parent_tree(parent_root, Path::new("/"), &tx);
+    let parent = ctx.parent_tree(parent_root, Path::new("/"), tx);
     let mut sorted: Vec<&PathBuf> = paths.iter().collect();
     sorted.sort_by(|a, b| {
         let n = |p: &PathBuf| p.file_name().unwrap_or(p.as_os_str()).as_bytes().to_vec();
@@ -483,7 +522,8 @@ fn walk_roots(
         match std::fs::symlink_metadata(p) {
             Ok(meta) => {
                 let dev = meta.dev();
-                walk_entry(ctx, p, &name, meta, dev, parent.as_ref(), &tx, &mut names)?
+                let pr = probe(ctx, p, &name, Ok(meta), parent.as_ref());
+                walk_entry(ctx, p, &name, pr, dev, parent.as_ref(), tx, &mut names)?
             }
             Err(e) => send(Event::Problem(problem(p, "cannot read", e)))?,
         }
@@ -506,18 +546,68 @@ fn find<'a>(tree: Option<&'a Tree>, name: &[u8]) -> Option<&'a Node> {
         .map(|i| &t.nodes[i])
 }
 
+/// Entries probed (stat, xattrs, unchanged check) at once, in parallel when there are
+/// enough: on an unchanged tree the walk is the whole backup, and one thread of
+/// syscalls and index lookups would leave the other cores idle.
+const PROBE_CHUNK: usize = 512;
+const PROBE_PARALLEL_MIN: usize = 8;
+
+/// What the walker learns of one directory entry before emitting it.
+struct Probe {
+    meta: std::io::Result<Metadata>,
+    xattrs: std::io::Result<Vec<arca_format::Xattr>>,
+    link: Option<std::io::Result<PathBuf>>,
+    /// A regular file unchanged since the parent snapshot, whose chunks are all still
+    /// stored: it is not read again.
+    unchanged: bool,
+}
+
+fn probe(
+    ctx: &Ctx,
+    path: &Path,
+    name: &OsStr,
+    meta: std::io::Result<Metadata>,
+    parent: Option<&Tree>,
+) -> Probe {
+    let Ok(m) = &meta else {
+        return Probe {
+            meta,
+            xattrs: Ok(Vec::new()),
+            link: None,
+            unchanged: false,
+        };
+    };
+    let xattrs = fsmeta::read_xattrs(path);
+    let link = m.file_type().is_symlink().then(|| std::fs::read_link(path));
+    let unchanged = m.is_file()
+        && find(parent, name.as_bytes()).is_some_and(|p| {
+            matches!(&p.kind, NodeKind::File { content, .. }
+                if p.size == m.len()
+                    && p.mtime == Timestamp::new(m.mtime(), m.mtime_nsec() as u32)
+                    && p.ctime == Timestamp::new(m.ctime(), m.ctime_nsec() as u32)
+                    && p.inode == m.ino()
+                    && content.iter().all(|c| ctx.writer.has(c).unwrap_or(false)))
+        });
+    Probe {
+        meta,
+        xattrs,
+        link,
+        unchanged,
+    }
+}
+
 fn walk_entries(
     ctx: &Arc<Ctx>,
     dir: &Path,
     root_dev: u64,
     parent: Option<&Tree>,
-    tx: &SyncSender<Event>,
+    tx: &Events,
     names: &mut Names,
 ) -> Result<()> {
-    let mut entries: Vec<(OsString, PathBuf)> = match std::fs::read_dir(dir) {
+    let mut entries: Vec<(OsString, std::fs::DirEntry)> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| match e {
-                Ok(e) => Some((e.file_name(), e.path())),
+                Ok(e) => Some((e.file_name(), e)),
                 Err(err) => {
                     let _ = tx.send(Event::Problem(problem(dir, "cannot list directory", err)));
                     None
@@ -526,26 +616,41 @@ fn walk_entries(
             .collect(),
         Err(e) => {
             // The directory is recorded, empty; the problem is reported.
-            tx.send(Event::Problem(problem(dir, "cannot list directory", e)))
-                .map_err(|_| Error::Cancelled)?;
+            tx.send(Event::Problem(problem(dir, "cannot list directory", e)))?;
             return Ok(());
         }
     };
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (name, path) in entries {
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        if ctx.excluded(&path, &name) {
-            continue;
-        }
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => walk_entry(ctx, &path, &name, meta, root_dev, parent, tx, names)?,
-            // Vanished since the listing: nothing to back up.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tx
-                .send(Event::Problem(problem(&path, "cannot read", e)))
-                .map_err(|_| Error::Cancelled)?,
+        let chunk: Vec<(OsString, PathBuf, std::fs::DirEntry)> = entries
+            .by_ref()
+            .map(|(name, e)| (name, e.path(), e))
+            .filter(|(name, path, _)| !ctx.excluded(path, name))
+            .take(PROBE_CHUNK)
+            .collect();
+        // The entry's metadata is read relative to the open directory (no path walk).
+        let one = |(name, path, e): (OsString, PathBuf, std::fs::DirEntry)| {
+            let p = probe(ctx, &path, &name, e.metadata(), parent);
+            (name, path, p)
+        };
+        let probed: Vec<(OsString, PathBuf, Probe)> = if chunk.len() >= PROBE_PARALLEL_MIN {
+            use rayon::prelude::*;
+            ctx.pool
+                .install(|| chunk.into_par_iter().map(one).collect())
+        } else {
+            chunk.into_iter().map(one).collect()
+        };
+        for (name, path, p) in probed {
+            match p.meta {
+                Ok(_) => walk_entry(ctx, &path, &name, p, root_dev, parent, tx, names)?,
+                // Vanished since the listing: nothing to back up.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tx.send(Event::Problem(problem(&path, "cannot read", e)))?,
+            }
         }
     }
     Ok(())
@@ -559,20 +664,23 @@ fn status_of(prev: Option<&Node>, same: bool) -> Status {
     }
 }
 
+/// Emit one probed entry (`probe.meta` is `Ok`): a directory is descended into, a file
+/// to read goes to the readers.
 #[allow(clippy::too_many_arguments)]
 fn walk_entry(
     ctx: &Arc<Ctx>,
     path: &Path,
     name: &OsStr,
-    meta: Metadata,
+    probe: Probe,
     root_dev: u64,
     parent: Option<&Tree>,
-    tx: &SyncSender<Event>,
+    tx: &Events,
     names: &mut Names,
 ) -> Result<()> {
-    let send = |e: Event| tx.send(e).map_err(|_| Error::Cancelled);
+    let send = |e: Event| tx.send(e);
+    let meta = probe.meta.map_err(|e| Error::io("read", path, e))?;
     let prev = find(parent, name.as_bytes());
-    let xattrs = match fsmeta::read_xattrs(path) {
+    let xattrs = match probe.xattrs {
         Ok(x) => x,
         Err(e) => {
             send(Event::Problem(problem(
@@ -612,14 +720,8 @@ fn walk_entry(
     }
     if ft.is_file() {
         let sparse = fsmeta::looks_sparse(&meta);
-        // Unchanged since the parent snapshot (and its chunks still there): not read again.
-        if let Some(p) = prev
-            && let NodeKind::File { content, .. } = &p.kind
-            && p.size == node.size
-            && p.mtime == node.mtime
-            && p.ctime == node.ctime
-            && p.inode == node.inode
-            && content.iter().all(|c| ctx.writer.has(c).unwrap_or(false))
+        if probe.unchanged
+            && let Some(NodeKind::File { content, .. }) = prev.map(|p| &p.kind)
         {
             node.kind = NodeKind::File {
                 content: content.clone(),
@@ -652,11 +754,18 @@ fn walk_entry(
         }));
     }
     node.kind = if ft.is_symlink() {
-        match std::fs::read_link(path) {
-            Ok(t) => NodeKind::Symlink {
+        match probe.link {
+            Some(Ok(t)) => NodeKind::Symlink {
                 target: t.as_os_str().as_bytes().to_vec(),
             },
-            Err(e) => return send(Event::Problem(problem(path, "cannot read link", e))),
+            Some(Err(e)) => return send(Event::Problem(problem(path, "cannot read link", e))),
+            None => {
+                return send(Event::Problem(problem(
+                    path,
+                    "cannot read link",
+                    "not read",
+                )));
+            }
         }
     } else if ft.is_fifo() {
         NodeKind::Fifo
@@ -780,12 +889,12 @@ struct Frame {
     nodes: Vec<Node>,
 }
 
-fn assemble(ctx: &Ctx, rx: Receiver<Event>) -> Result<RunResult> {
+fn assemble(ctx: &Ctx, rx: Receiver<Vec<Event>>) -> Result<RunResult> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut summary = Summary::default();
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     let mut root = None;
-    for ev in rx.iter() {
+    for ev in rx.iter().flatten() {
         match ev {
             Event::Enter {
                 node,

@@ -54,6 +54,8 @@ pub struct BlobLocation {
     pub entry: PackEntry,
     /// True when the pack is marked obsolete: readable, but not to deduplicate against.
     pub obsolete: bool,
+    /// The pack's size in bytes.
+    pub pack_size: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -321,6 +323,7 @@ impl IndexCache {
                 kind: rec.kind(),
                 entry,
                 obsolete: rec.obsolete(),
+                pack_size: rec.size,
             };
             if !loc.obsolete {
                 return Ok(Some(loc));

@@ -18,6 +18,34 @@ use crate::store::WriteMode;
 pub struct Indexed {
     pub(crate) repo: Repository,
     pub(crate) index: Arc<IndexCache>,
+    meta_packs: Arc<MetaPacks>,
+}
+
+/// Metadata packs this small are fetched whole, and the last few kept: a walk of a
+/// snapshot reads nearly every tree in a pack, so one read replaces hundreds of ranged
+/// reads (and as many round trips on S3).
+const META_PACK_WHOLE_MAX: u64 = 8 << 20;
+const META_PACKS_KEPT: usize = 8;
+
+#[derive(Debug, Default)]
+struct MetaPacks(std::sync::Mutex<std::collections::VecDeque<(PackId, Bytes)>>);
+
+impl MetaPacks {
+    fn get(&self, id: &PackId) -> Option<Bytes> {
+        let packs = self.0.lock().expect("lock");
+        packs.iter().find(|(p, _)| p == id).map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, id: PackId, bytes: Bytes) {
+        let mut packs = self.0.lock().expect("lock");
+        if packs.iter().any(|(p, _)| *p == id) {
+            return;
+        }
+        if packs.len() >= META_PACKS_KEPT {
+            packs.pop_back();
+        }
+        packs.push_front((id, bytes));
+    }
 }
 
 impl Repository {
@@ -36,6 +64,7 @@ impl Repository {
             Indexed {
                 repo: self.clone(),
                 index,
+                meta_packs: Arc::default(),
             },
             stats,
         ))
@@ -87,11 +116,15 @@ impl Indexed {
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
         let e = loc.entry;
-        let sealed = self
-            .repo
-            .store
-            .get_range(&pack_name(loc.kind, &loc.pack), e.offset as u64..e.end())
-            .await?;
+        let sealed = match self.meta_pack(&loc).await {
+            Some(whole) => whole.slice(e.offset as usize..e.end() as usize),
+            None => {
+                self.repo
+                    .store
+                    .get_range(&pack_name(loc.kind, &loc.pack), e.offset as u64..e.end())
+                    .await?
+            }
+        };
         let keys = self.repo.keys.clone();
         let open = move || pack::open_blob(&keys, &e, &sealed);
         let plain = if e.raw_length > 256 * 1024 {
@@ -102,6 +135,29 @@ impl Indexed {
             open()
         };
         plain.map_err(|err| annotate(err, &loc))
+    }
+
+    /// The whole metadata pack holding `loc`, from memory or fetched, when it is small
+    /// enough; `None` (read the range instead) otherwise, or when the whole pack cannot
+    /// be read or is shorter than the index says: the ranged read then reports it.
+    async fn meta_pack(&self, loc: &BlobLocation) -> Option<Bytes> {
+        if loc.kind != PackKind::Meta || loc.pack_size > META_PACK_WHOLE_MAX {
+            return None;
+        }
+        let whole = match self.meta_packs.get(&loc.pack) {
+            Some(b) => b,
+            None => {
+                let b = self
+                    .repo
+                    .store
+                    .get(&pack_name(loc.kind, &loc.pack))
+                    .await
+                    .ok()?;
+                self.meta_packs.put(loc.pack, b.clone());
+                b
+            }
+        };
+        (whole.len() as u64 >= loc.entry.end()).then_some(whole)
     }
 
     /// Read a whole directory: a tree blob and the chain of blobs it continues in.

@@ -129,7 +129,11 @@ const BATCH_FILES: usize = 4096;
 const BATCH_BYTES: u64 = 1 << 30;
 /// Blobs closer than this in a pack are fetched in one range.
 const COALESCE_GAP: u64 = 256 << 10;
-const MAX_RANGE: u64 = 32 << 20;
+/// At most this much per range: still large enough for object stores.
+const MAX_RANGE: u64 = 8 << 20;
+/// MiB of fetched ranges (and of the blobs decrypted from them) in flight at once: many
+/// small ranges may run together, few large ones. This is what bounds a restore's memory.
+const FETCH_BUDGET_MIB: u32 = 48;
 
 fn node_path(base: &Path, name: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(name))
@@ -453,31 +457,66 @@ impl Indexed {
             Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
         let damaged: Arc<Vec<AtomicBool>> =
             Arc::new(batch.iter().map(|_| AtomicBool::new(false)).collect());
-        for (j, job) in batch.iter().enumerate() {
-            let NodeKind::File { content, .. } = &job.node.kind else {
-                continue;
+        // Create the files and look up their chunks on every core: creating a file is
+        // the costliest step of restoring a small one (the file system's inode search).
+        type Prepared =
+            std::result::Result<Vec<(BlobId, Option<crate::cache::BlobLocation>)>, String>;
+        let (batch, prepared) = {
+            let idx = self.clone();
+            tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                let prepared: Vec<Result<Prepared>> = batch
+                    .par_iter()
+                    .map(|job| {
+                        let NodeKind::File { content, .. } = &job.node.kind else {
+                            return Ok(Ok(Vec::new()));
+                        };
+                        // Create (or truncate) at its final size: holes where nothing
+                        // is written.
+                        let created = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .open(&job.path)
+                            .and_then(|f| f.set_len(job.node.size));
+                        if let Err(e) = created {
+                            return Ok(Err(format!("cannot create: {e}")));
+                        }
+                        let mut locs = Vec::with_capacity(content.len());
+                        for id in content {
+                            let loc = idx.index.lookup(id)?;
+                            let missing = loc.is_none();
+                            locs.push((*id, loc));
+                            if missing {
+                                break;
+                            }
+                        }
+                        Ok(Ok(locs))
+                    })
+                    .collect();
+                (batch, prepared)
+            })
+            .await
+            .expect("restore planning panicked")
+        };
+        for (j, (job, prep)) in batch.iter().zip(prepared).enumerate() {
+            let locs = match prep? {
+                Ok(l) => l,
+                Err(msg) => {
+                    col.error(&job.path, msg);
+                    damaged[j].store(true, Ordering::Relaxed);
+                    continue;
+                }
             };
-            // Create (or truncate) at its final size: holes where nothing is written.
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&job.path)
-                .and_then(|f| f.set_len(job.node.size));
-            if let Err(e) = created {
-                col.error(&job.path, format!("cannot create: {e}"));
-                damaged[j].store(true, Ordering::Relaxed);
-                continue;
-            }
             let mut offset = 0u64;
-            for id in content {
-                match self.index.lookup(id)? {
+            for (id, loc) in locs {
+                match loc {
                     Some(loc) => {
                         let slot = plan
                             .entry(loc.pack)
                             .or_insert_with(|| (loc.kind, HashMap::new()));
                         slot.1
-                            .entry(*id)
+                            .entry(id)
                             .or_insert_with(|| (loc.entry, Vec::new()))
                             .1
                             .push((j, offset));
@@ -533,7 +572,9 @@ impl Indexed {
         // Pack order: by pack, then offset.
         ranges.sort_by(|a, b| (a.0, a.2[0].0.offset).cmp(&(b.0, b.2[0].0.offset)));
 
+        let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize));
         let results = futures::stream::iter(ranges.into_iter().map(|(pack_id, kind, blobs)| {
+            let budget = budget.clone();
             let (idx, batch, remaining, damaged, col, written, restored) = (
                 self.clone(),
                 batch.clone(),
@@ -550,6 +591,12 @@ impl Indexed {
                 }
                 let start = blobs[0].0.offset as u64;
                 let end = blobs.last().expect("non-empty").0.end();
+                // Twice the range: its bytes, and the blob decrypted from it.
+                let mib = (2 * ((end - start) >> 20) as u32 + 1).min(FETCH_BUDGET_MIB);
+                let _permit = budget
+                    .acquire_many_owned(mib)
+                    .await
+                    .expect("semaphore never closed");
                 let fetched = idx
                     .repo
                     .store
@@ -572,6 +619,8 @@ impl Indexed {
                             None
                         }
                     };
+                    // Consecutive blobs mostly go to one file: keep it open between them.
+                    let mut open: Option<(usize, std::fs::File)> = None;
                     for (entry, targets) in &blobs {
                         let plain = bytes.as_ref().map(|b| {
                             let from = (entry.offset as u64 - start) as usize;
@@ -589,16 +638,22 @@ impl Indexed {
                                         job.node.kind,
                                         NodeKind::File { sparse: true, .. }
                                     );
-                                    let w = std::fs::OpenOptions::new()
-                                        .write(true)
-                                        .open(&job.path)
-                                        .and_then(|f| {
-                                            if sparse {
-                                                write_sparse(&f, data, *off)
-                                            } else {
-                                                f.write_all_at(data, *off)
-                                            }
-                                        });
+                                    let mut write = || -> std::io::Result<()> {
+                                        if open.as_ref().is_none_or(|(o, _)| o != j) {
+                                            open = None;
+                                            let f = std::fs::OpenOptions::new()
+                                                .write(true)
+                                                .open(&job.path)?;
+                                            open = Some((*j, f));
+                                        }
+                                        let f = &open.as_ref().expect("opened above").1;
+                                        if sparse {
+                                            write_sparse(f, data, *off)
+                                        } else {
+                                            f.write_all_at(data, *off)
+                                        }
+                                    };
+                                    let w = write();
                                     if let Err(e) = w {
                                         col.error(&job.path, format!("write failed: {e}"));
                                         damaged[*j].store(true, Ordering::Relaxed);
@@ -622,6 +677,10 @@ impl Indexed {
                                 _ => {}
                             }
                             if remaining[*j].fetch_sub(1, Ordering::AcqRel) == 1 {
+                                // Closed before its times are set.
+                                if open.as_ref().is_some_and(|(o, _)| o == j) {
+                                    open = None;
+                                }
                                 finish_file(
                                     job,
                                     damaged[*j].load(Ordering::Relaxed),
@@ -638,7 +697,7 @@ impl Indexed {
                 .expect("restore worker panicked")
             }
         }))
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(2 * opts.concurrency.max(1))
         .collect::<Vec<Result<()>>>()
         .await;
         for r in results {
