@@ -2,16 +2,16 @@
 //! directory tree, and the data movers).
 //!
 //! CPU work (hashing, compression, encryption) happens in the calling thread, which is a
-//! rayon worker or a plain thread, never a tokio worker. Sealed blobs go through a bounded
-//! channel to one packer thread; finished packs are uploaded on tokio with a bounded number
-//! in flight. Every bounded step blocks its producer when full, so memory stays bounded
-//! whatever the input. Index files are written after the packs they describe and flushed
+//! rayon worker or a plain thread, never a tokio worker. The caller seals into a reused
+//! thread-local buffer and appends the result to the open pack under a short lock (a hand-
+//! off to a packer thread cost a futex wake-up per blob); whoever fills a pack finishes it
+//! and hands it to tokio for upload, waiting for a free upload slot first. That wait is the
+//! backpressure: memory stays bounded whatever the input. Index files are written after the packs they describe and flushed
 //! every [`FLUSH_PACKS`] packs, which also bounds the set of blobs only this writer knows.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use arca_format::{
     BlobId, BlobType, Compression, IndexFile, IndexId, IndexPack, Keys, PackKind, PackWriter,
@@ -19,7 +19,6 @@ use arca_format::{
 };
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::indexed::{Indexed, pack_name};
@@ -32,7 +31,43 @@ pub(crate) const FLUSH_BLOBS: usize = 50_000;
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// How often, at most, uploaded packs wait for an index file.
 pub(crate) const DEFAULT_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(60);
-const SEALED_QUEUE: usize = 16;
+
+thread_local! {
+    static SEAL_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Upload slots, waited for by plain threads (never tokio workers).
+struct Slots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Slots {
+    fn acquire(self: &Arc<Self>) -> Slot {
+        let mut free = self.free.lock().expect("lock");
+        while *free == 0 {
+            free = self.cv.wait(free).expect("lock");
+        }
+        *free -= 1;
+        Slot(self.clone())
+    }
+}
+
+/// A held upload slot, given back on drop.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("lock") += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// The open packs, one per kind.
+struct Open {
+    data: PackWriter,
+    meta: PackWriter,
+}
 
 /// Counters of what a writer added.
 #[derive(Debug, Default)]
@@ -51,13 +86,6 @@ pub struct WriteStats {
     pub pack_bytes: AtomicU64,
 }
 
-struct SealedBlob {
-    blob_type: BlobType,
-    id: BlobId,
-    raw_len: u32,
-    sealed: Vec<u8>,
-}
-
 struct Shared {
     idx: Indexed,
     stats: Arc<WriteStats>,
@@ -67,8 +95,12 @@ struct Shared {
     claimed: Mutex<HashSet<BlobId>>,
     index_files: Mutex<Vec<IndexId>>,
     flush_lock: tokio::sync::Mutex<()>,
-    uploads: Arc<Semaphore>,
+    uploads: Arc<Slots>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    open: Mutex<Open>,
+    data_size: usize,
+    tree_size: usize,
+    handle: Handle,
     /// Write an index file at least this often while packs are uploaded, so that a killed
     /// writer loses at most this much work: the next backup reuses what was indexed.
     checkpoint: Mutex<(std::time::Duration, std::time::Instant)>,
@@ -120,8 +152,6 @@ pub struct Writer {
     keys: Arc<Keys>,
     compression: Compression,
     shared: Arc<Shared>,
-    tx: Mutex<Option<SyncSender<SealedBlob>>>,
-    packer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -133,7 +163,8 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Start a writer. Must be called from within a tokio runtime.
     pub fn new(idx: &Indexed, compression: Compression) -> Self {
-        let handle = Handle::current();
+        let cfg = &idx.repo.config;
+        let (data_size, tree_size) = (cfg.data_pack_size as usize, cfg.tree_pack_size as usize);
         let shared = Arc::new(Shared {
             idx: idx.clone(),
             stats: Arc::new(WriteStats::default()),
@@ -143,31 +174,24 @@ impl Writer {
             claimed: Mutex::new(HashSet::new()),
             index_files: Mutex::new(Vec::new()),
             flush_lock: tokio::sync::Mutex::new(()),
-            uploads: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
+            uploads: Arc::new(Slots {
+                free: Mutex::new(UPLOADS_IN_FLIGHT),
+                cv: Condvar::new(),
+            }),
             tasks: Mutex::new(Vec::new()),
+            open: Mutex::new(Open {
+                data: PackWriter::new(PackKind::Data, data_size + (1 << 20)),
+                meta: PackWriter::new(PackKind::Meta, tree_size + (1 << 20)),
+            }),
+            data_size,
+            tree_size,
+            handle: Handle::current(),
             checkpoint: Mutex::new((DEFAULT_CHECKPOINT, std::time::Instant::now())),
         });
-        let (tx, rx) = sync_channel(SEALED_QUEUE);
-        let s = shared.clone();
-        let cfg = idx.repo.config.clone();
-        let packer = std::thread::Builder::new()
-            .name("arca-packer".into())
-            .spawn(move || {
-                packer(
-                    s,
-                    rx,
-                    handle,
-                    cfg.data_pack_size as usize,
-                    cfg.tree_pack_size as usize,
-                )
-            })
-            .expect("spawn packer thread");
         Self {
             keys: idx.repo.keys.clone(),
             compression,
             shared,
-            tx: Mutex::new(Some(tx)),
-            packer: Mutex::new(Some(packer)),
         }
     }
 
@@ -206,8 +230,8 @@ impl Writer {
         Ok(self.shared.claimed.lock().expect("lock").insert(*id))
     }
 
-    /// Store a blob unless the repository has it; returns its ID. Blocks while the packer
-    /// and the uploads are behind (that is the backpressure).
+    /// Store a blob unless the repository has it; returns its ID. Blocks while the uploads
+    /// are behind (that is the backpressure).
     pub fn store(&self, blob_type: BlobType, data: &[u8]) -> Result<BlobId> {
         self.check()?;
         let id = self.keys.blob_id(blob_type, data);
@@ -219,29 +243,45 @@ impl Writer {
             // Metadata compresses well and is read often: always zstd.
             _ => Compression::Zstd(3),
         };
-        let sealed = envelope::seal(&self.keys, blob_type.kind(), &[], data, compression)?;
-        let st = &self.shared.stats;
-        match blob_type {
-            BlobType::Data => st.data_blobs.fetch_add(1, Ordering::Relaxed),
-            _ => st.tree_blobs.fetch_add(1, Ordering::Relaxed),
-        };
-        st.bytes_added
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        st.bytes_stored
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        let tx = self
-            .tx
-            .lock()
-            .expect("lock")
-            .clone()
-            .ok_or(Error::Cancelled)?;
-        tx.send(SealedBlob {
-            blob_type,
-            id,
-            raw_len: data.len() as u32,
-            sealed,
-        })
-        .map_err(|_| Error::Cancelled)?;
+        let full = SEAL_BUF.with(|buf| -> Result<Option<PackWriter>> {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            envelope::seal_into(
+                &self.keys,
+                blob_type.kind(),
+                &[],
+                data,
+                compression,
+                &mut buf,
+            )?;
+            let st = &self.shared.stats;
+            match blob_type {
+                BlobType::Data => st.data_blobs.fetch_add(1, Ordering::Relaxed),
+                _ => st.tree_blobs.fetch_add(1, Ordering::Relaxed),
+            };
+            st.bytes_added
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            st.bytes_stored
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            let sh = &self.shared;
+            let kind = blob_type.pack_kind();
+            let target = match kind {
+                PackKind::Data => sh.data_size,
+                PackKind::Meta => sh.tree_size,
+            };
+            let mut open = sh.open.lock().expect("lock");
+            let w = match kind {
+                PackKind::Data => &mut open.data,
+                PackKind::Meta => &mut open.meta,
+            };
+            w.add_sealed(blob_type, id, data.len() as u32, &buf)?;
+            Ok((w.len() >= target)
+                .then(|| std::mem::replace(w, PackWriter::new(kind, target + (1 << 20)))))
+        })?;
+        if let Some(full) = full {
+            // Outside the lock: finishing encrypts the header, and the slot may be waited for.
+            upload(&self.shared, full);
+        }
         Ok(id)
     }
 
@@ -254,14 +294,26 @@ impl Writer {
     /// Flush everything: close the packs, wait for uploads, write the last index file.
     /// Returns the index files written.
     pub async fn finish(&self) -> Result<Vec<IndexId>> {
-        drop(self.tx.lock().expect("lock").take());
-        let packer = self.packer.lock().expect("lock").take();
-        if let Some(p) = packer {
-            tokio::task::spawn_blocking(move || p.join())
-                .await
-                .expect("join task panicked")
-                .map_err(|_| Error::Invalid("packer thread panicked".into()))?;
-        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if shared.abort.load(Ordering::Relaxed) {
+                return;
+            }
+            let open = {
+                let mut o = shared.open.lock().expect("lock");
+                [
+                    std::mem::replace(&mut o.data, PackWriter::new(PackKind::Data, 0)),
+                    std::mem::replace(&mut o.meta, PackWriter::new(PackKind::Meta, 0)),
+                ]
+            };
+            for w in open {
+                if !w.is_empty() {
+                    upload(&shared, w);
+                }
+            }
+        })
+        .await
+        .expect("flush task panicked");
         let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("lock"));
         for t in tasks {
             t.await
@@ -278,62 +330,22 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Unblock and stop the packer if finish() was never reached (an error upstream).
+        // Producers still running (an error upstream) stop at their next store.
         self.shared.abort.store(true, Ordering::SeqCst);
-        drop(self.tx.lock().map(|mut t| t.take()));
     }
 }
 
-fn packer(
-    shared: Arc<Shared>,
-    rx: Receiver<SealedBlob>,
-    handle: Handle,
-    data_size: usize,
-    tree_size: usize,
-) {
-    let mut data = PackWriter::new(PackKind::Data, data_size + (1 << 20));
-    let mut meta = PackWriter::new(PackKind::Meta, tree_size + (1 << 20));
-    let add =
-        |w: &mut PackWriter, b: &SealedBlob| w.add_sealed(b.blob_type, b.id, b.raw_len, &b.sealed);
-    for b in rx.iter() {
-        if shared.abort.load(Ordering::Relaxed) {
-            continue; // drain, so producers blocked on send are released
-        }
-        let (w, target, kind, cap) = match b.blob_type.pack_kind() {
-            PackKind::Data => (&mut data, data_size, PackKind::Data, data_size),
-            PackKind::Meta => (&mut meta, tree_size, PackKind::Meta, tree_size),
-        };
-        if let Err(e) = add(w, &b) {
-            shared.fail(e.into());
-            continue;
-        }
-        if w.len() >= target {
-            let full = std::mem::replace(w, PackWriter::new(kind, cap + (1 << 20)));
-            upload(&shared, &handle, full);
-        }
-    }
-    if !shared.abort.load(Ordering::Relaxed) {
-        for w in [data, meta] {
-            if !w.is_empty() {
-                upload(&shared, &handle, w);
-            }
-        }
-    }
-}
-
-fn upload(shared: &Arc<Shared>, handle: &Handle, w: PackWriter) {
+/// Finish a full pack and upload it on tokio. Blocks (a plain thread, never a tokio
+/// worker) until an upload slot is free: every producer slows to the store's pace.
+fn upload(shared: &Arc<Shared>, w: PackWriter) {
     let keys = shared.idx.repo.keys.clone();
     let finished = match w.finish(&keys) {
         Ok(p) => p,
         Err(e) => return shared.fail(e.into()),
     };
-    // Wait for a free upload slot: the packer (and through it every producer) slows down to
-    // the store's pace.
-    let permit = handle
-        .block_on(shared.uploads.clone().acquire_owned())
-        .expect("semaphore never closed");
+    let permit = shared.uploads.acquire();
     let s = shared.clone();
-    let task = handle.spawn(async move {
+    let task = shared.handle.spawn(async move {
         let _permit = permit;
         let name = pack_name(finished.kind, &finished.id);
         let size = finished.bytes.len() as u64;
