@@ -10,6 +10,7 @@ stat them). Prints a Markdown report and writes it to --out.
 """
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -131,13 +132,23 @@ def restore_dir(a, size):
     searching past them for free inodes (journal-less ext4 keeps recently deleted inodes
     off limits), which measures the file system's churn rather than the tools."""
     if a.restore_on_disk:
+        RESTORE_DIRS.add("local disk")
         return os.path.join(a.work, "restore-target")
     shm = "/dev/shm"
     if os.path.isdir(shm):
         st = os.statvfs(shm)
         if st.f_bavail * st.f_frsize > 2 * size:
+            RESTORE_DIRS.add("tmpfs (`/dev/shm`)")
             return os.path.join(shm, "arca-compare-restore")
+    RESTORE_DIRS.add("local disk")
     return os.path.join(a.work, "restore-target")
+
+
+def median(step, n):
+    """Run a timed step n times; the run with the median wall time. The machine is shared:
+    one slow outlier should not decide a ratio, and neither should one fast one."""
+    runs = sorted((step() for _ in range(max(1, n))), key=lambda t: t[0])
+    return runs[len(runs) // 2]
 
 
 def fmt_ratio(x):
@@ -156,6 +167,8 @@ def main():
     p.add_argument("--real", default=None, help="a real software tree (default: the Rust toolchain)")
     p.add_argument("--quick", action="store_true", help="small data, for a smoke run")
     p.add_argument("--out", default=None)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="run each timed step this many times and keep the median (default 3)")
     p.add_argument("--restore-on-disk", action="store_true",
                    help="restore into the work directory rather than tmpfs")
     a = p.parse_args()
@@ -182,12 +195,13 @@ def main():
         if a.quick and os.path.isdir("/usr/share/doc"):
             real = "/usr/share/doc"
     datasets.append(("real", real, True))
-    gen = os.path.join(a.work, "data-mixed")
+    # Named by their parameters: a quick run's small data is never taken for the full one.
+    gen = os.path.join(a.work, f"data-mixed-{mixed_bytes >> 20}M")
     if not os.path.isdir(gen):
         log(f"generating {mixed_bytes >> 20} MiB of mixed data")
         subprocess.run([a.data_gen, "generate", gen, "mixed", str(mixed_bytes)], check=True, stdout=subprocess.DEVNULL)
     datasets.append(("generated", gen, True))
-    small = os.path.join(a.work, "data-small")
+    small = os.path.join(a.work, f"data-small-{small_files}")
     if not os.path.isdir(small):
         log(f"generating {small_files} small files")
         subprocess.run([a.data_gen, "generate", small, "small", "0", str(small_files)], check=True,
@@ -204,22 +218,30 @@ def main():
         log(f"{name}: {path}, {files} files, {size / (1 << 20):.0f} MiB")
         # Warm the page cache, then the box's limits.
         subprocess.run(["sh", "-c", f"tar -cf - -C '{path}' . | cat > /dev/null"], check=True)
-        limits[(name, "read")] = r.timed(f"tar -cf - -C '{path}' . | cat > /dev/null", shell=True)
-        limits[(name, "zstd")] = r.timed(f"tar -cf - -C '{path}' . | zstd -T0 -3 -q -c > /dev/null", shell=True)
+        limits[(name, "read")] = median(lambda: r.timed(f"tar -cf - -C '{path}' . | cat > /dev/null",
+                                                        shell=True), a.repeat)
+        limits[(name, "zstd")] = median(lambda: r.timed(
+            f"tar -cf - -C '{path}' . | zstd -T0 -3 -q -c > /dev/null", shell=True), a.repeat)
         second = None
         if similar:
-            second = os.path.join(a.work, f"similar-{name.replace(' ', '-')}")
+            tag = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+            second = os.path.join(a.work, f"similar-{name.replace(' ', '-')}-{tag}")
             if not os.path.isdir(second):
                 log(f"{name}: a similar tree (a copy with 1% of the files edited)")
                 shutil.copytree(path, second, symlinks=True)
                 subprocess.run([a.data_gen, "mutate", second, "100", "200", "5"], check=True, stdout=subprocess.DEVNULL)
         for tool in TOOLS:
             log(f"{name}: {tool}")
-            r.init(tool, name)
-            results[(name, "first backup", tool)] = r.backup(tool, name, path)
+
+            def first():
+                r.init(tool, name)
+                return r.backup(tool, name, path)
+
+            results[(name, "first backup", tool)] = median(first, a.repeat)
             sizes[(name, tool)] = du(r.repo(tool, name))
-            results[(name, "unchanged re-backup", tool)] = r.backup(tool, name, path)
-            results[(name, "restore", tool)] = r.restore(tool, name, restore_dir(a, size))
+            results[(name, "unchanged re-backup", tool)] = median(lambda: r.backup(tool, name, path), a.repeat)
+            target = restore_dir(a, size)
+            results[(name, "restore", tool)] = median(lambda: r.restore(tool, name, target), a.repeat)
             if second:
                 results[(name, "similar tree", tool)] = r.backup(tool, name, second)
             shutil.rmtree(r.repo(tool, name), ignore_errors=True)
@@ -268,6 +290,9 @@ def render(a, info, results, sizes, limits):
         out.append("- **Quick run (small data)**: a smoke run, not the record the targets ask for.")
     out.append("- Page cache warm (each tree read once before timing); repositories on local disk; "
                f"restores into {' and '.join(sorted(RESTORE_DIRS)) or '?'}.")
+    out.append(f"- Each timed step (and each limit) run {a.repeat} times; the table shows the run with "
+               "the median wall time. The similar-tree backup runs once (a second run would have "
+               "the first as its parent).")
     out.append("")
     out.append("## Data\n")
     out.append("| dataset | path | files | size |")
