@@ -225,7 +225,7 @@ fn main() -> ExitCode {
         // Blocking work here is file I/O and decrypting fetched ranges, bounded by the
         // engine's own limits; a few threads per core do it. Tokio's default (512) let
         // glibc give each of dozens of threads an arena of its own: a third more peak RSS.
-        .max_blocking_threads(16)
+        .max_blocking_threads(8)
         .build()
     {
         Ok(r) => r,

@@ -522,7 +522,8 @@ fn walk_roots(
         match std::fs::symlink_metadata(p) {
             Ok(meta) => {
                 let dev = meta.dev();
-                let pr = probe(ctx, p, &name, Ok(meta), parent.as_ref());
+                let mut l = ctx.idx.index.session();
+                let pr = probe(ctx, p, &name, Ok(meta), parent.as_ref(), &mut l);
                 walk_entry(ctx, p, &name, pr, dev, parent.as_ref(), tx, &mut names)?
             }
             Err(e) => send(Event::Problem(problem(p, "cannot read", e)))?,
@@ -568,6 +569,7 @@ fn probe(
     name: &OsStr,
     meta: std::io::Result<Metadata>,
     parent: Option<&Tree>,
+    lookup: &mut crate::cache::Lookup<'_>,
 ) -> Probe {
     let Ok(m) = &meta else {
         return Probe {
@@ -586,7 +588,7 @@ fn probe(
                     && p.mtime == Timestamp::new(m.mtime(), m.mtime_nsec() as u32)
                     && p.ctime == Timestamp::new(m.ctime(), m.ctime_nsec() as u32)
                     && p.inode == m.ino()
-                    && content.iter().all(|c| ctx.writer.has(c).unwrap_or(false)))
+                    && content.iter().all(|c| ctx.writer.has_in(lookup, c).unwrap_or(false)))
         });
     Probe {
         meta,
@@ -633,16 +635,23 @@ fn walk_entries(
             .take(PROBE_CHUNK)
             .collect();
         // The entry's metadata is read relative to the open directory (no path walk).
-        let one = |(name, path, e): (OsString, PathBuf, std::fs::DirEntry)| {
-            let p = probe(ctx, &path, &name, e.metadata(), parent);
+        let index = &ctx.idx.index;
+        let one = |l: &mut crate::cache::Lookup<'_>,
+                   (name, path, e): (OsString, PathBuf, std::fs::DirEntry)| {
+            let p = probe(ctx, &path, &name, e.metadata(), parent, l);
             (name, path, p)
         };
         let probed: Vec<(OsString, PathBuf, Probe)> = if chunk.len() >= PROBE_PARALLEL_MIN {
             use rayon::prelude::*;
-            ctx.pool
-                .install(|| chunk.into_par_iter().map(one).collect())
+            ctx.pool.install(|| {
+                chunk
+                    .into_par_iter()
+                    .map_init(|| index.session(), one)
+                    .collect()
+            })
         } else {
-            chunk.into_iter().map(one).collect()
+            let mut l = index.session();
+            chunk.into_iter().map(|x| one(&mut l, x)).collect()
         };
         for (name, path, p) in probed {
             match p.meta {

@@ -125,8 +125,13 @@ struct FileJob {
     links: Vec<PathBuf>,
 }
 
+/// A job's chunks and where they are, or why its file could not be created.
+type JobChunks = std::result::Result<Vec<(BlobId, Option<crate::cache::BlobLocation>)>, String>;
+/// A batch with its files created and chunks looked up.
+type Prepared = (Vec<FileJob>, Vec<Result<JobChunks>>);
+
 /// Files per batch, and content bytes per batch: bounds the plan's memory.
-const BATCH_FILES: usize = 16384;
+const BATCH_FILES: usize = 8192;
 const BATCH_BYTES: u64 = 1 << 30;
 /// Blobs closer than this in a pack are fetched in one range.
 const COALESCE_GAP: u64 = 256 << 10;
@@ -269,18 +274,34 @@ impl Indexed {
             .files_done
             .store(report.files_skipped, Ordering::Relaxed);
 
-        // Phase 2: contents, in batches planned in pack order.
+        // Phase 2: contents, in batches planned in pack order. The next batch is prepared
+        // while this one is written, so no core idles between batches.
         let mut jobs = std::collections::VecDeque::from(jobs);
-        while !jobs.is_empty() {
+        let mut take = || -> Option<Vec<FileJob>> {
             let (mut n, mut bytes) = (0, 0);
             while n < jobs.len() && n < BATCH_FILES && (bytes < BATCH_BYTES || n == 0) {
                 bytes += jobs[n].node.size;
                 n += 1;
             }
-            let batch: Vec<FileJob> = jobs.drain(..n).collect();
-            let (written, restored) = self.write_batch(batch, opts, &col).await?;
+            (n > 0).then(|| jobs.drain(..n).collect())
+        };
+        let mut current = match take() {
+            Some(b) => Some(self.prepare_batch(b).await),
+            None => None,
+        };
+        while let Some(prepared) = current.take() {
+            let next = take();
+            let (done, prepared_next) =
+                tokio::join!(self.write_batch(prepared, opts, &col), async {
+                    match next {
+                        Some(b) => Some(self.prepare_batch(b).await),
+                        None => None,
+                    }
+                });
+            let (written, restored) = done?;
             report.bytes_written += written;
             report.files_restored += restored;
+            current = prepared_next;
         }
 
         // Phase 3: directory metadata, deepest first.
@@ -466,9 +487,56 @@ impl Indexed {
     }
 
     /// Write one batch of files, fetching each pack range once.
+    /// Create a batch's files and look up their chunks, on every core: creating a file
+    /// is the costliest step of restoring a small one (the file system's inode search).
+    async fn prepare_batch(&self, batch: Vec<FileJob>) -> Prepared {
+        {
+            let idx = self.clone();
+            tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                let prepared: Vec<Result<JobChunks>> = batch
+                    .par_iter()
+                    .map_init(
+                        || idx.index.session(),
+                        |l, job| {
+                            let NodeKind::File { content, .. } = &job.node.kind else {
+                                return Ok(Ok(Vec::new()));
+                            };
+                            // Create (or truncate) at its final size: holes where nothing
+                            // is written.
+                            let created = std::fs::OpenOptions::new()
+                                .write(true)
+                                .create(true)
+                                .truncate(true)
+                                .open(&job.path)
+                                .and_then(|f| f.set_len(job.node.size));
+                            if let Err(e) = created {
+                                return Ok(Err(format!("cannot create: {e}")));
+                            }
+                            let mut locs = Vec::with_capacity(content.len());
+                            for id in content {
+                                let loc = idx.index.lookup_in(l, id)?;
+                                let missing = loc.is_none();
+                                locs.push((*id, loc));
+                                if missing {
+                                    break;
+                                }
+                            }
+                            Ok(Ok(locs))
+                        },
+                    )
+                    .collect();
+                (batch, prepared)
+            })
+            .await
+            .expect("restore planning panicked")
+        }
+    }
+
+    /// Write one prepared batch of files, fetching each pack range once.
     async fn write_batch(
         &self,
-        batch: Vec<FileJob>,
+        (batch, prepared): Prepared,
         opts: &RestoreOptions,
         col: &Arc<Collector>,
     ) -> Result<(u64, u64)> {
@@ -480,48 +548,6 @@ impl Indexed {
             Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
         let damaged: Arc<Vec<AtomicBool>> =
             Arc::new(batch.iter().map(|_| AtomicBool::new(false)).collect());
-        // Create the files and look up their chunks on every core: creating a file is
-        // the costliest step of restoring a small one (the file system's inode search).
-        type Prepared =
-            std::result::Result<Vec<(BlobId, Option<crate::cache::BlobLocation>)>, String>;
-        let (batch, prepared) = {
-            let idx = self.clone();
-            tokio::task::spawn_blocking(move || {
-                use rayon::prelude::*;
-                let prepared: Vec<Result<Prepared>> = batch
-                    .par_iter()
-                    .map(|job| {
-                        let NodeKind::File { content, .. } = &job.node.kind else {
-                            return Ok(Ok(Vec::new()));
-                        };
-                        // Create (or truncate) at its final size: holes where nothing
-                        // is written.
-                        let created = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .open(&job.path)
-                            .and_then(|f| f.set_len(job.node.size));
-                        if let Err(e) = created {
-                            return Ok(Err(format!("cannot create: {e}")));
-                        }
-                        let mut locs = Vec::with_capacity(content.len());
-                        for id in content {
-                            let loc = idx.index.lookup(id)?;
-                            let missing = loc.is_none();
-                            locs.push((*id, loc));
-                            if missing {
-                                break;
-                            }
-                        }
-                        Ok(Ok(locs))
-                    })
-                    .collect();
-                (batch, prepared)
-            })
-            .await
-            .expect("restore planning panicked")
-        };
         for (j, (job, prep)) in batch.iter().zip(prepared).enumerate() {
             let locs = match prep? {
                 Ok(l) => l,

@@ -285,6 +285,12 @@ impl Writer {
         Ok(id)
     }
 
+    /// [`Writer::has`] with a lookup session, for many checks in a row.
+    pub(crate) fn has_in(&self, l: &mut crate::cache::Lookup<'_>, id: &BlobId) -> Result<bool> {
+        Ok(self.shared.claimed.lock().expect("lock").contains(id)
+            || self.shared.idx.index.has_in(l, id)?)
+    }
+
     /// Whether the repository (or this writer) has a blob a writer may reuse.
     pub fn has(&self, id: &BlobId) -> Result<bool> {
         Ok(self.shared.claimed.lock().expect("lock").contains(id)
