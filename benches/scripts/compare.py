@@ -144,6 +144,11 @@ def restore_dir(a, size):
     return os.path.join(a.work, "restore-target")
 
 
+def warm(path):
+    """Read a tree once so that its files are in the page cache."""
+    subprocess.run(["sh", "-c", f"tar -cf - -C '{path}' . | cat > /dev/null"], check=True)
+
+
 def median(step, n):
     """Run a timed step n times; the run with the median wall time. The machine is shared:
     one slow outlier should not decide a ratio, and neither should one fast one."""
@@ -217,7 +222,7 @@ def main():
         info[name] = (path, files, size)
         log(f"{name}: {path}, {files} files, {size / (1 << 20):.0f} MiB")
         # Warm the page cache, then the box's limits.
-        subprocess.run(["sh", "-c", f"tar -cf - -C '{path}' . | cat > /dev/null"], check=True)
+        warm(path)
         limits[(name, "read")] = median(lambda: r.timed(f"tar -cf - -C '{path}' . | cat > /dev/null",
                                                         shell=True), a.repeat)
         limits[(name, "zstd")] = median(lambda: r.timed(
@@ -232,6 +237,7 @@ def main():
                 subprocess.run([a.data_gen, "mutate", second, "100", "200", "5"], check=True, stdout=subprocess.DEVNULL)
         for tool in TOOLS:
             log(f"{name}: {tool}")
+            warm(path)
 
             def first():
                 r.init(tool, name)
@@ -243,6 +249,8 @@ def main():
             target = restore_dir(a, size)
             results[(name, "restore", tool)] = median(lambda: r.restore(tool, name, target), a.repeat)
             if second:
+                # Warm for every tool alike: the first to run would otherwise read it cold.
+                warm(second)
                 results[(name, "similar tree", tool)] = r.backup(tool, name, second)
             shutil.rmtree(r.repo(tool, name), ignore_errors=True)
 
@@ -288,7 +296,7 @@ def render(a, info, results, sizes, limits):
                    f"{', '.join(PEERS)} alone and the targets are not judged complete.")
     if a.quick:
         out.append("- **Quick run (small data)**: a smoke run, not the record the targets ask for.")
-    out.append("- Page cache warm (each tree read once before timing); repositories on local disk; "
+    out.append("- Page cache warm (each tree read before each tool's run); repositories on local disk; "
                f"restores into {' and '.join(sorted(RESTORE_DIRS)) or '?'}.")
     out.append(f"- Each timed step (and each limit) run {a.repeat} times; the table shows the run with "
                "the median wall time. The similar-tree backup runs once (a second run would have "

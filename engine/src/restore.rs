@@ -132,6 +132,13 @@ type Prepared = (Vec<FileJob>, Vec<Result<JobChunks>>);
 
 /// Files per batch, and content bytes per batch: bounds the plan's memory.
 const BATCH_FILES: usize = 8192;
+
+thread_local! {
+    /// Each worker's buffer for decrypted blobs: no fresh pages per blob.
+    static PLAIN_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+/// Workers keep a buffer up to this size between ranges (the average chunk is 1 MiB).
+const PLAIN_BUF_KEEP: usize = 4 << 20;
 const BATCH_BYTES: u64 = 1 << 30;
 /// Blobs closer than this in a pack are fetched in one range.
 const COALESCE_GAP: u64 = 256 << 10;
@@ -670,14 +677,17 @@ impl Indexed {
                     };
                     // Consecutive blobs mostly go to one file: keep it open between them.
                     let mut open: Option<(usize, std::fs::File)> = None;
+                    let mut scratch = PLAIN_BUF.take();
                     for (entry, targets) in &blobs {
                         let plain = bytes.as_ref().map(|b| {
                             let from = (entry.offset as u64 - start) as usize;
-                            pack::open_blob(
+                            pack::open_blob_into(
                                 &idx.repo.keys,
                                 entry,
                                 &b[from..from + entry.length as usize],
+                                &mut scratch,
                             )
+                            .map(|()| scratch.as_slice())
                         });
                         for (j, off) in targets {
                             let job = &batch[*j];
@@ -739,6 +749,9 @@ impl Indexed {
                                 );
                             }
                         }
+                    }
+                    if scratch.capacity() <= PLAIN_BUF_KEEP {
+                        PLAIN_BUF.set(scratch);
                     }
                     Ok(())
                 })

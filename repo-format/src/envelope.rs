@@ -322,6 +322,27 @@ pub fn open(
     sealed: &[u8],
     max_len: usize,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_into(keys, kind, context, sealed, max_len, &mut out)?;
+    Ok(out)
+}
+
+thread_local! {
+    /// Decrypted (still compressed) payloads: reused, so that opening a blob allocates
+    /// and faults in no fresh pages for it.
+    static OPEN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`open`] into `out` (cleared first), whose allocation a caller may reuse.
+pub fn open_into(
+    keys: &Keys,
+    kind: Kind,
+    context: &[u8],
+    sealed: &[u8],
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
     let what = kind.what();
     if sealed.len() < OVERHEAD {
         return Err(Error::corrupt(
@@ -347,14 +368,29 @@ pub fn open(
             max: max_len as u64,
         });
     }
-    let mut buf = vec![0u8; ct.len()];
     let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(what, "bad tag length"))?;
-    let inout =
-        InOutBuf::new(ct, &mut buf).map_err(|_| Error::corrupt(what, "buffer length mismatch"))?;
-    blob_cipher(keys, &nonce)
-        .decrypt_inout_detached(&gcm_iv(&nonce), &aad(kind as u8, context), inout, &tag)
-        .map_err(|_| Error::corrupt(what, "authentication failed (damaged or tampered)"))?;
+    OPEN_BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        buf.clear();
+        buf.resize(ct.len(), 0);
+        let inout = InOutBuf::new(ct, &mut buf)
+            .map_err(|_| Error::corrupt(what, "buffer length mismatch"))?;
+        blob_cipher(keys, &nonce)
+            .decrypt_inout_detached(&gcm_iv(&nonce), &aad(kind as u8, context), inout, &tag)
+            .map_err(|_| Error::corrupt(what, "authentication failed (damaged or tampered)"))?;
+        let r = decode_payload(what, &buf, max_len, out);
+        // Keep a typical chunk's worth, not the largest ever seen, per thread.
+        if buf.capacity() > OPEN_BUF_KEEP {
+            *buf = Vec::new();
+        }
+        r
+    })
+}
 
+const OPEN_BUF_KEEP: usize = 4 << 20;
+
+/// The decrypted payload (data, raw length, compression) into `out`.
+fn decode_payload(what: What, buf: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<()> {
     let payload_len = buf.len() - INNER_TRAILER_LEN;
     let raw_len = read_u32(&buf[payload_len..payload_len + 4]) as usize;
     let comp = buf[payload_len + 4];
@@ -366,8 +402,8 @@ pub fn open(
                     format!("length {raw_len} recorded, {payload_len} stored"),
                 ));
             }
-            buf.truncate(payload_len);
-            Ok(buf)
+            out.extend_from_slice(&buf[..payload_len]);
+            Ok(())
         }
         COMP_ZSTD => {
             if raw_len > max_len {
@@ -377,7 +413,7 @@ pub fn open(
                     max: max_len as u64,
                 });
             }
-            let mut out = Vec::with_capacity(raw_len);
+            out.reserve(raw_len);
             let n = DECOMPRESSOR.with(|d| -> Result<usize> {
                 let mut slot = d.borrow_mut();
                 if slot.is_none() {
@@ -387,7 +423,7 @@ pub fn open(
                     );
                 }
                 let dec = slot.as_mut().expect("set just above");
-                dec.decompress_to_buffer(&buf[..payload_len], &mut out)
+                dec.decompress_to_buffer(&buf[..payload_len], out)
                     .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))
             })?;
             if n != raw_len {
@@ -396,7 +432,7 @@ pub fn open(
                     format!("decompressed to {n} bytes, {raw_len} recorded"),
                 ));
             }
-            Ok(out)
+            Ok(())
         }
         other => Err(Error::Unsupported {
             what,

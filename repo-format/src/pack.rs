@@ -349,6 +349,18 @@ pub fn read_pack(keys: &Keys, bytes: &[u8], expected: Option<PackId>) -> Result<
 
 /// Open one blob cut from a pack and check it against its ID.
 pub fn open_blob(keys: &Keys, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+    let mut plain = Vec::new();
+    open_blob_into(keys, entry, sealed, &mut plain)?;
+    Ok(plain)
+}
+
+/// [`open_blob`] into `plain` (cleared first), whose allocation a caller may reuse.
+pub fn open_blob_into(
+    keys: &Keys,
+    entry: &PackEntry,
+    sealed: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<()> {
     if sealed.len() != entry.length as usize {
         return Err(Error::corrupt(
             What::Envelope,
@@ -360,12 +372,13 @@ pub fn open_blob(keys: &Keys, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8
             ),
         ));
     }
-    let plain = envelope::open(
+    envelope::open_into(
         keys,
         entry.blob_type.kind(),
         &[],
         sealed,
         envelope::MAX_BLOB_LEN,
+        plain,
     )?;
     if plain.len() != entry.raw_length as usize {
         return Err(Error::corrupt(
@@ -378,11 +391,11 @@ pub fn open_blob(keys: &Keys, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8
             ),
         ));
     }
-    if keys.blob_id(entry.blob_type, &plain) != entry.id {
+    if keys.blob_id(entry.blob_type, plain) != entry.id {
         return Err(Error::corrupt(
             What::Envelope,
             format!("blob {} does not hash to its ID", entry.id.short()),
         ));
     }
-    Ok(plain)
+    Ok(())
 }
