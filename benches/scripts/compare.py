@@ -302,6 +302,23 @@ def render(a, info, results, sizes, limits):
                "the median wall time. The similar-tree backup runs once (a second run would have "
                "the first as its parent).")
     out.append("")
+    out.append("## Commands\n")
+    out.append("Regenerate with `benches/scripts/compare.sh` (`--quick` for a smoke run, `--real DIR` for "
+               "another tree, `--repeat N`). Each tool, with its password in the environment:\n")
+    out.append("| step | arca | restic | rustic |")
+    out.append("|---|---|---|---|")
+    out.append("| init | `arca --repo R repo init` | `restic --repo R init --repository-version 2` "
+               "| `rustic --repository R init` |")
+    out.append("| backup | `arca --repo R -q snapshot create DIR` | `restic --repo R -q backup DIR` "
+               "| `rustic --repository R --no-progress backup DIR` |")
+    out.append("| restore | `arca --repo R -q snapshot restore latest --target T` "
+               "| `restic --repo R -q restore latest --target T` "
+               "| `rustic --repository R --no-progress restore latest T` |")
+    out.append("")
+    out.append("Limits: `tar -cf - -C DIR . | zstd -T0 -3 -q -c > /dev/null` and "
+               "`tar -cf - -C DIR . | cat > /dev/null`. Times from `/usr/bin/time` (wall, user + "
+               "system, maximum RSS); repository size is the directory's disk usage after the first "
+               "backup. Each tool keeps its cache in the work directory.\n")
     out.append("## Data\n")
     out.append("| dataset | path | files | size |")
     out.append("|---|---|---:|---:|")
