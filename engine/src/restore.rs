@@ -497,47 +497,45 @@ impl Indexed {
     /// Create a batch's files and look up their chunks, on every core: creating a file
     /// is the costliest step of restoring a small one (the file system's inode search).
     async fn prepare_batch(&self, batch: Vec<FileJob>) -> Prepared {
-        {
-            let idx = self.clone();
-            tokio::task::spawn_blocking(move || {
-                use rayon::prelude::*;
-                let prepared: Vec<Result<JobChunks>> = batch
-                    .par_iter()
-                    .map_init(
-                        || idx.index.session(),
-                        |l, job| {
-                            let NodeKind::File { content, .. } = &job.node.kind else {
-                                return Ok(Ok(Vec::new()));
-                            };
-                            // Create (or truncate) at its final size: holes where nothing
-                            // is written.
-                            let created = std::fs::OpenOptions::new()
-                                .write(true)
-                                .create(true)
-                                .truncate(true)
-                                .open(&job.path)
-                                .and_then(|f| f.set_len(job.node.size));
-                            if let Err(e) = created {
-                                return Ok(Err(format!("cannot create: {e}")));
+        let idx = self.clone();
+        tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            let prepared: Vec<Result<JobChunks>> = batch
+                .par_iter()
+                .map_init(
+                    || idx.index.session(),
+                    |l, job| {
+                        let NodeKind::File { content, .. } = &job.node.kind else {
+                            return Ok(Ok(Vec::new()));
+                        };
+                        // Create (or truncate) at its final size: holes where nothing
+                        // is written.
+                        let created = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .open(&job.path)
+                            .and_then(|f| f.set_len(job.node.size));
+                        if let Err(e) = created {
+                            return Ok(Err(format!("cannot create: {e}")));
+                        }
+                        let mut locs = Vec::with_capacity(content.len());
+                        for id in content {
+                            let loc = idx.index.lookup_in(l, id)?;
+                            let missing = loc.is_none();
+                            locs.push((*id, loc));
+                            if missing {
+                                break;
                             }
-                            let mut locs = Vec::with_capacity(content.len());
-                            for id in content {
-                                let loc = idx.index.lookup_in(l, id)?;
-                                let missing = loc.is_none();
-                                locs.push((*id, loc));
-                                if missing {
-                                    break;
-                                }
-                            }
-                            Ok(Ok(locs))
-                        },
-                    )
-                    .collect();
-                (batch, prepared)
-            })
-            .await
-            .expect("restore planning panicked")
-        }
+                        }
+                        Ok(Ok(locs))
+                    },
+                )
+                .collect();
+            (batch, prepared)
+        })
+        .await
+        .expect("restore planning panicked")
     }
 
     /// Write one prepared batch of files, fetching each pack range once.

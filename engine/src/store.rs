@@ -108,7 +108,10 @@ fn write_direct(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     // `name#digits`: object_store's own staging names, which its listings skip.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!("#{}", rand_digits()));
+    tmp.push(format!(
+        "#{}",
+        getrandom::u64().unwrap_or(0) % 1_000_000_000_000
+    ));
     let tmp = std::path::PathBuf::from(tmp);
     let file = match std::fs::OpenOptions::new()
         .write(true)
@@ -155,12 +158,6 @@ fn write_direct(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(true)
-}
-
-fn rand_digits() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b) % 1_000_000_000_000
 }
 
 impl fmt::Debug for ObjectStoreBackend {

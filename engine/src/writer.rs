@@ -293,8 +293,7 @@ impl Writer {
 
     /// Whether the repository (or this writer) has a blob a writer may reuse.
     pub fn has(&self, id: &BlobId) -> Result<bool> {
-        Ok(self.shared.claimed.lock().expect("lock").contains(id)
-            || self.shared.idx.index.has(id)?)
+        self.has_in(&mut self.shared.idx.index.session(), id)
     }
 
     /// Flush everything: close the packs, wait for uploads, write the last index file.
