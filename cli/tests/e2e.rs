@@ -454,6 +454,8 @@ fn restore_sub_path_tar_stream_and_existing_policies() {
     assert!(r["files_restored"].as_u64().unwrap() > 10);
     assert_eq!(std::fs::read(&outside).unwrap(), b"local edit");
     assert_same_tree(&src, &dst);
+    // `fail` checks every path before writing anything: a missing file stays missing.
+    std::fs::remove_file(dst.join("plain.txt")).unwrap();
     let out = env.run(&[
         "snapshot",
         "restore",
@@ -465,6 +467,7 @@ fn restore_sub_path_tar_stream_and_existing_policies() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert!(!dst.join("plain.txt").exists());
 }
 
 #[test]

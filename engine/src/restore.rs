@@ -1,12 +1,14 @@
 //! Restore of a snapshot (or a sub-path of it) into a directory, or as a tar stream.
 //!
-//! Directory restore runs in three phases:
-//! 1. walk the snapshot's trees: create directories, symlinks, fifos and devices, decide
-//!    per file whether to write it (existing-file policy), group hard links;
-//! 2. write file contents in batches, each planned **in pack order**: every pack range is
-//!    fetched once, blobs are authenticated and written at their offsets by several
+//! Directory restore runs in three phases, the first two at once:
+//! 1. walk the snapshot's trees (on a thread of its own): create directories, symlinks,
+//!    fifos and devices, decide per file whether to write it (existing-file policy), note
+//!    hard links, and hand the files on in batches;
+//! 2. write file contents batch by batch, each planned **in pack order**: every pack range
+//!    is fetched once, blobs are authenticated and written at their offsets by several
 //!    workers at once, and all-zero chunks of sparse files are left as holes;
-//! 3. apply directory metadata, deepest first.
+//! 3. create the extra names of hard-linked files, then apply directory metadata,
+//!    deepest first.
 //!
 //! A file's modification time is set only after its content is complete, so a rerun after
 //! an interruption recognises finished files (same size and mtime) and skips them.
@@ -76,9 +78,9 @@ impl RestoreOptions {
 /// Live counters.
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
-    /// Files to write (known after the walk).
+    /// Files to write: grows while the walk runs, final once it ends.
     pub total_files: AtomicU64,
-    /// Bytes to write.
+    /// Bytes to write (grows like `total_files`).
     pub total_bytes: AtomicU64,
     /// Files finished or skipped.
     pub files_done: AtomicU64,
@@ -110,19 +112,41 @@ pub struct RestoreReport {
 /// What the walk of phase 1 collects.
 #[derive(Default)]
 struct Plan {
-    jobs: Vec<FileJob>,
+    /// Files not yet handed on in a batch.
+    jobs: std::collections::VecDeque<FileJob>,
     dirs: Vec<(PathBuf, Node)>,
-    /// Hard-link groups: (device, inode) → the job that writes the content.
-    groups: HashMap<(u64, u64), usize>,
+    /// Hard-link groups: (device, inode) → the name that gets the content.
+    groups: HashMap<(u64, u64), PathBuf>,
+    /// The other names of hard-linked files: group, the name with the content, the link.
+    links: Vec<((u64, u64), PathBuf, PathBuf)>,
     /// Directories still to walk: tree, target path, and whether the directory is new
     /// (then nothing in it exists and nothing is looked up).
     stack: Vec<(BlobId, PathBuf, bool)>,
 }
 
+impl Plan {
+    /// The next batch of files: a full one, or (at the end of the walk) what is left.
+    fn take_batch(&mut self, all: bool) -> Option<Vec<FileJob>> {
+        let (mut n, mut bytes) = (0, 0);
+        while n < self.jobs.len() && n < BATCH_FILES && (bytes < BATCH_BYTES || n == 0) {
+            bytes += self.jobs[n].node.size;
+            n += 1;
+        }
+        let full = n == BATCH_FILES || bytes >= BATCH_BYTES;
+        (n > 0 && (full || all)).then(|| self.jobs.drain(..n).collect())
+    }
+}
+
+/// What the walk leaves for phase 3.
+struct Walked {
+    dirs: Vec<(PathBuf, Node)>,
+    links: Vec<((u64, u64), PathBuf, PathBuf)>,
+    report: RestoreReport,
+}
+
 struct FileJob {
     path: PathBuf,
     node: Node,
-    links: Vec<PathBuf>,
 }
 
 /// A job's chunks and where they are, or why its file could not be created.
@@ -156,6 +180,9 @@ struct Collector {
     errors: Mutex<Vec<ItemProblem>>,
     warnings: Mutex<Vec<ItemProblem>>,
     progress: Arc<RestoreProgress>,
+    /// Hard-link groups (device, inode) whose first file was restored whole: their other
+    /// names are linked to it at the end.
+    linked: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl Collector {
@@ -222,6 +249,7 @@ impl Indexed {
             errors: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
             progress: progress.clone(),
+            linked: Mutex::new(Default::default()),
         });
         let mut report = RestoreReport::default();
         std::fs::create_dir_all(&opts.target).map_err(|e| Error::io("create", &opts.target, e))?;
@@ -257,50 +285,27 @@ impl Indexed {
                 }
             },
         }
-        while let Some((id, dir, fresh)) = plan.stack.pop() {
-            if opts.cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            let tree = match self.read_tree(&id).await {
-                Ok(t) => t,
-                Err(e) => {
-                    col.error(&dir, format!("directory content lost: {e}"));
-                    continue;
-                }
-            };
-            self.place(&tree, &dir, fresh, opts, &col, &mut report, &mut plan)?;
-        }
-        let Plan { jobs, dirs, .. } = plan;
-        progress
-            .total_files
-            .store(jobs.len() as u64 + report.files_skipped, Ordering::Relaxed);
-        progress
-            .total_bytes
-            .store(jobs.iter().map(|j| j.node.size).sum(), Ordering::Relaxed);
-        progress
-            .files_done
-            .store(report.files_skipped, Ordering::Relaxed);
-
-        // Phase 2: contents, in batches planned in pack order. The next batch is prepared
-        // while this one is written, so no core idles between batches.
-        let mut jobs = std::collections::VecDeque::from(jobs);
-        let mut take = || -> Option<Vec<FileJob>> {
-            let (mut n, mut bytes) = (0, 0);
-            while n < jobs.len() && n < BATCH_FILES && (bytes < BATCH_BYTES || n == 0) {
-                bytes += jobs[n].node.size;
-                n += 1;
-            }
-            (n > 0).then(|| jobs.drain(..n).collect())
+        // Phases 1 and 2 at once: the walk hands batches over a short queue, so the plan
+        // in memory stays a few batches however large the snapshot. With `--existing fail`
+        // into a directory that has content, the whole walk comes first: nothing is
+        // written unless every path is free.
+        let hold = opts.existing == Existing::Fail && !fresh;
+        let (btx, mut brx) = tokio::sync::mpsc::channel::<Vec<FileJob>>(1);
+        let walker = {
+            let (idx, opts, col) = (self.clone(), opts.clone(), col.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || idx.walk(plan, &opts, &col, &handle, &btx, hold))
         };
-        let mut current = match take() {
+        // The next batch is prepared while this one is written, so no core idles
+        // between batches.
+        let mut current = match brx.recv().await {
             Some(b) => Some(self.prepare_batch(b).await),
             None => None,
         };
         while let Some(prepared) = current.take() {
-            let next = take();
             let (done, prepared_next) =
                 tokio::join!(self.write_batch(prepared, opts, &col), async {
-                    match next {
+                    match brx.recv().await {
                         Some(b) => Some(self.prepare_batch(b).await),
                         None => None,
                     }
@@ -310,9 +315,25 @@ impl Indexed {
             report.files_restored += restored;
             current = prepared_next;
         }
+        let walked = walker.await.expect("restore walk panicked")?;
+        report.dirs += walked.report.dirs;
+        report.others += walked.report.others;
+        report.files_skipped += walked.report.files_skipped;
 
-        // Phase 3: directory metadata, deepest first.
-        for (path, node) in dirs.iter().rev() {
+        // Phase 3: hard links to files restored whole, then directory metadata, deepest
+        // first.
+        let linked = std::mem::take(&mut *col.linked.lock().expect("lock"));
+        for (group, first, link) in &walked.links {
+            if !linked.contains(group) {
+                continue;
+            }
+            let _ = std::fs::remove_file(link);
+            match std::fs::hard_link(first, link) {
+                Ok(()) => report.others += 1,
+                Err(e) => col.error(link, format!("cannot create hard link: {e}")),
+            }
+        }
+        for (path, node) in walked.dirs.iter().rev() {
             for p in fsmeta::apply(path, node, opts.ownership) {
                 col.warn(path, p);
             }
@@ -320,6 +341,65 @@ impl Indexed {
         report.errors = std::mem::take(&mut *col.errors.lock().expect("lock"));
         report.warnings = std::mem::take(&mut *col.warnings.lock().expect("lock"));
         Ok(report)
+    }
+
+    /// Phase 1, on a blocking thread: walk the trees left in `plan`, sending batches of
+    /// files to `out` (or keeping them all until the end when `hold`).
+    fn walk(
+        &self,
+        mut plan: Plan,
+        opts: &RestoreOptions,
+        col: &Collector,
+        handle: &tokio::runtime::Handle,
+        out: &tokio::sync::mpsc::Sender<Vec<FileJob>>,
+        hold: bool,
+    ) -> Result<Walked> {
+        let mut report = RestoreReport::default();
+        let mut held = Vec::new();
+        let hand_on = |batch: Vec<FileJob>, held: &mut Vec<Vec<FileJob>>| {
+            let p = &col.progress;
+            p.total_files
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            p.total_bytes
+                .fetch_add(batch.iter().map(|j| j.node.size).sum(), Ordering::Relaxed);
+            if hold {
+                held.push(batch);
+                Ok(())
+            } else {
+                // The receiver is gone only when the restore already failed.
+                out.blocking_send(batch).map_err(|_| Error::Cancelled)
+            }
+        };
+        loop {
+            while let Some(batch) = plan.take_batch(false) {
+                hand_on(batch, &mut held)?;
+            }
+            let Some((id, dir, fresh)) = plan.stack.pop() else {
+                break;
+            };
+            if opts.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let tree = match handle.block_on(self.read_tree(&id)) {
+                Ok(t) => t,
+                Err(e) => {
+                    col.error(&dir, format!("directory content lost: {e}"));
+                    continue;
+                }
+            };
+            self.place(&tree, &dir, fresh, opts, col, &mut report, &mut plan)?;
+        }
+        while let Some(batch) = plan.take_batch(true) {
+            hand_on(batch, &mut held)?;
+        }
+        for batch in held {
+            out.blocking_send(batch).map_err(|_| Error::Cancelled)?;
+        }
+        Ok(Walked {
+            dirs: plan.dirs,
+            links: plan.links,
+            report,
+        })
     }
 
     /// Create the entries of one tree under `dir`; queue files and subdirectories.
@@ -338,6 +418,7 @@ impl Indexed {
             jobs,
             dirs,
             groups,
+            links,
             stack,
         } = plan;
         for node in &tree.nodes {
@@ -386,10 +467,11 @@ impl Indexed {
                     stack.push((*subtree, path, !existing.is_some_and(|m| m.is_dir())));
                 }
                 NodeKind::File { .. } => {
+                    let group = (node.device, node.inode);
                     if node.links > 1
-                        && let Some(&first) = groups.get(&(node.device, node.inode))
+                        && let Some(first) = groups.get(&group)
                     {
-                        jobs[first].links.push(path);
+                        links.push((group, first.clone(), path));
                         continue;
                     }
                     if let Some(m) = &existing {
@@ -407,6 +489,8 @@ impl Indexed {
                                         == node.mtime =>
                             {
                                 report.files_skipped += 1;
+                                col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                                col.progress.total_files.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
                             _ => {
@@ -424,12 +508,11 @@ impl Indexed {
                         }
                     }
                     if node.links > 1 {
-                        groups.insert((node.device, node.inode), jobs.len());
+                        groups.insert(group, path.clone());
                     }
-                    jobs.push(FileJob {
+                    jobs.push_back(FileJob {
                         path,
                         node: node.clone(),
-                        links: Vec::new(),
                     });
                 }
                 other => {
@@ -876,11 +959,11 @@ fn finish_file(
         col.warn(&job.path, p);
     }
     restored.fetch_add(1, Ordering::Relaxed);
-    for link in &job.links {
-        let _ = std::fs::remove_file(link);
-        if let Err(e) = std::fs::hard_link(&job.path, link) {
-            col.error(link, format!("cannot create hard link: {e}"));
-        }
+    if job.node.links > 1 {
+        col.linked
+            .lock()
+            .expect("lock")
+            .insert((job.node.device, job.node.inode));
     }
 }
 
