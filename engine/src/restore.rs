@@ -296,24 +296,18 @@ impl Indexed {
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || idx.walk(plan, &opts, &col, &handle, &btx, hold))
         };
-        // The next batch is prepared while this one is written, so no core idles
-        // between batches.
-        let mut current = match brx.recv().await {
-            Some(b) => Some(self.prepare_batch(b).await),
-            None => None,
-        };
-        while let Some(prepared) = current.take() {
-            let (done, prepared_next) =
-                tokio::join!(self.write_batch(prepared, opts, &col), async {
-                    match brx.recv().await {
-                        Some(b) => Some(self.prepare_batch(b).await),
-                        None => None,
-                    }
-                });
+        // Two batches are written at once, and the next is prepared as soon as one of
+        // them ends, so no core idles at a batch's tail. They share one fetch budget.
+        let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize));
+        let writes = futures::stream::poll_fn(|cx| brx.poll_recv(cx))
+            .then(|b| self.prepare_batch(b))
+            .map(|prepared| self.write_batch(prepared, opts, &col, &budget))
+            .buffer_unordered(2);
+        let mut writes = std::pin::pin!(writes);
+        while let Some(done) = writes.next().await {
             let (written, restored) = done?;
             report.bytes_written += written;
             report.files_restored += restored;
-            current = prepared_next;
         }
         let walked = walker.await.expect("restore walk panicked")?;
         report.dirs += walked.report.dirs;
@@ -627,6 +621,7 @@ impl Indexed {
         (batch, prepared): Prepared,
         opts: &RestoreOptions,
         col: &Arc<Collector>,
+        budget: &Arc<tokio::sync::Semaphore>,
     ) -> Result<(u64, u64)> {
         // Where every blob goes: (job, offset in file).
         type Targets = Vec<(usize, u64)>;
@@ -709,7 +704,6 @@ impl Indexed {
         // Pack order: by pack, then offset.
         ranges.sort_by(|a, b| (a.0, a.2[0].0.offset).cmp(&(b.0, b.2[0].0.offset)));
 
-        let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize));
         let results = futures::stream::iter(ranges.into_iter().map(|(pack_id, kind, blobs)| {
             let budget = budget.clone();
             let (idx, batch, remaining, damaged, col, written, restored) = (
@@ -728,8 +722,11 @@ impl Indexed {
                 }
                 let start = blobs[0].0.offset as u64;
                 let end = blobs.last().expect("non-empty").0.end();
-                // Twice the range: its bytes, and the blob decrypted from it.
-                let mib = (2 * ((end - start) >> 20) as u32 + 1).min(FETCH_BUDGET_MIB);
+                // The range's bytes, and the largest blob decrypted from it (one at a
+                // time, into the worker's buffer).
+                let largest = blobs.iter().map(|b| b.0.raw_length).max().unwrap_or(0);
+                let mib =
+                    ((((end - start) + largest as u64) >> 20) as u32 + 1).min(FETCH_BUDGET_MIB);
                 let _permit = budget
                     .acquire_many_owned(mib)
                     .await
