@@ -354,40 +354,48 @@ def render(a, info, results, sizes, limits):
         out.append(f"| {name} | {z:.1f} s | {rd:.1f} s | {fmt_ratio(fb / z)} | {fmt_ratio(un / rd)} |")
     out.append("")
     out.append("## Targets\n")
-    out.append("| target | measured (worst dataset) | met |")
-    out.append("|---|---|---|")
+    out.append("The issue's bar is every target met on the real tree; the worst of all datasets is "
+               "shown beside it. The small-files target is judged on the small-files dataset.\n")
+    out.append("| target | real data | worst dataset | met (real) | met (all) |")
+    out.append("|---|---|---|---|---|")
+    real = "real" if "real" in info else next(iter(info))
 
-    def worst(step, kind="wall"):
-        vals = []
-        for name in info:
-            row = [results.get((name, step, t)) for t in TOOLS]
-            if row[0] is None:
-                continue
-            vals.append(row[0][0] / min(x[0] for x in row[1:]))
-        return max(vals) if vals else None
+    def vs_peers(name, step):
+        row = [results.get((name, step, t)) for t in TOOLS]
+        return None if row[0] is None else row[0][0] / min(x[0] for x in row[1:])
 
-    def line(label, value, ok):
-        out.append(f"| {label} | {value} | {'yes' if ok else '**no**'} |")
+    def line(label, per, limit, fmt=fmt_ratio, higher_is_better=False):
+        vals = {n: v for n, v in per.items() if v is not None}
+        if not vals:
+            return
+        ok = (lambda v: v >= limit) if higher_is_better else (lambda v: v <= limit)
+        r = vals.get(real)
+        w = (min if higher_is_better else max)(vals.values())
+        mark = lambda b: "yes" if b else "**no**"
+        out.append(f"| {label} | {fmt(r) if r is not None else 'n/a'} | {fmt(w)} | "
+                   f"{mark(ok(r)) if r is not None else 'n/a'} | {mark(ok(w))} |")
 
     for label, step, limit in [("first backup ≤ 0.4x", "first backup", 0.4),
                                ("unchanged re-backup ≤ 0.3x", "unchanged re-backup", 0.3),
                                ("similar tree ≤ 0.4x", "similar tree", 0.4),
                                ("restore ≤ 0.5x", "restore", 0.5)]:
-        w = worst(step)
-        line(label, fmt_ratio(w), w is not None and w <= limit)
-    rss = max(results[(n, "restore", "arca")][2] for n in info)
-    line("restore peak RSS ≤ 256 MiB", f"{rss:.0f} MiB", rss <= 256)
-    sz = max(sizes[(n, "arca")] / min(sizes[(n, t)] for t in PEERS) for n in info)
-    line("repository size ≤ 1.0x", fmt_ratio(sz), sz <= 1.0)
+        line(label, {n: vs_peers(n, step) for n in info}, limit)
+    line("restore peak RSS ≤ 256 MiB", {n: results[(n, "restore", "arca")][2] for n in info}, 256,
+         fmt=lambda v: f"{v:.0f} MiB")
+    line("repository size ≤ 1.0x",
+         {n: sizes[(n, "arca")] / min(sizes[(n, t)] for t in PEERS) for n in info}, 1.0)
     if "small files" in info:
         files = info["small files"][1]
         fps = {t: files / results[("small files", "first backup", t)][0] for t in TOOLS}
         ratio = fps["arca"] / max(fps[t] for t in PEERS)
-        line("small files ≥ 2.5x files/s", f"{fps['arca']:.0f} files/s, {ratio:.2f}x", ratio >= 2.5)
-    zs = max(results[(n, "first backup", "arca")][0] / max(limits[(n, "zstd")][0], 0.01) for n in info)
-    line("first backup ≤ 1.3x `tar \\| zstd -T0 -3`", fmt_ratio(zs), zs <= 1.3)
-    rd = max(results[(n, "unchanged re-backup", "arca")][0] / max(limits[(n, "read")][0], 0.01) for n in info)
-    line("unchanged re-backup ≤ 1.3x reading the files", fmt_ratio(rd), rd <= 1.3)
+        line("small files ≥ 2.5x files/s", {"small files": ratio}, 2.5,
+             fmt=lambda v: f"{fps['arca']:.0f} files/s, {v:.2f}x", higher_is_better=True)
+    line("first backup ≤ 1.3x `tar \\| zstd -T0 -3`",
+         {n: results[(n, "first backup", "arca")][0] / max(limits[(n, "zstd")][0], 0.01) for n in info},
+         1.3)
+    line("unchanged re-backup ≤ 1.3x reading the files",
+         {n: results[(n, "unchanged re-backup", "arca")][0] / max(limits[(n, "read")][0], 0.01)
+          for n in info}, 1.3)
     out.append("")
     return "\n".join(out) + "\n"
 
