@@ -674,6 +674,7 @@ impl Indexed {
             if remaining[j].load(Ordering::Relaxed) == 0 {
                 finish_file(
                     &batch[j],
+                    None,
                     damaged[j].load(Ordering::Relaxed),
                     opts.ownership,
                     col,
@@ -814,12 +815,12 @@ impl Indexed {
                                 _ => {}
                             }
                             if remaining[*j].fetch_sub(1, Ordering::AcqRel) == 1 {
-                                // Closed before its times are set.
-                                if open.as_ref().is_some_and(|(o, _)| o == j) {
-                                    open = None;
-                                }
+                                // Its last blob: finished through the open file, then
+                                // closed.
+                                let file = open.take_if(|(o, _)| o == j).map(|(_, f)| f);
                                 finish_file(
                                     job,
+                                    file.as_ref(),
                                     damaged[*j].load(Ordering::Relaxed),
                                     ownership,
                                     &col,
@@ -940,8 +941,10 @@ fn write_sparse(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<
     Ok(())
 }
 
+/// Finish a file: its metadata, through `open` when the caller holds it open.
 fn finish_file(
     job: &FileJob,
+    open: Option<&std::fs::File>,
     damaged: bool,
     ownership: bool,
     col: &Collector,
@@ -952,7 +955,11 @@ fn finish_file(
         // Leave the mtime unset: a rerun will rewrite this file.
         return;
     }
-    for p in fsmeta::apply(&job.path, &job.node, ownership) {
+    let problems = match open {
+        Some(f) => fsmeta::apply_file(f, &job.node, ownership),
+        None => fsmeta::apply(&job.path, &job.node, ownership),
+    };
+    for p in problems {
         col.warn(&job.path, p);
     }
     restored.fetch_add(1, Ordering::Relaxed);
