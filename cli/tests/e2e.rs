@@ -253,6 +253,42 @@ fn incremental_backup_stores_only_the_change() {
 }
 
 #[test]
+fn incremental_backup_sees_changed_extended_attributes() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = src.join("tagged");
+    std::fs::write(&f, b"content that does not change").unwrap();
+    if set_xattr(&f, "user.note", b"first").is_err() {
+        eprintln!("skipped: no user extended attributes here");
+        return;
+    }
+    env.backup(&[src.to_str().unwrap()]);
+    // Unchanged attributes are taken from the parent snapshot (same inode and ctime);
+    // a changed one changes the ctime, and the backup must record the new value.
+    set_xattr(&f, "user.note", b"second").unwrap();
+    set_xattr(&f, "user.added", b"new").unwrap();
+    let id = env.backup(&[src.to_str().unwrap()]);
+    let dst = env.path("restored");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        &id,
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+    let (facts, _) = snapshot_of(&dst);
+    let x = &facts[b"tagged".as_slice()].xattrs;
+    assert_eq!(
+        x.get("user.note").map(String::as_str),
+        Some(hex::encode("second").as_str())
+    );
+    assert!(x.contains_key("user.added"), "{x:?}");
+}
+
+#[test]
 fn list_ls_diff_stats_and_snapshot_names() {
     let env = Env::new();
     env.init();

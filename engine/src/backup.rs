@@ -604,12 +604,12 @@ fn problem(path: &Path, what: &str, e: impl std::fmt::Display) -> ItemProblem {
     }
 }
 
-fn find<'a>(tree: Option<&'a Tree>, name: &[u8]) -> Option<&'a Node> {
-    let t = tree?;
-    t.nodes
+/// Where `name` is in a (sorted) tree.
+fn find(tree: Option<&Tree>, name: &[u8]) -> Option<usize> {
+    tree?
+        .nodes
         .binary_search_by(|n| n.name.as_slice().cmp(name))
         .ok()
-        .map(|i| &t.nodes[i])
 }
 
 /// Entries probed (stat, xattrs, unchanged check) at once, in parallel when there are
@@ -626,6 +626,8 @@ struct Probe {
     /// A regular file unchanged since the parent snapshot, whose chunks are all still
     /// stored: it is not read again.
     unchanged: bool,
+    /// The entry's node in the parent snapshot's tree (an index into it).
+    prev: Option<usize>,
 }
 
 fn probe(
@@ -636,23 +638,33 @@ fn probe(
     parent: Option<&Tree>,
     lookup: &mut crate::cache::Lookup<'_>,
 ) -> Probe {
+    let prev = find(parent, name.as_bytes());
     let Ok(m) = &meta else {
         return Probe {
             meta,
             xattrs: Ok(Vec::new()),
             link: None,
             unchanged: false,
+            prev,
         };
     };
-    let xattrs = fsmeta::read_xattrs(path);
+    let prev_node = prev.and_then(|i| Some(&parent?.nodes[i]));
+    // Setting or removing an extended attribute changes the inode's ctime: the same
+    // inode with the same ctime has the attributes the parent snapshot recorded, and
+    // listing them again (a path lookup and a syscall or more per entry) is skipped.
+    let same_inode = prev_node.filter(|p| {
+        p.ctime == Timestamp::new(m.ctime(), m.ctime_nsec() as u32) && p.inode == m.ino()
+    });
+    let xattrs = match same_inode {
+        Some(p) => Ok(p.xattrs.clone()),
+        None => fsmeta::read_xattrs(path),
+    };
     let link = m.file_type().is_symlink().then(|| std::fs::read_link(path));
     let unchanged = m.is_file()
-        && find(parent, name.as_bytes()).is_some_and(|p| {
+        && same_inode.is_some_and(|p| {
             matches!(&p.kind, NodeKind::File { content, .. }
                 if p.size == m.len()
                     && p.mtime == Timestamp::new(m.mtime(), m.mtime_nsec() as u32)
-                    && p.ctime == Timestamp::new(m.ctime(), m.ctime_nsec() as u32)
-                    && p.inode == m.ino()
                     && content.iter().all(|c| ctx.writer.has_in(lookup, c).unwrap_or(false)))
         });
     Probe {
@@ -660,6 +672,7 @@ fn probe(
         xattrs,
         link,
         unchanged,
+        prev,
     }
 }
 
@@ -753,7 +766,7 @@ fn walk_entry(
 ) -> Result<()> {
     let send = |e: Event| tx.send(e);
     let meta = probe.meta.map_err(|e| Error::io("read", path, e))?;
-    let prev = find(parent, name.as_bytes());
+    let prev = probe.prev.and_then(|i| Some(&parent?.nodes[i]));
     let xattrs = match probe.xattrs {
         Ok(x) => x,
         Err(e) => {

@@ -198,7 +198,7 @@ fn nix_mkfifo(p: &Path) {
     assert!(status.success());
 }
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let status = Command::new("python3")
         .args([
             "-c",
