@@ -271,13 +271,7 @@ fn incremental_backup_sees_changed_extended_attributes() {
     set_xattr(&f, "user.added", b"new").unwrap();
     let id = env.backup(&[src.to_str().unwrap()]);
     let dst = env.path("restored");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        &id,
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&id, &dst);
     assert_same_tree(&src, &dst);
     let (facts, _) = snapshot_of(&dst);
     let x = &facts[b"tagged".as_slice()].xattrs;
@@ -453,13 +447,7 @@ fn restore_sub_path_tar_stream_and_existing_policies() {
     // Existing files: skip leaves an identical file, overwrite replaces a changed one,
     // fail stops.
     let dst = env.path("existing");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        &id,
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&id, &dst);
     std::fs::write(dst.join("plain.txt"), b"local edit").unwrap();
     let r = env.json(&[
         "snapshot",
@@ -767,7 +755,7 @@ fn several_writers_at_once_all_succeed_and_restore_exactly() {
     );
     for (w, id) in ids.iter().enumerate() {
         let dst = env.path(&format!("dst{w}"));
-        env.ok(&["snapshot", "restore", id, "--target", dst.to_str().unwrap()]);
+        env.restore(id, &dst);
         assert_same_tree(&sources[w], &dst);
     }
     // No writer session is left behind.
@@ -890,13 +878,7 @@ fn a_missing_damaged_or_foreign_cache_is_rebuilt() {
     let cache = env.path("cache");
     let restore_ok = |name: &str| {
         let dst = env.path(name);
-        env.ok(&[
-            "snapshot",
-            "restore",
-            &id,
-            "--target",
-            dst.to_str().unwrap(),
-        ]);
+        env.restore(&id, &dst);
         assert_same_tree(&src, &dst);
     };
     // Missing.

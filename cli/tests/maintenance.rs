@@ -122,13 +122,7 @@ fn check_forget_gc_and_a_clean_read_data_check() {
     let check = env.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
     let dst = env.path("dst");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        "latest",
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore("latest", &dst);
     assert_same_tree(&src, &dst);
 
     // Quick maintenance compacts the index files of several backups into one.
@@ -361,13 +355,7 @@ fn kill_9_during_backup_and_maintenance_leaves_a_clean_repository() {
         "nothing reused: added {added} of {processed}"
     );
     let dst = env.path("dst");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        "latest",
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore("latest", &dst);
     assert_same_tree(&src, &dst);
 
     // Now kill maintenance in the middle of a full run.
@@ -394,13 +382,7 @@ fn kill_9_during_backup_and_maintenance_leaves_a_clean_repository() {
     env.ok(&["maintenance", "run", "--full", "--safety-margin", "0"]);
     assert_eq!(env.json(&["repo", "check", "--read-data"])["ok"], true);
     let dst = env.path("dst2");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        "latest",
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore("latest", &dst);
     assert_same_tree(&src, &dst);
 }
 
@@ -437,13 +419,7 @@ fn a_damaged_index_file_or_snapshot_is_named_and_the_rest_goes_on() {
         "{v}"
     );
     let dst = env.path("dst");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        &second,
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&second, &dst);
     assert_same_tree(&src, &dst);
     let out = env.run(&[
         "snapshot",
@@ -477,12 +453,6 @@ fn a_damaged_index_file_or_snapshot_is_named_and_the_rest_goes_on() {
     env.ok(&["repo", "repair", "index", "--no-cache"]);
     assert_eq!(env.json(&["repo", "check", "--read-data"])["ok"], true);
     let dst = env.path("dst2");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        &second,
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&second, &dst);
     assert_same_tree(&src, &dst);
 }

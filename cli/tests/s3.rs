@@ -46,13 +46,7 @@ fn backup_and_restore_on_s3_byte_identical_and_incremental() {
     tricky_tree(&src);
     let first = env.json(&["snapshot", "create", src.to_str().unwrap()]);
     let dst = env.path("restored");
-    env.ok(&[
-        "snapshot",
-        "restore",
-        "latest",
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore("latest", &dst);
     assert_same_tree(&src, &dst);
 
     // A small change: only it is stored.
@@ -125,7 +119,7 @@ fn several_writers_at_once_on_s3() {
     }
     for (w, id) in ids.iter().enumerate() {
         let dst = env.path(&format!("dst{w}"));
-        env.ok(&["snapshot", "restore", id, "--target", dst.to_str().unwrap()]);
+        env.restore(id, &dst);
         assert_same_tree(&sources[w], &dst);
     }
 }

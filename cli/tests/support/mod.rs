@@ -83,6 +83,17 @@ impl Env {
         self.ok(&["repo", "init"]);
     }
 
+    /// Restore a snapshot (ID or name) into `target`; the command's output.
+    pub fn restore(&self, id: &str, target: &Path) -> String {
+        self.ok(&[
+            "snapshot",
+            "restore",
+            id,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+    }
+
     /// Back up and return the snapshot ID.
     pub fn backup(&self, args: &[&str]) -> String {
         let mut a = vec!["snapshot", "create"];
