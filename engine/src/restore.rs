@@ -570,9 +570,7 @@ impl Indexed {
         Ok(())
     }
 
-    /// Write one batch of files, fetching each pack range once.
-    /// Create a batch's files and look up their chunks, on every core: creating a file
-    /// is the costliest step of restoring a small one (the file system's inode search).
+    /// Look up a batch's chunks, on every core.
     async fn prepare_batch(&self, batch: Vec<FileJob>) -> Prepared {
         let idx = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -585,17 +583,6 @@ impl Indexed {
                         let NodeKind::File { content, .. } = &job.node.kind else {
                             return Ok(Ok(Vec::new()));
                         };
-                        // Create (or truncate) at its final size: holes where nothing
-                        // is written.
-                        let created = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .open(&job.path)
-                            .and_then(|f| f.set_len(job.node.size));
-                        if let Err(e) = created {
-                            return Ok(Err(format!("cannot create: {e}")));
-                        }
                         let mut locs = Vec::with_capacity(content.len());
                         for id in content {
                             let loc = idx.index.lookup_in(l, id)?;
@@ -669,9 +656,20 @@ impl Indexed {
         let batch = Arc::new(batch);
         let written = Arc::new(AtomicU64::new(0));
         let restored = Arc::new(AtomicU64::new(0));
-        // Files with nothing to fetch (empty, or broken above) are finished now.
+        // Files with nothing to fetch (empty, or broken above) are created at their
+        // size and finished now.
         for j in 0..batch.len() {
             if remaining[j].load(Ordering::Relaxed) == 0 {
+                let created = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&batch[j].path)
+                    .and_then(|f| f.set_len(batch[j].node.size));
+                if let Err(e) = created {
+                    col.error(&batch[j].path, format!("cannot create: {e}"));
+                    damaged[j].store(true, Ordering::Relaxed);
+                }
                 finish_file(
                     &batch[j],
                     None,
@@ -779,8 +777,13 @@ impl Indexed {
                                     let mut write = || -> std::io::Result<()> {
                                         if open.as_ref().is_none_or(|(o, _)| o != j) {
                                             open = None;
+                                            // Created by whichever worker comes first; no
+                                            // truncation: the walk removed any file that
+                                            // was in the way, and others may be writing.
                                             let f = std::fs::OpenOptions::new()
                                                 .write(true)
+                                                .create(true)
+                                                .truncate(false)
                                                 .open(&job.path)?;
                                             open = Some((*j, f));
                                         }
@@ -953,6 +956,13 @@ fn finish_file(
     col.progress.files_done.fetch_add(1, Ordering::Relaxed);
     if damaged {
         // Leave the mtime unset: a rerun will rewrite this file.
+        return;
+    }
+    if let (Some(f), NodeKind::File { sparse: true, .. }) = (open, &job.node.kind)
+        && let Err(e) = f.set_len(job.node.size)
+    {
+        // A sparse file's trailing hole is nothing written: only its length makes it.
+        col.error(&job.path, format!("cannot set the length: {e}"));
         return;
     }
     let problems = match open {
