@@ -1085,33 +1085,39 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         }
     };
     let name = desired.name_any();
-    let existing = match create_with_retry(&api, &desired).await {
-        Ok(_) => {
-            run.restored
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            run.info(format!("restored {what}"));
-            return;
+    // A create that finds the item, then a read that does not: a controller deleted it in
+    // between (the EndpointSlice controller removes slices it does not own). Create again.
+    let mut vanished = 0;
+    let existing = loop {
+        match create_with_retry(&api, &desired).await {
+            Ok(_) => {
+                run.restored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                run.info(format!("restored {what}"));
+                return;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
+                Ok(e) => break e,
+                Err(kube::Error::Api(s)) if s.code == 404 && vanished < 3 => vanished += 1,
+                Err(e) => {
+                    run.error(
+                        ns_ref,
+                        cluster,
+                        format!("{what}: exists, and cannot be read: {e}"),
+                    );
+                    return;
+                }
+            },
+            // Validation runs before the existence check (a Service whose node port its
+            // existing copy holds gets 422): an item that exists is handled as one.
+            Err(e) => match api.get_opt(&name).await {
+                Ok(Some(existing)) => break existing,
+                _ => {
+                    run.error(ns_ref, cluster, format!("{what}: {e}"));
+                    return;
+                }
+            },
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
-            Ok(e) => e,
-            Err(e) => {
-                run.error(
-                    ns_ref,
-                    cluster,
-                    format!("{what}: exists, and cannot be read: {e}"),
-                );
-                return;
-            }
-        },
-        // Validation runs before the existence check (a Service whose node port its
-        // existing copy holds gets 422): an item that exists is handled as one.
-        Err(e) => match api.get_opt(&name).await {
-            Ok(Some(existing)) => existing,
-            _ => {
-                run.error(ns_ref, cluster, format!("{what}: {e}"));
-                return;
-            }
-        },
     };
     if gr == "serviceaccounts" {
         // Merge: the secrets, pull secrets, labels and annotations the cluster's
