@@ -76,9 +76,16 @@ pub mod bench {
             self.0.ingest(id, file)
         }
 
-        /// Where a blob is, if known.
+        /// Where a blob is, if known (one lookup on its own).
         pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
             self.0.lookup(id)
+        }
+
+        /// Where each blob is, looked up in one session as a backup's reader or a
+        /// restore's planner does for a batch.
+        pub fn lookup_batch(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
+            let mut l = self.0.session();
+            ids.iter().map(|id| self.0.lookup_in(&mut l, id)).collect()
         }
     }
 }
