@@ -39,6 +39,14 @@ fn new_bar(show: bool) -> ProgressBar {
     bar
 }
 
+fn errors_suffix(errors: u64) -> String {
+    if errors > 0 {
+        format!(" errors {errors}")
+    } else {
+        String::new()
+    }
+}
+
 /// A backup's bar: bytes done of the scanned total, files, bytes added.
 pub fn backup(show: bool, p: Arc<BackupProgress>) -> Bar {
     let bar = new_bar(show);
@@ -61,16 +69,11 @@ pub fn backup(show: bool, p: Arc<BackupProgress>) -> Bar {
                     .written
                     .get()
                     .map_or(0, |w| w.bytes_stored.load(Ordering::Relaxed));
-                let errors = p.errors.load(Ordering::Relaxed);
                 b.set_message(format!(
                     "files {}/{total} stored {}{}",
                     p.files_done.load(Ordering::Relaxed),
                     crate::output::bytes(added),
-                    if errors > 0 {
-                        format!(" errors {errors}")
-                    } else {
-                        String::new()
-                    }
+                    errors_suffix(p.errors.load(Ordering::Relaxed))
                 ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -86,12 +89,21 @@ pub fn restore(show: bool, p: Arc<RestoreProgress>) -> Bar {
         let b = bar.clone();
         tokio::spawn(async move {
             loop {
-                b.set_length(p.total_bytes.load(Ordering::Relaxed));
-                b.set_position(p.bytes_done.load(Ordering::Relaxed));
+                // Totals grow while the snapshot's trees are still being walked; until
+                // then the file total shows as "?", as a backup's does while scanning.
+                let walked = p.walk_done.load(Ordering::Relaxed);
+                let done = p.bytes_done.load(Ordering::Relaxed);
+                b.set_length(p.total_bytes.load(Ordering::Relaxed).max(done));
+                b.set_position(done);
+                let total = if walked {
+                    p.total_files.load(Ordering::Relaxed).to_string()
+                } else {
+                    "?".into()
+                };
                 b.set_message(format!(
-                    "files {}/{}",
+                    "files {}/{total}{}",
                     p.files_done.load(Ordering::Relaxed),
-                    p.total_files.load(Ordering::Relaxed)
+                    errors_suffix(p.errors.load(Ordering::Relaxed))
                 ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

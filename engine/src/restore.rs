@@ -88,6 +88,8 @@ pub struct RestoreProgress {
     pub bytes_done: AtomicU64,
     /// Problems so far.
     pub errors: AtomicU64,
+    /// The walk has ended: `total_files` and `total_bytes` are final.
+    pub walk_done: AtomicBool,
 }
 
 /// What a restore did.
@@ -386,6 +388,7 @@ impl Indexed {
         while let Some(batch) = plan.take_batch(true) {
             hand_on(batch, &mut held)?;
         }
+        col.progress.walk_done.store(true, Ordering::Relaxed);
         for batch in held {
             out.blocking_send(batch).map_err(|_| Error::Cancelled)?;
         }

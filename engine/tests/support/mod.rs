@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arca_engine::{
     BackupOptions, BackupProgress, Identity, Indexed, InitOptions, Parent, Repository,
@@ -123,16 +124,21 @@ pub async fn restore(idx: &Indexed, id: &SnapshotId) -> BTreeMap<PathBuf, Option
     let s = idx.repo().snapshot(id).await.unwrap();
     let t = tempfile::tempdir().unwrap();
     let opts = RestoreOptions::new(t.path());
-    let r = idx
-        .restore(&s.root, &opts, Arc::new(RestoreProgress::default()))
-        .await
-        .unwrap();
+    let progress = Arc::new(RestoreProgress::default());
+    let r = idx.restore(&s.root, &opts, progress.clone()).await.unwrap();
     assert!(
         r.errors.is_empty(),
         "restore of {} had errors: {:?}",
         id.short(),
         r.errors
     );
+    // The live counters end where the report does: totals final, everything done.
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    assert!(progress.walk_done.load(Ordering::Relaxed));
+    assert_eq!(load(&progress.total_files), r.files_restored);
+    assert_eq!(load(&progress.files_done), r.files_restored);
+    assert_eq!(load(&progress.total_bytes), r.bytes_written);
+    assert_eq!(load(&progress.bytes_done), r.bytes_written);
     read_tree(t.path())
 }
 
