@@ -1,7 +1,7 @@
 //! Progress bars on stderr for long work: bytes/s, files, ETA. Drawn only on a terminal.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arca_engine::{BackupProgress, CheckProgress, MaintenanceProgress, RestoreProgress};
@@ -39,6 +39,22 @@ fn new_bar(show: bool) -> ProgressBar {
     bar
 }
 
+/// Bytes done of a total that may still be growing (never shown below what is done).
+fn set_bytes(b: &ProgressBar, total: &AtomicU64, done: &AtomicU64) {
+    let done = done.load(Ordering::Relaxed);
+    b.set_length(total.load(Ordering::Relaxed).max(done));
+    b.set_position(done);
+}
+
+/// A total that is still growing shows as "?".
+fn count_or_unknown(is_final: bool, n: &AtomicU64) -> String {
+    if is_final {
+        n.load(Ordering::Relaxed).to_string()
+    } else {
+        "?".into()
+    }
+}
+
 fn errors_suffix(errors: u64) -> String {
     if errors > 0 {
         format!(" errors {errors}")
@@ -54,17 +70,8 @@ pub fn backup(show: bool, p: Arc<BackupProgress>) -> Bar {
         let b = bar.clone();
         tokio::spawn(async move {
             loop {
-                b.set_length(
-                    p.total_bytes
-                        .load(Ordering::Relaxed)
-                        .max(p.bytes_done.load(Ordering::Relaxed)),
-                );
-                b.set_position(p.bytes_done.load(Ordering::Relaxed));
-                let total = if p.scan_done.load(Ordering::Relaxed) {
-                    p.total_files.load(Ordering::Relaxed).to_string()
-                } else {
-                    "?".into()
-                };
+                set_bytes(&b, &p.total_bytes, &p.bytes_done);
+                let total = count_or_unknown(p.scan_done.load(Ordering::Relaxed), &p.total_files);
                 let added = p
                     .written
                     .get()
@@ -91,15 +98,8 @@ pub fn restore(show: bool, p: Arc<RestoreProgress>) -> Bar {
             loop {
                 // Totals grow while the snapshot's trees are still being walked; until
                 // then the file total shows as "?", as a backup's does while scanning.
-                let walked = p.walk_done.load(Ordering::Relaxed);
-                let done = p.bytes_done.load(Ordering::Relaxed);
-                b.set_length(p.total_bytes.load(Ordering::Relaxed).max(done));
-                b.set_position(done);
-                let total = if walked {
-                    p.total_files.load(Ordering::Relaxed).to_string()
-                } else {
-                    "?".into()
-                };
+                set_bytes(&b, &p.total_bytes, &p.bytes_done);
+                let total = count_or_unknown(p.walk_done.load(Ordering::Relaxed), &p.total_files);
                 b.set_message(format!(
                     "files {}/{total}{}",
                     p.files_done.load(Ordering::Relaxed),

@@ -205,12 +205,10 @@ fn blobs_cf_options(cache: &rocksdb::Cache) -> Options {
     // Partitioned index and filters: a table of a million blobs has a ~1.5 MB index and
     // filter, larger than one shard of the block cache (32 MB in 64 shards), so whole
     // blocks were never kept and every lookup read and checksummed both (~80 us). In
-    // 4 KiB partitions under a pinned top level, a lookup touches two small cached blocks.
+    // partitions (RocksDB's defaults: 4 KiB, top level pinned, cached with high
+    // priority), a lookup touches two small cached blocks.
     b.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
     b.set_partition_filters(true);
-    b.set_metadata_block_size(4096);
-    b.set_pin_top_level_index_and_filter(true);
-    b.set_cache_index_and_filter_blocks_with_high_priority(true);
     o.set_block_based_table_factory(&b);
     o
 }
