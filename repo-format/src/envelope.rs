@@ -389,6 +389,24 @@ pub fn open_into(
 
 const OPEN_BUF_KEEP: usize = 4 << 20;
 
+/// The payload decoder on bytes that were never authenticated: for fuzzing only. In real
+/// use the payload sits behind the GCM tag, so only the key's holder can make
+/// [`decode_payload`] see chosen bytes; the fuzz target checks it anyway (a lying raw
+/// length, an unknown compression, a bad zstd frame).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn decode_payload_unauthenticated(buf: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    if buf.len() < INNER_TRAILER_LEN {
+        return Err(Error::corrupt(
+            What::Envelope,
+            "payload shorter than its trailer",
+        ));
+    }
+    let mut out = Vec::new();
+    decode_payload(What::Envelope, buf, max_len, &mut out)?;
+    Ok(out)
+}
+
 /// The decrypted payload (data, raw length, compression) into `out`.
 fn decode_payload(what: What, buf: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<()> {
     let payload_len = buf.len() - INNER_TRAILER_LEN;

@@ -26,6 +26,10 @@ pub struct IndexPack {
     /// first phase of GC). Writers must not deduplicate against blobs of such a pack;
     /// readers may still read them.
     pub obsolete_since: Option<Timestamp>,
+    /// Set by a later maintenance run, by the store's clock: a time by which every
+    /// reader's view of the index carried the mark. Sweeping waits from here
+    /// (FORMAT.md 14.3); absent on a mark that no run has confirmed yet.
+    pub obsolete_visible: Option<Timestamp>,
     /// Its blobs, in pack order.
     pub blobs: Vec<PackEntry>,
 }
@@ -79,6 +83,7 @@ impl IndexFile {
                 size: p.size,
                 obsolete_since: opt_ts_to_proto(p.obsolete_since),
                 blobs,
+                obsolete_visible: opt_ts_to_proto(p.obsolete_visible),
             });
         }
         Ok(proto::IndexFile {
@@ -145,6 +150,7 @@ impl IndexFile {
                 id,
                 size: pp.size,
                 obsolete_since: opt_ts_from_proto(w, pp.obsolete_since)?,
+                obsolete_visible: opt_ts_from_proto(w, pp.obsolete_visible)?,
                 blobs,
             });
         }

@@ -29,8 +29,50 @@ pub const INDEX: &str = "index/";
 pub const SNAPSHOTS: &str = "snapshots/";
 /// Prefix of writer sessions.
 pub const SESSIONS: &str = "sessions/";
-/// The maintenance lease.
+/// The maintenance lease of format 1.0, before leases had terms: still honoured (a
+/// maintainer refuses to run while an older Arca holds it), never written.
 pub const LEASE: &str = "maintenance/lease";
+/// Prefix of the maintenance leases, one object per term.
+pub const LEASES: &str = "maintenance/lease-";
+
+/// Name of the maintenance lease of a term: 20 digits, so that names sort as numbers.
+pub fn lease(term: u64) -> String {
+    format!("{LEASES}{term:020}")
+}
+
+/// The term of a lease's name.
+pub fn parse_lease(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(LEASES)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// What kind of object a name is, and the largest stored size one may have: a fetch of
+/// anything larger is refused before it starts, so a planted 40 GB object cannot exhaust a
+/// machine's memory (FORMAT.md section 15).
+pub fn kind_and_max_len(name: &str) -> (crate::What, u64) {
+    use crate::What;
+    use crate::envelope::{MAX_OBJECT_LEN, OVERHEAD};
+    let small = (64 << 10) + OVERHEAD as u64;
+    if name == CONFIG {
+        (What::Config, 1 << 20)
+    } else if name.starts_with(KEYS) {
+        (What::KeyFile, 64 << 10)
+    } else if name.starts_with(INDEX) {
+        (What::Index, (MAX_OBJECT_LEN + OVERHEAD) as u64)
+    } else if name.starts_with(SNAPSHOTS) {
+        (What::Snapshot, (MAX_OBJECT_LEN + OVERHEAD) as u64)
+    } else if name.starts_with(SESSIONS) {
+        (What::Session, small)
+    } else if name.starts_with("maintenance/") {
+        (What::Lease, small)
+    } else if name.starts_with(PACKS) {
+        (What::Pack, u32::MAX as u64)
+    } else {
+        (What::Id, 0)
+    }
+}
 
 /// Name of a key file.
 pub fn key(id: &KeyId) -> String {
@@ -73,11 +115,25 @@ pub fn parse_pack(name: &str) -> Option<(PackKind, PackId)> {
         _ => return None,
     };
     let (shard, hex) = rest.split_once('/')?;
+    if !lower_hex(hex) {
+        return None;
+    }
     let id: PackId = hex.parse().ok()?;
     (shard.len() == 2 && hex.starts_with(shard)).then_some((kind, id))
 }
 
-/// Parse the ID at the end of `<prefix><hex>`.
+/// Parse the ID at the end of `<prefix><hex>`. Names are written in lower case only: an
+/// upper-case twin is not the same object (the store would be asked for the lower-case
+/// name) and is not one of the repository's.
 pub fn parse_id<T: std::str::FromStr>(prefix: &str, name: &str) -> Option<T> {
-    name.strip_prefix(prefix)?.parse().ok()
+    let hex = name.strip_prefix(prefix)?;
+    if !lower_hex(hex) {
+        return None;
+    }
+    hex.parse().ok()
+}
+
+fn lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

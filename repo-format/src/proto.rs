@@ -98,6 +98,8 @@ pub struct IndexPack {
     pub obsolete_since: Option<Timestamp>,
     #[prost(message, repeated, tag = "4")]
     pub blobs: Vec<IndexBlob>,
+    #[prost(message, optional, tag = "5")]
+    pub obsolete_visible: Option<Timestamp>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -256,6 +258,8 @@ pub struct Snapshot {
     pub program: String,
     #[prost(bytes = "vec", tag = "13")]
     pub original: Vec<u8>,
+    #[prost(message, optional, tag = "14")]
+    pub top: Option<Node>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -286,4 +290,6 @@ pub struct Lease {
     pub acquired: Option<Timestamp>,
     #[prost(message, optional, tag = "5")]
     pub expires: Option<Timestamp>,
+    #[prost(string, tag = "6")]
+    pub process: String,
 }

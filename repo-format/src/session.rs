@@ -105,6 +105,9 @@ pub struct Lease {
     pub acquired: Timestamp,
     /// When it lapses unless renewed.
     pub expires: Timestamp,
+    /// The holding process exactly (boot ID, PID namespace, PID and start time), so that a
+    /// maintainer on the same machine can tell that the holder is gone; empty if unknown.
+    pub process: String,
 }
 
 impl Lease {
@@ -127,6 +130,7 @@ impl Lease {
             pid: self.pid,
             acquired: Some(ts_to_proto(self.acquired)),
             expires: Some(ts_to_proto(self.expires)),
+            process: self.process.clone(),
         })
     }
 
@@ -145,6 +149,7 @@ impl Lease {
             pid: p.pid,
             acquired: ts_from_proto(w, p.acquired)?,
             expires: ts_from_proto(w, p.expires)?,
+            process: p.process,
         })
     }
 }

@@ -89,6 +89,9 @@ pub struct Snapshot {
     pub program: String,
     /// When this manifest was rewritten (by repair), the snapshot it replaces.
     pub original: Option<SnapshotId>,
+    /// When one directory was backed up, its own metadata (mode, owner, times, extended
+    /// attributes): a directory node with an empty name whose subtree is the root tree.
+    pub top: Option<crate::Node>,
 }
 
 impl Snapshot {
@@ -107,6 +110,7 @@ impl Snapshot {
             summary: Summary::default(),
             program: String::new(),
             original: None,
+            top: None,
         }
     }
 
@@ -150,6 +154,7 @@ impl Snapshot {
             }),
             program: self.program.clone(),
             original: self.original.map(|p| p.0.to_vec()).unwrap_or_default(),
+            top: self.top.as_ref().map(crate::tree::node_to_proto),
         })
     }
 
@@ -171,6 +176,23 @@ impl Snapshot {
                 return Err(Error::corrupt(w, "both a tree and a volume as root"));
             }
             (None, None) => return Err(Error::corrupt(w, "no root")),
+        };
+        let top = match p.top {
+            None => None,
+            Some(t) => {
+                let n = crate::tree::node_from_proto(t)?;
+                match (&n.kind, &root) {
+                    (crate::NodeKind::Dir { subtree }, SnapshotRoot::Tree(tree))
+                        if subtree == tree && n.name.is_empty() => {}
+                    _ => {
+                        return Err(Error::corrupt(
+                            w,
+                            "the top directory's node is not the root tree's directory",
+                        ));
+                    }
+                }
+                Some(n)
+            }
         };
         let s = p.summary.unwrap_or_default();
         Ok(Self {
@@ -199,6 +221,7 @@ impl Snapshot {
             },
             program: p.program,
             original: opt_fixed(w, "original", &p.original)?.map(SnapshotId),
+            top,
         })
     }
 

@@ -206,7 +206,7 @@ impl Tree {
     }
 }
 
-fn node_to_proto(n: &Node) -> proto::Node {
+pub(crate) fn node_to_proto(n: &Node) -> proto::Node {
     let mut p = proto::Node {
         name: n.name.clone(),
         mode: n.mode,
@@ -260,7 +260,7 @@ fn node_to_proto(n: &Node) -> proto::Node {
     p
 }
 
-fn node_from_proto(p: proto::Node) -> Result<Node> {
+pub(crate) fn node_from_proto(p: proto::Node) -> Result<Node> {
     let w = What::Tree;
     let name_str = || String::from_utf8_lossy(&p.name).into_owned();
     // Fields of other kinds must be empty: a node is exactly one thing.

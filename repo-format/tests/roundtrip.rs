@@ -106,7 +106,7 @@ proptest! {
         let k = keys();
         let s = Session { id: SessionId(id), kind: if m { SessionKind::Maintenance } else { SessionKind::Backup }, host: host.clone(), pid, started: a, heartbeat: b };
         prop_assert_eq!(Session::decode(&k, &s.encode(&k).unwrap()).unwrap(), s);
-        let l = Lease { session: SessionId(id), host, pid, acquired: a, expires: b };
+        let l = Lease { session: SessionId(id), host, pid, acquired: a, expires: b, process: format!("{pid}") };
         prop_assert_eq!(Lease::decode(&k, &l.encode(&k).unwrap()).unwrap(), l);
     }
 

@@ -125,6 +125,7 @@ fn index_file_every_bit() {
             id: p.id,
             size: p.bytes.len() as u64,
             obsolete_since: None,
+            obsolete_visible: None,
             blobs: p.entries,
         }],
     };
@@ -206,6 +207,7 @@ fn session_and_lease_every_bit() {
         pid: 1,
         acquired: s.started,
         expires: s.heartbeat,
+        process: "boot/4026531836/1/100".into(),
     };
     let bytes = l.encode(&k).unwrap();
     each_flip(&bytes, 0..bytes.len(), |b| Lease::decode(&k, b).map(|_| ()));

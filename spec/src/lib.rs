@@ -804,12 +804,14 @@ fn gen_index() -> SealedVectors<Index> {
                 id: f::PackId(id32(&fill(41, 32))),
                 size: 1_000_000,
                 obsolete_since: None,
+                obsolete_visible: None,
                 blobs: vec![e(1, 42, 0, 500_046, 600_000), e(1, 43, 500_046, 46, 0)],
             },
             f::IndexPack {
                 id: f::PackId(id32(&fill(44, 32))),
                 size: 5_000,
                 obsolete_since: Some(f::Timestamp::new(1_795_000_000, 7)),
+                obsolete_visible: None,
                 blobs: vec![e(2, 45, 0, 146, 200), e(3, 46, 146, 1000, 954)],
             },
         ],
@@ -933,6 +935,8 @@ fn gen_sessions() -> (SealedVectors<SessionValue>, SealedVectors<SessionValue>) 
         pid: 7,
         acquired: s.started,
         expires: f::Timestamp::new(1_795_001_800, 0),
+        // Empty, so not encoded: the vector's bytes are those of format 1.0.
+        process: String::new(),
     };
     let sv = SessionValue {
         id: s.id.0.to_vec(),
@@ -1000,6 +1004,7 @@ fn lease_of(v: &SessionValue) -> f::Lease {
         pid: v.pid,
         acquired: v.start.into(),
         expires: v.end.into(),
+        process: String::new(),
     }
 }
 

@@ -193,6 +193,9 @@ pub struct IndexPack {
     pub size: u64,
     /// Obsolete mark.
     pub obsolete_since: Option<Ts>,
+    /// When every reader saw the mark (store time); absent in most vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsolete_visible: Option<Ts>,
     /// Blobs.
     pub blobs: Vec<Entry>,
 }
@@ -208,6 +211,7 @@ impl From<&f::IndexFile> for Index {
                     id: p.id.0.to_vec(),
                     size: p.size,
                     obsolete_since: p.obsolete_since.map(Into::into),
+                    obsolete_visible: p.obsolete_visible.map(Into::into),
                     blobs: p.blobs.iter().map(Into::into).collect(),
                 })
                 .collect(),
@@ -226,6 +230,7 @@ impl From<&Index> for f::IndexFile {
                     id: f::PackId(id32(&p.id)),
                     size: p.size,
                     obsolete_since: p.obsolete_since.map(Into::into),
+                    obsolete_visible: p.obsolete_visible.map(Into::into),
                     blobs: p.blobs.iter().map(Into::into).collect(),
                 })
                 .collect(),
@@ -567,6 +572,9 @@ pub struct Snapshot {
     /// Rewritten from.
     #[serde(with = "opt_hexs")]
     pub original: Option<Vec<u8>>,
+    /// The top directory's own metadata; absent in most vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Node>,
 }
 
 impl From<&f::Snapshot> for Snapshot {
@@ -595,6 +603,7 @@ impl From<&f::Snapshot> for Snapshot {
             summary: summary_to(&s.summary),
             program: s.program.clone(),
             original: s.original.map(|p| p.0.to_vec()),
+            top: s.top.as_ref().map(Into::into),
         }
     }
 }
@@ -622,6 +631,7 @@ impl From<&Snapshot> for f::Snapshot {
             summary: summary_from(&s.summary),
             program: s.program.clone(),
             original: s.original.as_deref().map(|p| f::SnapshotId(id32(p))),
+            top: s.top.as_ref().map(Into::into),
         }
     }
 }

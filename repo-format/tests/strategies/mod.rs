@@ -112,8 +112,9 @@ pub fn index_pack() -> impl Strategy<Value = IndexPack> {
         any::<bool>(),
         proptest::option::of(timestamp()),
         vec((blob_id(), 46u32..100_000, any::<u32>()), 0..20),
+        proptest::option::of(timestamp()),
     )
-        .prop_map(|(id, data, obsolete_since, blobs)| {
+        .prop_map(|(id, data, obsolete_since, blobs, obsolete_visible)| {
             let t = if data { BlobType::Data } else { BlobType::Tree };
             let mut offset = 0u32;
             let blobs: Vec<PackEntry> = blobs
@@ -134,6 +135,7 @@ pub fn index_pack() -> impl Strategy<Value = IndexPack> {
                 id: PackId(id),
                 size: offset as u64 + 100,
                 obsolete_since,
+                obsolete_visible,
                 blobs,
             }
         })
@@ -206,6 +208,7 @@ pub fn snapshot() -> impl Strategy<Value = Snapshot> {
                     summary,
                     program,
                     original,
+                    top: None,
                 }
             },
         )
