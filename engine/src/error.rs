@@ -17,6 +17,8 @@ pub enum StoreErrorKind {
     NotFound,
     /// A create-only put found the object already there.
     AlreadyExists,
+    /// A conditional write or delete found the object changed or gone since it was read.
+    Conflict,
     /// Credentials are missing or rejected.
     Unauthenticated,
     /// The credentials do not allow this operation.
@@ -104,6 +106,45 @@ pub enum Error {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+
+    /// A writer's session lapsed (it stalled past the session timeout, or its session
+    /// object was removed): maintenance may have deleted data it relied on, so it stores
+    /// nothing more.
+    #[error(
+        "this writer's session lapsed: {reason}. Maintenance may have presumed it dead and \
+         removed data it relied on, so nothing more was stored (no snapshot, no index); \
+         what it uploaded is reclaimed by maintenance. Run it again."
+    )]
+    SessionLapsed {
+        /// Why.
+        reason: String,
+    },
+
+    /// A maintainer lost its lease (it stalled past it, or another maintainer took it):
+    /// it stops before it deletes anything more.
+    #[error(
+        "maintenance stopped: {reason}. Nothing more was deleted; what it did so far is \
+         consistent. Run it again."
+    )]
+    LeaseLost {
+        /// Why.
+        reason: String,
+    },
+
+    /// This machine's clock disagrees with the store's by more than the skew allowance.
+    #[error(
+        "this machine's clock is {offset} the clock of the store at {location}; writers and \
+         maintainers must agree with it within {allowed_secs} s, or maintenance could delete \
+         data in use. Fix the clock (NTP) and run again."
+    )]
+    ClockSkew {
+        /// The store.
+        location: String,
+        /// How far off, in words ("400 s ahead of").
+        offset: String,
+        /// The allowance.
+        allowed_secs: i64,
+    },
 }
 
 /// Result alias of this crate.
@@ -116,6 +157,17 @@ impl Error {
             self,
             Error::Store {
                 kind: StoreErrorKind::Unreachable,
+                ..
+            }
+        )
+    }
+
+    /// True when a conditional write or delete lost: the object changed or went away.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                kind: StoreErrorKind::Conflict,
                 ..
             }
         )

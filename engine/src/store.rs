@@ -19,6 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 use crate::error::{Error, Result, StoreErrorKind};
 
+pub mod clocked;
 pub mod conformance;
 pub mod faulty;
 
@@ -42,6 +43,24 @@ pub enum WriteMode {
     CreateNew,
 }
 
+/// An object's version as its store names it (ETag and version ID): what a conditional
+/// write compares against. Opaque to callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    e_tag: Option<String>,
+    version: Option<String>,
+}
+
+/// When a versioned put may replace what is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if no object has the name (fails with [`StoreErrorKind::AlreadyExists`]).
+    Create,
+    /// Only if the object is still at this version: one that changed or was deleted
+    /// since fails with [`StoreErrorKind::Conflict`].
+    IfMatch(Version),
+}
+
 /// What the engine needs from an object store. Names are relative to the repository.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The location, for messages (a URL or a path).
@@ -58,6 +77,75 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn list(&self, prefix: &str) -> BoxFut<'_, Vec<ObjectInfo>>;
     /// Metadata of one object, or `None` if it does not exist.
     fn head(&self, name: &str) -> BoxFut<'_, Option<ObjectInfo>>;
+    /// Write a whole object atomically under a [`Condition`]; returns its new version.
+    /// Used for the few mutable objects that must never be written over a change made by
+    /// someone else (sessions, the maintenance lease).
+    fn put_versioned(&self, name: &str, data: Bytes, cond: Condition) -> BoxFut<'_, Version>;
+    /// Read a whole object and its version.
+    fn get_versioned(&self, name: &str) -> BoxFut<'_, (Bytes, Version)>;
+    /// Delete an object only if it is still at `expected`; a changed object is kept and
+    /// [`StoreErrorKind::Conflict`] returned; a missing one is not an error.
+    fn delete_versioned(&self, name: &str, expected: &Version) -> BoxFut<'_, ()>;
+}
+
+/// Read a whole object, refusing before the fetch one larger than any object of its kind
+/// can be (FORMAT.md section 15): a planted 40 GB file under `index/` gives a clear error
+/// naming it, not an out-of-memory kill. `listed` is its size from the listing it came
+/// from; without one the store is asked (HEAD). Reads exactly that many bytes.
+pub(crate) async fn get_bounded(store: &Store, name: &str, listed: Option<u64>) -> Result<Bytes> {
+    let size = match listed {
+        Some(s) => s,
+        None => match store.head(name).await? {
+            Some(i) => i.size,
+            None => return store.get(name).await, // the store's own not-found error
+        },
+    };
+    let (what, max) = arca_format::layout::kind_and_max_len(name);
+    if size > max {
+        return Err(Error::Format(arca_format::Error::Corrupt {
+            what,
+            reason: format!(
+                "{name} is {size} bytes, more than any {what} can be ({max}): it is not one of \
+                 the repository's objects (planted or damaged) and was not read; remove it"
+            ),
+        }));
+    }
+    if size == 0 {
+        return Ok(Bytes::new());
+    }
+    store.get_range(name, 0..size).await
+}
+
+/// Whether a listed object is larger than any object of its kind can be: then it is not
+/// one of the repository's (planted, or left by something else) and is never read. Says so
+/// once, naming it.
+pub(crate) fn foreign_by_size(info: &ObjectInfo) -> bool {
+    let (what, max) = arca_format::layout::kind_and_max_len(&info.name);
+    let foreign = info.size > max;
+    if foreign {
+        tracing::warn!(
+            "{} is {} bytes, more than any {what} can be ({max}): not one of the repository's \
+             objects; ignored (remove it)",
+            info.name,
+            info.size
+        );
+    }
+    foreign
+}
+
+/// Check that an object named by the BLAKE3 hash of its stored bytes holds those bytes: an
+/// object planted under another's name, or replayed under a new one, is refused.
+pub(crate) fn check_named(name: &str, id: &[u8; 32], bytes: &[u8]) -> Result<()> {
+    if arca_format::object_hash(bytes) == *id {
+        return Ok(());
+    }
+    let (what, _) = arca_format::layout::kind_and_max_len(name);
+    Err(Error::Format(arca_format::Error::Corrupt {
+        what,
+        reason: format!(
+            "{name}: its content does not hash to its name (damaged, or not written by Arca)"
+        ),
+    }))
 }
 
 /// The boxed future every [`Backend`] method returns (object-safe async).
@@ -160,6 +248,104 @@ fn write_direct(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// A local object's version: its inode, change time and size. Objects are only ever
+/// replaced by a rename, so a new write is a new inode and a new change time.
+fn local_version(m: &std::fs::Metadata) -> Version {
+    use std::os::unix::fs::MetadataExt;
+    Version {
+        e_tag: Some(format!(
+            "{:x}-{:x}.{:x}-{:x}",
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.size()
+        )),
+        version: None,
+    }
+}
+
+/// Lock the directory an object lives in. object_store's local store has no compare-and-
+/// swap; every versioned write and delete of a local object holds this lock from its
+/// comparison to its rename (or unlink), so two of them can never interleave.
+fn lock_dir(dir: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::File::open(dir)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())
+}
+
+fn local_current(path: &std::path::Path) -> std::io::Result<Option<Version>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(local_version(&m))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A versioned put on local disk: `Err(kind)` inside when the condition failed.
+fn local_put_versioned(
+    path: &std::path::Path,
+    data: &[u8],
+    cond: &Condition,
+) -> std::io::Result<std::result::Result<Version, StoreErrorKind>> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let _lock = lock_dir(dir)?;
+    let current = local_current(path)?;
+    match (cond, &current) {
+        (Condition::Create, Some(_)) => return Ok(Err(StoreErrorKind::AlreadyExists)),
+        (Condition::IfMatch(v), c) if c.as_ref() != Some(v) => {
+            return Ok(Err(StoreErrorKind::Conflict));
+        }
+        _ => {}
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        "#{}",
+        getrandom::u64().unwrap_or(0) % 1_000_000_000_000
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::File::create_new(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Ok(local_version(&std::fs::symlink_metadata(path)?)))
+}
+
+fn local_delete_versioned(
+    path: &std::path::Path,
+    expected: &Version,
+) -> std::io::Result<std::result::Result<(), StoreErrorKind>> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let _lock = lock_dir(dir)?;
+    match local_current(path)? {
+        None => Ok(Ok(())),
+        Some(v) if &v == expected => {
+            std::fs::remove_file(path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(Ok(()))
+        }
+        Some(_) => Ok(Err(StoreErrorKind::Conflict)),
+    }
+}
+
+/// Read a local object and its version from one open file (a rename replaces the file,
+/// never its content, so the two always agree).
+fn local_get_versioned(path: &std::path::Path) -> std::io::Result<(Vec<u8>, Version)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let v = local_version(&f.metadata()?);
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok((buf, v))
+}
+
 impl fmt::Debug for ObjectStoreBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ObjectStoreBackend({})", self.location)
@@ -227,6 +413,35 @@ impl ObjectStoreBackend {
             name: name.to_string(),
             kind,
             reason,
+        }
+    }
+}
+
+impl ObjectStoreBackend {
+    fn io_err(&self, op: &'static str, name: &str, e: std::io::Error) -> Error {
+        Error::Store {
+            op,
+            location: self.location.clone(),
+            name: name.to_string(),
+            kind: match e.kind() {
+                std::io::ErrorKind::NotFound => StoreErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => StoreErrorKind::PermissionDenied,
+                _ => StoreErrorKind::Other,
+            },
+            reason: e.to_string(),
+        }
+    }
+
+    fn cond_err(&self, op: &'static str, name: &str, kind: StoreErrorKind) -> Error {
+        Error::Store {
+            op,
+            location: self.location.clone(),
+            name: name.to_string(),
+            kind,
+            reason: match kind {
+                StoreErrorKind::AlreadyExists => "the object already exists".into(),
+                _ => "the object changed or was deleted since it was read".into(),
+            },
         }
     }
 }
@@ -425,6 +640,135 @@ impl Backend for ObjectStoreBackend {
                 })),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.err("read", &name, e)),
+            }
+        })
+    }
+
+    fn put_versioned(&self, name: &str, data: Bytes, cond: Condition) -> BoxFut<'_, Version> {
+        let name = name.to_string();
+        Box::pin(async move {
+            if let Some(root) = &self.local_root {
+                let path = root.join(format!("{}{name}", self.prefix));
+                let c = cond.clone();
+                let r = tokio::task::spawn_blocking(move || local_put_versioned(&path, &data, &c))
+                    .await
+                    .expect("write task panicked")
+                    .map_err(|e| self.io_err("write", &name, e))?;
+                return r.map_err(|kind| self.cond_err("write", &name, kind));
+            }
+            let mode = match &cond {
+                Condition::Create => PutMode::Create,
+                Condition::IfMatch(v) => PutMode::Update(object_store::UpdateVersion {
+                    e_tag: v.e_tag.clone(),
+                    version: v.version.clone(),
+                }),
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .inner
+                .put_opts(&self.path(&name), data.clone().into(), opts)
+                .await
+            {
+                Ok(r) => Ok(Version {
+                    e_tag: r.e_tag,
+                    version: r.version,
+                }),
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::NotFound { .. })
+                    if matches!(cond, Condition::IfMatch(_)) =>
+                {
+                    Err(self.cond_err("write", &name, StoreErrorKind::Conflict))
+                }
+                // A store without conditional updates: compare, then write. Not atomic;
+                // the callers' own rules (a session's heartbeat gap, a lease's expiry)
+                // cover the short window.
+                Err(object_store::Error::NotImplemented { .. })
+                    if matches!(cond, Condition::Create) =>
+                {
+                    Err(Error::Invalid(format!(
+                        "the store at {} cannot write an object only if it does not exist \
+                         (no create-only puts): the maintenance lease cannot be taken safely \
+                         there, so maintenance is refused. Use a store with conditional writes \
+                         (S3, GCS, Azure Blob, a local directory).",
+                        self.location
+                    )))
+                }
+                Err(object_store::Error::NotImplemented { .. })
+                    if matches!(cond, Condition::IfMatch(_)) =>
+                {
+                    let Condition::IfMatch(expected) = &cond else {
+                        unreachable!("matched above")
+                    };
+                    let current = match self.get_versioned(&name).await {
+                        Ok((_, v)) => Some(v),
+                        Err(e) if e.is_not_found() => None,
+                        Err(e) => return Err(e),
+                    };
+                    if current.as_ref() != Some(expected) {
+                        return Err(self.cond_err("write", &name, StoreErrorKind::Conflict));
+                    }
+                    let r = self
+                        .inner
+                        .put(&self.path(&name), data.into())
+                        .await
+                        .map_err(|e| self.err("write", &name, e))?;
+                    Ok(Version {
+                        e_tag: r.e_tag,
+                        version: r.version,
+                    })
+                }
+                Err(e) => Err(self.err("write", &name, e)),
+            }
+        })
+    }
+
+    fn get_versioned(&self, name: &str) -> BoxFut<'_, (Bytes, Version)> {
+        let name = name.to_string();
+        Box::pin(async move {
+            if let Some(root) = &self.local_root {
+                let path = root.join(format!("{}{name}", self.prefix));
+                let (b, v) = tokio::task::spawn_blocking(move || local_get_versioned(&path))
+                    .await
+                    .expect("read task panicked")
+                    .map_err(|e| self.io_err("read", &name, e))?;
+                return Ok((Bytes::from(b), v));
+            }
+            let r = self
+                .inner
+                .get(&self.path(&name))
+                .await
+                .map_err(|e| self.err("read", &name, e))?;
+            let v = Version {
+                e_tag: r.meta.e_tag.clone(),
+                version: r.meta.version.clone(),
+            };
+            let b = r.bytes().await.map_err(|e| self.err("read", &name, e))?;
+            Ok((b, v))
+        })
+    }
+
+    fn delete_versioned(&self, name: &str, expected: &Version) -> BoxFut<'_, ()> {
+        let name = name.to_string();
+        let expected = expected.clone();
+        Box::pin(async move {
+            if let Some(root) = &self.local_root {
+                let path = root.join(format!("{}{name}", self.prefix));
+                let r =
+                    tokio::task::spawn_blocking(move || local_delete_versioned(&path, &expected))
+                        .await
+                        .expect("delete task panicked")
+                        .map_err(|e| self.io_err("delete", &name, e))?;
+                return r.map_err(|kind| self.cond_err("delete", &name, kind));
+            }
+            // object_store has no conditional delete: compare, then delete.
+            match self.inner.head(&self.path(&name)).await {
+                Ok(m) if m.e_tag == expected.e_tag => self.delete(&name).await,
+                Ok(_) => Err(self.cond_err("delete", &name, StoreErrorKind::Conflict)),
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.err("delete", &name, e)),
             }
         })
     }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Backend, WriteMode};
+use super::{Backend, Condition, WriteMode};
 use crate::error::StoreErrorKind;
 
 fn fail(what: impl Into<String>) -> String {
@@ -209,6 +209,85 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
     );
     a.map_err(|x| e("concurrent put a", x))?;
     c.map_err(|x| e("concurrent put b", x))?;
+
+    // Versioned writes: create-only, then replace only what one read.
+    let v1 = b
+        .put_versioned("sessions/s1", Bytes::from_static(b"one"), Condition::Create)
+        .await
+        .map_err(|x| e("versioned create", x))?;
+    match b
+        .put_versioned("sessions/s1", Bytes::from_static(b"x"), Condition::Create)
+        .await
+    {
+        Err(crate::Error::Store {
+            kind: StoreErrorKind::AlreadyExists,
+            ..
+        }) => {}
+        other => return Err(fail(format!("versioned create over an object: {other:?}"))),
+    }
+    let (got, seen) = b
+        .get_versioned("sessions/s1")
+        .await
+        .map_err(|x| e("get_versioned", x))?;
+    if got != "one" || seen != v1 {
+        return Err(fail("get_versioned disagrees with the put"));
+    }
+    let v2 = b
+        .put_versioned(
+            "sessions/s1",
+            Bytes::from_static(b"two"),
+            Condition::IfMatch(v1.clone()),
+        )
+        .await
+        .map_err(|x| e("conditional replace", x))?;
+    if v2 == v1 {
+        return Err(fail("a replaced object kept its version"));
+    }
+    match b
+        .put_versioned(
+            "sessions/s1",
+            Bytes::from_static(b"stale"),
+            Condition::IfMatch(v1.clone()),
+        )
+        .await
+    {
+        Err(err) if err.is_conflict() => {}
+        other => return Err(fail(format!("replace at a stale version: {other:?}"))),
+    }
+    match b.delete_versioned("sessions/s1", &v1).await {
+        Err(err) if err.is_conflict() => {}
+        other => return Err(fail(format!("delete at a stale version: {other:?}"))),
+    }
+    if b.get("sessions/s1")
+        .await
+        .map_err(|x| e("get after refusals", x))?
+        != "two"
+    {
+        return Err(fail("a refused conditional write changed the object"));
+    }
+    b.delete_versioned("sessions/s1", &v2)
+        .await
+        .map_err(|x| e("conditional delete", x))?;
+    match b
+        .put_versioned(
+            "sessions/s1",
+            Bytes::from_static(b"back"),
+            Condition::IfMatch(v2),
+        )
+        .await
+    {
+        Err(err) if err.is_conflict() => {}
+        other => return Err(fail(format!("replace of a deleted object: {other:?}"))),
+    }
+    if b.head("sessions/s1")
+        .await
+        .map_err(|x| e("head after", x))?
+        .is_some()
+    {
+        return Err(fail(
+            "a deleted object came back through a conditional write",
+        ));
+    }
 
     // Clean up so the suite can be rerun on the same prefix.
     for i in b.list("").await.map_err(|x| e("final list", x))? {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-use super::{Backend, BoxFut, ObjectInfo, Store, WriteMode};
+use super::{Backend, BoxFut, Condition, ObjectInfo, Store, Version, WriteMode};
 use crate::error::{Error, StoreErrorKind};
 
 /// Where the fatal write stops.
@@ -153,6 +153,47 @@ impl Backend for FaultyBackend {
                 return Err(self.died());
             }
             self.inner.head(&name).await
+        })
+    }
+
+    fn put_versioned(&self, name: &str, data: Bytes, cond: Condition) -> BoxFut<'_, Version> {
+        let name = name.to_string();
+        Box::pin(async move {
+            match self.write_gate()? {
+                None => self.inner.put_versioned(&name, data, cond).await,
+                Some(apply) => {
+                    if apply {
+                        self.inner.put_versioned(&name, data, cond).await?;
+                    }
+                    Err(self.died())
+                }
+            }
+        })
+    }
+
+    fn get_versioned(&self, name: &str) -> BoxFut<'_, (Bytes, Version)> {
+        let name = name.to_string();
+        Box::pin(async move {
+            if self.dead() {
+                return Err(self.died());
+            }
+            self.inner.get_versioned(&name).await
+        })
+    }
+
+    fn delete_versioned(&self, name: &str, expected: &Version) -> BoxFut<'_, ()> {
+        let name = name.to_string();
+        let expected = expected.clone();
+        Box::pin(async move {
+            match self.write_gate()? {
+                None => self.inner.delete_versioned(&name, &expected).await,
+                Some(apply) => {
+                    if apply {
+                        self.inner.delete_versioned(&name, &expected).await?;
+                    }
+                    Err(self.died())
+                }
+            }
         })
     }
 }
