@@ -143,7 +143,7 @@ impl Ctx {
     pub async fn open(&self) -> Result<Repository> {
         let store = self.store()?;
         let pw = self.password("repository password: ")?;
-        Ok(Repository::open(store, &pw).await?)
+        Ok(Repository::open_with(store, &pw, self.cache_root().as_deref()).await?)
     }
 
     /// The index cache directory, or `None` for a temporary one.

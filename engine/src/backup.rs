@@ -393,10 +393,29 @@ impl Indexed {
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .collect();
 
+        // One directory backed up: its own metadata goes into the manifest (the root tree
+        // holds only its content), so that a 0700 home comes back 0700.
+        let top = match paths.as_slice() {
+            [only] => match std::fs::symlink_metadata(only) {
+                Ok(m) if m.is_dir() => Some(crate::fsmeta::node_from(
+                    std::ffi::OsStr::new(""),
+                    &m,
+                    NodeKind::Dir {
+                        subtree: BlobId([0; 32]),
+                    },
+                    &mut Names::default(),
+                    crate::fsmeta::read_xattrs(only).unwrap_or_default(),
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+
         // The session first, then a fresh look at the index: maintenance relies on every
         // writer's view of the index being newer than its session's start.
         let session = SessionGuard::start(&self.repo, SessionKind::Backup, &opts.identity).await?;
         self.resync().await?;
+        self.repo.pauses.at("backup:index-read").await;
 
         let parent = match &opts.parent {
             Parent::None => None,
@@ -426,7 +445,7 @@ impl Indexed {
 
         let start = Timestamp::now();
         let compression = opts.compression.unwrap_or(self.repo.config.compression);
-        let writer = Arc::new(Writer::new(self, compression));
+        let writer = Arc::new(Writer::new(self, compression, session.liveness()));
         writer.set_checkpoint(opts.checkpoint);
         let _ = progress.written.set(writer.stats());
         let threads = if opts.threads == 0 {
@@ -496,8 +515,18 @@ impl Indexed {
         snapshot.parent = parent.map(|p| p.0);
         snapshot.summary = summary;
         snapshot.program = format!("arca {}", env!("CARGO_PKG_VERSION"));
+        snapshot.top = top.map(|mut n| {
+            n.kind = NodeKind::Dir { subtree: root };
+            n
+        });
+        self.repo.pauses.at("backup:before-snapshot").await;
         session.check_fresh()?;
         let id = self.repo.write_snapshot(&snapshot).await?;
+        if let Err(e) = session.check_fresh() {
+            // Stalled while the manifest was stored: what it points at may have been swept.
+            let _ = self.repo.delete_snapshot(&id).await;
+            return Err(e);
+        }
         session.end().await?;
         Ok(BackupReport {
             id,

@@ -19,15 +19,20 @@
 //! ```
 
 mod backup;
+mod beneath;
 mod cache;
+mod cache_records;
 mod check;
 mod chunker;
+mod clock;
 mod error;
 mod forget;
 mod fsmeta;
 mod indexed;
 mod inspect;
+mod lease;
 mod maintenance;
+mod pause;
 mod repair;
 mod repo;
 mod restore;
@@ -41,17 +46,26 @@ pub use backup::{BackupOptions, BackupProgress, BackupReport, ItemProblem, Paren
 pub use cache::{BlobLocation, SyncStats};
 pub use check::{CheckProgress, CheckReport, Missing, PackDamage, ReadData};
 pub use chunker::Chunker;
+pub use clock::{CLOCK_SKEW, Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StoreErrorKind};
 pub use forget::{Decision, GroupBy, KeepPolicy, apply_policy, parse_duration};
 pub use indexed::Indexed;
 pub use inspect::{Change, Difference, Entry, Stats};
-pub use maintenance::{CLOCK_SKEW, MaintenanceOptions, MaintenanceProgress, MaintenanceReport};
+pub use maintenance::{
+    INDEX_FILE_ENTRIES, MaintenanceOptions, MaintenanceProgress, MaintenanceReport,
+    SAFE_CLEANUP_MARGIN, SAFE_SAFETY_MARGIN,
+};
+pub use pause::{Pause, PausePoints};
 pub use repair::{RepairIndexReport, RepairedSnapshot};
-pub use repo::{Identity, InitOptions, KeyInfo, RepoStatus, Repository};
+pub use repo::{Identity, InitOptions, KDF_BUDGET_DEFAULT, KeyInfo, RepoStatus, Repository};
 pub use restore::{Existing, RestoreOptions, RestoreProgress, RestoreReport};
-pub use session::{COMMIT_DEADLINE, HEARTBEAT_INTERVAL, SESSION_TIMEOUT, SessionGuard};
+pub use session::{
+    HEARTBEAT_INTERVAL, SESSION_LAPSE, SESSION_TIMEOUT, SessionGuard, SessionLiveness,
+};
 pub use snapshots::{SnapshotFilter, SnapshotList};
-pub use store::{Backend, ObjectInfo, Store, StoreOptions, WriteMode, open_store};
+pub use store::{
+    Backend, Condition, ObjectInfo, Store, StoreOptions, Version, WriteMode, open_store,
+};
 pub use writer::{WriteStats, Writer};
 
 /// Internals opened for the benchmarks (`arca-benches`); not a stable API.

@@ -9,8 +9,45 @@ use arca_format::{
 };
 use bytes::Bytes;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::pause::PausePoints;
 use crate::store::{Store, WriteMode};
+
+/// The most key-derivation work (Argon2id memory in KiB times passes) one open spends on
+/// key files other than the one that opened the repository last: 32 times the default
+/// parameters' work. `ARCA_KDF_BUDGET` (the same unit) raises it for one run.
+pub const KDF_BUDGET_DEFAULT: u64 = 32 * 64 * 1024 * 3;
+
+static KDF_BUDGET_CELL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The budget in force (see [`KDF_BUDGET_DEFAULT`]).
+fn kdf_budget() -> u64 {
+    *KDF_BUDGET_CELL.get_or_init(|| {
+        std::env::var("ARCA_KDF_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(KDF_BUDGET_DEFAULT)
+    })
+}
+
+fn kdf_cost(k: &KdfParams) -> u64 {
+    k.memory_kib as u64 * k.iterations as u64
+}
+
+fn remember_key(file: &std::path::Path, id: &KeyId) {
+    let write = || -> std::io::Result<()> {
+        if let Some(d) = file.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, id.to_string())?;
+        std::fs::rename(&tmp, file)
+    };
+    if let Err(e) = write() {
+        tracing::debug!("cannot remember the key in {}: {e}", file.display());
+    }
+}
 
 /// Options of `init`.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +95,8 @@ pub struct Repository {
     pub(crate) config: RepoConfig,
     key_id: KeyId,
     master: Arc<MasterKey>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) pauses: PausePoints,
 }
 
 impl std::fmt::Debug for Repository {
@@ -116,6 +155,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Repository {
+    /// Read time from `clock` from now on (tests: a clock that can jump or be set wrong).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Hold operations at the points a test arms (see [`PausePoints`]).
+    pub fn with_pause_points(mut self, pauses: PausePoints) -> Self {
+        self.pauses = pauses;
+        self
+    }
+
+    /// The clock this repository reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Create a repository at an empty location.
     pub async fn init(
         store: Store,
@@ -170,12 +226,29 @@ impl Repository {
             config,
             key_id,
             master: Arc::new(master),
+            clock: Arc::new(SystemClock),
+            pauses: PausePoints::default(),
         })
     }
 
     /// Open a repository with a password.
     pub async fn open(store: Store, password: &[u8]) -> Result<Self> {
-        let config_bytes = match store.get(layout::CONFIG).await {
+        Self::open_with(store, password, None).await
+    }
+
+    /// Open a repository with a password, remembering per repository under `state_root`
+    /// (the cache root) which key opened it, so that key is tried first next time.
+    ///
+    /// Key files are tried cheapest first, and the key derivation work spent on key files
+    /// other than the remembered one is capped at [`KDF_BUDGET_DEFAULT`]: anyone who can write to
+    /// the bucket can plant a key file, and one with huge Argon2 parameters must not stall
+    /// every open. A key file over the budget is skipped and named.
+    pub async fn open_with(
+        store: Store,
+        password: &[u8],
+        state_root: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let config_bytes = match crate::store::get_bounded(&store, layout::CONFIG, None).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
                 return Err(Error::NoRepository {
@@ -192,37 +265,86 @@ impl Repository {
                 store.location()
             )));
         }
-        let mut damaged = Vec::new();
+        let hint_file = state_root.map(|r| r.join(repo_id.to_hex()).join("last-key"));
+        let hint: Option<KeyId> = hint_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse().ok());
+        let mut damaged: Vec<(KeyId, String)> = Vec::new();
+        let mut candidates: Vec<(KeyId, KeyFile)> = Vec::new();
         for obj in key_objects {
             let Some(id) = layout::parse_id::<KeyId>(layout::KEYS, &obj.name) else {
                 continue;
             };
-            let bytes = store.get(&obj.name).await?;
-            let kf = match KeyFile::decode(&bytes) {
-                Ok(kf) if kf.repo_id == repo_id => kf,
-                Ok(_) => continue,
-                Err(e) => {
+            let read = async {
+                let bytes = crate::store::get_bounded(&store, &obj.name, Some(obj.size)).await?;
+                crate::store::check_named(&obj.name, &id.0, &bytes)?;
+                Ok::<_, Error>(KeyFile::decode(&bytes)?)
+            };
+            match read.await {
+                Ok(kf) if kf.repo_id == repo_id => candidates.push((id, kf)),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e @ (Error::Format(_) | Error::Store { .. })) if !e.is_transient() => {
                     tracing::warn!("key file {}: {e}", id.short());
-                    damaged.push((id, e));
+                    damaged.push((id, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The remembered key first, then the cheapest.
+        candidates.sort_by_key(|(id, kf)| (Some(*id) != hint, kdf_cost(&kf.kdf), *id));
+        let mut spent = 0u64;
+        let mut skipped = Vec::new();
+        for (id, kf) in candidates {
+            let cost = kdf_cost(&kf.kdf);
+            if Some(id) != hint {
+                if spent.saturating_add(cost) > kdf_budget() {
+                    tracing::warn!(
+                        "key file {} asks for Argon2id m={} KiB t={}: over the key-derivation budget, not tried",
+                        id.short(),
+                        kf.kdf.memory_kib,
+                        kf.kdf.iterations
+                    );
+                    skipped.push(id);
                     continue;
                 }
-            };
+                spent += cost;
+            }
             let pw = password.to_vec();
             match blocking(move || kf.unwrap_key(&pw)).await {
                 Ok(master) => {
                     let keys = master.derive();
                     let config = RepoConfig::decode(&keys, &config_bytes)?;
+                    if let Some(f) = &hint_file
+                        && hint != Some(id)
+                    {
+                        remember_key(f, &id);
+                    }
                     return Ok(Self {
                         store,
                         keys: Arc::new(keys),
                         config,
                         key_id: id,
                         master: Arc::new(master),
+                        clock: Arc::new(SystemClock),
+                        pauses: PausePoints::default(),
                     });
                 }
                 Err(fmt::Error::WrongPassword) => continue,
-                Err(e) => damaged.push((id, e)),
+                Err(e) => damaged.push((id, e.to_string())),
             }
+        }
+        if let Some(id) = skipped.first() {
+            return Err(Error::Invalid(format!(
+                "wrong password, or its key file was not tried: {} key file(s) ask for more key \
+                 derivation work than any Arca key file needs (first: key {}); if you made it, \
+                 open once with ARCA_KDF_BUDGET raised; if not, someone with write access to \
+                 the bucket planted it: remove keys/{}",
+                skipped.len(),
+                id.short(),
+                id
+            )));
         }
         match damaged.into_iter().next() {
             // A damaged key file might have been the one for this password: say so.
@@ -261,7 +383,22 @@ impl Repository {
             let Some(id) = layout::parse_id::<KeyId>(layout::KEYS, &obj.name) else {
                 continue;
             };
-            let kf = KeyFile::decode(&self.store.get(&obj.name).await?)?;
+            let read = async {
+                let bytes =
+                    crate::store::get_bounded(&self.store, &obj.name, Some(obj.size)).await?;
+                crate::store::check_named(&obj.name, &id.0, &bytes)?;
+                Ok::<_, Error>(KeyFile::decode(&bytes)?)
+            };
+            let kf = match read.await {
+                Ok(kf) => kf,
+                Err(e) if e.is_not_found() => continue,
+                // A damaged or planted key file is reported, not a reason to list nothing.
+                Err(e @ Error::Format(_)) => {
+                    tracing::warn!("key file {}: {e}", id.short());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if kf.repo_id == self.config.repo_id {
                 out.push(KeyInfo {
                     id,

@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
 use crate::indexed::{Indexed, pack_name};
+use crate::session::SessionLiveness;
 use crate::store::WriteMode;
 
 /// An index file is written once this many packs, or this many blobs, are uploaded and not
@@ -88,6 +89,9 @@ pub struct WriteStats {
 
 struct Shared {
     idx: Indexed,
+    /// Checked before and after every index file: a writer whose session lapsed must not
+    /// name packs that maintenance may have reclaimed as leftovers meanwhile.
+    session: Arc<SessionLiveness>,
     stats: Arc<WriteStats>,
     failed: Mutex<Option<Error>>,
     abort: AtomicBool,
@@ -104,6 +108,9 @@ struct Shared {
     /// Write an index file at least this often while packs are uploaded, so that a killed
     /// writer loses at most this much work: the next backup reuses what was indexed.
     checkpoint: Mutex<(std::time::Duration, std::time::Instant)>,
+    /// Writes the checkpoint on time even when no pack is uploaded for a while (everything
+    /// deduplicates): uploaded packs never wait long for their index file.
+    ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -127,10 +134,24 @@ impl Shared {
             supersedes: Vec::new(),
             packs,
         };
+        self.idx.repo.pauses.at("writer:before-index").await;
+        self.session.check()?;
         let (id, file) = self.idx.write_index_file(file).await?;
+        if let Err(e) = self.session.check() {
+            // It stalled while the file was being stored: the packs it names may have been
+            // reclaimed meanwhile. Take it back before anyone deduplicates against it.
+            let _ = self
+                .idx
+                .repo
+                .store
+                .delete(&arca_format::layout::index(&id))
+                .await;
+            return Err(e);
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.idx.index.ingest(id, &file)?;
+            me.idx.index.note_written(id);
             let mut claimed = me.claimed.lock().expect("lock");
             for p in &file.packs {
                 for b in &p.blobs {
@@ -161,12 +182,13 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Start a writer. Must be called from within a tokio runtime.
-    pub fn new(idx: &Indexed, compression: Compression) -> Self {
+    /// Start a writer under a session. Must be called from within a tokio runtime.
+    pub fn new(idx: &Indexed, compression: Compression, session: Arc<SessionLiveness>) -> Self {
         let cfg = &idx.repo.config;
         let (data_size, tree_size) = (cfg.data_pack_size as usize, cfg.tree_pack_size as usize);
         let shared = Arc::new(Shared {
             idx: idx.clone(),
+            session,
             stats: Arc::new(WriteStats::default()),
             failed: Mutex::new(None),
             abort: AtomicBool::new(false),
@@ -187,7 +209,10 @@ impl Writer {
             tree_size,
             handle: Handle::current(),
             checkpoint: Mutex::new((DEFAULT_CHECKPOINT, std::time::Instant::now())),
+            ticker: Mutex::new(None),
         });
+        let ticker = shared.handle.spawn(checkpoints(Arc::downgrade(&shared)));
+        *shared.ticker.lock().expect("lock") = Some(ticker);
         Self {
             keys: idx.repo.keys.clone(),
             compression,
@@ -337,6 +362,47 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Producers still running (an error upstream) stop at their next store.
         self.shared.abort.store(true, Ordering::SeqCst);
+        if let Some(t) = self.shared.ticker.lock().expect("lock").take() {
+            t.abort();
+        }
+    }
+}
+
+/// Write an index file for uploaded packs once the checkpoint interval has passed since the
+/// last one, whether or not more packs are uploaded.
+async fn checkpoints(shared: std::sync::Weak<Shared>) {
+    loop {
+        let wait = {
+            let Some(s) = shared.upgrade() else { return };
+            let c = s.checkpoint.lock().expect("lock");
+            c.0.saturating_sub(c.1.elapsed())
+        };
+        // At most a second at a time: a changed interval takes effect soon.
+        tokio::time::sleep(wait.clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(1),
+        ))
+        .await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.abort.load(Ordering::Relaxed) {
+            return;
+        }
+        let due = {
+            let c = s.checkpoint.lock().expect("lock");
+            c.1.elapsed() >= c.0
+        };
+        if !due {
+            continue;
+        }
+        if s.pending.lock().expect("lock").is_empty() {
+            // Nothing to index: the next checkpoint is a full interval from now.
+            s.checkpoint.lock().expect("lock").1 = std::time::Instant::now();
+            continue;
+        }
+        if let Err(e) = s.flush_index().await {
+            s.fail(e);
+            return;
+        }
     }
 }
 
@@ -370,6 +436,7 @@ fn upload(shared: &Arc<Shared>, w: PackWriter) {
                         id: finished.id,
                         size,
                         obsolete_since: None,
+                        obsolete_visible: None,
                         blobs: finished.entries,
                     });
                     (p.len(), p.iter().map(|x| x.blobs.len()).sum::<usize>())

@@ -218,7 +218,7 @@ impl Location {
         who: &Identity,
     ) -> Result<Indexed> {
         let store = open_store(url, &self.store)?;
-        let repo = match Repository::open(store.clone(), &self.password).await {
+        let repo = match Repository::open_with(store.clone(), &self.password, cache_root).await {
             Ok(r) => r,
             Err(arca_engine::Error::NoRepository { .. }) => {
                 match Repository::init(store.clone(), &self.password, InitOptions::default(), who)
@@ -227,7 +227,7 @@ impl Location {
                     Ok(r) => r,
                     // Another writer created it first.
                     Err(arca_engine::Error::NotEmpty { .. }) => {
-                        Repository::open(store, &self.password).await?
+                        Repository::open_with(store, &self.password, cache_root).await?
                     }
                     Err(e) => return Err(e.into()),
                 }
