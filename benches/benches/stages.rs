@@ -116,6 +116,7 @@ fn index_file(rng: &mut Rng, n: usize) -> (IndexFile, Vec<BlobId>) {
             id: PackId(pid),
             size: 1_000_000,
             obsolete_since: None,
+            obsolete_visible: None,
             blobs,
         });
     }

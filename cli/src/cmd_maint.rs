@@ -57,25 +57,39 @@ pub struct RunArgs {
     /// Show what would be done; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// How long a pack stays marked unused before it is deleted (e.g. 1h, 30m, 0s).
-    #[arg(long, default_value = "1h")]
+    /// How long an unused pack stays marked, after every reader could see the mark, before
+    /// it is deleted; also the least age of an unindexed leftover pack (e.g. 24h, 2d). A
+    /// backup that is still running may use a marked pack: below 24h needs
+    /// --unsafe-short-margins.
+    #[arg(long, default_value = "24h")]
     safety_margin: String,
+    /// How long superseded index files stay after the index that replaced them appeared,
+    /// so that a reader listing the index meanwhile still finds one of them. Below 4h needs
+    /// --unsafe-short-margins.
+    #[arg(long, default_value = "4h")]
+    cleanup_margin: String,
+    /// Allow margins below the safe minimums: only when nothing else can be writing to this
+    /// repository (it risks the data of running backups otherwise).
+    #[arg(long)]
+    unsafe_short_margins: bool,
     /// Repack packs with less than this percentage of their bytes in use.
     #[arg(long, default_value_t = 50.0)]
     repack_below: f64,
-    /// Take the maintenance lease from another maintainer that is known to be gone (its
-    /// lease otherwise lapses by itself after 30 minutes).
+    /// Take the maintenance lease from another maintainer that is certainly gone (its
+    /// lease otherwise lapses by itself 30 minutes after its last renewal).
     #[arg(long)]
     break_lease: bool,
 }
 
 impl RunArgs {
     /// A full run with this margin (what `snapshot forget --prune` runs).
-    pub fn full(safety_margin: String) -> Self {
+    pub fn full(safety_margin: String, unsafe_short_margins: bool) -> Self {
         Self {
             full: true,
             dry_run: false,
             safety_margin,
+            cleanup_margin: "4h".into(),
+            unsafe_short_margins,
             repack_below: 50.0,
             break_lease: false,
         }
@@ -284,6 +298,17 @@ pub async fn maintenance(ctx: &Ctx, cmd: MaintenanceCmd) -> Result<u8> {
         full: a.full,
         dry_run: a.dry_run,
         safety_margin: std::time::Duration::from_secs(parse_duration(&a.safety_margin)? as u64),
+        cleanup_margin: std::time::Duration::from_secs(parse_duration(&a.cleanup_margin)? as u64),
+        unsafe_margins: a.unsafe_short_margins,
+        // Unsafe margins are for a repository nobody else writes to: the clock-skew
+        // allowance then shrinks with the margin (so that `--safety-margin 0` acts now).
+        clock_skew: if a.unsafe_short_margins {
+            arca_engine::CLOCK_SKEW.min(std::time::Duration::from_secs(parse_duration(
+                &a.safety_margin,
+            )? as u64))
+        } else {
+            arca_engine::CLOCK_SKEW
+        },
         repack_below: (a.repack_below / 100.0).clamp(0.0, 1.0),
         break_lease: a.break_lease,
         ..Default::default()
@@ -306,7 +331,10 @@ pub async fn maintenance(ctx: &Ctx, cmd: MaintenanceCmd) -> Result<u8> {
             "bytes_reclaimed": r.bytes_reclaimed,
             "packs_pending": r.packs_pending,
             "bytes_pending": r.bytes_pending,
+            "index_files_deleted": r.index_files_deleted,
             "sessions_removed": r.sessions_removed,
+            "sweep_blocked": r.sweep_blocked,
+            "leftovers_blocked": r.leftovers_blocked,
         }))?;
     } else {
         let would = if a.dry_run { "would " } else { "" };
@@ -331,6 +359,12 @@ pub async fn maintenance(ctx: &Ctx, cmd: MaintenanceCmd) -> Result<u8> {
                 if a.dry_run { "would have " } else { "" },
                 output::bytes(r.bytes_reclaimed)
             );
+            if let Some(why) = &r.sweep_blocked {
+                println!("nothing was deleted: {why}");
+            }
+            if let Some(why) = &r.leftovers_blocked {
+                println!("no leftover was deleted: {why}");
+            }
             if r.packs_pending > 0 {
                 println!(
                     "{} packs ({}) wait for the safety margin ({}) before deletion",

@@ -22,14 +22,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arca_format::{
-    BlobId, BlobType, IndexFile, IndexId, PackEntry, PackId, PackKind, RepoId, layout,
-};
+use arca_format::{BlobId, IndexFile, IndexId, PackEntry, PackId, PackKind, RepoId, layout};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, ColumnFamilyDescriptor, DB, IteratorMode, Options,
     SliceTransform, WriteBatch,
 };
 
+use crate::cache_records::{
+    FileRecord, PackRecord, Seen, blob_key, decode_blob_value, encode_blob_value,
+};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -58,92 +59,6 @@ pub struct BlobLocation {
     pub pack_size: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct PackRecord {
-    size: u64,
-    kind_meta: bool,
-    refs: Vec<(IndexId, Option<i64>)>,
-}
-
-impl PackRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(9 + 41 * self.refs.len());
-        v.extend_from_slice(&self.size.to_le_bytes());
-        v.push(self.kind_meta as u8);
-        for (id, obs) in &self.refs {
-            v.extend_from_slice(id.as_bytes());
-            v.push(obs.is_some() as u8);
-            v.extend_from_slice(&obs.unwrap_or(0).to_le_bytes());
-        }
-        v
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < 9 || !(b.len() - 9).is_multiple_of(41) {
-            return None;
-        }
-        let size = u64::from_le_bytes(b[..8].try_into().ok()?);
-        let refs = b[9..]
-            .chunks_exact(41)
-            .map(|r| {
-                let id = IndexId(r[..32].try_into().expect("32"));
-                let secs = i64::from_le_bytes(r[33..41].try_into().expect("8"));
-                (id, (r[32] == 1).then_some(secs))
-            })
-            .collect();
-        Some(Self {
-            size,
-            kind_meta: b[8] == 1,
-            refs,
-        })
-    }
-
-    fn live(&self) -> bool {
-        !self.refs.is_empty()
-    }
-
-    fn obsolete(&self) -> bool {
-        self.live() && self.refs.iter().all(|(_, o)| o.is_some())
-    }
-
-    fn kind(&self) -> PackKind {
-        if self.kind_meta {
-            PackKind::Meta
-        } else {
-            PackKind::Data
-        }
-    }
-}
-
-fn encode_blob_value(e: &PackEntry) -> [u8; 13] {
-    let mut v = [0u8; 13];
-    v[0] = e.blob_type.as_u8();
-    v[1..5].copy_from_slice(&e.offset.to_le_bytes());
-    v[5..9].copy_from_slice(&e.length.to_le_bytes());
-    v[9..13].copy_from_slice(&e.raw_length.to_le_bytes());
-    v
-}
-
-fn decode_blob_value(id: BlobId, v: &[u8]) -> Option<PackEntry> {
-    if v.len() != 13 {
-        return None;
-    }
-    Some(PackEntry {
-        blob_type: BlobType::from_u8(v[0])?,
-        id,
-        offset: u32::from_le_bytes(v[1..5].try_into().ok()?),
-        length: u32::from_le_bytes(v[5..9].try_into().ok()?),
-        raw_length: u32::from_le_bytes(v[9..13].try_into().ok()?),
-    })
-}
-
-fn blob_key(blob: &BlobId, pack: &PackId) -> [u8; 64] {
-    let mut k = [0u8; 64];
-    k[..32].copy_from_slice(blob.as_bytes());
-    k[32..].copy_from_slice(pack.as_bytes());
-    k
-}
-
 /// A run of lookups: see [`IndexCache::session`].
 pub(crate) struct Lookup<'a> {
     it: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
@@ -154,6 +69,9 @@ pub(crate) struct Lookup<'a> {
 pub(crate) struct IndexCache {
     db: DB,
     path: PathBuf,
+    /// What this machine last saw of the repository's index (see [`Seen`]); none for a
+    /// temporary cache.
+    seen: Option<PathBuf>,
     /// Temporary caches (no cache root) are removed on drop.
     temp: Option<tempfile::TempDir>,
 }
@@ -175,6 +93,12 @@ pub struct SyncStats {
     pub live: usize,
     /// Index files that could not be read (damaged): left out of the cache.
     pub damaged: Vec<(IndexId, String)>,
+    /// Index files this machine saw superseded before that are present again with nothing
+    /// superseding them: replayed (an old file put back). Never used.
+    pub replayed: Vec<IndexId>,
+    /// Set when the repository went backwards: index files this machine saw live are gone
+    /// and nothing supersedes them (the bucket was rolled back, or files were deleted).
+    pub went_backwards: Option<String>,
 }
 
 fn db_options() -> Options {
@@ -229,10 +153,15 @@ impl IndexCache {
         };
         std::fs::create_dir_all(&base)
             .map_err(|e| Error::io("create cache directory", &base, e))?;
+        let seen = temp.is_none().then(|| base.join("seen-index"));
+        let mut found = None;
         for slot in 0..MAX_SLOTS {
             let path = base.join(format!("index.{slot}"));
             match Self::open_at(&path, repo) {
-                Ok(db) => return Ok(Self { db, path, temp }),
+                Ok(db) => {
+                    found = Some((db, path));
+                    break;
+                }
                 Err(OpenErr::Locked) => continue,
                 Err(OpenErr::Other(why)) => {
                     // Damaged, foreign, or of another schema: wipe it and start over.
@@ -242,16 +171,27 @@ impl IndexCache {
                     );
                     let _ = std::fs::remove_dir_all(&path);
                     match Self::open_at(&path, repo) {
-                        Ok(db) => return Ok(Self { db, path, temp }),
+                        Ok(db) => {
+                            found = Some((db, path));
+                            break;
+                        }
                         Err(OpenErr::Locked) => continue,
                         Err(OpenErr::Other(reason)) => return Err(Error::Cache { path, reason }),
                     }
                 }
             }
         }
-        Err(Error::Cache {
-            path: base,
-            reason: format!("all {MAX_SLOTS} cache slots are in use by other arca processes"),
+        let Some((db, path)) = found else {
+            return Err(Error::Cache {
+                path: base,
+                reason: format!("all {MAX_SLOTS} cache slots are in use by other arca processes"),
+            });
+        };
+        Ok(Self {
+            db,
+            path,
+            seen,
+            temp,
         })
     }
 
@@ -386,6 +326,41 @@ impl IndexCache {
         Ok(self.lookup(id)?.is_some_and(|l| !l.obsolete))
     }
 
+    /// Whether a blob has a copy a writer may use (in a live pack no live index file marks
+    /// obsolete) in some pack other than `pack`: a pack is never its own surviving copy.
+    pub(crate) fn has_copy_outside(&self, id: &BlobId, pack: &PackId) -> Result<bool> {
+        self.has_copy_where(id, |p| p != pack)
+    }
+
+    /// Whether a blob has a copy a writer may use in a pack that `wanted` accepts.
+    pub(crate) fn has_copy_where(
+        &self,
+        id: &BlobId,
+        wanted: impl Fn(&PackId) -> bool,
+    ) -> Result<bool> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_BLOBS), opts);
+        it.seek(id.as_bytes());
+        while it.valid() {
+            let Some(k) = it.key() else { break };
+            if k.len() != 64 || &k[..32] != id.as_bytes() {
+                break;
+            }
+            let p = PackId(k[32..].try_into().expect("32"));
+            if wanted(&p)
+                && self
+                    .get_pack(&p)?
+                    .is_some_and(|r| r.live() && !r.obsolete())
+            {
+                return Ok(true);
+            }
+            it.next();
+        }
+        it.status().map_err(|e| self.db_err(e))?;
+        Ok(false)
+    }
+
     /// [`IndexCache::has`] within a session.
     pub(crate) fn has_in(&self, l: &mut Lookup<'_>, id: &BlobId) -> Result<bool> {
         Ok(self.lookup_in(l, id)?.is_some_and(|l| !l.obsolete))
@@ -407,6 +382,19 @@ impl IndexCache {
     pub(crate) fn present_files(&self) -> Result<Vec<IndexId>> {
         let mut out: Vec<IndexId> = self.cached_files()?.into_keys().collect();
         out.sort();
+        Ok(out)
+    }
+
+    /// Every present index file that supersedes others, with the files it supersedes.
+    pub(crate) fn superseders(&self) -> Result<Vec<(IndexId, Vec<IndexId>)>> {
+        let mut out = Vec::new();
+        for id in self.cached_files()?.into_keys() {
+            if let Some(r) = self.file_record(&id)?
+                && !r.supersedes.is_empty()
+            {
+                out.push((id, r.supersedes));
+            }
+        }
         Ok(out)
     }
 
@@ -487,14 +475,7 @@ impl IndexCache {
             }
             packs.push(p.id);
         }
-        let mut v = vec![FILE_LIVE];
-        v.extend_from_slice(&(file.supersedes.len() as u32).to_le_bytes());
-        for s in &file.supersedes {
-            v.extend_from_slice(s.as_bytes());
-        }
-        for p in &packs {
-            v.extend_from_slice(p.as_bytes());
-        }
+        let v = FileRecord::encode(FILE_LIVE, &file.supersedes, &packs);
         batch.put_cf(self.cf(CF_FILES), id.as_bytes(), v);
         self.db.write(batch).map_err(|e| self.db_err(e))
     }
@@ -507,30 +488,12 @@ impl IndexCache {
         else {
             return Ok(None);
         };
-        let bad = || Error::Cache {
-            path: self.path.clone(),
-            reason: "damaged file record".into(),
-        };
-        if v.len() < 5 {
-            return Err(bad());
-        }
-        let n = u32::from_le_bytes(v[1..5].try_into().expect("4")) as usize;
-        let rest = &v[5..];
-        if rest.len() < 32 * n || !(rest.len() - 32 * n).is_multiple_of(32) {
-            return Err(bad());
-        }
-        let sup = rest[..32 * n]
-            .chunks_exact(32)
-            .map(|c| IndexId(c.try_into().expect("32")))
-            .collect();
-        let packs = rest[32 * n..]
-            .chunks_exact(32)
-            .map(|c| PackId(c.try_into().expect("32")))
-            .collect();
-        Ok(Some(FileRecord {
-            supersedes: sup,
-            packs,
-        }))
+        FileRecord::decode(&v)
+            .map(Some)
+            .ok_or_else(|| Error::Cache {
+                path: self.path.clone(),
+                reason: "damaged file record".into(),
+            })
     }
 
     /// Remove an index file's refs from its packs; keep (superseded) or delete its record.
@@ -554,11 +517,7 @@ impl IndexCache {
             }
         }
         if keep_record {
-            let mut v = vec![FILE_SUPERSEDED];
-            v.extend_from_slice(&(sup.len() as u32).to_le_bytes());
-            for s in &sup {
-                v.extend_from_slice(s.as_bytes());
-            }
+            let v = FileRecord::encode(FILE_SUPERSEDED, &sup, &[]);
             batch.put_cf(self.cf(CF_FILES), id.as_bytes(), v);
         } else {
             batch.delete_cf(self.cf(CF_FILES), id.as_bytes());
@@ -577,18 +536,46 @@ impl IndexCache {
         Ok(out)
     }
 
+    /// Remember an index file this process wrote as live (see [`Seen`]): if the bucket is
+    /// rolled back before the next sync, its disappearance is noticed too.
+    pub(crate) fn note_written(&self, id: IndexId) {
+        let Some(path) = self.seen.as_deref() else {
+            return;
+        };
+        let mut seen = std::fs::read_to_string(path)
+            .map(|t| Seen::parse(&t))
+            .unwrap_or_default();
+        if seen.live.insert(id) {
+            self.save_seen(path, &seen);
+        }
+    }
+
+    fn save_seen(&self, path: &Path, seen: &Seen) {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let r = std::fs::write(&tmp, seen.render()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(
+                "cannot record what was seen of the index in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
     /// Bring the cache in step with the index files in the store.
     pub(crate) async fn sync(
         self: &Arc<Self>,
         store: &Store,
         keys: &Arc<arca_format::Keys>,
     ) -> Result<SyncStats> {
-        let present: HashSet<IndexId> = store
+        let sizes: HashMap<IndexId, u64> = store
             .list(layout::INDEX)
             .await?
             .into_iter()
-            .filter_map(|o| layout::parse_id(layout::INDEX, &o.name))
+            .filter(|o| !crate::store::foreign_by_size(o))
+            .filter_map(|o| layout::parse_id(layout::INDEX, &o.name).map(|id| (id, o.size)))
             .collect();
+        let present: HashSet<IndexId> = sizes.keys().copied().collect();
         let cached = self.cached_files()?;
         let new: Vec<IndexId> = present
             .iter()
@@ -603,21 +590,35 @@ impl IndexCache {
         let mut downloads = futures::stream::iter(new.into_iter().map(|id| {
             let store = store.clone();
             let keys = keys.clone();
+            let size = sizes.get(&id).copied();
             async move {
-                let bytes = store.get(&layout::index(&id)).await.map_err(|e| (id, e))?;
-                let file = tokio::task::spawn_blocking(move || IndexFile::decode(&keys, &bytes))
+                let name = layout::index(&id);
+                let bytes = crate::store::get_bounded(&store, &name, size)
                     .await
-                    .expect("decode task panicked")
-                    .map_err(|e| match e {
-                        arca_format::Error::Corrupt { what, reason } => {
-                            arca_format::Error::Corrupt {
-                                what,
-                                reason: format!("index/{}: {reason}", id.short()),
-                            }
-                        }
-                        e => e,
-                    })
-                    .map_err(|e| (id, Error::from(e)))?;
+                    .map_err(|e| (id, e))?;
+                let file = tokio::task::spawn_blocking(move || {
+                    // An index file is named by the hash of its bytes: a file replayed or
+                    // planted under another name is not trusted.
+                    if arca_format::object_hash(&bytes) != id.0 {
+                        return Err(arca_format::Error::Corrupt {
+                            what: arca_format::What::Index,
+                            reason: "its content does not hash to its name (damaged, or not \
+                                     written by Arca)"
+                                .into(),
+                        });
+                    }
+                    IndexFile::decode(&keys, &bytes)
+                })
+                .await
+                .expect("decode task panicked")
+                .map_err(|e| match e {
+                    arca_format::Error::Corrupt { what, reason } => arca_format::Error::Corrupt {
+                        what,
+                        reason: format!("index/{}: {reason}", id.short()),
+                    },
+                    e => e,
+                })
+                .map_err(|e| (id, Error::from(e)))?;
                 Ok::<_, (IndexId, Error)>((id, file))
             }
         }))
@@ -642,14 +643,40 @@ impl IndexCache {
             stats.ingested += 1;
         }
 
-        // Which present files are superseded by another present file.
+        let mut seen = self
+            .seen
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| Seen::parse(&t))
+            .unwrap_or_default();
+        // Which present files are superseded by another present file. A file this machine
+        // saw superseded never supersedes anything now: if it is a replay, its list is old.
         let mut superseded = BTreeSet::new();
+        let mut new_superseders = 0;
         for id in &present {
+            if seen.superseded.contains(id) {
+                continue;
+            }
             if let Some(FileRecord {
                 supersedes: sup, ..
             }) = self.file_record(id)?
             {
+                if !sup.is_empty() && !seen.live.contains(id) {
+                    new_superseders += 1;
+                }
                 superseded.extend(sup.into_iter().filter(|s| present.contains(s)));
+            }
+        }
+        // Replayed: seen superseded before, present again, superseded by nothing now.
+        for id in seen.superseded.iter().filter(|i| present.contains(i)) {
+            if !superseded.contains(id) {
+                tracing::error!(
+                    "index file {} was superseded when this machine last looked and is back, \
+                     superseded by nothing: a replayed old file; it is not used",
+                    id.short()
+                );
+                stats.replayed.push(*id);
+                superseded.insert(*id);
             }
         }
         for (id, state) in self.cached_files()? {
@@ -662,6 +689,38 @@ impl IndexCache {
             }
         }
         stats.live = present.len() - superseded.len();
+        let vanished: Vec<&IndexId> = seen.live.iter().filter(|i| !present.contains(i)).collect();
+        if let (Some(first), 0) = (vanished.first(), new_superseders) {
+            let why = format!(
+                "{} index file(s) this machine saw live (first: {}) are gone and no new index \
+                 file supersedes them: the repository went backwards (restored from an older \
+                 copy, or files were deleted). Snapshots made since may be missing. If this \
+                 was done on purpose, remove {} to accept the repository as it is",
+                vanished.len(),
+                first.short(),
+                self.seen
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            tracing::error!("{why}");
+            stats.went_backwards = Some(why);
+        }
+        if let Some(path) = self.seen.as_deref() {
+            // Keep the old live set while the warning stands, so that it is repeated.
+            if stats.went_backwards.is_none() {
+                // Damaged files are not remembered as live: removing one, as repair
+                // advises, is not the repository going backwards.
+                let damaged: BTreeSet<IndexId> = stats.damaged.iter().map(|d| d.0).collect();
+                seen.live = present
+                    .iter()
+                    .filter(|i| !superseded.contains(i) && !damaged.contains(i))
+                    .copied()
+                    .collect();
+            }
+            seen.superseded.extend(superseded.iter().copied());
+            self.save_seen(path, &seen);
+        }
         Ok(stats)
     }
 }
@@ -683,12 +742,6 @@ pub(crate) struct PackInfo {
     pub(crate) size: u64,
     /// Marked obsolete, and since when (seconds), by every live index file listing it.
     pub(crate) obsolete_since: Option<i64>,
-}
-
-/// What the cache remembers of one index file.
-struct FileRecord {
-    supersedes: Vec<IndexId>,
-    packs: Vec<PackId>,
 }
 
 enum OpenErr {

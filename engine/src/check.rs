@@ -253,17 +253,18 @@ impl Indexed {
         indexed_blobs: u32,
         progress: &CheckProgress,
     ) -> Result<Option<PackDamage>> {
-        let bytes = match self.repo.store.get(&pack_name(kind, &id)).await {
-            Ok(b) => b,
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                return Ok(Some(PackDamage {
-                    pack: id,
-                    reason: format!("unreadable: {e}"),
-                    blobs: self.blobs_of(&id)?,
-                }));
-            }
-        };
+        let bytes =
+            match crate::store::get_bounded(&self.repo.store, &pack_name(kind, &id), None).await {
+                Ok(b) => b,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    return Ok(Some(PackDamage {
+                        pack: id,
+                        reason: format!("unreadable: {e}"),
+                        blobs: self.blobs_of(&id)?,
+                    }));
+                }
+            };
         progress
             .bytes_done
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

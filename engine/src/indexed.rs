@@ -147,10 +147,12 @@ impl Indexed {
         let whole = match self.meta_packs.get(&loc.pack) {
             Some(b) => b,
             None => {
+                // The size the index records, never more: the object behind the name is
+                // not authenticated until its blobs are opened.
                 let b = self
                     .repo
                     .store
-                    .get(&pack_name(loc.kind, &loc.pack))
+                    .get_range(&pack_name(loc.kind, &loc.pack), 0..loc.pack_size)
                     .await
                     .ok()?;
                 self.meta_packs.put(loc.pack, b.clone());

@@ -2,41 +2,53 @@
 //! safe beside running backups (FORMAT.md section 14.3).
 //!
 //! A full run, under the maintenance lease:
-//! 1. computes the blobs every snapshot uses;
-//! 2. streams the live index files and decides per pack: keep; **mark** obsolete (unused);
+//! 1. lists the writer sessions, then computes the blobs every snapshot uses, then reads
+//!    the index;
+//! 2. decides per pack, from the merged view of every live index file (a pack is marked
+//!    only when every live file listing it marks it): keep; **mark** obsolete (unused);
 //!    **repack** (little used: its used blobs are copied into new packs, then it is marked);
-//!    **resurrect** (marked earlier, but a snapshot written since uses it); or **sweep**
-//!    (marked at least the safety margin ago, still unused, and no backup session that
-//!    started before the mark is still alive);
+//!    **resurrect** (marked, but a used blob has no copy in any other unmarked pack); or
+//!    **sweep** (marked, the mark visible to every reader at least the safety margin ago,
+//!    and no backup session that started before then is still alive);
 //! 3. uploads the repacked packs, writes the new index files (the last one superseding all
-//!    the inputs), deletes the inputs, then deletes the swept packs;
+//!    the present ones), then deletes the swept packs;
 //! 4. deletes packs no index lists that are older than the margin and than every live
-//!    backup session (leftovers of crashed writers), and sessions whose heartbeat stopped.
+//!    backup session (leftovers of crashed writers), index files superseded longer than the
+//!    cleanup margin ago, and sessions whose heartbeat stopped.
 //!
 //! Every step leaves a valid repository if the process dies after it: nothing is deleted
-//! before the index that no longer needs it is stored.
+//! before the index that no longer needs it is stored, and every deletion is preceded by a
+//! check that this maintainer still holds the lease.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use arca_format::{
-    IndexFile, IndexId, IndexPack, Lease, PackEntry, PackId, PackKind, PackWriter, Session,
-    SessionKind, Timestamp, layout, pack,
+    IndexFile, IndexId, IndexPack, PackEntry, PackId, PackKind, PackWriter, Session, SessionKind,
+    Timestamp, layout, pack,
 };
 use bytes::Bytes;
 
+use crate::clock::CLOCK_SKEW;
 use crate::error::{Error, Result};
 use crate::indexed::{Indexed, pack_name};
+use crate::lease::LeaseGuard;
 use crate::repo::Identity;
-use crate::session::{SESSION_TIMEOUT, SessionGuard};
+use crate::session::{SESSION_TIMEOUT, human};
 use crate::store::WriteMode;
 
 /// Entries per index file written by maintenance (bounded decode memory, FORMAT.md 11).
-const INDEX_FILE_ENTRIES: usize = 500_000;
-/// How far writers' clocks may disagree with the store's (FORMAT.md section 2).
-pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
-/// How long a lease lasts unless renewed.
-const LEASE_LENGTH: Duration = Duration::from_secs(30 * 60);
+pub const INDEX_FILE_ENTRIES: usize = 500_000;
+/// The least time between a mark becoming visible to every reader and the sweep of its
+/// pack (and the least age of a leftover pack), as Kopia's full maintenance waits: no
+/// writer stays alive that long without a heartbeat, and a writer's view of the index is
+/// never older than its session.
+pub const SAFE_SAFETY_MARGIN: Duration = Duration::from_secs(24 * 3600);
+/// The least time a superseded index file stays after the file that supersedes it
+/// appeared, so that a reader whose listing predates the new file still finds the old one.
+pub const SAFE_CLEANUP_MARGIN: Duration = Duration::from_secs(4 * 3600);
+/// Deletions between two checks with the store that the lease is still ours.
+const DELETES_PER_LEASE_CHECK: usize = 256;
 
 /// Live progress of a maintenance run: the phase, and items done of a total.
 #[derive(Debug, Default)]
@@ -71,20 +83,31 @@ impl MaintenanceProgress {
 pub struct MaintenanceOptions {
     /// Garbage collection and repacking, not only index compaction.
     pub full: bool,
-    /// How long a pack stays marked obsolete before it may be deleted, and how old an
-    /// unindexed pack must be before it is taken for a leftover.
+    /// How long a mark must have been visible to every reader before its pack may be
+    /// deleted, and how old an unindexed pack must be before it is taken for a leftover.
+    /// At least [`SAFE_SAFETY_MARGIN`] unless `unsafe_margins`.
     pub safety_margin: Duration,
+    /// How long superseded index files stay after the file that supersedes them appeared.
+    /// At least [`SAFE_CLEANUP_MARGIN`] unless `unsafe_margins`.
+    pub cleanup_margin: Duration,
+    /// Accept margins below the safe minimums: only when no writer can be running (tests,
+    /// a repository nobody else uses).
+    pub unsafe_margins: bool,
     /// Packs whose used bytes are below this fraction are repacked.
     pub repack_below: f64,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
     /// Who runs it.
     pub identity: Identity,
-    /// Take the maintenance lease even if another maintainer holds it (only when that one
-    /// is known to be gone).
+    /// Take the maintenance lease even while another maintainer holds it (only when that
+    /// one is certainly gone).
     pub break_lease: bool,
     /// How far writers' clocks may disagree with the store's.
     pub clock_skew: Duration,
+    /// Entries per index file written ([`INDEX_FILE_ENTRIES`]; smaller in tests, so that
+    /// a replacement spans several files).
+    #[doc(hidden)]
+    pub index_file_entries: usize,
     /// Where the run reports its progress.
     pub progress: std::sync::Arc<MaintenanceProgress>,
 }
@@ -93,14 +116,58 @@ impl Default for MaintenanceOptions {
     fn default() -> Self {
         Self {
             full: false,
-            safety_margin: Duration::from_secs(3600),
+            safety_margin: SAFE_SAFETY_MARGIN,
+            cleanup_margin: SAFE_CLEANUP_MARGIN,
+            unsafe_margins: false,
             repack_below: 0.5,
             dry_run: false,
             identity: Identity::current(),
             break_lease: false,
             clock_skew: CLOCK_SKEW,
+            index_file_entries: INDEX_FILE_ENTRIES,
             progress: Default::default(),
         }
+    }
+}
+
+impl MaintenanceOptions {
+    /// Refuse margins below the safe minimums unless asked for explicitly.
+    pub fn validate(&self) -> Result<()> {
+        if self.unsafe_margins {
+            return Ok(());
+        }
+        for (what, got, min, flag) in [
+            (
+                "safety margin",
+                self.safety_margin,
+                SAFE_SAFETY_MARGIN,
+                "--safety-margin",
+            ),
+            (
+                "cleanup margin",
+                self.cleanup_margin,
+                SAFE_CLEANUP_MARGIN,
+                "--cleanup-margin",
+            ),
+        ] {
+            if got < min {
+                return Err(Error::Invalid(format!(
+                    "a {what} of {} is below the safe minimum of {}: a backup that is still \
+                     running could lose data. Use {flag} {} or more, or add \
+                     --unsafe-short-margins if no other writer can be using this repository",
+                    human(got),
+                    human(min),
+                    human(min)
+                )));
+            }
+        }
+        if self.clock_skew < CLOCK_SKEW {
+            return Err(Error::Invalid(format!(
+                "a clock-skew allowance below {} needs --unsafe-short-margins",
+                human(CLOCK_SKEW)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -127,119 +194,15 @@ pub struct MaintenanceReport {
     pub packs_pending: usize,
     /// Bytes of those.
     pub bytes_pending: u64,
+    /// Superseded index files deleted after the cleanup margin.
+    pub index_files_deleted: usize,
     /// Dead writer sessions removed.
     pub sessions_removed: usize,
-}
-
-/// The lease, held for the run and renewed in the background.
-struct LeaseGuard {
-    idx: Indexed,
-    renew: tokio::task::JoinHandle<()>,
-}
-
-impl LeaseGuard {
-    async fn take(
-        idx: &Indexed,
-        session: &SessionGuard,
-        who: &Identity,
-        force: bool,
-    ) -> Result<Self> {
-        let store = &idx.repo.store;
-        let keys = idx.repo.keys.clone();
-        let make = |now: Timestamp| Lease {
-            session: session.id(),
-            host: who.host.clone(),
-            pid: std::process::id(),
-            acquired: now,
-            expires: Timestamp::new(now.seconds + LEASE_LENGTH.as_secs() as i64, 0),
-        };
-        let lease = make(Timestamp::now());
-        let bytes = Bytes::from(lease.encode(&keys)?);
-        match store
-            .put(layout::LEASE, bytes.clone(), WriteMode::CreateNew)
-            .await
-        {
-            Ok(()) => {}
-            Err(Error::Store {
-                kind: crate::StoreErrorKind::AlreadyExists,
-                ..
-            }) => {
-                let held = Lease::decode(&keys, &store.get(layout::LEASE).await?);
-                match held {
-                    Ok(h)
-                        if h.expires.seconds > Timestamp::now().seconds
-                            && !force
-                            && !holder_is_gone(&h, who) =>
-                    {
-                        return Err(Error::Invalid(format!(
-                            "maintenance is already running on {} (pid {}, since {}s ago); its lease lapses in {} s \
-                             (if that process is gone, --break-lease takes it now)",
-                            h.host,
-                            h.pid,
-                            Timestamp::now().seconds - h.acquired.seconds,
-                            h.expires.seconds - Timestamp::now().seconds
-                        )));
-                    }
-                    // Lapsed (or unreadable): break it, then take it like anyone else.
-                    _ => {
-                        tracing::warn!("breaking a lapsed maintenance lease");
-                        store.delete(layout::LEASE).await?;
-                        store
-                            .put(layout::LEASE, bytes, WriteMode::CreateNew)
-                            .await?;
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        let (i, l) = (idx.clone(), lease.clone());
-        let renew = tokio::spawn(async move {
-            let mut l = l;
-            loop {
-                tokio::time::sleep(LEASE_LENGTH / 3).await;
-                let now = Timestamp::now();
-                l.expires = Timestamp::new(now.seconds + LEASE_LENGTH.as_secs() as i64, 0);
-                if let Ok(b) = l.encode(&i.repo.keys) {
-                    let _ = i
-                        .repo
-                        .store
-                        .put(layout::LEASE, Bytes::from(b), WriteMode::Overwrite)
-                        .await;
-                }
-            }
-        });
-        Ok(Self {
-            idx: idx.clone(),
-            renew,
-        })
-    }
-
-    async fn release(self) -> Result<()> {
-        self.renew.abort();
-        self.idx.repo.store.delete(layout::LEASE).await
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        self.renew.abort();
-    }
-}
-
-/// Whether the lease's holder certainly no longer runs: it was this host, and its process
-/// is gone (or is this very process, which is not running maintenance: a crashed run).
-fn holder_is_gone(h: &Lease, who: &Identity) -> bool {
-    if h.host != who.host {
-        return false;
-    }
-    if h.pid == std::process::id() {
-        return true;
-    }
-    let pid = nix::unistd::Pid::from_raw(h.pid as i32);
-    matches!(
-        nix::sys::signal::kill(pid, None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    /// Why nothing was swept this time although packs were due (a session object that
+    /// could not be decoded, and so might be a live writer's).
+    pub sweep_blocked: Option<String>,
+    /// Why no leftover pack was deleted (an index file that cannot be read).
+    pub leftovers_blocked: Option<String>,
 }
 
 /// What happens to one pack.
@@ -251,13 +214,59 @@ enum Fate {
     Sweep(IndexPack),
 }
 
-/// Packs grouped into index files of at most [`INDEX_FILE_ENTRIES`] blobs (at least one
-/// file, so that an emptied repository still supersedes its old index).
-fn split_index(packs: Vec<IndexPack>) -> Vec<Vec<IndexPack>> {
+/// A pack as every live index file lists it, merged.
+struct Merged {
+    /// Entries from the first file that lists it (identical in every file).
+    pack: IndexPack,
+    /// Every live listing marks it.
+    marked: bool,
+    /// Every marking listing carries a visibility stamp.
+    all_visible: bool,
+    /// Newest store time (ms) of a live file that lists it marked.
+    marked_in_ms: i64,
+}
+
+impl Merged {
+    fn new(p: IndexPack, file_ms: i64) -> Self {
+        let marked = p.obsolete_since.is_some();
+        Self {
+            marked,
+            all_visible: p.obsolete_visible.is_some(),
+            marked_in_ms: if marked { file_ms } else { i64::MIN },
+            pack: p,
+        }
+    }
+
+    fn add(&mut self, p: &IndexPack, file_ms: i64) {
+        let marked = p.obsolete_since.is_some();
+        self.marked &= marked;
+        self.all_visible &= p.obsolete_visible.is_some();
+        if marked {
+            self.marked_in_ms = self.marked_in_ms.max(file_ms);
+        }
+        self.pack.obsolete_since = self.pack.obsolete_since.max(p.obsolete_since);
+        self.pack.obsolete_visible = self.pack.obsolete_visible.max(p.obsolete_visible);
+    }
+
+    /// The pack as the merged view has it: unmarked unless every live file marks it.
+    fn finish(mut self) -> (IndexPack, i64) {
+        if !self.marked {
+            self.pack.obsolete_since = None;
+            self.pack.obsolete_visible = None;
+        } else if !self.all_visible {
+            self.pack.obsolete_visible = None;
+        }
+        (self.pack, self.marked_in_ms)
+    }
+}
+
+/// Packs grouped into index files of at most `per_file` blobs (at least one file, so that
+/// an emptied repository still supersedes its old index).
+fn split_index(packs: Vec<IndexPack>, per_file: usize) -> Vec<Vec<IndexPack>> {
     let mut files: Vec<Vec<IndexPack>> = vec![Vec::new()];
     let mut n = 0;
     for p in packs {
-        if n + p.blobs.len() > INDEX_FILE_ENTRIES && !files.last().expect("one").is_empty() {
+        if n + p.blobs.len() > per_file && !files.last().expect("one").is_empty() {
             files.push(Vec::new());
             n = 0;
         }
@@ -267,87 +276,192 @@ fn split_index(packs: Vec<IndexPack>) -> Vec<Vec<IndexPack>> {
     files
 }
 
-fn index_file_count(packs: &[IndexPack]) -> usize {
-    split_index(packs.to_vec()).len()
+fn index_file_count(packs: &[IndexPack], per_file: usize) -> usize {
+    split_index(packs.to_vec(), per_file).len()
+}
+
+fn ms(t: Timestamp) -> i64 {
+    (t.as_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(ms: i64) -> Timestamp {
+    Timestamp::new(
+        ms.div_euclid(1000),
+        (ms.rem_euclid(1000) * 1_000_000) as u32,
+    )
+}
+
+/// The live backup sessions, as a full run sees them.
+#[derive(Default)]
+struct Sessions {
+    /// Start (ms, the writer's clock, checked against the store's when it began) of the
+    /// oldest live backup session.
+    oldest_live_backup: Option<i64>,
+    /// Sessions whose heartbeat stopped, with the version read (deleted only if unchanged).
+    dead: Vec<(String, crate::store::Version)>,
+    /// A reason not to sweep: a session that cannot be read might be a live writer's.
+    blocked: Option<String>,
 }
 
 impl Indexed {
     /// Run maintenance.
     pub async fn maintain(&self, opts: &MaintenanceOptions) -> Result<MaintenanceReport> {
-        let session =
-            SessionGuard::start(&self.repo, SessionKind::Maintenance, &opts.identity).await?;
-        let lease = LeaseGuard::take(self, &session, &opts.identity, opts.break_lease).await?;
-        let result = self.maintain_locked(opts).await;
-        let released = lease.release().await;
-        let ended = session.end().await;
-        let report = result?;
-        released?;
-        ended?;
-        Ok(report)
+        opts.validate()?;
+        crate::lease::under_lease(
+            &self.repo,
+            SessionKind::Maintenance,
+            &opts.identity,
+            opts.break_lease,
+            async |_, lease| self.maintain_locked(opts, lease).await,
+        )
+        .await
     }
 
-    async fn maintain_locked(&self, opts: &MaintenanceOptions) -> Result<MaintenanceReport> {
+    /// Read every live index file and merge what they say of each pack. Also returns, per
+    /// pack, the newest store time of a live file listing it marked, and the newest store
+    /// time of a live file that supersedes others (the end of the last replacement).
+    async fn merged_index(
+        &self,
+        inputs: &[IndexId],
+        visible: &HashMap<IndexId, i64>,
+        progress: &MaintenanceProgress,
+    ) -> Result<(Vec<(IndexPack, i64)>, i64)> {
+        let now_ms = ms(self.repo.clock.now());
+        let mut order: Vec<PackId> = Vec::new();
+        let mut merged: HashMap<PackId, Merged> = HashMap::new();
+        let mut last_replacement = i64::MIN;
+        for id in inputs {
+            progress.tick();
+            let file_ms = visible.get(id).copied().unwrap_or(now_ms);
+            let file = self.read_index_file(id).await?;
+            if !file.supersedes.is_empty() {
+                last_replacement = last_replacement.max(file_ms);
+            }
+            for p in file.packs {
+                match merged.get_mut(&p.id) {
+                    Some(m) => m.add(&p, file_ms),
+                    None => {
+                        order.push(p.id);
+                        merged.insert(p.id, Merged::new(p, file_ms));
+                    }
+                }
+            }
+        }
+        let packs = order
+            .into_iter()
+            .map(|id| merged.remove(&id).expect("merged").finish())
+            .collect();
+        Ok((packs, last_replacement))
+    }
+
+    /// When each index file in the store appeared, by the store's clock (ms).
+    async fn index_visibility(&self) -> Result<HashMap<IndexId, i64>> {
+        Ok(self
+            .repo
+            .store
+            .list(layout::INDEX)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                layout::parse_id(layout::INDEX, &o.name)
+                    .map(|id| (id, o.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
+    /// The writer sessions: which backups are alive, which sessions are dead.
+    async fn read_sessions(&self, now_ms: i64) -> Result<Sessions> {
+        let timeout = SESSION_TIMEOUT.as_millis() as i64;
+        let mut out = Sessions::default();
+        for o in self.repo.store.list(layout::SESSIONS).await? {
+            if crate::store::foreign_by_size(&o) {
+                continue;
+            }
+            let (bytes, version) = match self.repo.store.get_versioned(&o.name).await {
+                Ok(x) => x,
+                // Ended between the listing and the read.
+                Err(e) if e.is_not_found() => continue,
+                // Unknown sessions make every liveness judgement unsafe: stop.
+                Err(e) => return Err(e),
+            };
+            // The store's time of the last write, beside the writer's own: a session is
+            // alive while either says so.
+            let written = o.last_modified.timestamp_millis();
+            match Session::decode(&self.repo.keys, &bytes) {
+                Ok(s) => {
+                    let beat = ms(s.heartbeat).max(written);
+                    if now_ms - beat > timeout {
+                        out.dead.push((o.name, version));
+                    } else if s.kind == SessionKind::Backup {
+                        let started = ms(s.started);
+                        out.oldest_live_backup =
+                            Some(out.oldest_live_backup.map_or(started, |t| t.min(started)));
+                    }
+                }
+                Err(e) if now_ms - written > timeout => {
+                    tracing::warn!(
+                        "session {} cannot be read ({e}) and is old: removed",
+                        o.name
+                    );
+                    out.dead.push((o.name, version));
+                }
+                Err(e) => {
+                    tracing::warn!("session {} cannot be read: {e}", o.name);
+                    out.blocked = Some(format!(
+                        "session object {} cannot be read ({e}); it may be a running backup's, \
+                         so nothing is swept until it is {} old",
+                        o.name,
+                        human(SESSION_TIMEOUT)
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn maintain_locked(
+        &self,
+        opts: &MaintenanceOptions,
+        lease: &LeaseGuard,
+    ) -> Result<MaintenanceReport> {
         let mut report = MaintenanceReport::default();
         let progress = &opts.progress;
+        let per_file = opts.index_file_entries.max(1);
         progress.enter("reading the index", 0);
         self.resync().await?;
         let inputs = self.index.live_files()?;
         report.index_files.0 = inputs.len();
-        let now = Timestamp::now();
-        let margin = opts.safety_margin.as_secs() as i64;
+        let now = self.repo.clock.now();
+        let now_ms = ms(now);
 
         if !opts.full {
-            if inputs.len() < 2 {
-                report.index_files.1 = inputs.len();
-                return Ok(report);
-            }
-            let mut out = Vec::new();
-            let mut seen = HashSet::new();
-            for id in &inputs {
-                for p in self.read_index_file(id).await?.packs {
-                    if seen.insert(p.id) {
-                        out.push(p);
-                    }
-                }
-            }
-            report.index_files.1 = if opts.dry_run {
-                index_file_count(&out)
+            if inputs.len() >= 2 {
+                let visible = self.index_visibility().await?;
+                let (merged, _) = self.merged_index(&inputs, &visible, progress).await?;
+                let out: Vec<IndexPack> = merged.into_iter().map(|m| m.0).collect();
+                report.index_files.1 = if opts.dry_run {
+                    index_file_count(&out, per_file)
+                } else {
+                    lease.confirm_held().await?;
+                    self.replace_index(&self.index.present_files()?, out, per_file, lease)
+                        .await?
+                };
             } else {
-                self.replace_index(&self.index.present_files()?, out)
-                    .await?
-            };
+                report.index_files.1 = inputs.len();
+            }
+            if !opts.dry_run {
+                report.index_files_deleted = self.clean_superseded(opts, lease).await?;
+            }
             return Ok(report);
         }
 
         // Live backup sessions, listed *before* the snapshots are read: a backup that ends
         // after this listing was seen alive; one that ended before it has its snapshot
         // read below. Either way nothing it uses is swept.
-        let sessions_listed = (Timestamp::now().as_nanos() / 1_000_000) as i64;
-        let mut oldest_live_backup: Option<i64> = None;
-        let mut dead_sessions = Vec::new();
-        for o in self.repo.store.list(layout::SESSIONS).await? {
-            let Ok(bytes) = self.repo.store.get(&o.name).await else {
-                continue;
-            };
-            match Session::decode(&self.repo.keys, &bytes) {
-                Ok(s) if now.seconds - s.heartbeat.seconds > SESSION_TIMEOUT.as_secs() as i64 => {
-                    dead_sessions.push(o.name)
-                }
-                Ok(s) if s.kind == SessionKind::Backup => {
-                    let started = (s.started.as_nanos() / 1_000_000) as i64;
-                    oldest_live_backup =
-                        Some(oldest_live_backup.map_or(started, |t: i64| t.min(started)));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("session {}: {e}", o.name),
-            }
-        }
-        // A writer whose session started before `visible + skew` may have read an index
-        // older than `visible`: what became unused then may still be used by it.
-        // Milliseconds from here on: visibility, writes and session starts.
+        let sessions_listed = ms(self.repo.clock.now());
+        let sessions = self.read_sessions(now_ms).await?;
         let skew = opts.clock_skew.as_millis() as i64;
-        let no_writer_before =
-            |visible: i64| oldest_live_backup.is_none_or(|start| start > visible + skew);
+        let margin = opts.safety_margin.as_millis() as i64;
 
         // What the snapshots use. GC must know all of it, or it would delete live data.
         progress.enter("reading snapshots and their trees", 0);
@@ -358,13 +472,40 @@ impl Indexed {
         })?;
         // Every snapshot's index files were stored before it: reading the index *after*
         // listing the snapshots guarantees it covers every blob they use.
-        if let Some((id, e)) = self.resync().await?.damaged.into_iter().next() {
-            // The packs it lists would look unindexed, and be taken for leftovers.
-            return Err(Error::Invalid(format!(
-                "index file {} is damaged ({e}); run `arca repo repair index` before collecting garbage",
+        let synced = self.resync().await?;
+        // A damaged index file: the packs it lists look unindexed, so none is taken for a
+        // leftover; everything else goes on (marked packs are judged from readable files,
+        // and a pack whose used blobs have no other known copy is never swept).
+        if let Some((id, e)) = synced.damaged.first() {
+            report.leftovers_blocked = Some(format!(
+                "index file {} cannot be read ({e}); unindexed packs are kept until `arca repo \
+                 repair index` has run",
                 id.short()
-            )));
+            ));
         }
+        // A repository that went backwards may miss what newer snapshots use: delete
+        // nothing until someone has looked.
+        report.sweep_blocked = sessions.blocked.clone().or_else(|| {
+            synced
+                .went_backwards
+                .as_ref()
+                .map(|why| format!("nothing is deleted while {why}"))
+        });
+        if let Some(why) = &report.sweep_blocked
+            && synced.went_backwards.is_some()
+        {
+            report.leftovers_blocked.get_or_insert_with(|| why.clone());
+        }
+        // A writer whose session started before `visible + skew` may have read an index
+        // older than `visible`: what became unused then may still be used by it.
+        // Milliseconds from here on: visibility, writes and session starts.
+        let sweep_ok = report.sweep_blocked.is_none();
+        let no_writer_before = |visible: i64| {
+            sweep_ok
+                && sessions
+                    .oldest_live_backup
+                    .is_none_or(|start| start > visible + skew)
+        };
         let inputs = self.index.live_files()?;
         report.index_files.0 = inputs.len();
         let usage = self.usage(&snapshots).await?;
@@ -377,63 +518,101 @@ impl Indexed {
             )));
         }
 
-        // When each index file became visible (the store's clock).
-        let visible: std::collections::HashMap<IndexId, i64> = self
-            .repo
-            .store
-            .list(layout::INDEX)
-            .await?
-            .into_iter()
-            .filter_map(|o| {
-                layout::parse_id(layout::INDEX, &o.name)
-                    .map(|id| (id, o.last_modified.timestamp_millis()))
-            })
-            .collect();
-
-        // Decide per pack, streaming the index files.
-        let mut seen = HashSet::new();
-        let mut fates = Vec::new();
+        // Decide per pack, from the merged view of every live index file.
+        let visible = self.index_visibility().await?;
         progress.enter("deciding per pack", inputs.len() as u64);
-        for id in &inputs {
-            progress.tick();
-            let file_visible = visible
-                .get(id)
-                .copied()
-                .unwrap_or((now.as_nanos() / 1_000_000) as i64);
-            for p in self.read_index_file(id).await?.packs {
-                if !seen.insert(p.id) {
-                    continue;
+        let (merged, last_replacement) = self.merged_index(&inputs, &visible, progress).await?;
+        let mut fates = Vec::with_capacity(merged.len());
+        for (mut p, marked_in) in merged {
+            let used: u64 = p
+                .blobs
+                .iter()
+                .filter(|b| usage.uses(&b.id))
+                .map(|b| b.length as u64)
+                .sum();
+            if p.obsolete_since.is_none() {
+                let little = used > 0 && (used as f64) < opts.repack_below * p.size as f64;
+                fates.push(if used == 0 {
+                    Fate::Mark(p)
+                } else if little {
+                    Fate::Repack(p)
+                } else {
+                    Fate::Keep(p)
+                });
+                continue;
+            }
+            // A marked pack is needed again for a used blob with no copy in another live,
+            // unmarked pack (a repacked pack's blobs all have one). A pack is never its
+            // own surviving copy.
+            let mut needed = false;
+            for b in p.blobs.iter().filter(|b| usage.uses(&b.id)) {
+                if !self.index.has_copy_outside(&b.id, &p.id)? {
+                    needed = true;
+                    break;
                 }
-                let used: u64 = p
-                    .blobs
-                    .iter()
-                    .filter(|b| usage.uses(&b.id))
-                    .map(|b| b.length as u64)
-                    .sum();
-                // A marked pack is needed again only for a used blob with no other live
-                // copy (a repacked pack's blobs all have one).
-                let needed = p.obsolete_since.is_some()
-                    && p.blobs
-                        .iter()
-                        .filter(|b| usage.uses(&b.id))
-                        .try_fold(false, |acc, b| {
-                            Ok::<_, Error>(acc || !self.index.has(&b.id)?)
-                        })?;
-                let fate = match p.obsolete_since {
-                    Some(_) if needed => Fate::Resurrect(p),
-                    Some(t)
-                        if now.seconds - t.seconds >= margin && no_writer_before(file_visible) =>
-                    {
-                        Fate::Sweep(p)
+            }
+            if needed {
+                fates.push(Fate::Resurrect(p));
+                continue;
+            }
+            // When did every reader see the mark? The replacement that wrote it ended
+            // with a file superseding the older ones; until then older files listed the
+            // pack unmarked. The first run to see the mark stamps that time (the store's
+            // clock) and later runs keep it, so rewriting the index never postpones a
+            // sweep, and marking and sweeping are always two runs apart.
+            let seen = match p.obsolete_visible {
+                Some(t) => ms(t),
+                None => {
+                    let t = marked_in.max(last_replacement);
+                    if t > now_ms - skew {
+                        // Too recent to tell against this clock: the next run stamps it.
+                        fates.push(Fate::Keep(p));
+                        continue;
                     }
-                    Some(_) => Fate::Keep(p),
-                    None if used == 0 => Fate::Mark(p),
-                    None if (used as f64) < opts.repack_below * p.size as f64 => Fate::Repack(p),
-                    None => Fate::Keep(p),
-                };
-                fates.push(fate);
+                    p.obsolete_visible = Some(from_ms(t));
+                    t
+                }
+            };
+            if now_ms - seen >= margin + skew && no_writer_before(seen) {
+                fates.push(Fate::Sweep(p));
+            } else {
+                fates.push(Fate::Keep(p));
             }
         }
+
+        // A little-used pack whose used blobs all have copies in packs that stay (two
+        // writers stored the same chunks) is only marked, not copied again. Copies in
+        // packs this run marks or repacks do not count.
+        let leaving: HashSet<PackId> = fates
+            .iter()
+            .filter_map(|f| match f {
+                Fate::Mark(p) | Fate::Repack(p) => Some(p.id),
+                _ => None,
+            })
+            .collect();
+        let mut decided = Vec::with_capacity(fates.len());
+        for f in fates {
+            let Fate::Repack(p) = f else {
+                decided.push(f);
+                continue;
+            };
+            let mut elsewhere = true;
+            for b in p.blobs.iter().filter(|b| usage.uses(&b.id)) {
+                if !self
+                    .index
+                    .has_copy_where(&b.id, |q| q != &p.id && !leaving.contains(q))?
+                {
+                    elsewhere = false;
+                    break;
+                }
+            }
+            decided.push(if elsewhere {
+                Fate::Mark(p)
+            } else {
+                Fate::Repack(p)
+            });
+        }
+        let fates = decided;
 
         // Repack: copy the used blobs of little-used packs into new packs.
         let mut out: Vec<IndexPack> = Vec::new();
@@ -460,11 +639,13 @@ impl Indexed {
                     report.packs_pending += 1;
                     report.bytes_pending += p.size;
                     p.obsolete_since = Some(now);
+                    p.obsolete_visible = None;
                     out.push(p);
                 }
                 Fate::Resurrect(mut p) => {
                     report.packs_resurrected += 1;
                     p.obsolete_since = None;
+                    p.obsolete_visible = None;
                     out.push(p);
                 }
                 Fate::Sweep(p) => {
@@ -496,6 +677,7 @@ impl Indexed {
                             report.packs_pending += 1;
                             report.bytes_pending += p.size;
                             p.obsolete_since = Some(now);
+                            p.obsolete_visible = None;
                         }
                         // A damaged pack is kept as it is, for check and repair to see.
                         Err(e) => tracing::warn!("not repacking pack {}: {e}", p.id.short()),
@@ -523,7 +705,7 @@ impl Indexed {
         let mut leftovers = Vec::new();
         // Blobs the snapshots need are missing from the index: an unindexed pack might
         // hold them, so none is taken for a leftover until check and repair had a look.
-        let judge_leftovers = usage.missing.is_empty();
+        let judge_leftovers = usage.missing.is_empty() && report.leftovers_blocked.is_none();
         for o in self
             .repo
             .store
@@ -539,7 +721,7 @@ impl Indexed {
             // Only a pack written well before the sessions were listed can be judged: a
             // younger one may belong to a backup that started after the listing.
             if !indexed.contains(&id)
-                && now.seconds - written / 1000 >= margin
+                && now_ms - written >= margin + skew
                 && written + skew < sessions_listed
                 && no_writer_before(written)
             {
@@ -551,42 +733,101 @@ impl Indexed {
             report.packs_deleted = sweep.len();
             report.leftovers_deleted = leftovers.len();
             report.bytes_reclaimed = sweep.iter().chain(&leftovers).map(|s| s.2).sum();
-            report.sessions_removed = dead_sessions.len();
-            report.index_files.1 = index_file_count(&out);
+            report.sessions_removed = sessions.dead.len();
+            report.index_files.1 = index_file_count(&out, per_file);
             return Ok(report);
         }
 
         // Commit: the new index, then deletions that it no longer needs.
         progress.enter("writing the index", 0);
+        self.repo.pauses.at("maintenance:before-index").await;
+        lease.confirm_held().await?;
         report.index_files.1 = self
-            .replace_index(&self.index.present_files()?, out)
+            .replace_index(&self.index.present_files()?, out, per_file, lease)
             .await?;
+        self.repo.pauses.at("maintenance:before-delete").await;
         progress.enter(
             "deleting unused packs",
             (sweep.len() + leftovers.len()) as u64,
         );
-        for (kind, id, size) in sweep {
+        lease.confirm_held().await?;
+        let mut deleted = 0;
+        for (is_sweep, (kind, id, size)) in sweep
+            .into_iter()
+            .map(|s| (true, s))
+            .chain(leftovers.into_iter().map(|l| (false, l)))
+        {
             progress.tick();
+            deleted += 1;
+            if deleted % DELETES_PER_LEASE_CHECK == 0 {
+                lease.confirm_held().await?;
+            } else {
+                lease.ensure_held()?;
+            }
             self.repo.store.delete(&pack_name(kind, &id)).await?;
-            report.packs_deleted += 1;
+            if is_sweep {
+                report.packs_deleted += 1;
+            } else {
+                report.leftovers_deleted += 1;
+            }
             report.bytes_reclaimed += size;
         }
-        for (kind, id, size) in leftovers {
-            progress.tick();
-            self.repo.store.delete(&pack_name(kind, &id)).await?;
-            report.leftovers_deleted += 1;
-            report.bytes_reclaimed += size;
-        }
-        for name in dead_sessions {
-            self.repo.store.delete(&name).await?;
-            report.sessions_removed += 1;
+        report.index_files_deleted = self.clean_superseded(opts, lease).await?;
+        for (name, version) in sessions.dead {
+            lease.ensure_held()?;
+            // A session that came back to life since it was read is left alone.
+            match self.repo.store.delete_versioned(&name, &version).await {
+                Ok(()) => report.sessions_removed += 1,
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
         }
         self.resync().await?;
         Ok(report)
     }
 
+    /// Delete index files superseded by a present file that appeared at least the cleanup
+    /// margin ago (by the store's clock). Any order is safe: a file that supersedes names
+    /// every file present when it was written, so whatever is left is still superseded by
+    /// the newest replacement, which is never deleted here.
+    async fn clean_superseded(
+        &self,
+        opts: &MaintenanceOptions,
+        lease: &LeaseGuard,
+    ) -> Result<usize> {
+        self.resync().await?;
+        let visible = self.index_visibility().await?;
+        let now_ms = ms(self.repo.clock.now());
+        let margin = opts.cleanup_margin.as_millis() as i64;
+        let mut doomed: Vec<IndexId> = Vec::new();
+        for (by, superseded) in self.index.superseders()? {
+            let Some(at) = visible.get(&by) else { continue };
+            if now_ms - at >= margin {
+                doomed.extend(
+                    superseded
+                        .into_iter()
+                        .filter(|s| *s != by && visible.contains_key(s)),
+                );
+            }
+        }
+        doomed.sort();
+        doomed.dedup();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        lease.confirm_held().await?;
+        for id in &doomed {
+            lease.ensure_held()?;
+            self.repo.store.delete(&layout::index(id)).await?;
+        }
+        self.resync().await?;
+        Ok(doomed.len())
+    }
+
     async fn read_index_file(&self, id: &IndexId) -> Result<IndexFile> {
-        let bytes = self.repo.store.get(&layout::index(id)).await?;
+        let name = layout::index(id);
+        let bytes = crate::store::get_bounded(&self.repo.store, &name, None).await?;
+        crate::store::check_named(&name, &id.0, &bytes)?;
         let keys = self.repo.keys.clone();
         tokio::task::spawn_blocking(move || IndexFile::decode(&keys, &bytes))
             .await
@@ -594,8 +835,10 @@ impl Indexed {
             .map_err(Into::into)
     }
 
-    /// Write `packs` as new index files, the last superseding `inputs`; then delete the
-    /// inputs. Returns the number of files written.
+    /// Write `packs` as new index files of at most `per_file` entries, the last
+    /// superseding `inputs`. Returns the number of files written. The inputs are left in
+    /// place: [`Indexed::clean_superseded`] deletes them after the cleanup margin, so that
+    /// a reader whose listing predates the new files never misses both.
     ///
     /// `inputs` must be every index file present, superseded ones included: deleting a
     /// file that supersedes another would otherwise bring the older one back to life.
@@ -603,22 +846,26 @@ impl Indexed {
         &self,
         inputs: &[IndexId],
         packs: Vec<IndexPack>,
+        per_file: usize,
+        lease: &LeaseGuard,
     ) -> Result<usize> {
-        let files = split_index(packs);
+        let files = split_index(packs, per_file);
         let count = files.len();
         for (i, packs) in files.into_iter().enumerate() {
             // Only the last file supersedes: until it is stored, the inputs stay live and
-            // the union is still the whole index.
+            // the merged view is still the old index (a pack is marked only once every
+            // live file marks it).
             let supersedes = if i + 1 == count {
                 inputs.to_vec()
             } else {
                 Vec::new()
             };
+            if i > 0 {
+                self.repo.pauses.at("maintenance:between-index-files").await;
+            }
+            lease.ensure_held()?;
             self.write_index_file(IndexFile { supersedes, packs })
                 .await?;
-        }
-        for id in inputs {
-            self.repo.store.delete(&layout::index(id)).await?;
         }
         Ok(count)
     }
@@ -632,10 +879,12 @@ impl Indexed {
         done: &mut Vec<IndexPack>,
         copied_ids: &mut HashSet<arca_format::BlobId>,
     ) -> Result<u64> {
+        // Exactly the size the index records: an object planted under the pack's name
+        // cannot make this read more.
         let bytes = self
             .repo
             .store
-            .get(&pack_name(from.kind(), &from.id))
+            .get_range(&pack_name(from.kind(), &from.id), 0..from.size)
             .await?;
         let mut copied = 0;
         // Verify every blob first: a damaged one must not be carried over silently.
@@ -695,6 +944,7 @@ impl Indexed {
             id: p.id,
             size,
             obsolete_since: None,
+            obsolete_visible: None,
             blobs: p.entries,
         })
     }

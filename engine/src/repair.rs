@@ -80,9 +80,43 @@ impl Indexed {
     }
 
     /// Rebuild the index from every pack's trailer; the new index files supersede all
-    /// existing ones. Obsolete marks are dropped (the next GC sets them again).
+    /// existing ones. Runs under the maintenance lease (no GC beside it) and a session.
+    /// Obsolete marks of packs that are still marked are kept (the next GC confirms them
+    /// again before it sweeps).
     pub async fn repair_index(&self) -> Result<RepairIndexReport> {
+        crate::lease::under_lease(
+            &self.repo,
+            arca_format::SessionKind::Maintenance,
+            &crate::repo::Identity::current(),
+            false,
+            async |_, lease| self.repair_index_locked(lease).await,
+        )
+        .await
+    }
+
+    async fn repair_index_locked(
+        &self,
+        lease: &crate::lease::LeaseGuard,
+    ) -> Result<RepairIndexReport> {
         let mut report = RepairIndexReport::default();
+        // Index files first, then packs: a writer's checkpoint stored in between is not
+        // superseded (it was not listed), and every pack it names is read below or after.
+        let inputs: Vec<IndexId> = self
+            .repo
+            .store
+            .list(layout::INDEX)
+            .await?
+            .into_iter()
+            .filter_map(|o| layout::parse_id(layout::INDEX, &o.name))
+            .collect();
+        self.repo.pauses.at("repair:index-listed").await;
+        self.resync().await?;
+        let marks: HashMap<PackId, i64> = self
+            .index
+            .packs()?
+            .into_iter()
+            .filter_map(|p| p.obsolete_since.map(|t| (p.id, t)))
+            .collect();
         let packs: Vec<(PackKind, PackId, u64)> = self
             .repo
             .store
@@ -107,7 +141,8 @@ impl Indexed {
                     out.push(IndexPack {
                         id,
                         size,
-                        obsolete_since: None,
+                        obsolete_since: marks.get(&id).map(|s| arca_format::Timestamp::new(*s, 0)),
+                        obsolete_visible: None,
                         blobs: entries,
                     });
                 }
@@ -120,15 +155,10 @@ impl Indexed {
             }
         }
         out.sort_by_key(|p| p.id);
-        let inputs: Vec<IndexId> = self
-            .repo
-            .store
-            .list(layout::INDEX)
-            .await?
-            .into_iter()
-            .filter_map(|o| layout::parse_id(layout::INDEX, &o.name))
-            .collect();
-        report.index_files = self.replace_index(&inputs, out).await?;
+        lease.confirm_held().await?;
+        report.index_files = self
+            .replace_index(&inputs, out, crate::maintenance::INDEX_FILE_ENTRIES, lease)
+            .await?;
         self.resync().await?;
         Ok(report)
     }
@@ -143,10 +173,38 @@ impl Indexed {
         dry_run: bool,
         keep_original: bool,
     ) -> Result<Vec<RepairedSnapshot>> {
+        // A writer like any backup: under a session, so maintenance keeps what it writes
+        // and it stops if it stalls past the session timeout; and under the maintenance
+        // lease, so that no GC decides what is unused while snapshots are being replaced.
+        crate::lease::under_lease(
+            &self.repo,
+            arca_format::SessionKind::Backup,
+            &crate::repo::Identity::current(),
+            false,
+            async |session, lease| {
+                self.repair_snapshots_locked(bad, dry_run, keep_original, session, lease)
+                    .await
+            },
+        )
+        .await
+    }
+
+    async fn repair_snapshots_locked(
+        &self,
+        bad: &HashSet<BlobId>,
+        dry_run: bool,
+        keep_original: bool,
+        session: &crate::session::SessionGuard,
+        lease: &crate::lease::LeaseGuard,
+    ) -> Result<Vec<RepairedSnapshot>> {
         self.resync().await?;
         // A damaged manifest cannot be rewritten (check names it); the others can.
         let (snapshots, _) = self.repo.readable_snapshots().await?;
-        let writer = Arc::new(Writer::new(self, self.repo.config.compression));
+        let writer = Arc::new(Writer::new(
+            self,
+            self.repo.config.compression,
+            session.liveness(),
+        ));
         let mut memo: HashMap<BlobId, (BlobId, Vec<String>)> = HashMap::new();
         let mut rewrites = Vec::new();
         for (id, snap) in &snapshots {
@@ -167,9 +225,30 @@ impl Indexed {
             } else {
                 let mut s: Snapshot = snap;
                 s.root = SnapshotRoot::Tree(root);
+                if let Some(top) = &mut s.top {
+                    top.kind = NodeKind::Dir { subtree: root };
+                }
                 s.original = Some(old);
+                session.check_fresh()?;
                 let new = self.repo.write_snapshot(&s).await?;
+                session.check_fresh()?;
                 if !keep_original {
+                    // The original goes only once its replacement is stored, reads back,
+                    // and needs nothing the index lacks.
+                    let back = self.repo.snapshot(&new).await?;
+                    let usage = self.usage(&[(new, back)]).await?;
+                    if let Some(m) = usage.missing.first() {
+                        return Err(crate::error::Error::Invalid(format!(
+                            "the repaired snapshot {} still needs blob {} at {:?} ({}); the \
+                             original {} is kept",
+                            new.short(),
+                            m.blob.short(),
+                            m.path,
+                            m.reason,
+                            old.short()
+                        )));
+                    }
+                    lease.ensure_held()?;
                     self.repo.delete_snapshot(&old).await?;
                 }
                 Some(new)
@@ -210,7 +289,9 @@ impl Indexed {
                     next = tree.next;
                     nodes.extend(tree.nodes);
                 }
-                Err(e) if e.is_transient() => return Err(e),
+                // Only damage counts as loss: any other failure (the store, the cache)
+                // stops the repair rather than rewrite a snapshot on a passing view.
+                Err(e) if !is_loss(&e) => return Err(e),
                 Err(_) => {
                     damaged.push(String::new());
                     break;
@@ -241,7 +322,12 @@ impl Indexed {
                 }
                 NodeKind::File { content, .. } => {
                     let total = content.len();
-                    let missing = content.iter().filter(|c| lost(c).unwrap_or(true)).count();
+                    let mut missing = 0;
+                    for c in content.iter() {
+                        if lost(c)? {
+                            missing += 1;
+                        }
+                    }
                     if missing > 0 {
                         n.damage =
                             Some(format!("{missing} of {total} chunks lost; restored empty"));
@@ -265,5 +351,16 @@ impl Indexed {
         };
         memo.insert(id, result.clone());
         Ok(result)
+    }
+}
+
+/// Whether an error reading a blob means it is lost (damaged or gone), as opposed to a
+/// failure that says nothing about the data.
+fn is_loss(e: &crate::error::Error) -> bool {
+    use crate::error::Error;
+    match e {
+        Error::Format(f) => f.is_corruption(),
+        Error::MissingBlob { .. } => true,
+        e => e.is_not_found(),
     }
 }

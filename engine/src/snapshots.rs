@@ -52,20 +52,29 @@ impl Repository {
         let results: Vec<Result<Loaded>> = futures::stream::iter(
             names
                 .into_iter()
-                .filter_map(|o| layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)),
+                .filter(|o| !crate::store::foreign_by_size(o))
+                .filter_map(|o| {
+                    layout::parse_id::<SnapshotId>(layout::SNAPSHOTS, &o.name)
+                        .map(|id| (id, o.size))
+                }),
         )
-        .map(|id| async move {
-            match self.store.get(&layout::snapshot(&id)).await {
+        .map(|(id, size)| async move {
+            let name = layout::snapshot(&id);
+            match crate::store::get_bounded(&self.store, &name, Some(size)).await {
+                // Too large to be a snapshot: reported like a damaged one.
+                Err(e @ Error::Format(_)) => Ok(Some((id, Err(e)))),
                 Ok(bytes) => Ok(Some((
                     id,
-                    Snapshot::decode(&self.keys, &bytes).map_err(|e| match e {
-                        arca_format::Error::Corrupt { what, reason } => {
-                            Error::Format(arca_format::Error::Corrupt {
-                                what,
-                                reason: format!("snapshots/{}: {reason}", id.short()),
-                            })
-                        }
-                        e => e.into(),
+                    crate::store::check_named(&name, &id.0, &bytes).and_then(|()| {
+                        Snapshot::decode(&self.keys, &bytes).map_err(|e| match e {
+                            arca_format::Error::Corrupt { what, reason } => {
+                                Error::Format(arca_format::Error::Corrupt {
+                                    what,
+                                    reason: format!("snapshots/{}: {reason}", id.short()),
+                                })
+                            }
+                            e => e.into(),
+                        })
                     }),
                 ))),
                 // Forgotten between listing and reading.
@@ -93,13 +102,17 @@ impl Repository {
 
     /// Read one snapshot.
     pub async fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        let bytes = self.store.get(&layout::snapshot(id)).await.map_err(|e| {
-            if e.is_not_found() {
-                Error::NotFound(format!("no snapshot {}", id.short()))
-            } else {
-                e
-            }
-        })?;
+        let name = layout::snapshot(id);
+        let bytes = crate::store::get_bounded(&self.store, &name, None)
+            .await
+            .map_err(|e| {
+                if e.is_not_found() {
+                    Error::NotFound(format!("no snapshot {}", id.short()))
+                } else {
+                    e
+                }
+            })?;
+        crate::store::check_named(&name, &id.0, &bytes)?;
         Ok(Snapshot::decode(&self.keys, &bytes)?)
     }
 

@@ -46,8 +46,13 @@ async fn run(idx: &Indexed, src: &Path, op: Op) -> arca_engine::Result<()> {
             let o = MaintenanceOptions {
                 full: true,
                 safety_margin: Duration::ZERO,
+                clock_skew: Duration::ZERO,
                 repack_below: 0.7,
+                // Small index files: a replacement spans several, so crashes land between.
+                index_file_entries: 40,
                 identity: who(),
+                unsafe_margins: true,
+                cleanup_margin: Duration::ZERO,
                 ..Default::default()
             };
             idx.maintain(&o).await.map(|_| ())
@@ -55,6 +60,8 @@ async fn run(idx: &Indexed, src: &Path, op: Op) -> arca_engine::Result<()> {
         Op::Quick => idx
             .maintain(&MaintenanceOptions {
                 identity: who(),
+                unsafe_margins: true,
+                cleanup_margin: Duration::ZERO,
                 ..Default::default()
             })
             .await

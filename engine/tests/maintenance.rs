@@ -20,6 +20,8 @@ fn gc() -> MaintenanceOptions {
         clock_skew: Duration::ZERO,
         repack_below: 0.7,
         identity: who(),
+        unsafe_margins: true,
+        cleanup_margin: Duration::ZERO,
         ..Default::default()
     }
 }
@@ -176,6 +178,8 @@ async fn quick_maintenance_compacts_the_index() {
         &idx,
         &MaintenanceOptions {
             identity: who(),
+            unsafe_margins: true,
+            cleanup_margin: Duration::ZERO,
             ..Default::default()
         },
     )
@@ -201,6 +205,7 @@ async fn the_lease_keeps_a_second_maintainer_out() {
         pid: 1,
         acquired: arca_format::Timestamp::now(),
         expires: arca_format::Timestamp::new(arca_format::Timestamp::now().seconds + 600, 0),
+        process: String::new(),
     };
     store
         .put(
@@ -227,17 +232,32 @@ async fn the_lease_keeps_a_second_maintainer_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crashed_backup_are_reclaimed_and_the_next_backup_works() {
-    let inner = memory();
+    // The store's clock and the repository's are one test clock: an hour passes when told.
+    let clock = Arc::new(arca_engine::ManualClock::new());
+    let inner: Store = Arc::new(arca_engine::store::clocked::ClockedBackend::new(
+        memory(),
+        clock.clone(),
+    ));
     init(inner.clone()).await;
     let faulty = Arc::new(FaultyBackend::new(inner.clone()));
-    let idx = open(faulty.clone()).await.unwrap();
+    let open_clocked = |store: Store| {
+        let clock = clock.clone();
+        async move {
+            let repo = arca_engine::Repository::open(store, PW)
+                .await
+                .unwrap()
+                .with_clock(clock);
+            repo.indexed(None).await.unwrap().0
+        }
+    };
+    let idx = open_clocked(faulty.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     write_tree(&src, 1);
     // Die just before the index is written: packs are stored, unindexed.
     faulty.arm(4, FaultMode::Before);
     assert!(backup(&idx, &src, "v1").await.is_err());
-    let idx = open(inner.clone()).await.unwrap();
+    let idx = open_clocked(inner.clone()).await;
     let r = idx
         .check(arca_engine::ReadData::None, Default::default())
         .await
@@ -246,22 +266,8 @@ async fn leftovers_of_a_crashed_backup_are_reclaimed_and_the_next_backup_works()
     // The dead writer's session still looks alive: its leftovers are kept for now.
     let g = maintain(&idx, &gc()).await;
     assert_eq!(g.leftovers_deleted, 0, "{g:?}");
-    // An hour later its heartbeat is stale: the session and its leftovers go.
-    for o in inner.list(layout::SESSIONS).await.unwrap() {
-        let mut s =
-            arca_format::Session::decode(idx.repo().keys(), &inner.get(&o.name).await.unwrap())
-                .unwrap();
-        s.heartbeat = arca_format::Timestamp::new(s.heartbeat.seconds - 2 * 3600, 0);
-        s.started = s.heartbeat;
-        inner
-            .put(
-                &o.name,
-                s.encode(idx.repo().keys()).unwrap().into(),
-                arca_engine::WriteMode::Overwrite,
-            )
-            .await
-            .unwrap();
-    }
+    // Two hours later its heartbeat is stale: the session and its leftovers go.
+    clock.advance(Duration::from_secs(2 * 3600));
     let g = maintain(&idx, &gc()).await;
     assert!(g.leftovers_deleted > 0 && g.sessions_removed == 1, "{g:?}");
     let s = backup(&idx, &src, "v1").await.unwrap();

@@ -78,6 +78,8 @@ fn gc() -> MaintenanceOptions {
         clock_skew: Duration::ZERO,
         repack_below: 0.8,
         identity: who(),
+        unsafe_margins: true,
+        cleanup_margin: Duration::ZERO,
         ..Default::default()
     }
 }
@@ -103,6 +105,8 @@ async fn apply(
         Op::Quick => idx
             .maintain(&MaintenanceOptions {
                 identity: who(),
+                unsafe_margins: true,
+                cleanup_margin: Duration::ZERO,
                 ..Default::default()
             })
             .await

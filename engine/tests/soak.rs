@@ -46,6 +46,8 @@ async fn concurrent_backups_and_maintenance_in_a_loop() {
                 let opts = MaintenanceOptions {
                     full: true,
                     safety_margin: Duration::ZERO,
+                    cleanup_margin: Duration::ZERO,
+                    unsafe_margins: true,
                     clock_skew: Duration::ZERO,
                     repack_below: 0.8,
                     identity: who(),
