@@ -128,9 +128,12 @@ pub struct ForgetArgs {
     /// Collect garbage afterwards (`arca maintenance run --full`).
     #[arg(long)]
     prune: bool,
-    /// Safety margin of the garbage collection run by --prune.
-    #[arg(long, default_value = "1h")]
+    /// Safety margin of the garbage collection run by --prune (see `maintenance run`).
+    #[arg(long, default_value = "24h")]
     safety_margin: String,
+    /// Allow a --safety-margin below 24h (only when nothing else writes to the repository).
+    #[arg(long)]
+    unsafe_short_margins: bool,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -179,8 +182,11 @@ pub struct CreateArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum ExistingArg {
-    /// Leave files whose size and mtime match; rewrite the others.
+    /// Leave files whose content is the snapshot's (read and compared); rewrite the others.
     Skip,
+    /// Leave files whose size and modification time match, without reading them (faster;
+    /// trusts the mtime); rewrite the others.
+    SkipMtime,
     /// Rewrite every file.
     Overwrite,
     /// Stop at the first existing file.
@@ -573,14 +579,26 @@ async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
         .await?;
     if a.target.as_os_str() == "-" {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        let mut out = idx.restore_tar(&s.root, &a.subpath, out).await?;
+        let (mut out, problems) = idx.restore_tar(&s.root, &a.subpath, out).await?;
         std::io::Write::flush(&mut out)?;
+        for p in &problems {
+            eprintln!("error: {}: {}", p.path.display(), p.message);
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "{} items could not be written whole: the tar stream is partial",
+                problems.len()
+            );
+            return Ok(EXIT_PARTIAL);
+        }
         return Ok(0);
     }
     let mut opts = RestoreOptions::new(&a.target);
+    opts.top = s.top.clone();
     opts.subpath = a.subpath;
     opts.existing = match a.existing {
-        ExistingArg::Skip => Existing::SkipIdentical,
+        ExistingArg::Skip => Existing::Skip,
+        ExistingArg::SkipMtime => Existing::SkipSameTime,
         ExistingArg::Overwrite => Existing::Overwrite,
         ExistingArg::Fail => Existing::Fail,
     };
@@ -748,6 +766,7 @@ async fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<u8> {
     if a.prune {
         let sub = crate::cmd_maint::MaintenanceCmd::Run(crate::cmd_maint::RunArgs::full(
             a.safety_margin.clone(),
+            a.unsafe_short_margins,
         ));
         return crate::cmd_maint::maintenance(ctx, sub).await;
     }

@@ -101,23 +101,34 @@ fn timespec(t: Timestamp) -> TimeSpec {
     TimeSpec::new(t.seconds, t.nanos as _)
 }
 
-/// Apply a node's metadata to a restored path: extended attributes, owner (when asked,
-/// which needs root), permissions, then times (last, since the others change ctime and
-/// writing would change mtime). Returns what could not be applied.
-pub(crate) fn apply(path: &Path, node: &Node, ownership: bool) -> Vec<String> {
-    apply_to(Target::Path(path), node, ownership)
-}
-
-/// [`apply`] through an open file: no path lookup per call (three per file, a good part
-/// of restoring many small files).
+/// Apply a node's metadata through an open file: owner (when asked, which needs root),
+/// permissions (after the owner: chown clears set-user-ID and set-group-ID), extended
+/// attributes (after the owner: chown clears file capabilities, `security.capability`),
+/// then times (last, since the others change ctime and writing would change mtime). No
+/// path lookup per call, and nothing a symlink swapped in could redirect. Returns what
+/// could not be applied.
 pub(crate) fn apply_file(file: &std::fs::File, node: &Node, ownership: bool) -> Vec<String> {
     apply_to(Target::File(file), node, ownership)
 }
 
+/// [`apply_file`] to the entry `name` of an open directory, never following a symlink there:
+/// for what cannot be opened without side effects (symlinks, fifos, devices).
+pub(crate) fn apply_at(
+    dir: &std::os::fd::OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    node: &Node,
+    ownership: bool,
+) -> Vec<String> {
+    apply_to(Target::At(dir, name, path), node, ownership)
+}
+
 #[derive(Clone, Copy)]
 enum Target<'a> {
-    Path(&'a Path),
     File(&'a std::fs::File),
+    /// A directory, an entry's name in it, and the full path (for extended attributes,
+    /// which have no `*at` call; `lsetxattr` does not follow the entry itself).
+    At(&'a std::os::fd::OwnedFd, &'a OsStr, &'a Path),
 }
 
 fn apply_to(target: Target<'_>, node: &Node, ownership: bool) -> Vec<String> {
@@ -125,10 +136,44 @@ fn apply_to(target: Target<'_>, node: &Node, ownership: bool) -> Vec<String> {
     use xattr::FileExt;
     let mut problems = Vec::new();
     let is_link = matches!(node.kind, NodeKind::Symlink { .. });
+    if ownership {
+        let (uid, gid) = (Some(node.uid), Some(node.gid));
+        let owned = match target {
+            Target::File(f) => std::os::unix::fs::fchown(f, uid, gid),
+            Target::At(d, name, _) => nix::unistd::fchownat(
+                d,
+                name,
+                Some(nix::unistd::Uid::from_raw(node.uid)),
+                Some(nix::unistd::Gid::from_raw(node.gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from),
+        };
+        if let Err(e) = owned {
+            problems.push(format!("owner {}:{}: {e}", node.uid, node.gid));
+        }
+    }
+    if !is_link {
+        let set = match target {
+            Target::File(f) => {
+                f.set_permissions(std::fs::Permissions::from_mode(node.mode & 0o7777))
+            }
+            Target::At(d, name, _) => nix::sys::stat::fchmodat(
+                d,
+                name,
+                nix::sys::stat::Mode::from_bits_truncate((node.mode & 0o7777) as _),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .map_err(std::io::Error::from),
+        };
+        if let Err(e) = set {
+            problems.push(format!("permissions {:o}: {e}", node.mode));
+        }
+    }
     for x in &node.xattrs {
         let name = OsStr::from_bytes(&x.name);
         let set = match target {
-            Target::Path(p) => xattr::set(p, name, &x.value),
+            Target::At(_, _, p) => xattr::set(p, name, &x.value),
             Target::File(f) => f.set_xattr(name, &x.value),
         };
         if let Err(e) = set {
@@ -138,39 +183,15 @@ fn apply_to(target: Target<'_>, node: &Node, ownership: bool) -> Vec<String> {
             ));
         }
     }
-    if ownership {
-        let (uid, gid) = (Some(node.uid), Some(node.gid));
-        let owned = match target {
-            Target::Path(p) => std::os::unix::fs::lchown(p, uid, gid),
-            Target::File(f) => std::os::unix::fs::fchown(f, uid, gid),
-        };
-        if let Err(e) = owned {
-            problems.push(format!("owner {}:{}: {e}", node.uid, node.gid));
-        }
-    }
-    if !is_link {
-        let perm = std::fs::Permissions::from_mode(node.mode & 0o7777);
-        let set = match target {
-            Target::Path(p) => std::fs::set_permissions(p, perm),
-            Target::File(f) => f.set_permissions(perm),
-        };
-        if let Err(e) = set {
-            problems.push(format!("permissions {:o}: {e}", node.mode));
-        }
-    }
     let (atime, mtime) = (
         timespec(node.atime.unwrap_or(node.mtime)),
         timespec(node.mtime),
     );
     let timed = match target {
-        Target::Path(p) => nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            p,
-            &atime,
-            &mtime,
-            UtimensatFlags::NoFollowSymlink,
-        ),
         Target::File(f) => nix::sys::stat::futimens(f, &atime, &mtime),
+        Target::At(d, name, _) => {
+            nix::sys::stat::utimensat(d, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        }
     };
     if let Err(e) = timed {
         problems.push(format!("times: {e}"));

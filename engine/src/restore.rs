@@ -11,13 +11,20 @@
 //!    deepest first.
 //!
 //! A file's modification time is set only after its content is complete, so a rerun after
-//! an interruption recognises finished files (same size and mtime) and skips them.
+//! an interruption recognises finished files and skips them (by content, or with
+//! `SkipSameTime` by size and mtime alone).
+//!
+//! Nothing is ever written, created, chmodded or chowned through a symbolic link: every
+//! entry is made relative to an open directory that was itself opened without following
+//! one (see `beneath`), files are created with `O_EXCL`, and a symlink found where the
+//! snapshot has a file or a directory is replaced, not followed. An entry whose name folds
+//! onto another's (a case-insensitive file system) is refused and reported.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +35,7 @@ use arca_format::{
 use futures::StreamExt;
 
 use crate::backup::ItemProblem;
+use crate::beneath::Root;
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::indexed::{Indexed, pack_name};
@@ -35,9 +43,13 @@ use crate::indexed::{Indexed, pack_name};
 /// What to do with a file that already exists at the target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Existing {
-    /// Leave it when its size and modification time match the snapshot's; else rewrite.
+    /// Leave it when its content is the snapshot's (read and hashed chunk by chunk);
+    /// else rewrite it.
     #[default]
-    SkipIdentical,
+    Skip,
+    /// Leave it when its size and modification time match the snapshot's, without reading
+    /// it (faster; trusts the mtime).
+    SkipSameTime,
     /// Always rewrite it.
     Overwrite,
     /// Stop the restore with an error.
@@ -59,6 +71,9 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// Set to stop early.
     pub cancel: Arc<AtomicBool>,
+    /// The metadata of the snapshot's top directory (`Snapshot::top`), applied to the
+    /// target itself when the whole snapshot is restored.
+    pub top: Option<Node>,
 }
 
 impl RestoreOptions {
@@ -67,10 +82,11 @@ impl RestoreOptions {
         Self {
             target: target.into(),
             subpath: String::new(),
-            existing: Existing::SkipIdentical,
+            existing: Existing::Skip,
             ownership: nix::unistd::geteuid().is_root(),
             concurrency: 8,
             cancel: Arc::new(AtomicBool::new(false)),
+            top: None,
         }
     }
 }
@@ -149,10 +165,25 @@ struct Walked {
 struct FileJob {
     path: PathBuf,
     node: Node,
+    /// A file of the same size is at the path: keep it if its content is the snapshot's.
+    verify: bool,
 }
 
-/// A job's chunks and where they are, or why its file could not be created.
-type JobChunks = std::result::Result<Vec<(BlobId, Option<crate::cache::BlobLocation>)>, String>;
+/// A job's chunks and where they are (and whether an existing file must be replaced, or
+/// can stay), or why its file could not be created.
+type JobChunks =
+    std::result::Result<(Vec<(BlobId, Option<crate::cache::BlobLocation>)>, Verdict), String>;
+
+/// What to do with a job's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing is there: create the file.
+    Create,
+    /// A file with other content is there: replace it.
+    Replace,
+    /// The file there holds exactly the snapshot's content: leave it.
+    Keep,
+}
 /// A batch with its files created and chunks looked up.
 type Prepared = (Vec<FileJob>, Vec<Result<JobChunks>>);
 
@@ -255,6 +286,8 @@ impl Indexed {
         });
         let mut report = RestoreReport::default();
         std::fs::create_dir_all(&opts.target).map_err(|e| Error::io("create", &opts.target, e))?;
+        let root_fd =
+            Arc::new(Root::open(&opts.target).map_err(|e| Error::io("open", &opts.target, e))?);
         // Restoring into an empty directory (the usual case) needs no look at what exists:
         // a stat per entry was a fifth of a large restore's walk.
         let fresh = std::fs::read_dir(&opts.target)
@@ -280,6 +313,7 @@ impl Indexed {
                         &opts.target,
                         fresh,
                         opts,
+                        &root_fd,
                         &col,
                         &mut report,
                         &mut plan,
@@ -294,22 +328,25 @@ impl Indexed {
         let hold = opts.existing == Existing::Fail && !fresh;
         let (btx, mut brx) = tokio::sync::mpsc::channel::<Vec<FileJob>>(1);
         let walker = {
-            let (idx, opts, col) = (self.clone(), opts.clone(), col.clone());
+            let (idx, opts, col, root) = (self.clone(), opts.clone(), col.clone(), root_fd.clone());
             let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || idx.walk(plan, &opts, &col, &handle, &btx, hold))
+            tokio::task::spawn_blocking(move || {
+                idx.walk(plan, &opts, &root, &col, &handle, &btx, hold)
+            })
         };
         // Two batches are written at once, and the next is prepared as soon as one of
         // them ends, so no core idles at a batch's tail. They share one fetch budget.
         let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize));
         let writes = futures::stream::poll_fn(|cx| brx.poll_recv(cx))
-            .then(|b| self.prepare_batch(b))
-            .map(|prepared| self.write_batch(prepared, opts, &col, &budget))
+            .then(|b| self.prepare_batch(b, root_fd.clone()))
+            .map(|prepared| self.write_batch(prepared, opts, &root_fd, &col, &budget))
             .buffer_unordered(2);
         let mut writes = std::pin::pin!(writes);
         while let Some(done) = writes.next().await {
-            let (written, restored) = done?;
+            let (written, restored, kept) = done?;
             report.bytes_written += written;
             report.files_restored += restored;
+            report.files_skipped += kept;
         }
         let walked = walker.await.expect("restore walk panicked")?;
         report.dirs += walked.report.dirs;
@@ -323,15 +360,36 @@ impl Indexed {
             if !linked.contains(group) {
                 continue;
             }
-            let _ = std::fs::remove_file(link);
-            match std::fs::hard_link(first, link) {
+            match hard_link_beneath(&root_fd, first, link) {
                 Ok(()) => report.others += 1,
                 Err(e) => col.error(link, format!("cannot create hard link: {e}")),
             }
         }
         for (path, node) in walked.dirs.iter().rev() {
-            for p in fsmeta::apply(path, node, opts.ownership) {
-                col.warn(path, p);
+            // Through the directory opened without following a symlink: one open
+            // instead of several path lookups, and nothing swapped in is changed.
+            match root_fd.open_dir(root_fd.rel(path)) {
+                Ok(fd) => {
+                    for p in fsmeta::apply_file(&std::fs::File::from(fd), node, opts.ownership) {
+                        col.warn(path, p);
+                    }
+                }
+                Err(e) => col.warn(path, format!("metadata not applied: {e}")),
+            }
+        }
+        // The snapshot's top directory is the target itself: a 0700 home comes back 0700.
+        if let Some(top) = opts
+            .top
+            .as_ref()
+            .filter(|_| opts.subpath.trim_matches('/').is_empty())
+        {
+            match root_fd.open_dir(Path::new(".")) {
+                Ok(fd) => {
+                    for p in fsmeta::apply_file(&std::fs::File::from(fd), top, opts.ownership) {
+                        col.warn(&opts.target, p);
+                    }
+                }
+                Err(e) => col.warn(&opts.target, format!("metadata not applied: {e}")),
             }
         }
         report.errors = std::mem::take(&mut *col.errors.lock().expect("lock"));
@@ -341,10 +399,12 @@ impl Indexed {
 
     /// Phase 1, on a blocking thread: walk the trees left in `plan`, sending batches of
     /// files to `out` (or keeping them all until the end when `hold`).
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         &self,
         mut plan: Plan,
         opts: &RestoreOptions,
+        root: &Root,
         col: &Collector,
         handle: &tokio::runtime::Handle,
         out: &tokio::sync::mpsc::Sender<Vec<FileJob>>,
@@ -383,7 +443,7 @@ impl Indexed {
                     continue;
                 }
             };
-            self.place(&tree, &dir, fresh, opts, col, &mut report, &mut plan)?;
+            self.place(&tree, &dir, fresh, opts, root, col, &mut report, &mut plan)?;
         }
         while let Some(batch) = plan.take_batch(true) {
             hand_on(batch, &mut held)?;
@@ -399,7 +459,8 @@ impl Indexed {
         })
     }
 
-    /// Create the entries of one tree under `dir`; queue files and subdirectories.
+    /// Create the entries of one tree under `dir`; queue files and subdirectories. Every
+    /// entry is made relative to `dir` opened without following a symlink.
     #[allow(clippy::too_many_arguments)]
     fn place(
         &self,
@@ -407,10 +468,13 @@ impl Indexed {
         dir: &Path,
         fresh: bool,
         opts: &RestoreOptions,
+        root: &Root,
         col: &Collector,
         report: &mut RestoreReport,
         plan: &mut Plan,
     ) -> Result<()> {
+        use nix::sys::stat::{Mode, SFlag};
+        use nix::unistd::UnlinkatFlags;
         let Plan {
             jobs,
             dirs,
@@ -418,6 +482,32 @@ impl Indexed {
             links,
             stack,
         } = plan;
+        let dfd = match root.open_dir(root.rel(dir)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                col.error(dir, format!("not restored: {e}"));
+                return Ok(());
+            }
+        };
+        // Names really in the directory, read once when first needed: on a case-folding
+        // file system a lookup of "foo" also finds "FOO".
+        let mut listing: Option<std::collections::HashSet<Vec<u8>>> = None;
+        let fail_on = |path: &Path| -> Result<()> {
+            if opts.existing == Existing::Fail {
+                return Err(Error::Invalid(format!(
+                    "{} exists (--existing fail)",
+                    path.display()
+                )));
+            }
+            Ok(())
+        };
+        let folds = |path: &Path| {
+            format!(
+                "not restored: another entry of this directory has a name that folds onto \
+                 {:?} (a case-insensitive file system?)",
+                path.file_name().unwrap_or_default()
+            )
+        };
         for node in &tree.nodes {
             if arca_format::check_name(&node.name).is_err() {
                 col.error(
@@ -429,6 +519,7 @@ impl Indexed {
                 );
                 continue;
             }
+            let name = OsStr::from_bytes(&node.name);
             let path = node_path(dir, &node.name);
             if let Some(d) = &node.damage {
                 col.error(&path, format!("damaged in the repository: {d}"));
@@ -436,53 +527,97 @@ impl Indexed {
             let existing = if fresh {
                 None
             } else {
-                std::fs::symlink_metadata(&path).ok()
+                match nix::sys::stat::fstatat(&dfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                {
+                    Ok(st) => Some(st),
+                    Err(nix::errno::Errno::ENOENT) => None,
+                    Err(e) => {
+                        col.error(&path, format!("cannot look at what is there: {e}"));
+                        continue;
+                    }
+                }
+            };
+            if existing.is_some() {
+                let names = listing.get_or_insert_with(|| {
+                    std::fs::read_dir(dir)
+                        .map(|d| {
+                            d.filter_map(|e| e.ok())
+                                .map(|e| e.file_name().as_bytes().to_vec())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                });
+                if !names.contains(&node.name) {
+                    col.error(&path, folds(&path));
+                    continue;
+                }
+            }
+            let kind_of = |st: &nix::sys::stat::FileStat| {
+                SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+            };
+            let is_dir = existing
+                .as_ref()
+                .is_some_and(|st| kind_of(st) == SFlag::S_IFDIR);
+            let unlink = || nix::unistd::unlinkat(&dfd, name, UnlinkatFlags::NoRemoveDir);
+            // What stands where a file, link or device goes is removed (never followed);
+            // a directory in the way is reported and left.
+            let clear = || {
+                if is_dir {
+                    col.error(&path, "a directory is in the way");
+                    return false;
+                }
+                unlink()
+                    .map_err(|e| col.error(&path, format!("cannot replace: {e}")))
+                    .is_ok()
             };
             match &node.kind {
                 NodeKind::Dir { subtree } => {
-                    match &existing {
-                        Some(m) if m.is_dir() => {}
-                        Some(_) => {
-                            if opts.existing == Existing::Fail {
-                                return Err(Error::Invalid(format!(
-                                    "{} exists (--existing fail)",
-                                    path.display()
-                                )));
-                            }
-                            if let Err(e) = std::fs::remove_file(&path) {
-                                col.error(&path, format!("cannot replace with a directory: {e}"));
+                    if existing.is_some() && !is_dir {
+                        fail_on(&path)?;
+                        // A file or a symlink where the snapshot has a directory: replaced,
+                        // never followed.
+                        if let Err(e) = unlink() {
+                            col.error(&path, format!("cannot replace with a directory: {e}"));
+                            continue;
+                        }
+                    }
+                    if !is_dir {
+                        // Closed to others until its own metadata is applied at the end.
+                        match nix::sys::stat::mkdirat(&dfd, name, Mode::from_bits_truncate(0o700)) {
+                            Ok(()) => {}
+                            Err(nix::errno::Errno::EEXIST) => {
+                                col.error(&path, folds(&path));
                                 continue;
                             }
-                            std::fs::create_dir(&path)
-                                .map_err(|e| Error::io("create directory", &path, e))?;
+                            Err(e) => {
+                                return Err(Error::io("create directory", &path, e.into()));
+                            }
                         }
-                        None => std::fs::create_dir(&path)
-                            .map_err(|e| Error::io("create directory", &path, e))?,
                     }
                     report.dirs += 1;
                     dirs.push((path.clone(), node.clone()));
-                    stack.push((*subtree, path, !existing.is_some_and(|m| m.is_dir())));
+                    stack.push((*subtree, path, !is_dir));
                 }
                 NodeKind::File { .. } => {
                     let group = (node.device, node.inode);
                     if node.links > 1
                         && let Some(first) = groups.get(&group)
                     {
+                        if existing.is_some() {
+                            fail_on(&path)?;
+                        }
                         links.push((group, first.clone(), path));
                         continue;
                     }
-                    if let Some(m) = &existing {
+                    let mut verify = false;
+                    if let Some(st) = &existing {
+                        fail_on(&path)?;
+                        let is_file = kind_of(st) == SFlag::S_IFREG;
+                        let same_size = is_file && st.st_size as u64 == node.size;
                         match opts.existing {
-                            Existing::Fail => {
-                                return Err(Error::Invalid(format!(
-                                    "{} exists (--existing fail)",
-                                    path.display()
-                                )));
-                            }
-                            Existing::SkipIdentical
-                                if m.is_file()
-                                    && m.len() == node.size
-                                    && Timestamp::new(m.mtime(), m.mtime_nsec() as u32)
+                            Existing::SkipSameTime
+                                if same_size
+                                    && Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32)
                                         == node.mtime =>
                             {
                                 report.files_skipped += 1;
@@ -490,18 +625,13 @@ impl Indexed {
                                 col.progress.total_files.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
-                            _ => {
-                                if m.is_dir() {
-                                    col.error(&path, "a directory is in the way");
-                                    continue;
-                                }
-                                // Replace rather than write into it: it may be read-only,
-                                // or a hard link whose other names must not change.
-                                if let Err(e) = std::fs::remove_file(&path) {
-                                    col.error(&path, format!("cannot replace: {e}"));
-                                    continue;
-                                }
-                            }
+                            // Kept if its content is the snapshot's: read when the batch
+                            // is prepared.
+                            Existing::Skip if same_size => verify = true,
+                            // Replace rather than write into it: it may be read-only, a
+                            // symlink, or a hard link whose other names must not change.
+                            _ if !clear() => continue,
+                            _ => {}
                         }
                     }
                     if node.links > 1 {
@@ -510,47 +640,36 @@ impl Indexed {
                     jobs.push_back(FileJob {
                         path,
                         node: node.clone(),
+                        verify,
                     });
                 }
                 other => {
                     if existing.is_some() {
-                        if opts.existing == Existing::Fail {
-                            return Err(Error::Invalid(format!(
-                                "{} exists (--existing fail)",
-                                path.display()
-                            )));
-                        }
+                        fail_on(&path)?;
                         if let NodeKind::Symlink { target } = other
-                            && std::fs::read_link(&path)
-                                .is_ok_and(|t| t.as_os_str().as_bytes() == target.as_slice())
+                            && nix::fcntl::readlinkat(&dfd, name)
+                                .is_ok_and(|t| t.as_bytes() == target.as_slice())
                         {
                             report.others += 1;
                             continue;
                         }
-                        let _ = std::fs::remove_file(&path);
+                        if !clear() {
+                            continue;
+                        }
                     }
+                    let perm = Mode::from_bits_truncate(0o600);
                     let made = match other {
                         NodeKind::Symlink { target } => {
-                            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                            nix::unistd::symlinkat(OsStr::from_bytes(target), &dfd, name)
                         }
-                        NodeKind::Fifo => nix::unistd::mkfifo(
-                            &path,
-                            nix::sys::stat::Mode::from_bits_truncate(0o600),
-                        )
-                        .map_err(std::io::Error::from),
+                        NodeKind::Fifo => nix::unistd::mkfifoat(&dfd, name, perm),
                         NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
                             let kind = if matches!(other, NodeKind::CharDevice { .. }) {
-                                nix::sys::stat::SFlag::S_IFCHR
+                                SFlag::S_IFCHR
                             } else {
-                                nix::sys::stat::SFlag::S_IFBLK
+                                SFlag::S_IFBLK
                             };
-                            nix::sys::stat::mknod(
-                                &path,
-                                kind,
-                                nix::sys::stat::Mode::from_bits_truncate(0o600),
-                                *rdev as _,
-                            )
-                            .map_err(std::io::Error::from)
+                            nix::sys::stat::mknodat(&dfd, name, kind, perm, *rdev as _)
                         }
                         // A socket is recreated by the program that listens on it.
                         NodeKind::Socket => continue,
@@ -561,10 +680,11 @@ impl Indexed {
                     match made {
                         Ok(()) => {
                             report.others += 1;
-                            for p in fsmeta::apply(&path, node, opts.ownership) {
+                            for p in fsmeta::apply_at(&dfd, name, &path, node, opts.ownership) {
                                 col.warn(&path, p);
                             }
                         }
+                        Err(nix::errno::Errno::EEXIST) => col.error(&path, folds(&path)),
                         Err(e) => col.error(&path, format!("cannot create: {e}")),
                     }
                 }
@@ -574,7 +694,7 @@ impl Indexed {
     }
 
     /// Look up a batch's chunks, on every core.
-    async fn prepare_batch(&self, batch: Vec<FileJob>) -> Prepared {
+    async fn prepare_batch(&self, batch: Vec<FileJob>, root: Arc<Root>) -> Prepared {
         let idx = self.clone();
         tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
@@ -584,7 +704,7 @@ impl Indexed {
                     || idx.index.session(),
                     |l, job| {
                         let NodeKind::File { content, .. } = &job.node.kind else {
-                            return Ok(Ok(Vec::new()));
+                            return Ok(Ok((Vec::new(), Verdict::Create)));
                         };
                         let mut locs = Vec::with_capacity(content.len());
                         for id in content {
@@ -595,7 +715,12 @@ impl Indexed {
                                 break;
                             }
                         }
-                        Ok(Ok(locs))
+                        let verdict = if job.verify {
+                            same_content(&idx, &root, job, &locs)
+                        } else {
+                            Verdict::Create
+                        };
+                        Ok(Ok((locs, verdict)))
                     },
                 )
                 .collect();
@@ -610,9 +735,10 @@ impl Indexed {
         &self,
         (batch, prepared): Prepared,
         opts: &RestoreOptions,
+        root: &Arc<Root>,
         col: &Arc<Collector>,
         budget: &Arc<tokio::sync::Semaphore>,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<(u64, u64, u64)> {
         // Where every blob goes: (job, offset in file).
         type Targets = Vec<(usize, u64)>;
         type PackPlan = (PackKind, HashMap<BlobId, (PackEntry, Targets)>);
@@ -621,9 +747,36 @@ impl Indexed {
             Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
         let damaged: Arc<Vec<AtomicBool>> =
             Arc::new(batch.iter().map(|_| AtomicBool::new(false)).collect());
+        // Who creates each file: the first worker with a blob for it (or the loop below).
+        let created: Arc<Vec<std::sync::OnceLock<std::result::Result<(), String>>>> =
+            Arc::new(batch.iter().map(|_| std::sync::OnceLock::new()).collect());
+        let kept = Arc::new(AtomicU64::new(0));
+        let mut skip = vec![false; batch.len()];
         for (j, (job, prep)) in batch.iter().zip(prepared).enumerate() {
             let locs = match prep? {
-                Ok(l) => l,
+                Ok((_, Verdict::Keep)) => {
+                    skip[j] = true;
+                    kept.fetch_add(1, Ordering::Relaxed);
+                    col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    if job.node.links > 1 {
+                        // Whole as it is: its other names are linked to it at the end.
+                        col.linked
+                            .lock()
+                            .expect("lock")
+                            .insert((job.node.device, job.node.inode));
+                    }
+                    continue;
+                }
+                Ok((l, Verdict::Replace)) => {
+                    if let Err(e) = unlink_beneath(root, &job.path) {
+                        col.error(&job.path, format!("cannot replace: {e}"));
+                        skip[j] = true;
+                        col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    l
+                }
+                Ok((l, Verdict::Create)) => l,
                 Err(msg) => {
                     col.error(&job.path, msg);
                     damaged[j].store(true, Ordering::Relaxed);
@@ -662,26 +815,33 @@ impl Indexed {
         // Files with nothing to fetch (empty, or broken above) are created at their
         // size and finished now.
         for j in 0..batch.len() {
-            if remaining[j].load(Ordering::Relaxed) == 0 {
-                let created = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&batch[j].path)
-                    .and_then(|f| f.set_len(batch[j].node.size));
-                if let Err(e) = created {
-                    col.error(&batch[j].path, format!("cannot create: {e}"));
-                    damaged[j].store(true, Ordering::Relaxed);
-                }
-                finish_file(
-                    &batch[j],
-                    None,
-                    damaged[j].load(Ordering::Relaxed),
-                    opts.ownership,
-                    col,
-                    &restored,
-                );
+            if skip[j] || remaining[j].load(Ordering::Relaxed) != 0 {
+                continue;
             }
+            let file = match open_job(root, &batch[j], &created[j]) {
+                Ok(f) => f
+                    .set_len(batch[j].node.size)
+                    .map(|()| f)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let file = match file {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    col.error(&batch[j].path, e);
+                    damaged[j].store(true, Ordering::Relaxed);
+                    None
+                }
+            };
+            finish_file(
+                root,
+                &batch[j],
+                file.as_ref(),
+                damaged[j].load(Ordering::Relaxed),
+                opts.ownership,
+                col,
+                &restored,
+            );
         }
 
         // Ranges: blobs of a pack sorted by offset, neighbours merged.
@@ -717,6 +877,7 @@ impl Indexed {
                 written.clone(),
                 restored.clone(),
             );
+            let (root, created) = (root.clone(), created.clone());
             let (ownership, cancel) = (opts.ownership, opts.cancel.clone());
             async move {
                 if cancel.load(Ordering::Relaxed) {
@@ -777,17 +938,12 @@ impl Indexed {
                                         job.node.kind,
                                         NodeKind::File { sparse: true, .. }
                                     );
-                                    let mut write = || -> std::io::Result<()> {
+                                    let mut write = || -> std::result::Result<(), String> {
                                         if open.as_ref().is_none_or(|(o, _)| o != j) {
                                             open = None;
-                                            // Created by whichever worker comes first; no
-                                            // truncation: the walk removed any file that
-                                            // was in the way, and others may be writing.
-                                            let f = std::fs::OpenOptions::new()
-                                                .write(true)
-                                                .create(true)
-                                                .truncate(false)
-                                                .open(&job.path)?;
+                                            // Created (O_EXCL) by whichever worker comes
+                                            // first; the others open what it made.
+                                            let f = open_job(&root, job, &created[*j])?;
                                             open = Some((*j, f));
                                         }
                                         let f = &open.as_ref().expect("opened above").1;
@@ -796,10 +952,11 @@ impl Indexed {
                                         } else {
                                             f.write_all_at(data, *off)
                                         }
+                                        .map_err(|e| format!("write failed: {e}"))
                                     };
                                     let w = write();
                                     if let Err(e) = w {
-                                        col.error(&job.path, format!("write failed: {e}"));
+                                        col.error(&job.path, e);
                                         damaged[*j].store(true, Ordering::Relaxed);
                                     }
                                     written.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -825,6 +982,7 @@ impl Indexed {
                                 // closed.
                                 let file = open.take_if(|(o, _)| o == j).map(|(_, f)| f);
                                 finish_file(
+                                    &root,
                                     job,
                                     file.as_ref(),
                                     damaged[*j].load(Ordering::Relaxed),
@@ -853,16 +1011,19 @@ impl Indexed {
         Ok((
             written.load(Ordering::Relaxed),
             restored.load(Ordering::Relaxed),
+            kept.load(Ordering::Relaxed),
         ))
     }
 
-    /// Write a snapshot's tree (or a sub-path) as a tar stream.
+    /// Write a snapshot's tree (or a sub-path) as a tar stream. Returns the writer and
+    /// the files that could not be written whole (left out, or padded with zeros to their
+    /// recorded size): the stream itself always stays well-formed.
     pub async fn restore_tar<W: Write + Send + 'static>(
         &self,
         root: &SnapshotRoot,
         subpath: &str,
         out: W,
-    ) -> Result<W> {
+    ) -> Result<(W, Vec<ItemProblem>)> {
         let SnapshotRoot::Tree(root) = root else {
             return Err(Error::Invalid(
                 "this snapshot is a block volume, not a directory tree".into(),
@@ -873,10 +1034,11 @@ impl Indexed {
         tokio::task::spawn_blocking(move || {
             let handle = tokio::runtime::Handle::current();
             let mut b = tar::Builder::new(out);
+            let mut problems = Vec::new();
             match top {
-                None => tar_tree(&idx, &handle, &mut b, Path::new(""), &root)?,
+                None => tar_tree(&idx, &handle, &mut b, Path::new(""), &root, &mut problems)?,
                 Some(node) => {
-                    tar_node(&idx, &mut b, Path::new(""), &node)?;
+                    tar_node(&idx, &mut b, Path::new(""), &node, &mut problems)?;
                     if let NodeKind::Dir { subtree } = node.kind {
                         tar_tree(
                             &idx,
@@ -884,12 +1046,15 @@ impl Indexed {
                             &mut b,
                             Path::new(OsStr::from_bytes(&node.name)),
                             &subtree,
+                            &mut problems,
                         )?;
                     }
                 }
             }
-            b.into_inner()
-                .map_err(|e| Error::io("write", "tar stream", e))
+            let w = b
+                .into_inner()
+                .map_err(|e| Error::io("write", "tar stream", e))?;
+            Ok((w, problems))
         })
         .await
         .expect("tar task panicked")
@@ -903,10 +1068,21 @@ fn tar_tree<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     id: &BlobId,
+    problems: &mut Vec<ItemProblem>,
 ) -> Result<()> {
     let tree = handle.block_on(idx.read_tree(id))?;
     for n in &tree.nodes {
-        tar_node(idx, b, dir, n)?;
+        if arca_format::check_name(&n.name).is_err() {
+            problems.push(ItemProblem {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "skipped an entry with an unsafe name {:?}",
+                    String::from_utf8_lossy(&n.name)
+                ),
+            });
+            continue;
+        }
+        tar_node(idx, b, dir, n, problems)?;
         if let NodeKind::Dir { subtree } = n.kind {
             tar_tree(
                 idx,
@@ -914,10 +1090,143 @@ fn tar_tree<W: Write>(
                 b,
                 &dir.join(OsStr::from_bytes(&n.name)),
                 &subtree,
+                problems,
             )?;
         }
     }
     Ok(())
+}
+
+/// Open a job's file for writing, never through a symlink: the first caller creates it
+/// with `O_EXCL` (so nothing that appeared at the path since the walk is written into),
+/// the others open what it created.
+fn open_job(
+    root: &Root,
+    job: &FileJob,
+    created: &std::sync::OnceLock<std::result::Result<(), String>>,
+) -> std::result::Result<std::fs::File, String> {
+    use nix::fcntl::OFlag;
+    let rel = root.rel(&job.path);
+    let mut mine = None;
+    let r = created.get_or_init(|| {
+        match root.open_at(
+            rel,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => {
+                mine = Some(std::fs::File::from(fd));
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(
+                "not restored: an entry whose name folds onto this one exists (a \
+                 case-insensitive file system?), or one appeared during the restore"
+                    .to_string(),
+            ),
+            Err(e) => Err(format!("cannot create: {e}")),
+        }
+    });
+    if let Some(f) = mine {
+        return Ok(f);
+    }
+    r.clone()?;
+    root.open_at(rel, OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
+        .map(std::fs::File::from)
+        .map_err(|e| format!("cannot open: {e}"))
+}
+
+/// Remove the file at `path` (under the root), never through a symlink.
+fn unlink_beneath(root: &Root, path: &Path) -> std::io::Result<()> {
+    let rel = root.rel(path);
+    let parent = rel
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = root.open_dir(parent)?;
+    let name = rel.file_name().unwrap_or_default();
+    nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .map_err(std::io::Error::from)
+}
+
+/// Link `link` to `first` (both under the root), replacing what is at `link`, never
+/// through a symlink.
+fn hard_link_beneath(root: &Root, first: &Path, link: &Path) -> std::io::Result<()> {
+    let split = |p: &Path| -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
+        let rel = root.rel(p);
+        let parent = rel
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Ok((
+            root.open_dir(parent)?,
+            rel.file_name().unwrap_or_default().to_owned(),
+        ))
+    };
+    let (fd, fname) = split(first)?;
+    let (ld, lname) = split(link)?;
+    match nix::unistd::unlinkat(
+        &ld,
+        lname.as_os_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    nix::unistd::linkat(
+        &fd,
+        fname.as_os_str(),
+        &ld,
+        lname.as_os_str(),
+        nix::fcntl::AtFlags::empty(),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Whether the file at a job's path holds exactly the snapshot's content: its chunks read
+/// in turn and hashed as the backup hashed them. Any doubt (a chunk not in the index, a
+/// read error) means it is replaced.
+fn same_content(
+    idx: &Indexed,
+    root: &Root,
+    job: &FileJob,
+    locs: &[(BlobId, Option<crate::cache::BlobLocation>)],
+) -> Verdict {
+    use nix::fcntl::OFlag;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(fd) = root.open_at(
+        root.rel(&job.path),
+        OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Verdict::Replace;
+    };
+    let f = std::fs::File::from(fd);
+    let mut off = 0u64;
+    let same = BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        for (id, loc) in locs {
+            let Some(loc) = loc else { return false };
+            let n = loc.entry.raw_length as usize;
+            buf.resize(n, 0);
+            if f.read_exact_at(&mut buf, off).is_err()
+                || idx.repo.keys.blob_id(arca_format::BlobType::Data, &buf) != *id
+            {
+                return false;
+            }
+            off += n as u64;
+        }
+        if buf.capacity() > PLAIN_BUF_KEEP {
+            *buf = Vec::new();
+        }
+        off == job.node.size
+    });
+    if same {
+        Verdict::Keep
+    } else {
+        Verdict::Replace
+    }
 }
 
 /// Write `data` at `offset`, leaving all-zero 4 KiB blocks as holes (the file was created
@@ -949,6 +1258,7 @@ fn write_sparse(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<
 
 /// Finish a file: its metadata, through `open` when the caller holds it open.
 fn finish_file(
+    root: &Root,
     job: &FileJob,
     open: Option<&std::fs::File>,
     damaged: bool,
@@ -968,10 +1278,25 @@ fn finish_file(
         col.error(&job.path, format!("cannot set the length: {e}"));
         return;
     }
-    let problems = match open {
-        Some(f) => fsmeta::apply_file(f, &job.node, ownership),
-        None => fsmeta::apply(&job.path, &job.node, ownership),
+    let reopened;
+    let f = match open {
+        Some(f) => f,
+        None => match root.open_at(
+            root.rel(&job.path),
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => {
+                reopened = std::fs::File::from(fd);
+                &reopened
+            }
+            Err(e) => {
+                col.error(&job.path, format!("cannot open to finish: {e}"));
+                return;
+            }
+        },
     };
+    let problems = fsmeta::apply_file(f, &job.node, ownership);
     for p in problems {
         col.warn(&job.path, p);
     }
@@ -1002,20 +1327,64 @@ fn tar_node<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     node: &Node,
+    problems: &mut Vec<ItemProblem>,
 ) -> Result<()> {
     let path = dir.join(OsStr::from_bytes(&node.name));
     let mut h = tar_header(node);
     let err = |e: std::io::Error| Error::io("write tar entry", &path, e);
+    if let Some(d) = &node.damage {
+        problems.push(ItemProblem {
+            path: path.clone(),
+            message: format!("damaged in the repository: {d}"),
+        });
+    }
     match &node.kind {
         NodeKind::Dir { .. } => {
             h.set_entry_type(tar::EntryType::Directory);
             b.append_data(&mut h, &path, std::io::empty()).map_err(err)
         }
         NodeKind::File { content, .. } => {
+            // The header promises a size: the chunks must add up to it before it is
+            // written, or the stream would lose its framing.
+            let mut total = 0u64;
+            for id in content {
+                match idx.locate(id) {
+                    Ok(loc) => total += loc.entry.raw_length as u64,
+                    Err(e) => {
+                        problems.push(ItemProblem {
+                            path,
+                            message: format!("left out: {e}"),
+                        });
+                        return Ok(());
+                    }
+                }
+            }
+            if total != node.size {
+                problems.push(ItemProblem {
+                    path,
+                    message: format!(
+                        "left out: its chunks hold {total} bytes, its recorded size is {}",
+                        node.size
+                    ),
+                });
+                return Ok(());
+            }
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(node.size);
-            let reader = BlobReader::new(idx.clone(), content.clone());
-            b.append_data(&mut h, &path, reader).map_err(err)
+            let failed = Arc::new(Mutex::new(None));
+            let reader = ExactReader {
+                inner: BlobReader::new(idx.clone(), content.clone()),
+                left: node.size,
+                failed: failed.clone(),
+            };
+            b.append_data(&mut h, &path, reader).map_err(err)?;
+            if let Some(why) = failed.lock().expect("lock").take() {
+                problems.push(ItemProblem {
+                    path,
+                    message: format!("padded with zeros to its size: {why}"),
+                });
+            }
+            Ok(())
         }
         NodeKind::Symlink { target } => {
             h.set_entry_type(tar::EntryType::Symlink);
@@ -1037,6 +1406,48 @@ fn tar_node<W: Write>(
             b.append_data(&mut h, &path, std::io::empty()).map_err(err)
         }
         NodeKind::Socket => Ok(()),
+    }
+}
+
+/// Gives exactly `left` bytes whatever the inner reader does: if it fails or ends early,
+/// the rest is zeros and the failure is recorded, so that a tar entry never disagrees with
+/// its header.
+struct ExactReader<R> {
+    inner: R,
+    left: u64,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for ExactReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left as usize);
+        let mut failed = self.failed.lock().expect("lock");
+        let n = if failed.is_some() {
+            0
+        } else {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    *failed = Some(format!("{} bytes short", self.left));
+                    0
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    *failed = Some(e.to_string());
+                    0
+                }
+            }
+        };
+        let n = if n == 0 {
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

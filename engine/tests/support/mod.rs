@@ -49,6 +49,14 @@ pub async fn init(store: Store) -> Repository {
     Repository::init(store, PW, opts, &who()).await.unwrap()
 }
 
+/// A fresh in-memory repository, opened, and a scratch directory for source trees.
+pub async fn memory_repo() -> (Store, Indexed, tempfile::TempDir) {
+    let store = memory();
+    init(store.clone()).await;
+    let idx = open(store.clone()).await.unwrap();
+    (store, idx, tempfile::tempdir().unwrap())
+}
+
 /// Open with a fresh, throw-away index cache (as a new process would).
 pub async fn open(store: Store) -> arca_engine::Result<Indexed> {
     let repo = Repository::open(store, PW).await?;
@@ -123,7 +131,8 @@ pub async fn backup(idx: &Indexed, dir: &Path, tag: &str) -> arca_engine::Result
 pub async fn restore(idx: &Indexed, id: &SnapshotId) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     let s = idx.repo().snapshot(id).await.unwrap();
     let t = tempfile::tempdir().unwrap();
-    let opts = RestoreOptions::new(t.path());
+    let mut opts = RestoreOptions::new(t.path());
+    opts.top = s.top.clone();
     let progress = Arc::new(RestoreProgress::default());
     let r = idx.restore(&s.root, &opts, progress.clone()).await.unwrap();
     assert!(
