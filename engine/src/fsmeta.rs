@@ -102,9 +102,11 @@ fn timespec(t: Timestamp) -> TimeSpec {
 }
 
 /// Apply a node's metadata through an open file: owner (when asked, which needs root),
-/// permissions (after the owner: chown clears set-user-ID and set-group-ID), extended
-/// attributes (after the owner: chown clears file capabilities, `security.capability`),
-/// then times (last, since the others change ctime and writing would change mtime). No
+/// extended attributes (after the owner: chown clears file capabilities,
+/// `security.capability`; before the mode: `user.*` attributes need write permission, which
+/// a read-only mode takes away), permissions (after the owner: chown clears set-user-ID and
+/// set-group-ID), then times (last, since the others change ctime and writing would change
+/// mtime). No
 /// path lookup per call, and nothing a symlink swapped in could redirect. Returns what
 /// could not be applied.
 pub(crate) fn apply_file(file: &std::fs::File, node: &Node, ownership: bool) -> Vec<String> {
@@ -153,6 +155,19 @@ fn apply_to(target: Target<'_>, node: &Node, ownership: bool) -> Vec<String> {
             problems.push(format!("owner {}:{}: {e}", node.uid, node.gid));
         }
     }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        let set = match target {
+            Target::At(_, _, p) => xattr::set(p, name, &x.value),
+            Target::File(f) => f.set_xattr(name, &x.value),
+        };
+        if let Err(e) = set {
+            problems.push(format!(
+                "extended attribute {}: {e}",
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
     if !is_link {
         let set = match target {
             Target::File(f) => {
@@ -168,19 +183,6 @@ fn apply_to(target: Target<'_>, node: &Node, ownership: bool) -> Vec<String> {
         };
         if let Err(e) = set {
             problems.push(format!("permissions {:o}: {e}", node.mode));
-        }
-    }
-    for x in &node.xattrs {
-        let name = OsStr::from_bytes(&x.name);
-        let set = match target {
-            Target::At(_, _, p) => xattr::set(p, name, &x.value),
-            Target::File(f) => f.set_xattr(name, &x.value),
-        };
-        if let Err(e) = set {
-            problems.push(format!(
-                "extended attribute {}: {e}",
-                String::from_utf8_lossy(&x.name)
-            ));
         }
     }
     let (atime, mtime) = (

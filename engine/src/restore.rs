@@ -136,7 +136,7 @@ struct Plan {
     /// Hard-link groups: (device, inode) → the name that gets the content.
     groups: HashMap<(u64, u64), PathBuf>,
     /// The other names of hard-linked files: group, the name with the content, the link.
-    links: Vec<((u64, u64), PathBuf, PathBuf)>,
+    links: Vec<((u64, u64), PathBuf, PathBuf, bool)>,
     /// Directories still to walk: tree, target path, and whether the directory is new
     /// (then nothing in it exists and nothing is looked up).
     stack: Vec<(BlobId, PathBuf, bool)>,
@@ -158,7 +158,7 @@ impl Plan {
 /// What the walk leaves for phase 3.
 struct Walked {
     dirs: Vec<(PathBuf, Node)>,
-    links: Vec<((u64, u64), PathBuf, PathBuf)>,
+    links: Vec<((u64, u64), PathBuf, PathBuf, bool)>,
     report: RestoreReport,
 }
 
@@ -183,6 +183,8 @@ enum Verdict {
     Replace,
     /// The file there holds exactly the snapshot's content: leave it.
     Keep,
+    /// The snapshot's content cannot be had (a chunk is missing): leave what is there.
+    Unverifiable,
 }
 /// A batch with its files created and chunks looked up.
 type Prepared = (Vec<FileJob>, Vec<Result<JobChunks>>);
@@ -356,12 +358,17 @@ impl Indexed {
         // Phase 3: hard links to files restored whole, then directory metadata, deepest
         // first.
         let linked = std::mem::take(&mut *col.linked.lock().expect("lock"));
-        for (group, first, link) in &walked.links {
+        for (group, first, link, existed) in &walked.links {
             if !linked.contains(group) {
                 continue;
             }
-            match hard_link_beneath(&root_fd, first, link) {
+            match hard_link_beneath(&root_fd, first, link, *existed) {
                 Ok(()) => report.others += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => col.error(
+                    link,
+                    "not restored: an entry whose name folds onto this one exists (a \
+                     case-insensitive file system?)",
+                ),
                 Err(e) => col.error(link, format!("cannot create hard link: {e}")),
             }
         }
@@ -378,11 +385,10 @@ impl Indexed {
             }
         }
         // The snapshot's top directory is the target itself: a 0700 home comes back 0700.
-        if let Some(top) = opts
-            .top
-            .as_ref()
-            .filter(|_| opts.subpath.trim_matches('/').is_empty())
-        {
+        // Only a target the restore found empty: a directory that held other things keeps
+        // its own mode and owner.
+        let whole = matches!(opts.subpath.trim_matches('/'), "" | ".");
+        if let Some(top) = opts.top.as_ref().filter(|_| whole && fresh) {
             match root_fd.open_dir(Path::new(".")) {
                 Ok(fd) => {
                     for p in fsmeta::apply_file(&std::fs::File::from(fd), top, opts.ownership) {
@@ -491,7 +497,7 @@ impl Indexed {
         };
         // Names really in the directory, read once when first needed: on a case-folding
         // file system a lookup of "foo" also finds "FOO".
-        let mut listing: Option<std::collections::HashSet<Vec<u8>>> = None;
+        let mut listing: Option<Option<std::collections::HashSet<Vec<u8>>>> = None;
         let fail_on = |path: &Path| -> Result<()> {
             if opts.existing == Existing::Fail {
                 return Err(Error::Invalid(format!(
@@ -538,16 +544,15 @@ impl Indexed {
                 }
             };
             if existing.is_some() {
+                // A directory that cannot be listed gets no fold check.
                 let names = listing.get_or_insert_with(|| {
-                    std::fs::read_dir(dir)
-                        .map(|d| {
-                            d.filter_map(|e| e.ok())
-                                .map(|e| e.file_name().as_bytes().to_vec())
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    std::fs::read_dir(dir).ok().map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| e.file_name().as_bytes().to_vec())
+                            .collect()
+                    })
                 });
-                if !names.contains(&node.name) {
+                if names.as_ref().is_some_and(|n| !n.contains(&node.name)) {
                     col.error(&path, folds(&path));
                     continue;
                 }
@@ -606,7 +611,7 @@ impl Indexed {
                         if existing.is_some() {
                             fail_on(&path)?;
                         }
-                        links.push((group, first.clone(), path));
+                        links.push((group, first.clone(), path, existing.is_some()));
                         continue;
                     }
                     let mut verify = false;
@@ -754,10 +759,23 @@ impl Indexed {
         let mut skip = vec![false; batch.len()];
         for (j, (job, prep)) in batch.iter().zip(prepared).enumerate() {
             let locs = match prep? {
+                Ok((_, Verdict::Unverifiable)) => {
+                    skip[j] = true;
+                    col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    col.error(
+                        &job.path,
+                        "a chunk of it is missing from the repository: the existing file \
+                         was left as it is",
+                    );
+                    continue;
+                }
                 Ok((_, Verdict::Keep)) => {
                     skip[j] = true;
                     kept.fetch_add(1, Ordering::Relaxed);
                     col.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    // Same content, maybe other metadata (an interrupted restore sets the
+                    // mtime last): applied, unless the file has other names outside.
+                    keep_metadata(root, job, opts.ownership, col);
                     if job.node.links > 1 {
                         // Whole as it is: its other names are linked to it at the end.
                         col.linked
@@ -1135,6 +1153,26 @@ fn open_job(
         .map_err(|e| format!("cannot open: {e}"))
 }
 
+/// Apply a kept file's metadata through the file, when it has a single name (another name
+/// may be outside the target, whose metadata is not the restore's to change).
+fn keep_metadata(root: &Root, job: &FileJob, ownership: bool, col: &Collector) {
+    let Ok(fd) = root.open_at(
+        root.rel(&job.path),
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return;
+    };
+    let f = std::fs::File::from(fd);
+    if f.metadata()
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 1)
+    {
+        for p in fsmeta::apply_file(&f, &job.node, ownership) {
+            col.warn(&job.path, p);
+        }
+    }
+}
+
 /// Remove the file at `path` (under the root), never through a symlink.
 fn unlink_beneath(root: &Root, path: &Path) -> std::io::Result<()> {
     let rel = root.rel(path);
@@ -1144,13 +1182,16 @@ fn unlink_beneath(root: &Root, path: &Path) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     let dir = root.open_dir(parent)?;
     let name = rel.file_name().unwrap_or_default();
-    nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-        .map_err(std::io::Error::from)
+    match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Link `link` to `first` (both under the root), replacing what is at `link`, never
-/// through a symlink.
-fn hard_link_beneath(root: &Root, first: &Path, link: &Path) -> std::io::Result<()> {
+/// Link `link` to `first` (both under the root), never through a symlink. What stood at
+/// `link` when the walk looked (`replace`) is removed first; nothing else is, so a name
+/// that folds onto another entry fails with EEXIST instead of removing that entry.
+fn hard_link_beneath(root: &Root, first: &Path, link: &Path, replace: bool) -> std::io::Result<()> {
     let split = |p: &Path| -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
         let rel = root.rel(p);
         let parent = rel
@@ -1164,13 +1205,15 @@ fn hard_link_beneath(root: &Root, first: &Path, link: &Path) -> std::io::Result<
     };
     let (fd, fname) = split(first)?;
     let (ld, lname) = split(link)?;
-    match nix::unistd::unlinkat(
-        &ld,
-        lname.as_os_str(),
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    ) {
-        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(e.into()),
+    if replace {
+        match nix::unistd::unlinkat(
+            &ld,
+            lname.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     nix::unistd::linkat(
         &fd,
@@ -1207,25 +1250,25 @@ fn same_content(
     let same = BUF.with(|b| {
         let mut buf = b.borrow_mut();
         for (id, loc) in locs {
-            let Some(loc) = loc else { return false };
+            let Some(loc) = loc else { return None };
             let n = loc.entry.raw_length as usize;
             buf.resize(n, 0);
             if f.read_exact_at(&mut buf, off).is_err()
                 || idx.repo.keys.blob_id(arca_format::BlobType::Data, &buf) != *id
             {
-                return false;
+                return Some(false);
             }
             off += n as u64;
         }
         if buf.capacity() > PLAIN_BUF_KEEP {
             *buf = Vec::new();
         }
-        off == job.node.size
+        Some(off == job.node.size)
     });
-    if same {
-        Verdict::Keep
-    } else {
-        Verdict::Replace
+    match same {
+        Some(true) => Verdict::Keep,
+        Some(false) => Verdict::Replace,
+        None => Verdict::Unverifiable,
     }
 }
 
@@ -1420,7 +1463,15 @@ struct ExactReader<R> {
 
 impl<R: std::io::Read> std::io::Read for ExactReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 || buf.is_empty() {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // More than recorded is as wrong as less: cut, and said.
+            let mut failed = self.failed.lock().expect("lock");
+            if failed.is_none() && self.inner.read(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+                *failed = Some("longer than its recorded size; cut".into());
+            }
             return Ok(0);
         }
         let want = buf.len().min(self.left as usize);

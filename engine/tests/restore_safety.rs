@@ -204,6 +204,27 @@ async fn skip_compares_content_and_skip_mtime_does_not() {
     assert_eq!(r.files_restored, 1, "{r:?}");
     assert!(r.files_skipped > 0);
     assert_eq!(read_tree(&target), read_tree(&src));
+
+    // Same content, other mode and mtime (a restore killed before it finished a file):
+    // kept, and its metadata put right.
+    let g = target.join("shared/s2");
+    std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&g)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let r = restore_into(&idx, &id, &target, Existing::Skip).await;
+    assert_eq!(r.files_restored, 0, "{r:?}");
+    let (a, b) = (
+        std::fs::metadata(src.join("shared/s2")).unwrap(),
+        std::fs::metadata(&g).unwrap(),
+    );
+    assert_eq!(
+        (a.mode(), a.mtime(), a.mtime_nsec()),
+        (b.mode(), b.mtime(), b.mtime_nsec())
+    );
 }
 
 /// A file whose chunks do not add up to its recorded size is left out of a tar stream

@@ -676,3 +676,34 @@ async fn repair_index_keeps_marks_and_takes_the_lease() {
     assert_clean(&w.idx, true).await;
     assert_eq!(restore(&w.idx, &s2).await, read_tree(&src2));
 }
+
+/// Superseded index files stay for the cleanup margin (4 h by default) after the file that
+/// supersedes them appeared, so that a reader whose listing predates the new file still
+/// finds the old ones; a later run deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_index_files_wait_for_the_cleanup_margin() {
+    let w = World::new().await;
+    for v in 1..=3 {
+        backup(&w.idx, &w.src(v), &format!("v{v}")).await.unwrap();
+    }
+    let old = w.store.list(layout::INDEX).await.unwrap();
+    assert_eq!(old.len(), 3);
+    let quick = MaintenanceOptions {
+        full: false,
+        ..safe_gc()
+    };
+    let r = w.idx.maintain(&quick).await.unwrap();
+    assert_eq!((r.index_files, r.index_files_deleted), ((3, 1), 0), "{r:?}");
+    assert_eq!(w.store.list(layout::INDEX).await.unwrap().len(), 4);
+    // A reader that listed before the new file appeared reads the old ones, still there.
+    let reader = w.process().await;
+    assert_clean(&reader, false).await;
+    w.pass(3 * HOUR);
+    let r = w.idx.maintain(&quick).await.unwrap();
+    assert_eq!(r.index_files_deleted, 0, "{r:?}");
+    w.pass(2 * HOUR);
+    let r = w.idx.maintain(&quick).await.unwrap();
+    assert_eq!(r.index_files_deleted, 3, "{r:?}");
+    assert_eq!(w.store.list(layout::INDEX).await.unwrap().len(), 1);
+    assert_clean(&w.process().await, true).await;
+}
