@@ -17,6 +17,23 @@ fn local(dir: &Path) -> Store {
     open_store(dir.to_str().unwrap(), &StoreOptions::default()).unwrap()
 }
 
+/// A repository opened with a cache root that lasts (so the machine remembers what it
+/// saw of the index), and a scratch directory.
+async fn with_cache() -> (
+    Store,
+    Repository,
+    arca_engine::Indexed,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let store = memory();
+    init(store.clone()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let repo = Repository::open(store.clone(), PW).await.unwrap();
+    let (idx, _) = repo.indexed(Some(cache.path())).await.unwrap();
+    (store, repo, idx, cache, tempfile::tempdir().unwrap())
+}
+
 fn gc() -> MaintenanceOptions {
     MaintenanceOptions {
         full: true,
@@ -175,12 +192,7 @@ async fn the_last_key_is_remembered() {
 /// would store a snapshot that does not restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_index_file_is_not_trusted() {
-    let store = memory();
-    init(store.clone()).await;
-    let cache = tempfile::tempdir().unwrap();
-    let repo = Repository::open(store.clone(), PW).await.unwrap();
-    let (idx, _) = repo.indexed(Some(cache.path())).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (store, _repo, idx, _cache, dir) = with_cache().await;
     let src = dir.path().join("src");
     write_tree(&src, 1);
     let s1 = backup(&idx, &src, "v1").await.unwrap();
@@ -230,12 +242,7 @@ async fn a_replayed_index_file_is_not_trusted() {
 /// went backwards, and every sync says so until someone accepts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_repository_is_reported() {
-    let store = memory();
-    init(store.clone()).await;
-    let cache = tempfile::tempdir().unwrap();
-    let repo = Repository::open(store.clone(), PW).await.unwrap();
-    let (idx, _) = repo.indexed(Some(cache.path())).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (store, repo, idx, cache, dir) = with_cache().await;
     let src = dir.path().join("src");
     write_tree(&src, 1);
     backup(&idx, &src, "v1").await.unwrap();
