@@ -107,9 +107,31 @@ impl Root {
         })
     }
 
+    /// The directory holding `full` (opened without following a symlink) and the entry's
+    /// name in it.
+    pub(crate) fn parent_of(&self, full: &Path) -> io::Result<(OwnedFd, std::ffi::OsString)> {
+        let rel = self.rel(full);
+        let parent = rel
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Ok((
+            self.open_dir(parent)?,
+            rel.file_name().unwrap_or_default().to_owned(),
+        ))
+    }
+
     /// Open the directory `rel` under the root, never through a symlink.
     pub(crate) fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
         self.open_at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+    }
+}
+
+/// Remove the entry `name` (not a directory) of `dir`; one already gone is not an error.
+pub(crate) fn unlink_in(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -542,9 +542,7 @@ impl IndexCache {
         let Some(path) = self.seen.as_deref() else {
             return;
         };
-        let mut seen = std::fs::read_to_string(path)
-            .map(|t| Seen::parse(&t))
-            .unwrap_or_default();
+        let mut seen = load_seen(path);
         if seen.live.insert(id) {
             self.save_seen(path, &seen);
         }
@@ -592,33 +590,9 @@ impl IndexCache {
             let keys = keys.clone();
             let size = sizes.get(&id).copied();
             async move {
-                let name = layout::index(&id);
-                let bytes = crate::store::get_bounded(&store, &name, size)
+                let file = fetch_index_file(&store, &keys, &id, size)
                     .await
                     .map_err(|e| (id, e))?;
-                let file = tokio::task::spawn_blocking(move || {
-                    // An index file is named by the hash of its bytes: a file replayed or
-                    // planted under another name is not trusted.
-                    if arca_format::object_hash(&bytes) != id.0 {
-                        return Err(arca_format::Error::Corrupt {
-                            what: arca_format::What::Index,
-                            reason: "its content does not hash to its name (damaged, or not \
-                                     written by Arca)"
-                                .into(),
-                        });
-                    }
-                    IndexFile::decode(&keys, &bytes)
-                })
-                .await
-                .expect("decode task panicked")
-                .map_err(|e| match e {
-                    arca_format::Error::Corrupt { what, reason } => arca_format::Error::Corrupt {
-                        what,
-                        reason: format!("index/{}: {reason}", id.short()),
-                    },
-                    e => e,
-                })
-                .map_err(|e| (id, Error::from(e)))?;
                 Ok::<_, (IndexId, Error)>((id, file))
             }
         }))
@@ -643,12 +617,7 @@ impl IndexCache {
             stats.ingested += 1;
         }
 
-        let mut seen = self
-            .seen
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| Seen::parse(&t))
-            .unwrap_or_default();
+        let mut seen = self.seen.as_deref().map(load_seen).unwrap_or_default();
         // Which present files are superseded by another present file. A file this machine
         // saw superseded never supersedes anything now: if it is a replay, its list is old.
         let mut superseded = BTreeSet::new();
@@ -723,6 +692,42 @@ impl IndexCache {
         }
         Ok(stats)
     }
+}
+
+/// What this machine saw of the index, from the file beside the cache (nothing when it
+/// is missing or unreadable).
+fn load_seen(path: &Path) -> Seen {
+    std::fs::read_to_string(path)
+        .map(|t| Seen::parse(&t))
+        .unwrap_or_default()
+}
+
+/// Read, check and decode one index file: bounded by `size` (its listed size) or by the
+/// limit for index files, its bytes hashed against its name (a file replayed or planted
+/// under another name is not trusted), decoded off the async threads.
+pub(crate) async fn fetch_index_file(
+    store: &Store,
+    keys: &Arc<arca_format::Keys>,
+    id: &IndexId,
+    size: Option<u64>,
+) -> Result<IndexFile> {
+    let name = layout::index(id);
+    let bytes = crate::store::get_bounded(store, &name, size).await?;
+    let (keys, id) = (keys.clone(), *id);
+    tokio::task::spawn_blocking(move || {
+        crate::store::check_named(&name, &id.0, &bytes)?;
+        IndexFile::decode(&keys, &bytes).map_err(|e| match e {
+            arca_format::Error::Corrupt { what, reason } => {
+                Error::Format(arca_format::Error::Corrupt {
+                    what,
+                    reason: format!("{name}: {reason}"),
+                })
+            }
+            e => e.into(),
+        })
+    })
+    .await
+    .expect("decode task panicked")
 }
 
 impl Drop for IndexCache {

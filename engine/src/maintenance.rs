@@ -825,14 +825,7 @@ impl Indexed {
     }
 
     async fn read_index_file(&self, id: &IndexId) -> Result<IndexFile> {
-        let name = layout::index(id);
-        let bytes = crate::store::get_bounded(&self.repo.store, &name, None).await?;
-        crate::store::check_named(&name, &id.0, &bytes)?;
-        let keys = self.repo.keys.clone();
-        tokio::task::spawn_blocking(move || IndexFile::decode(&keys, &bytes))
-            .await
-            .expect("decode task panicked")
-            .map_err(Into::into)
+        crate::cache::fetch_index_file(&self.repo.store, &self.repo.keys, id, None).await
     }
 
     /// Write `packs` as new index files of at most `per_file` entries, the last

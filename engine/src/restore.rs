@@ -35,7 +35,7 @@ use arca_format::{
 use futures::StreamExt;
 
 use crate::backup::ItemProblem;
-use crate::beneath::Root;
+use crate::beneath::{Root, unlink_in};
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::indexed::{Indexed, pack_name};
@@ -175,14 +175,14 @@ type JobChunks =
     std::result::Result<(Vec<(BlobId, Option<crate::cache::BlobLocation>)>, Verdict), String>;
 
 /// What to do with a job's path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Verdict {
     /// Nothing is there: create the file.
     Create,
     /// A file with other content is there: replace it.
     Replace,
-    /// The file there holds exactly the snapshot's content: leave it.
-    Keep,
+    /// The file there (opened to read it) holds exactly the snapshot's content: leave it.
+    Keep(std::fs::File),
     /// The snapshot's content cannot be had (a chunk is missing): leave what is there.
     Unverifiable,
 }
@@ -480,7 +480,6 @@ impl Indexed {
         plan: &mut Plan,
     ) -> Result<()> {
         use nix::sys::stat::{Mode, SFlag};
-        use nix::unistd::UnlinkatFlags;
         let Plan {
             jobs,
             dirs,
@@ -563,7 +562,7 @@ impl Indexed {
             let is_dir = existing
                 .as_ref()
                 .is_some_and(|st| kind_of(st) == SFlag::S_IFDIR);
-            let unlink = || nix::unistd::unlinkat(&dfd, name, UnlinkatFlags::NoRemoveDir);
+            let unlink = || unlink_in(&dfd, name);
             // What stands where a file, link or device goes is removed (never followed);
             // a directory in the way is reported and left.
             let clear = || {
@@ -769,13 +768,13 @@ impl Indexed {
                     );
                     continue;
                 }
-                Ok((_, Verdict::Keep)) => {
+                Ok((_, Verdict::Keep(file))) => {
                     skip[j] = true;
                     kept.fetch_add(1, Ordering::Relaxed);
                     col.progress.files_done.fetch_add(1, Ordering::Relaxed);
                     // Same content, maybe other metadata (an interrupted restore sets the
                     // mtime last): applied, unless the file has other names outside.
-                    keep_metadata(root, job, opts.ownership, col);
+                    keep_metadata(&file, job, opts.ownership, col);
                     if job.node.links > 1 {
                         // Whole as it is: its other names are linked to it at the end.
                         col.linked
@@ -1155,19 +1154,11 @@ fn open_job(
 
 /// Apply a kept file's metadata through the file, when it has a single name (another name
 /// may be outside the target, whose metadata is not the restore's to change).
-fn keep_metadata(root: &Root, job: &FileJob, ownership: bool, col: &Collector) {
-    let Ok(fd) = root.open_at(
-        root.rel(&job.path),
-        nix::fcntl::OFlag::O_RDONLY,
-        nix::sys::stat::Mode::empty(),
-    ) else {
-        return;
-    };
-    let f = std::fs::File::from(fd);
+fn keep_metadata(f: &std::fs::File, job: &FileJob, ownership: bool, col: &Collector) {
     if f.metadata()
         .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 1)
     {
-        for p in fsmeta::apply_file(&f, &job.node, ownership) {
+        for p in fsmeta::apply_file(f, &job.node, ownership) {
             col.warn(&job.path, p);
         }
     }
@@ -1175,45 +1166,18 @@ fn keep_metadata(root: &Root, job: &FileJob, ownership: bool, col: &Collector) {
 
 /// Remove the file at `path` (under the root), never through a symlink.
 fn unlink_beneath(root: &Root, path: &Path) -> std::io::Result<()> {
-    let rel = root.rel(path);
-    let parent = rel
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = root.open_dir(parent)?;
-    let name = rel.file_name().unwrap_or_default();
-    match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let (dir, name) = root.parent_of(path)?;
+    unlink_in(&dir, &name)
 }
 
 /// Link `link` to `first` (both under the root), never through a symlink. What stood at
 /// `link` when the walk looked (`replace`) is removed first; nothing else is, so a name
 /// that folds onto another entry fails with EEXIST instead of removing that entry.
 fn hard_link_beneath(root: &Root, first: &Path, link: &Path, replace: bool) -> std::io::Result<()> {
-    let split = |p: &Path| -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
-        let rel = root.rel(p);
-        let parent = rel
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Ok((
-            root.open_dir(parent)?,
-            rel.file_name().unwrap_or_default().to_owned(),
-        ))
-    };
-    let (fd, fname) = split(first)?;
-    let (ld, lname) = split(link)?;
+    let (fd, fname) = root.parent_of(first)?;
+    let (ld, lname) = root.parent_of(link)?;
     if replace {
-        match nix::unistd::unlinkat(
-            &ld,
-            lname.as_os_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
+        unlink_in(&ld, &lname)?;
     }
     nix::unistd::linkat(
         &fd,
@@ -1266,7 +1230,7 @@ fn same_content(
         Some(off == job.node.size)
     });
     match same {
-        Some(true) => Verdict::Keep,
+        Some(true) => Verdict::Keep(f),
         Some(false) => Verdict::Replace,
         None => Verdict::Unverifiable,
     }

@@ -67,6 +67,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn location(&self) -> &str;
     /// Read a whole object.
     fn get(&self, name: &str) -> BoxFut<'_, Bytes>;
+    /// Read a whole object, refusing (from the response's size, before its body is read) one
+    /// larger than `max` bytes.
+    fn get_at_most(&self, name: &str, max: u64) -> BoxFut<'_, Bytes>;
     /// Read a byte range of an object.
     fn get_range(&self, name: &str, range: Range<u64>) -> BoxFut<'_, Bytes>;
     /// Write a whole object atomically.
@@ -93,42 +96,36 @@ pub trait Backend: Send + Sync + fmt::Debug {
 /// naming it, not an out-of-memory kill. `listed` is its size from the listing it came
 /// from; without one the store is asked (HEAD). Reads exactly that many bytes.
 pub(crate) async fn get_bounded(store: &Store, name: &str, listed: Option<u64>) -> Result<Bytes> {
-    let size = match listed {
-        Some(s) => s,
-        None => match store.head(name).await? {
-            Some(i) => i.size,
-            None => return store.get(name).await, // the store's own not-found error
-        },
-    };
+    let (_, max) = arca_format::layout::kind_and_max_len(name);
+    match listed {
+        // The listing's size is checked first; then exactly that many bytes are read.
+        Some(size) if size > max => Err(oversized(name, size)),
+        Some(0) => Ok(Bytes::new()),
+        Some(size) => store.get_range(name, 0..size).await,
+        None => store.get_at_most(name, max).await,
+    }
+}
+
+/// The error for an object larger than any object of its kind can be.
+pub(crate) fn oversized(name: &str, size: u64) -> Error {
     let (what, max) = arca_format::layout::kind_and_max_len(name);
-    if size > max {
-        return Err(Error::Format(arca_format::Error::Corrupt {
-            what,
-            reason: format!(
-                "{name} is {size} bytes, more than any {what} can be ({max}): it is not one of \
-                 the repository's objects (planted or damaged) and was not read; remove it"
-            ),
-        }));
-    }
-    if size == 0 {
-        return Ok(Bytes::new());
-    }
-    store.get_range(name, 0..size).await
+    Error::Format(arca_format::Error::Corrupt {
+        what,
+        reason: format!(
+            "{name} is {size} bytes, more than any {what} can be ({max}): it is not one of the \
+             repository's objects (planted or damaged) and was not read; remove it"
+        ),
+    })
 }
 
 /// Whether a listed object is larger than any object of its kind can be: then it is not
 /// one of the repository's (planted, or left by something else) and is never read. Says so
 /// once, naming it.
 pub(crate) fn foreign_by_size(info: &ObjectInfo) -> bool {
-    let (what, max) = arca_format::layout::kind_and_max_len(&info.name);
+    let (_, max) = arca_format::layout::kind_and_max_len(&info.name);
     let foreign = info.size > max;
     if foreign {
-        tracing::warn!(
-            "{} is {} bytes, more than any {what} can be ({max}): not one of the repository's \
-             objects; ignored (remove it)",
-            info.name,
-            info.size
-        );
+        tracing::warn!("{}", oversized(&info.name, info.size));
     }
     foreign
 }
@@ -186,6 +183,17 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A temporary name beside `path`: `name#digits`, object_store's own staging names, which
+/// its listings skip.
+fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        "#{}",
+        getrandom::u64().unwrap_or(0) % 1_000_000_000_000
+    ));
+    std::path::PathBuf::from(tmp)
+}
+
 /// Write `data` as the file `path` (replacing it atomically, durably) with `O_DIRECT`.
 /// Packs are written once and not read back soon: copying them into the page cache cost
 /// more CPU than compressing a tenth of them, and the fsync that follows had to flush
@@ -194,13 +202,7 @@ fn write_direct(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
-    // `name#digits`: object_store's own staging names, which its listings skip.
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        "#{}",
-        getrandom::u64().unwrap_or(0) % 1_000_000_000_000
-    ));
-    let tmp = std::path::PathBuf::from(tmp);
+    let tmp = staging_path(path);
     let file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -298,12 +300,7 @@ fn local_put_versioned(
         }
         _ => {}
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        "#{}",
-        getrandom::u64().unwrap_or(0) % 1_000_000_000_000
-    ));
-    let tmp = std::path::PathBuf::from(tmp);
+    let tmp = staging_path(path);
     let written = (|| {
         let mut f = std::fs::File::create_new(&tmp)?;
         f.write_all(data)?;
@@ -481,6 +478,10 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn get(&self, name: &str) -> BoxFut<'_, Bytes> {
+        self.get_at_most(name, u64::MAX)
+    }
+
+    fn get_at_most(&self, name: &str, max: u64) -> BoxFut<'_, Bytes> {
         let name = name.to_string();
         Box::pin(async move {
             let r = self
@@ -488,6 +489,10 @@ impl Backend for ObjectStoreBackend {
                 .get(&self.path(&name))
                 .await
                 .map_err(|e| self.err("read", &name, e))?;
+            // The body is a stream: dropped unread when the size is already too much.
+            if r.meta.size > max {
+                return Err(oversized(&name, r.meta.size));
+            }
             r.bytes().await.map_err(|e| self.err("read", &name, e))
         })
     }

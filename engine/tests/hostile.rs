@@ -34,6 +34,11 @@ async fn with_cache() -> (
     (store, repo, idx, cache, tempfile::tempdir().unwrap())
 }
 
+async fn index_names(store: &Store) -> Vec<String> {
+    let files = store.list(layout::INDEX).await.unwrap();
+    files.into_iter().map(|o| o.name).collect()
+}
+
 fn gc() -> MaintenanceOptions {
     MaintenanceOptions {
         full: true,
@@ -212,13 +217,7 @@ async fn a_replayed_index_file_is_not_trusted() {
     idx.maintain(&gc()).await.unwrap();
     let swept = idx.maintain(&gc()).await.unwrap();
     assert!(swept.packs_deleted > 0, "{swept:?}");
-    let now: Vec<String> = store
-        .list(layout::INDEX)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let now = index_names(&store).await;
     assert!(old.iter().all(|(n, _)| !now.contains(n)));
     for (name, bytes) in &old {
         store
@@ -246,13 +245,7 @@ async fn a_rolled_back_repository_is_reported() {
     let src = dir.path().join("src");
     write_tree(&src, 1);
     backup(&idx, &src, "v1").await.unwrap();
-    let first: Vec<String> = store
-        .list(layout::INDEX)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let first = index_names(&store).await;
     write_tree(&src, 2);
     let s2 = backup(&idx, &src, "v2").await.unwrap();
     // The bucket is put back as it was after the first backup.

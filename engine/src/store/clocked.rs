@@ -56,6 +56,10 @@ impl Backend for ClockedBackend {
         self.inner.get(name)
     }
 
+    fn get_at_most(&self, name: &str, max: u64) -> BoxFut<'_, Bytes> {
+        self.inner.get_at_most(name, max)
+    }
+
     fn get_range(&self, name: &str, range: Range<u64>) -> BoxFut<'_, Bytes> {
         self.inner.get_range(name, range)
     }

@@ -116,6 +116,16 @@ pub async fn run(b: &dyn Backend) -> Result<(), String> {
             return Err(fail(format!("get_range {r:?} returned other bytes")));
         }
     }
+    if b.get_at_most(name, 4096).await.is_ok() {
+        return Err(fail("get_at_most returned an object over its limit"));
+    }
+    if b.get_at_most(name, big.len() as u64)
+        .await
+        .map_err(|x| e("get_at_most", x))?
+        != big[..]
+    {
+        return Err(fail("get_at_most returned other bytes"));
+    }
     if b.get(name).await.map_err(|x| e("get large", x))?.len() != big.len() {
         return Err(fail("large object came back with another length"));
     }

@@ -96,6 +96,16 @@ impl Backend for FaultyBackend {
         })
     }
 
+    fn get_at_most(&self, name: &str, max: u64) -> BoxFut<'_, Bytes> {
+        let name = name.to_string();
+        Box::pin(async move {
+            if self.dead() {
+                return Err(self.died());
+            }
+            self.inner.get_at_most(&name, max).await
+        })
+    }
+
     fn get_range(&self, name: &str, range: Range<u64>) -> BoxFut<'_, Bytes> {
         let name = name.to_string();
         Box::pin(async move {
