@@ -335,7 +335,9 @@ pub struct RestoreCreate {
     #[arg(long, value_delimiter = ',')]
     namespace_mappings: Vec<String>,
 
-    /// Restore persistent volumes: true or false [default: true].
+    /// Restore volume data: true or false [default: true]. The PersistentVolume objects
+    /// follow the filters either way; a volume the cluster provisioned (reclaim policy
+    /// Delete) is provisioned anew for its claim.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     restore_volumes: Option<bool>,
 
@@ -364,6 +366,11 @@ pub struct RestoreCreate {
     /// Items restored at once within one priority tier.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+
+    /// How long to wait for a restored CustomResourceDefinition to be ready before its
+    /// resources are restored (a Go duration).
+    #[arg(long, default_value = "10m")]
+    resource_timeout: String,
 }
 
 fn k8s_time(t: &Time) -> String {
@@ -1218,6 +1225,9 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
     let mut settings = RestoreSettings::new();
     settings.parallel_items = c.parallel.max(1);
     settings.allow_partially_failed = c.allow_partially_failed;
+    settings.crd_wait = std::time::Duration::from_secs(
+        arca_k8s::backup::parse_go_duration(&c.resource_timeout)?.max(0) as u64,
+    );
     if let Some(p) = &c.restore_resource_priorities {
         settings.priorities = Priorities::parse(p);
     }

@@ -274,6 +274,28 @@ async fn delete_namespaced(
     }
 }
 
+/// Wait until the volume controller has bound a claim (Velero takes a claim's volume
+/// only from a Bound claim).
+async fn wait_bound(c: &Cluster, ns: &str, name: &str) {
+    for _ in 0..300 {
+        if let Some(pvc) = get(
+            c,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            Some(ns),
+            name,
+        )
+        .await
+            && pvc["status"]["phase"] == "Bound"
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("claim {ns}/{name} not bound");
+}
+
 fn cm(ns: &str, name: &str, labels: &[(&str, &str)], data: &str) -> String {
     let labels: Vec<String> = labels
         .iter()
@@ -1139,6 +1161,7 @@ spec:
         arca.ns
     );
     apply(&a, &mapping).await;
+    wait_bound(&a, "sc-ns", "data").await;
     arca.ok(
         &a,
         &["backup", "create", "sc", "--include-namespaces", "sc-ns"],

@@ -14,7 +14,10 @@ use serde_json::Value;
 use crate::crd::{Backup, BackupSpec, BackupStatus};
 use crate::discovery::{ApiRes, Discovery};
 use crate::error::{Error, Result};
-use crate::filter::{LabelFilter, NamespaceFilter, ResourceFilter, excluded_by_label};
+use crate::filter::{
+    LabelFilter, NamespaceFilter, ResourceFilter, excluded_by_label, validate_includes_excludes,
+    validate_namespaces, validate_scoped,
+};
 use crate::location::Location;
 use crate::record::*;
 
@@ -22,37 +25,64 @@ use crate::record::*;
 /// or are Arca's own records of the backup in progress.
 const NEVER_BACKED_UP: [&str; 3] = ["events", "events.events.k8s.io", "backups.arca.dev"];
 
-/// Parse a Go-style duration (`720h0m0s`, `1h30m`, `90s`) into seconds.
+/// The TTL of a backup whose spec gives none (or `0`): Velero's `--default-backup-ttl`.
+pub const DEFAULT_TTL: &str = "720h0m0s";
+
+/// Parse a Go duration (`time.ParseDuration`: `720h0m0s`, `1h30m`, `1.5h`, `90s`, `250ms`,
+/// `10us`, `-1h`, `0`) into seconds, truncated toward zero.
 pub fn parse_go_duration(s: &str) -> Result<i64> {
-    let bad = || Error::Invalid(format!("duration {s:?}: use e.g. 720h0m0s, 24h, 30m"));
-    let (mut total, mut num) = (0f64, String::new());
-    let mut chars = s.trim().chars().peekable();
-    if s.trim().is_empty() {
+    let bad = || {
+        Error::Invalid(format!(
+            "duration {s:?}: use a Go duration such as 720h0m0s, 24h, 30m or 90s (units h, m, s, ms, us, ns)"
+        ))
+    };
+    let t = s.trim();
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if t == "0" {
+        return Ok(0);
+    }
+    if t.is_empty() {
         return Err(bad());
     }
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            'h' => 3600.0,
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                0.001
-            }
-            'm' => 60.0,
-            's' => 1.0,
+    let mut total = 0f64;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..n_end].parse().map_err(|_| bad())?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ns" => 1e-9,
             _ => return Err(bad()),
         };
+        rest = &rest[u_end..];
         total += n * unit;
     }
-    if !num.is_empty() {
-        return Err(bad());
+    let secs = total.trunc() as i64;
+    Ok(if neg { -secs } else { secs })
+}
+
+/// A duration of whole seconds as Go prints it (`720h0m0s`), as Velero writes TTLs.
+pub fn format_go_duration(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sign}{sec}s"),
+        (0, m, sec) => format!("{sign}{m}m{sec}s"),
+        (h, m, sec) => format!("{sign}{h}h{m}m{sec}s"),
     }
-    Ok(total as i64)
 }
 
 /// Validated filters of a backup spec, with names resolved against discovery.
@@ -68,9 +98,36 @@ pub struct BackupFilters {
 }
 
 impl BackupFilters {
-    /// Validate and resolve; the error is Velero's FailedValidation.
-    pub fn new(spec: &BackupSpec, d: &Discovery) -> Result<Self> {
+    /// Validate and resolve, as Velero's `prepareBackupRequest`
+    /// (pkg/controller/backup_controller.go); the errors are the backup's
+    /// `validationErrors` (phase FailedValidation).
+    pub fn new(spec: &BackupSpec, d: &Discovery) -> std::result::Result<Self, Vec<String>> {
         let v = |o: &Option<Vec<String>>| o.clone().unwrap_or_default();
+        let mut errs = Vec::new();
+        let old = spec.include_cluster_resources.is_some()
+            || !v(&spec.included_resources).is_empty()
+            || !v(&spec.excluded_resources).is_empty();
+        if old {
+            errs.extend(validate_includes_excludes(
+                "resource",
+                &v(&spec.included_resources),
+                &v(&spec.excluded_resources),
+            ));
+        }
+        errs.extend(validate_scoped(
+            "cluster-scoped",
+            &v(&spec.included_cluster_scoped_resources),
+            &v(&spec.excluded_cluster_scoped_resources),
+        ));
+        errs.extend(validate_scoped(
+            "namespace-scoped",
+            &v(&spec.included_namespace_scoped_resources),
+            &v(&spec.excluded_namespace_scoped_resources),
+        ));
+        errs.extend(validate_namespaces(
+            &v(&spec.included_namespaces),
+            &v(&spec.excluded_namespaces),
+        ));
         let mut unknown = Vec::new();
         let mut res = |o: &Option<Vec<String>>| {
             let (names, u) = d.resolve_all(&v(o));
@@ -85,24 +142,40 @@ impl BackupFilters {
             &res(&spec.excluded_cluster_scoped_resources),
             &res(&spec.included_namespace_scoped_resources),
             &res(&spec.excluded_namespace_scoped_resources),
-        )?;
+        );
         let labels = LabelFilter::new(
             spec.label_selector.clone(),
             spec.or_label_selectors.clone().unwrap_or_default(),
-        )?;
-        if let Some(ttl) = &spec.ttl {
-            parse_go_duration(ttl)?;
+        );
+        if let Some(ttl) = &spec.ttl
+            && let Err(e) = parse_go_duration(ttl)
+        {
+            errs.push(e.to_string());
+        }
+        let namespaces =
+            NamespaceFilter::new(&v(&spec.included_namespaces), &v(&spec.excluded_namespaces));
+        let mut take = |r: Result<()>| {
+            if let Err(e) = r {
+                errs.push(e.to_string());
+            }
+        };
+        take(resources.as_ref().map(|_| ()).map_err(clone_err));
+        take(labels.as_ref().map(|_| ()).map_err(clone_err));
+        take(namespaces.as_ref().map(|_| ()).map_err(clone_err));
+        if !errs.is_empty() {
+            return Err(errs);
         }
         Ok(Self {
-            namespaces: NamespaceFilter::new(
-                &v(&spec.included_namespaces),
-                &v(&spec.excluded_namespaces),
-            )?,
-            resources,
-            labels,
+            namespaces: namespaces.expect("checked"),
+            resources: resources.expect("checked"),
+            labels: labels.expect("checked"),
             unknown,
         })
     }
+}
+
+fn clone_err(e: &Error) -> Error {
+    Error::Invalid(e.to_string())
 }
 
 /// An item read from the cluster.
@@ -181,13 +254,25 @@ fn to_item(r: &ApiRes, o: &DynamicObject) -> Result<Item> {
     })
 }
 
-/// Collect the items a backup spec selects.
+fn being_deleted(o: &DynamicObject) -> bool {
+    o.metadata.deletion_timestamp.is_some()
+}
+
+/// Progress reported while collecting: called with the number of items so far.
+pub type OnProgress<'a> = &'a mut (dyn FnMut(usize) + Send);
+
+/// Collect the items a backup spec selects (Velero's pkg/backup/item_collector.go and
+/// item_backupper.go): the types the filters take, in the namespaces they take, minus
+/// items with the exclude label and items being deleted; then the items those need
+/// (`backup_actions`), which bypass the label selector; then the CRDs of custom resources
+/// and the Namespace objects.
 pub async fn collect(
     client: &Client,
     d: &Discovery,
     spec: &BackupSpec,
     f: &BackupFilters,
     log: &mut Log,
+    progress: OnProgress<'_>,
 ) -> Result<Collected> {
     let mut c = Collected::default();
     for u in &f.unknown {
@@ -197,17 +282,34 @@ pub async fn collect(
             format!("resource {u:?} is not served by this cluster"),
         );
     }
-    // Namespaces in scope.
+    // Namespaces in scope: active ones the filter takes (Velero's nsTracker skips those
+    // not Active).
     let ns_res = d
         .by_group_resource("namespaces")
         .ok_or_else(|| Error::Invalid("the cluster serves no namespaces".into()))?;
     let all_ns = list_all(client, ns_res, None).await?;
-    let namespaces: BTreeSet<String> = all_ns
-        .iter()
-        .map(|n| n.name_any())
-        .filter(|n| f.namespaces.includes(n))
-        .collect();
-    let all_namespaces = f.namespaces.all();
+    let mut namespaces = BTreeSet::new();
+    for n in &all_ns {
+        let name = n.name_any();
+        if !f.namespaces.includes(&name) {
+            continue;
+        }
+        let phase = n.data.pointer("/status/phase").and_then(Value::as_str);
+        if being_deleted(n) || phase.is_some_and(|p| p != "Active") {
+            log.line("info", format!("namespace {name} is terminating: skipped"));
+            continue;
+        }
+        namespaces.insert(name);
+    }
+    // An included namespace that does not exist is an error (Velero's collectNamespaces).
+    let existing: BTreeSet<String> = all_ns.iter().map(|n| n.name_any()).collect();
+    for inc in spec.included_namespaces.iter().flatten() {
+        if inc != "*" && !crate::filter::is_glob(inc) && !existing.contains(inc) {
+            let msg = format!("namespace {inc} in includedNamespaces does not exist");
+            log.line("error", msg.clone());
+            c.results.errors.add(None, false, msg);
+        }
+    }
     log.line("info", format!("{} namespaces in scope", namespaces.len()));
 
     let ordered: BTreeMap<String, Vec<String>> = spec
@@ -228,8 +330,8 @@ pub async fn collect(
         .collect();
 
     let mut by_type: Vec<(ApiRes, Vec<Item>)> = Vec::new();
-    let mut pvcs_volumes: BTreeSet<String> = BTreeSet::new();
     let mut namespaces_with_items: BTreeSet<String> = BTreeSet::new();
+    let mut count = 0usize;
     for r in &d.preferred {
         let gr = r.group_resource();
         if NEVER_BACKED_UP.contains(&gr.as_str())
@@ -239,10 +341,10 @@ pub async fn collect(
         {
             continue;
         }
-        if !f.resources.takes(&gr, r.namespaced, all_namespaces) {
+        if !f.resources.takes(&gr, r.namespaced, &f.namespaces) {
             continue;
         }
-        let objects = if !r.namespaced || (all_namespaces && f.namespaces.everything()) {
+        let objects = if !r.namespaced || f.namespaces.everything() {
             list_all(client, r, None).await
         } else {
             let mut v = Vec::new();
@@ -276,13 +378,8 @@ pub async fn collect(
                 continue;
             }
             let labels = labels_of(&o);
-            if excluded_by_label(&labels) || !f.labels.matches(&labels) {
+            if excluded_by_label(&labels) || !f.labels.matches(&labels) || being_deleted(&o) {
                 continue;
-            }
-            if gr == "persistentvolumeclaims"
-                && let Some(v) = o.data.pointer("/spec/volumeName").and_then(Value::as_str)
-            {
-                pvcs_volumes.insert(v.to_string());
             }
             if let Some(ns) = o.namespace() {
                 namespaces_with_items.insert(ns);
@@ -299,51 +396,36 @@ pub async fn collect(
             (pos, i.item.namespace.clone(), i.item.name.clone())
         });
         log.line("info", format!("{gr}: {} items", items.len()));
+        count += items.len();
+        progress(count);
         by_type.push((r.clone(), items));
     }
 
-    // Related items: the volumes of backed-up claims, when their type was not taken whole.
-    if let Some(pv) = d.by_group_resource("persistentvolumes").cloned()
-        && !f
-            .resources
-            .takes("persistentvolumes", false, all_namespaces)
-        && f.resources.takes_related("persistentvolumes")
-        && !pvcs_volumes.is_empty()
-    {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &pv.api_resource());
-        let mut items = Vec::new();
-        for name in &pvcs_volumes {
-            match api.get_opt(name).await {
-                Ok(Some(o)) if !excluded_by_label(&labels_of(&o)) => items.push(to_item(&pv, &o)?),
-                Ok(_) => {}
-                Err(e) => {
-                    c.results
-                        .errors
-                        .add(None, true, format!("persistentvolumes/{name}: {e}"))
-                }
+    // Related items, and theirs in turn.
+    let related = collect_related(client, d, f, &namespaces, &by_type, &mut c, log).await?;
+    for (_, items) in &related {
+        for i in items {
+            if let Some(ns) = &i.item.namespace {
+                namespaces_with_items.insert(ns.clone());
             }
         }
-        log.line(
-            "info",
-            format!(
-                "persistentvolumes: {} items, related to claims",
-                items.len()
-            ),
-        );
-        by_type.push((pv, items));
+        count += items.len();
     }
+    progress(count);
+    by_type.extend(related);
 
-    // Related items: the CRDs of backed-up custom resources (Velero's rule), so that a
+    // The CRDs of backed-up custom resources (Velero's backupCRD), so that a
     // namespace-filtered backup restores into a cluster that has never seen the type.
     const CRDS: &str = "customresourcedefinitions.apiextensions.k8s.io";
     if let Some(crd) = d.by_group_resource(CRDS).cloned()
-        && !f.resources.takes(CRDS, false, all_namespaces)
-        && f.resources.takes_related(CRDS)
+        && !f.resources.takes(CRDS, false, &f.namespaces)
+        && f.resources.takes_related(CRDS, false)
     {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &crd.api_resource());
         let mut items = Vec::new();
+        let mut done = BTreeSet::new();
         for (r, found) in &by_type {
-            if found.is_empty() || r.group.is_empty() || !r.group.contains('.') {
+            if found.is_empty() || !r.group.contains('.') || !done.insert(r.group_resource()) {
                 continue;
             }
             match api.get_opt(&r.group_resource()).await {
@@ -367,9 +449,7 @@ pub async fn collect(
 
     // The Namespace objects: every namespace in scope, or (with a label filter) those
     // with items or matching it themselves.
-    if !matches!(&f.resources, ResourceFilter::Old { resources, .. } if !resources.includes("namespaces"))
-        && !matches!(&f.resources, ResourceFilter::Scoped { cluster, .. } if cluster.exclude_list().iter().any(|e| e == "namespaces" || e == "*"))
-    {
+    if f.resources.takes_namespaces() {
         let mut items = Vec::new();
         for n in &all_ns {
             let name = n.name_any();
@@ -387,7 +467,124 @@ pub async fn collect(
         by_type.insert(0, (ns_res.clone(), items));
     }
     c.items = by_type.into_iter().flat_map(|(_, v)| v).collect();
+    progress(c.items.len());
     Ok(c)
+}
+
+/// The items the collected ones need (`backup_actions`), fetched one by one and checked
+/// as Velero's itemInclusionChecks does: namespace in scope, type not excluded, no
+/// exclude label, not being deleted. Grouped by type, in the order first met.
+async fn collect_related(
+    client: &Client,
+    d: &Discovery,
+    f: &BackupFilters,
+    namespaces: &BTreeSet<String>,
+    by_type: &[(ApiRes, Vec<Item>)],
+    c: &mut Collected,
+    log: &mut Log,
+) -> Result<Vec<(ApiRes, Vec<Item>)>> {
+    use crate::backup_actions::{self as actions, Related};
+    let key = |i: &ItemRef| Related {
+        group_resource: i.group_resource(),
+        namespace: i.namespace.clone(),
+        name: i.name.clone(),
+    };
+    let mut seen: BTreeSet<Related> = by_type
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|i| key(&i.item)))
+        .collect();
+    let mut ctx = actions::Context::default();
+    let wants_crbs = by_type
+        .iter()
+        .any(|(r, v)| !v.is_empty() && actions::needs_cluster_role_bindings(&r.group_resource()));
+    if wants_crbs
+        && let Some(crb) = d.by_group_resource("clusterrolebindings.rbac.authorization.k8s.io")
+    {
+        match list_all(client, crb, None).await {
+            Ok(list) => {
+                ctx.cluster_role_bindings = list
+                    .iter()
+                    .filter_map(|o| serde_json::to_value(o).ok())
+                    .collect()
+            }
+            Err(e) => {
+                c.results
+                    .warnings
+                    .add(None, true, format!("listing cluster role bindings: {e}"))
+            }
+        }
+    }
+    let mut queue: std::collections::VecDeque<Related> = by_type
+        .iter()
+        .flat_map(|(r, v)| {
+            let gr = r.group_resource();
+            let ctx = &ctx;
+            v.iter()
+                .flat_map(move |i| actions::related(&gr, &i.object, ctx))
+        })
+        .collect();
+    let mut out: Vec<(ApiRes, Vec<Item>)> = Vec::new();
+    while let Some(rel) = queue.pop_front() {
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        let Some(r) = d.by_group_resource(&rel.group_resource).cloned() else {
+            continue;
+        };
+        if let Some(ns) = &rel.namespace
+            && !namespaces.contains(ns)
+        {
+            continue;
+        }
+        if !f.resources.takes_related(&rel.group_resource, r.namespaced) {
+            continue;
+        }
+        let ar = r.api_resource();
+        let api: Api<DynamicObject> = match &rel.namespace {
+            Some(ns) if r.namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        let what = match &rel.namespace {
+            Some(ns) => format!("{} {ns}/{}", rel.group_resource, rel.name),
+            None => format!("{} {}", rel.group_resource, rel.name),
+        };
+        let o = match api.get_opt(&rel.name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                let msg = format!("{what}: needed by a backed-up item, but not found");
+                log.line("warning", msg.clone());
+                c.results
+                    .warnings
+                    .add(rel.namespace.as_deref(), rel.namespace.is_none(), msg);
+                continue;
+            }
+            Err(e) => {
+                c.results.errors.add(
+                    rel.namespace.as_deref(),
+                    rel.namespace.is_none(),
+                    format!("{what}: {e}"),
+                );
+                continue;
+            }
+        };
+        if excluded_by_label(&labels_of(&o)) || being_deleted(&o) {
+            continue;
+        }
+        let item = to_item(&r, &o)?;
+        queue.extend(actions::related(&rel.group_resource, &item.object, &ctx));
+        log.line(
+            "info",
+            format!("{what}: backed up as needed by another item"),
+        );
+        match out
+            .iter_mut()
+            .find(|(t, _)| t.group_resource() == rel.group_resource)
+        {
+            Some((_, v)) => v.push(item),
+            None => out.push((r, vec![item])),
+        }
+    }
+    Ok(out)
 }
 
 /// Write the record's tree under `dir`.
@@ -450,10 +647,10 @@ async fn failed_validation(
     ns: &str,
     name: &str,
     mut status: BackupStatus,
-    msg: String,
+    msgs: Vec<String>,
 ) -> Result<BackupOutcome> {
     status.phase = Some("FailedValidation".into());
-    status.validation_errors = Some(vec![msg]);
+    status.validation_errors = Some(msgs);
     set_status(client, ns, name, &status).await?;
     Ok(BackupOutcome {
         status,
@@ -492,31 +689,90 @@ pub async fn run_backup(
         ..Default::default()
     };
     let d = Discovery::run(client).await?;
-    let filters = match BackupFilters::new(&backup.spec, &d) {
-        Ok(f) => f,
-        Err(e) => {
-            return failed_validation(client, ns, name, status, e.to_string()).await;
+
+    // Velero's prepareBackupRequest (pkg/controller/backup_controller.go): namespaces
+    // labelled exclude-from-backup join the excludes; the location and the TTL are
+    // resolved; all of it is written into the Backup, so that what it says is what ran.
+    let mut errs = Vec::new();
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut label_excluded = BTreeSet::new();
+    for l in crate::filter::EXCLUDE_LABELS {
+        match ns_api
+            .list(&ListParams::default().labels(&format!("{l}=true")))
+            .await
+        {
+            Ok(list) => label_excluded.extend(list.items.iter().map(|n| n.name_any())),
+            Err(e) => errs.push(format!("error getting namespace list: {e}")),
         }
-    };
+    }
+    if !label_excluded.is_empty() {
+        let ex = backup.spec.excluded_namespaces.get_or_insert_with(Vec::new);
+        for n in &label_excluded {
+            if !ex.contains(n) {
+                ex.push(n.clone());
+            }
+        }
+    }
+    if backup
+        .spec
+        .ttl
+        .as_deref()
+        .is_none_or(|t| parse_go_duration(t).is_ok_and(|s| s == 0))
+    {
+        backup.spec.ttl = Some(DEFAULT_TTL.to_string());
+    }
     let location =
         match Location::resolve(client, ns, backup.spec.storage_location.as_deref()).await {
-            Ok(l) if l.read_only => {
-                return failed_validation(
-                    client,
-                    ns,
-                    name,
-                    status,
-                    format!("backup storage location {} is read-only", l.name),
-                )
-                .await;
+            Ok(l) => {
+                if l.read_only {
+                    errs.push(format!(
+                        "backup storage location {} is in read-only mode: it takes no new backups",
+                        l.name
+                    ));
+                }
+                backup.spec.storage_location = Some(l.name.clone());
+                Some(l)
             }
-            Ok(l) => l,
             Err(e) => {
-                return failed_validation(client, ns, name, status, e.to_string()).await;
+                errs.push(e.to_string());
+                None
             }
         };
+    let mut labels = backup.labels().clone();
+    if let Some(l) = &location {
+        labels.insert(STORAGE_LOCATION_LABEL.to_string(), label_value(&l.name));
+    }
+    backup.metadata.labels = Some(labels.clone());
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({
+            "metadata": { "labels": labels },
+            "spec": backup.spec,
+        })),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("record the resolved spec of backup {ns}/{name}"), e))?;
+    let filters = match BackupFilters::new(&backup.spec, &d) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
+    };
+    let (Some(filters), Some(location), true) = (filters, location, errs.is_empty()) else {
+        return failed_validation(client, ns, name, status, errs).await;
+    };
+    for n in &label_excluded {
+        log.line(
+            "info",
+            format!(
+                "namespace {n} is labelled exclude-from-backup: left out with everything in it"
+            ),
+        );
+    }
     let start = now();
-    let ttl = parse_go_duration(backup.spec.ttl.as_deref().unwrap_or("720h0m0s"))?;
+    let ttl = parse_go_duration(backup.spec.ttl.as_deref().unwrap_or(DEFAULT_TTL))?;
     status.phase = Some("InProgress".into());
     status.start_timestamp = Some(start.clone());
     status.expiration = Some(Time(
@@ -528,7 +784,44 @@ pub async fn run_backup(
         format!("backup {ns}/{name} started, to location {}", location.name),
     );
 
-    let collected = collect(client, &d, &backup.spec, &filters, &mut log).await;
+    // Progress while collecting, written at most once a second (as Velero's ticker).
+    let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+    let reporter = {
+        let (client, ns, name, mut st) = (
+            client.clone(),
+            ns.to_string(),
+            name.to_string(),
+            status.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            while rx.changed().await.is_ok() {
+                tick.tick().await;
+                let n = *rx.borrow_and_update() as i64;
+                st.progress = Some(crate::crd::BackupProgress {
+                    total_items: Some(n),
+                    items_backed_up: Some(n),
+                });
+                // Progress is advisory: a failed write is made good by the next one.
+                let _ = set_status(&client, &ns, &name, &st).await;
+            }
+        })
+    };
+    let mut on_progress = move |n: usize| {
+        let _ = tx.send(n);
+    };
+    let collected = collect(
+        client,
+        &d,
+        &backup.spec,
+        &filters,
+        &mut log,
+        &mut on_progress,
+    )
+    .await;
+    drop(on_progress);
+    // Let the last progress write land before the statuses that follow it.
+    let _ = reporter.await;
     let mut c = match collected {
         Ok(c) => c,
         Err(e) => {
@@ -636,6 +929,16 @@ mod tests {
         assert_eq!(parse_go_duration("1h30m").unwrap(), 5400);
         assert_eq!(parse_go_duration("90s").unwrap(), 90);
         assert_eq!(parse_go_duration("1.5h").unwrap(), 5400);
+        assert_eq!(parse_go_duration("0").unwrap(), 0);
+        assert_eq!(parse_go_duration("-1h").unwrap(), -3600);
+        assert_eq!(parse_go_duration("1500ms").unwrap(), 1);
+        assert_eq!(parse_go_duration("2000000us").unwrap(), 2);
+        assert_eq!(parse_go_duration("3000000000ns").unwrap(), 3);
+        assert_eq!(parse_go_duration("1h0m30s").unwrap(), 3630);
+        assert!(parse_go_duration("1x").is_err() && parse_go_duration("h").is_err());
+        assert_eq!(format_go_duration(720 * 3600), "720h0m0s");
+        assert_eq!(format_go_duration(90), "1m30s");
+        assert_eq!(format_go_duration(5), "5s");
         assert!(
             parse_go_duration("").is_err()
                 && parse_go_duration("3d").is_err()

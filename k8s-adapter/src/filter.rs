@@ -15,12 +15,36 @@ pub const EXCLUDE_LABELS: [&str; 2] = [
     "velero.io/exclude-from-backup",
 ];
 
-/// Includes and excludes of plain names (resources): exclude wins; no includes or `*`
-/// include everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Includes and excludes of resource names (`resource.group`), each a name or a glob
+/// (`*.apps`): exclude wins; no includes or `*` include everything. As Velero's
+/// `IncludesExcludes` (pkg/util/collections/includes_excludes.go).
+#[derive(Clone, Debug, Default)]
 pub struct IncludesExcludes {
     includes: Vec<String>,
     excludes: Vec<String>,
+    include_globs: Vec<GlobMatcher>,
+    exclude_globs: Vec<GlobMatcher>,
+}
+
+impl PartialEq for IncludesExcludes {
+    fn eq(&self, o: &Self) -> bool {
+        self.includes == o.includes && self.excludes == o.excludes
+    }
+}
+
+impl Eq for IncludesExcludes {}
+
+/// Whether a name is a pattern rather than a plain name.
+pub fn is_glob(s: &str) -> bool {
+    s != "*" && s.contains(['*', '?', '['])
+}
+
+fn compile(list: &[String]) -> Vec<GlobMatcher> {
+    list.iter()
+        .filter(|p| is_glob(p))
+        // A pattern that does not compile was rejected by validation; here it matches nothing.
+        .filter_map(|p| Glob::new(p).ok().map(|g| g.compile_matcher()))
+        .collect()
 }
 
 impl IncludesExcludes {
@@ -29,15 +53,31 @@ impl IncludesExcludes {
         Self {
             includes: includes.to_vec(),
             excludes: excludes.to_vec(),
+            include_globs: compile(includes),
+            exclude_globs: compile(excludes),
         }
+    }
+
+    /// Whether `s` is excluded by name, pattern or `*`.
+    pub fn excludes(&self, s: &str) -> bool {
+        self.excludes.iter().any(|e| e == s || e == "*")
+            || self.exclude_globs.iter().any(|g| g.is_match(s))
     }
 
     /// Whether `s` passes.
     pub fn includes(&self, s: &str) -> bool {
-        if self.excludes.iter().any(|e| e == s || e == "*") {
+        if self.excludes(s) {
             return false;
         }
-        self.includes.is_empty() || self.includes.iter().any(|i| i == s || i == "*")
+        self.includes.is_empty()
+            || self.includes.iter().any(|i| i == s || i == "*")
+            || self.include_globs.iter().any(|g| g.is_match(s))
+    }
+
+    /// Velero's `IncludeEverything`: no excludes, and no includes or only `*`.
+    pub fn include_everything(&self) -> bool {
+        self.excludes.is_empty()
+            && (self.includes.is_empty() || (self.includes.len() == 1 && self.includes[0] == "*"))
     }
 
     /// Whether anything was listed as included (other than `*`).
@@ -54,6 +94,117 @@ impl IncludesExcludes {
     pub fn exclude_list(&self) -> &[String] {
         &self.excludes
     }
+}
+
+/// The checks Velero's two list validations share (pkg/util/collections): `*` alone in
+/// includes, and nothing in both lists; then the scoped or old rule for `*` in excludes.
+fn list_problems(includes: &[String], excludes: &[String], scoped: bool) -> Vec<String> {
+    let star = |l: &[String]| l.iter().any(|i| i == "*");
+    let mut errs = Vec::new();
+    if includes.len() > 1 && star(includes) {
+        errs.push(
+            "includes list must either contain '*' only, or a non-empty list of items".to_string(),
+        );
+    }
+    if !scoped && star(excludes) {
+        errs.push("excludes list cannot contain '*'".into());
+    }
+    if scoped && excludes.len() > 1 && star(excludes) {
+        errs.push(
+            "excludes list must either contain '*' only, or a non-empty list of items".into(),
+        );
+    }
+    if scoped && !includes.is_empty() && star(excludes) {
+        errs.push("when exclude is '*', include cannot have value".into());
+    }
+    for e in excludes.iter().filter(|e| includes.contains(e)) {
+        errs.push(format!(
+            "excludes list cannot contain an item in the includes list: {e}"
+        ));
+    }
+    errs
+}
+
+/// Velero's `ValidateIncludesExcludes` (old-style resource lists and namespace lists).
+pub fn validate_includes_excludes(
+    what: &str,
+    includes: &[String],
+    excludes: &[String],
+) -> Vec<String> {
+    list_problems(includes, excludes, false)
+        .into_iter()
+        .map(|e| format!("Invalid included/excluded {what} lists: {e}"))
+        .collect()
+}
+
+/// Velero's `ValidateScopedIncludesExcludes` (the cluster- and namespace-scoped lists).
+pub fn validate_scoped(what: &str, includes: &[String], excludes: &[String]) -> Vec<String> {
+    list_problems(includes, excludes, true)
+        .into_iter()
+        .map(|e| format!("Invalid {what} included/excluded resource lists: {e}"))
+        .collect()
+}
+
+/// Velero's namespace-list validation (pkg/util/wildcard and the Kubernetes name rule,
+/// with the glob characters standing in for letters): the generic list checks, then
+/// each name.
+pub fn validate_namespaces(includes: &[String], excludes: &[String]) -> Vec<String> {
+    let mut errs = validate_includes_excludes("namespace", includes, excludes);
+    for n in includes.iter().chain(excludes).filter(|n| !n.is_empty()) {
+        if n == "*" {
+            continue;
+        }
+        if let Some(e) = glob_name_problem(n) {
+            errs.push(format!("invalid namespace {n:?}: {e}"));
+            continue;
+        }
+        let plain: String = n
+            .chars()
+            .map(|c| if "*?[]".contains(c) { 'x' } else { c })
+            .collect();
+        if let Some(e) = dns1123_label_problem(&plain) {
+            errs.push(format!("invalid namespace {n:?}: {e}"));
+        }
+    }
+    errs
+}
+
+fn glob_name_problem(n: &str) -> Option<&'static str> {
+    if n.contains(['|', '(', ')', '!', '{', '}', ',']) {
+        return Some("wildcard characters |()!{}, are not supported");
+    }
+    if n.contains("**") {
+        return Some("consecutive asterisks (**) are not allowed");
+    }
+    if n.contains("[]") {
+        return Some("empty character class [] is not allowed");
+    }
+    let mut open = false;
+    for c in n.chars() {
+        match c {
+            '[' if open => return Some("nested [ is not allowed"),
+            '[' => open = true,
+            ']' if !open => return Some("unmatched ]"),
+            ']' => open = false,
+            _ => {}
+        }
+    }
+    open.then_some("unclosed [")
+}
+
+/// The Kubernetes rule for a namespace name (an RFC 1123 label).
+pub fn dns1123_label_problem(n: &str) -> Option<&'static str> {
+    if n.is_empty() || n.len() > 63 {
+        return Some("must be 1 to 63 characters");
+    }
+    let ok = n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric();
+    (!ok).then_some(
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+    )
 }
 
 /// Namespace includes and excludes, with globs (`*`, `?`, `[abc]`). A lone `*` (or no
@@ -153,64 +304,86 @@ impl ResourceFilter {
         }
     }
 
-    /// Whether all items of a resource type are taken. `all_namespaces` says whether the
-    /// namespace filter takes every namespace (the unset `includeClusterResources` case).
-    pub fn takes(&self, group_resource: &str, namespaced: bool, all_namespaces: bool) -> bool {
+    /// Whether the items of a resource type are listed (Velero's
+    /// `GlobalIncludesExcludes.ShouldInclude` and `ScopeIncludesExcludes.ShouldInclude`,
+    /// pkg/util/collections/includes_excludes.go). With `includeClusterResources` unset,
+    /// cluster-scoped types are taken only when the namespace filter includes everything:
+    /// no includes other than `*` and no excludes.
+    pub fn takes(&self, group_resource: &str, namespaced: bool, ns: &NamespaceFilter) -> bool {
         match self {
             ResourceFilter::Old {
                 resources,
                 include_cluster,
             } => {
-                if !resources.includes(group_resource) {
-                    return false;
+                if !namespaced {
+                    if *include_cluster == Some(false) {
+                        return false;
+                    }
+                    if group_resource != "namespaces"
+                        && include_cluster.is_none()
+                        && !ns.everything()
+                    {
+                        return false;
+                    }
                 }
-                if namespaced {
-                    return true;
-                }
-                match include_cluster {
-                    Some(b) => *b,
-                    None => all_namespaces,
-                }
+                resources.includes(group_resource)
             }
             ResourceFilter::Scoped {
                 cluster,
-                namespaced: ns,
+                namespaced: nsr,
             } => {
                 if namespaced {
-                    ns.includes(group_resource)
-                } else if cluster.include_list().is_empty() && cluster.exclude_list().is_empty() {
+                    nsr.includes(group_resource)
+                } else if cluster.excludes(group_resource) {
                     false
-                } else if cluster.include_list().is_empty() {
-                    // Only excludes: every other cluster-scoped resource.
-                    !cluster
-                        .exclude_list()
-                        .iter()
-                        .any(|e| e == group_resource || e == "*")
+                } else if cluster.include_list().is_empty() && cluster.exclude_list().is_empty() {
+                    ns.everything() && nsr.include_everything()
                 } else {
-                    cluster.includes(group_resource)
+                    cluster.include_list().iter().any(|i| i == "*")
+                        || cluster.includes(group_resource) && cluster.has_includes()
+                        || group_resource == "namespaces"
                 }
             }
         }
     }
 
-    /// Whether cluster-scoped items related to backed-up items (a claim's volume) are
-    /// pulled in even when their type is not taken as a whole.
-    pub fn takes_related(&self, group_resource: &str) -> bool {
+    /// Whether an item related to a backed-up one (a claim's volume, a service account's
+    /// role bindings) is taken although its type may not be listed: Velero's
+    /// `ShouldExclude` for cluster-scoped items, `ShouldInclude` for namespaced ones
+    /// (pkg/backup/item_backupper.go, itemInclusionChecks).
+    pub fn takes_related(&self, group_resource: &str, namespaced: bool) -> bool {
         match self {
             ResourceFilter::Old {
                 resources,
                 include_cluster,
             } => {
-                *include_cluster != Some(false)
-                    && !resources
-                        .exclude_list()
-                        .iter()
-                        .any(|e| e == group_resource || e == "*")
+                if namespaced {
+                    return resources.includes(group_resource);
+                }
+                match include_cluster {
+                    Some(false) => false,
+                    Some(true) => !resources.excludes(group_resource),
+                    None => resources.includes(group_resource),
+                }
             }
-            ResourceFilter::Scoped { cluster, .. } => !cluster
-                .exclude_list()
-                .iter()
-                .any(|e| e == group_resource || e == "*"),
+            ResourceFilter::Scoped {
+                cluster,
+                namespaced: nsr,
+            } => {
+                if namespaced {
+                    nsr.includes(group_resource)
+                } else {
+                    !cluster.excludes(group_resource)
+                }
+            }
+        }
+    }
+
+    /// Whether Namespace objects are taken at all.
+    pub fn takes_namespaces(&self) -> bool {
+        match self {
+            ResourceFilter::Old { resources, .. } => resources.includes("namespaces"),
+            ResourceFilter::Scoped { cluster, .. } => !cluster.excludes("namespaces"),
         }
     }
 }
@@ -390,26 +563,43 @@ mod tests {
         assert!(f.includes("ax") && f.includes("bx") && !f.includes("cx"));
     }
 
+    fn nsf(inc: &[&str], exc: &[&str]) -> NamespaceFilter {
+        NamespaceFilter::new(&s(inc), &s(exc)).unwrap()
+    }
+
     #[test]
     fn old_style_cluster_resources() {
+        let everything = nsf(&[], &[]);
+        let star = nsf(&["*"], &[]);
+        let some = nsf(&["app"], &[]);
+        let excluding = nsf(&["*"], &["kube-system"]);
         let unset = ResourceFilter::new(&[], &[], None, &[], &[], &[], &[]).unwrap();
+        assert!(unset.takes("persistentvolumes", false, &everything));
+        assert!(unset.takes("persistentvolumes", false, &star));
         assert!(
-            unset.takes("persistentvolumes", false, true),
-            "all namespaces: cluster resources in"
-        );
-        assert!(
-            !unset.takes("persistentvolumes", false, false),
+            !unset.takes("persistentvolumes", false, &some),
             "namespace filter: out"
         );
         assert!(
-            unset.takes_related("persistentvolumes"),
+            !unset.takes(
+                "customresourcedefinitions.apiextensions.k8s.io",
+                false,
+                &excluding
+            ),
+            "an exclude is a namespace filter too (Velero's IncludeEverything)"
+        );
+        assert!(
+            unset.takes("namespaces", false, &some),
+            "namespaces are not cluster resources here"
+        );
+        assert!(
+            unset.takes_related("persistentvolumes", false),
             "but a claim's volume is pulled in"
         );
         let no = ResourceFilter::new(&[], &[], Some(false), &[], &[], &[], &[]).unwrap();
-        assert!(
-            !no.takes("persistentvolumes", false, true) && !no.takes_related("persistentvolumes")
-        );
-        assert!(no.takes("pods", true, true));
+        assert!(!no.takes("persistentvolumes", false, &everything));
+        assert!(!no.takes_related("persistentvolumes", false));
+        assert!(no.takes("pods", true, &everything) && no.takes_related("pods", true));
         let yes = ResourceFilter::new(
             &s(&["pods", "storageclasses.storage.k8s.io"]),
             &[],
@@ -420,14 +610,47 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(yes.takes("storageclasses.storage.k8s.io", false, false));
+        assert!(yes.takes("storageclasses.storage.k8s.io", false, &some));
         assert!(
-            !yes.takes("persistentvolumes", false, false) && !yes.takes("configmaps", true, false)
+            !yes.takes("persistentvolumes", false, &some) && !yes.takes("configmaps", true, &some)
         );
+        assert!(
+            yes.takes_related("persistentvolumes", false),
+            "true: related unless excluded"
+        );
+        let listed = ResourceFilter::new(
+            &s(&["pods", "persistentvolumeclaims"]),
+            &[],
+            None,
+            &[],
+            &[],
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !listed.takes_related("persistentvolumes", false),
+            "unset with an include list that leaves volumes out: Velero's ShouldExclude"
+        );
+        let globbed = ResourceFilter::new(
+            &s(&["*.apps"]),
+            &s(&["daemonsets.*"]),
+            None,
+            &[],
+            &[],
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(globbed.takes("deployments.apps", true, &everything));
+        assert!(!globbed.takes("daemonsets.apps", true, &everything));
+        assert!(!globbed.takes("configmaps", true, &everything));
     }
 
     #[test]
     fn scoped_style() {
+        let everything = nsf(&[], &[]);
+        let some = nsf(&["app"], &[]);
         let f = ResourceFilter::new(
             &[],
             &[],
@@ -438,9 +661,9 @@ mod tests {
             &s(&["secrets"]),
         )
         .unwrap();
-        assert!(f.takes("storageclasses.storage.k8s.io", false, false));
-        assert!(!f.takes("persistentvolumes", false, false));
-        assert!(f.takes("pods", true, false) && !f.takes("secrets", true, false));
+        assert!(f.takes("storageclasses.storage.k8s.io", false, &some));
+        assert!(!f.takes("persistentvolumes", false, &everything));
+        assert!(f.takes("pods", true, &some) && !f.takes("secrets", true, &some));
         let f = ResourceFilter::new(
             &[],
             &[],
@@ -452,19 +675,63 @@ mod tests {
         )
         .unwrap();
         assert!(
-            f.takes("persistentvolumes", false, false),
-            "only excludes: every other cluster resource"
+            !f.takes("persistentvolumes", false, &everything),
+            "only excludes: Velero takes no other cluster resource but namespaces"
         );
-        assert!(!f.takes("storageclasses.storage.k8s.io", false, false));
+        assert!(f.takes("namespaces", false, &everything));
+        assert!(!f.takes("storageclasses.storage.k8s.io", false, &everything));
+        assert!(f.takes_related("persistentvolumes", false));
         let f = ResourceFilter::new(&[], &[], None, &[], &s(&["*"]), &s(&["pods"]), &[]).unwrap();
-        assert!(!f.takes_related("persistentvolumes") && !f.takes("configmaps", true, true));
+        assert!(
+            !f.takes_related("persistentvolumes", false)
+                && !f.takes("configmaps", true, &everything)
+        );
         let none = ResourceFilter::new(&[], &[], None, &[], &[], &s(&["*"]), &[]).unwrap();
         assert!(
-            !none.takes("persistentvolumes", false, true),
-            "no cluster-scoped list: none but related"
+            none.takes("persistentvolumes", false, &everything),
+            "no cluster-scoped list, everything namespaced: all"
         );
-        assert!(none.takes_related("persistentvolumes"));
+        assert!(
+            !none.takes("persistentvolumes", false, &some),
+            "with a namespace filter: none"
+        );
+        let pods = ResourceFilter::new(&[], &[], None, &[], &[], &s(&["pods"]), &[]).unwrap();
+        assert!(
+            !pods.takes("persistentvolumes", false, &everything),
+            "a namespaced list: none"
+        );
+        assert!(pods.takes_related("persistentvolumes", false));
         assert!(ResourceFilter::new(&s(&["pods"]), &[], None, &s(&["x"]), &[], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn validation_follows_velero() {
+        assert!(validate_includes_excludes("resource", &s(&["*"]), &s(&["secrets"])).is_empty());
+        // As Velero: '*' among others, '*' excluded, and '*' in both lists.
+        let e = validate_includes_excludes("resource", &s(&["pods", "*"]), &s(&["*"]));
+        assert_eq!(e.len(), 3, "{e:?}");
+        let e = validate_includes_excludes("namespace", &s(&["a"]), &s(&["a"]));
+        assert!(
+            e[0].contains("cannot contain an item in the includes list: a"),
+            "{e:?}"
+        );
+        assert!(
+            validate_scoped("cluster-scoped", &s(&["x"]), &s(&["*"]))[0]
+                .contains("when exclude is '*'")
+        );
+        assert!(validate_namespaces(&s(&["app-*", "ns?", "[ab]x"]), &s(&["kube-*"])).is_empty());
+        for bad in [
+            "a{b}",
+            "a**",
+            "x[]",
+            "x[",
+            "x]",
+            "Upper",
+            "-lead",
+            "has_underscore",
+        ] {
+            assert_eq!(validate_namespaces(&s(&[bad]), &[]).len(), 1, "{bad}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! will call the same functions from its controllers.
 
 pub mod backup;
+pub mod backup_actions;
 pub mod crd;
 pub mod discovery;
 mod error;
@@ -16,6 +17,7 @@ pub mod location;
 pub mod manage;
 pub mod record;
 pub mod restore;
+pub mod restore_actions;
 
 pub use error::{Error, Result};
 

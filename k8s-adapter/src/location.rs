@@ -117,20 +117,70 @@ impl Location {
         Self::from_bsl(client, ns, &bsl).await
     }
 
-    /// The location of a backup: its resource's, else the default (a backup made by
-    /// another cluster); and the resource, if this cluster has it.
+    /// The location of a backup, and the Backup resource if this cluster has it. The
+    /// location is the one the Backup records (`spec.storageLocation`, else its
+    /// storage-location label); a backup with no resource here (made by another cluster,
+    /// or recorded before locations were) is looked for in the default location first,
+    /// then in every other, so that moving the default never hides a backup.
     pub async fn of_backup(
         client: &Client,
         ns: &str,
         backup: &str,
+        cache_root: Option<&Path>,
     ) -> Result<(Self, Option<crate::crd::Backup>)> {
         let api: Api<crate::crd::Backup> = Api::namespaced(client.clone(), ns);
         let b = api
             .get_opt(backup)
             .await
             .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
-        let name = b.as_ref().and_then(|b| b.spec.storage_location.clone());
-        Ok((Self::resolve(client, ns, name.as_deref()).await?, b))
+        if let Some(n) = b.as_ref().and_then(|b| b.spec.storage_location.clone()) {
+            return Ok((Self::resolve(client, ns, Some(&n)).await?, b));
+        }
+        let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
+        let mut all = bsls
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::kube(format!("list BackupStorageLocations in {ns}"), e))?
+            .items;
+        let label = b
+            .as_ref()
+            .and_then(|b| b.metadata.labels.as_ref())
+            .and_then(|l| l.get(crate::record::STORAGE_LOCATION_LABEL).cloned());
+        if let Some(l) = label
+            && let Some(bsl) = all.iter().find(|x| {
+                crate::record::label_value(&x.metadata.name.clone().unwrap_or_default()) == l
+            })
+        {
+            return Ok((Self::from_bsl(client, ns, bsl).await?, b));
+        }
+        // Default first, then by name.
+        all.sort_by_key(|x| (x.spec.default != Some(true), x.metadata.name.clone()));
+        let mut first = None;
+        for bsl in &all {
+            let Ok(loc) = Self::from_bsl(client, ns, bsl).await else {
+                continue;
+            };
+            let found = async {
+                let repo = loc
+                    .open(&loc.resources_url(), cache_root, &writer(ns))
+                    .await?;
+                crate::restore::latest_record(
+                    &repo,
+                    crate::record::BACKUP_TAG,
+                    crate::record::BACKUP_NAME_LABEL,
+                    backup,
+                )
+                .await
+            };
+            if let Ok(Some(_)) = found.await {
+                return Ok((loc, b));
+            }
+            first.get_or_insert(loc);
+        }
+        match first {
+            Some(l) => Ok((l, b)),
+            None => Ok((Self::resolve(client, ns, None).await?, b)),
+        }
     }
 
     /// Resolve a BackupStorageLocation object.

@@ -23,8 +23,6 @@ use crate::restore::{latest_record, read_file, read_json};
 
 /// Field manager of everything Arca applies.
 pub const FIELD_MANAGER: &str = "arca";
-/// Label on backups synced from object storage: the location they came from.
-pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
 
 /// A client for the cluster of `kubeconfig` (else `$KUBECONFIG`, `~/.kube/config`, or the
 /// pod's service account) and `context` (else the current one), and the server's URL.
@@ -324,12 +322,6 @@ pub async fn sync_backups(
         .list(&ListParams::default())
         .await
         .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
-    let default_name = locations
-        .items
-        .iter()
-        .find(|b| b.spec.default == Some(true))
-        .map(|b| b.name_any());
-    let only_one = (locations.items.len() == 1).then(|| locations.items[0].name_any());
     let mut report = SyncReport::default();
     for bsl in &locations.items {
         let bsl_name = bsl.name_any();
@@ -364,7 +356,7 @@ pub async fn sync_backups(
             let mut b = Backup::new(name, stored.spec.clone());
             b.spec.storage_location = Some(bsl_name.clone());
             let mut labels = stored.metadata.labels.clone().unwrap_or_default();
-            labels.insert(STORAGE_LOCATION_LABEL.into(), bsl_name.clone());
+            labels.insert(STORAGE_LOCATION_LABEL.into(), label_value(&bsl_name));
             b.metadata.labels = Some(labels);
             b.metadata.namespace = Some(ns.to_string());
             match backups.create(&PostParams::default(), &b).await {
@@ -378,20 +370,21 @@ pub async fn sync_backups(
             crate::backup::set_status(client, ns, name, &status).await?;
             report.created.push(name.clone());
         }
-        // A finished backup of this location whose record is gone was deleted elsewhere.
+        // A finished backup of this location whose record is gone was deleted elsewhere
+        // (Velero's deleteOrphanedBackups: by the storage-location label, never by a
+        // guess; a Backup that names no location is never removed here).
+        let mine = label_value(&bsl_name);
         for (name, b) in &here {
-            let loc = b
-                .spec
-                .storage_location
-                .clone()
-                .or_else(|| default_name.clone())
-                .or_else(|| only_one.clone());
+            let of_this = match b.labels().get(STORAGE_LOCATION_LABEL) {
+                Some(l) => *l == mine,
+                None => b.spec.storage_location.as_deref() == Some(bsl_name.as_str()),
+            };
             let phase = b
                 .status
                 .as_ref()
                 .and_then(|s| s.phase.as_deref())
                 .unwrap_or("");
-            if loc.as_deref() == Some(&bsl_name)
+            if of_this
                 && matches!(phase, "Completed" | "PartiallyFailed")
                 && !list.contains_key(name)
             {
@@ -445,7 +438,7 @@ pub async fn restore_record(
         .map_err(|e| Error::kube(format!("read restore {ns}/{restore}"), e))?
         .ok_or_else(|| Error::NotFound(format!("no restore {restore:?} in namespace {ns}")))?;
     let backup = r.spec.backup_name.clone().unwrap_or_default();
-    let (loc, _) = Location::of_backup(client, ns, &backup).await?;
+    let (loc, _) = Location::of_backup(client, ns, &backup, cache_root).await?;
     let repo = loc
         .open(&loc.resources_url(), cache_root, &writer(ns))
         .await?;
@@ -515,7 +508,7 @@ pub async fn delete_backup(
     };
     set("InProgress", vec![]).await?;
     let work = async {
-        let (loc, cr) = Location::of_backup(client, ns, backup).await?;
+        let (loc, cr) = Location::of_backup(client, ns, backup, cache_root).await?;
         if loc.read_only {
             return Err(Error::Invalid(format!(
                 "backup {backup} is in storage location {}, which is read-only: nothing was deleted",

@@ -29,8 +29,27 @@ pub const RESTORE_NAME_LABEL: &str = "arca.dev/restore-name";
 pub const SCHEDULE_NAME_LABEL: &str = "arca.dev/schedule-name";
 /// Label: the backup's phase when stored.
 pub const PHASE_LABEL: &str = "arca.dev/phase";
+/// Label: the storage location a backup is in (its value through [`label_value`]).
+pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
 /// Label: the namespace of the Backup resource.
 pub const NAMESPACE_LABEL: &str = "arca.dev/namespace";
+
+/// A name made fit for a label value, by Velero's rule (`label.GetValidName`,
+/// pkg/label/label.go): up to 63 bytes it is kept; longer, its first 57 bytes and the
+/// first 6 hex digits of the SHA-256 of the whole name. Kubernetes names are ASCII, so
+/// the cut falls on a character boundary.
+pub fn label_value(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let hash = hex::encode(Sha256::digest(name.as_bytes()));
+    let mut cut = 57;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{}", &name[..cut], &hash[..6])
+}
 
 /// One backed-up item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,5 +164,22 @@ impl Log {
         let mut s = self.lines.join("\n");
         s.push('\n');
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_follow_velero() {
+        // Velero's own vector (pkg/label/label_test.go).
+        assert_eq!(
+            label_value("this_is_a_very_long_label_value_that_will_be_rejected_by_Kubernetes"),
+            "this_is_a_very_long_label_value_that_will_be_rejected_by_8d0722"
+        );
+        assert_eq!(label_value("short label value"), "short label value");
+        let n = "x".repeat(63);
+        assert_eq!(label_value(&n), n);
     }
 }

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::filter::{IncludesExcludes, LabelFilter, NamespaceFilter};
 use crate::location::{Location, writer};
 use crate::record::*;
+use crate::restore_actions::{self as actions, Related, Verdict};
 
 /// Resources never restored.
 pub const NEVER_RESTORED: [&str; 9] = [
@@ -79,19 +80,28 @@ impl Priorities {
         Self { high, low }
     }
 
-    fn matches(entry: &str, gr: &str) -> bool {
-        gr == entry
-            || gr
-                .split_once('.')
-                .is_some_and(|(plural, _)| plural == entry && !entry.contains('.'))
+    /// Resolve each entry through discovery (Velero's getOrderedResourceCollection resolves
+    /// them with the discovery helper): `persistentvolumes` is the core type, not the same
+    /// plural in any group; `volumesnapshotclass.snapshot.storage.k8s.io` is the plural of
+    /// that group. Entries the cluster does not serve (yet) stay as written.
+    pub fn resolved(&self, resolve: impl Fn(&str) -> Option<String>) -> Self {
+        let r = |v: &Vec<String>| {
+            v.iter()
+                .map(|e| resolve(e).unwrap_or_else(|| e.clone()))
+                .collect()
+        };
+        Self {
+            high: r(&self.high),
+            low: r(&self.low),
+        }
     }
 
     /// Sort key of a `resource.group`: (tier, position, name).
     pub fn key(&self, gr: &str) -> (u8, usize, String) {
-        if let Some(i) = self.high.iter().position(|e| Self::matches(e, gr)) {
+        if let Some(i) = self.high.iter().position(|e| e == gr) {
             return (0, i, String::new());
         }
-        if let Some(i) = self.low.iter().position(|e| Self::matches(e, gr)) {
+        if let Some(i) = self.low.iter().position(|e| e == gr) {
             return (2, i, String::new());
         }
         (1, 0, gr.to_string())
@@ -111,7 +121,8 @@ pub struct RestoreSettings {
     pub priorities: Priorities,
     /// Items restored at once within one priority tier.
     pub parallel_items: usize,
-    /// How long to wait for a CRD to become established.
+    /// How long to wait for a restored CRD to become established (Velero's
+    /// `--resource-timeout`).
     pub crd_wait: Duration,
     /// How long to wait for a terminating namespace or volume to go.
     pub terminating_wait: Duration,
@@ -121,12 +132,12 @@ pub struct RestoreSettings {
 }
 
 impl RestoreSettings {
-    /// The defaults: Velero's priorities, 8 at once, 1 minute, 10 minutes.
+    /// The defaults: Velero's priorities, 8 at once, 10 minutes, 10 minutes.
     pub fn new() -> Self {
         Self {
             priorities: Priorities::default(),
             parallel_items: 8,
-            crd_wait: Duration::from_secs(60),
+            crd_wait: Duration::from_secs(600),
             terminating_wait: Duration::from_secs(600),
             allow_partially_failed: false,
         }
@@ -157,7 +168,7 @@ pub async fn find_backup(
     backup: &str,
     cache_root: Option<&Path>,
 ) -> Result<(Indexed, arca_format::SnapshotId, Backup)> {
-    let (location, _) = Location::of_backup(client, ns, backup).await?;
+    let (location, _) = Location::of_backup(client, ns, backup, cache_root).await?;
     let repo = location
         .open(&location.resources_url(), cache_root, &writer(ns))
         .await?;
@@ -237,10 +248,10 @@ struct Run {
     backup_name: String,
     restore_name: String,
     settings: RestoreSettings,
-    mapping: BTreeMap<String, String>,
-    status_includes: IncludesExcludes,
-    storage_classes: BTreeMap<String, String>,
-    renamed_pvs: Mutex<HashMap<String, String>>,
+    /// What the per-kind actions consult.
+    ctx: actions::Context,
+    /// Which types get their status back (`restoreStatus`), if any.
+    status_includes: Option<IncludesExcludes>,
     results: Mutex<Results>,
     log: Mutex<Log>,
     restored: std::sync::atomic::AtomicI64,
@@ -270,10 +281,7 @@ impl Run {
     }
 
     fn target_ns(&self, ns: &str) -> String {
-        self.mapping
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| ns.to_string())
+        self.ctx.target_ns(ns)
     }
 }
 
@@ -326,8 +334,19 @@ pub async fn run_restore(
 
     // Validation.
     let policy = spec.existing_resource_policy.clone().unwrap_or_default();
+    let ns_problems = crate::filter::validate_namespaces(
+        &spec.included_namespaces.clone().unwrap_or_default(),
+        &spec.excluded_namespaces.clone().unwrap_or_default(),
+    );
+    let res_problems = crate::filter::validate_includes_excludes(
+        "resource",
+        &spec.included_resources.clone().unwrap_or_default(),
+        &spec.excluded_resources.clone().unwrap_or_default(),
+    );
     let problem = if spec.backup_name.is_some() == spec.schedule_name.is_some() {
         Some("give exactly one of backupName and scheduleName".to_string())
+    } else if let Some(p) = ns_problems.into_iter().chain(res_problems).next() {
+        Some(p)
     } else if !["", "none", "update"].contains(&policy.as_str()) {
         Some(format!(
             "existingResourcePolicy {policy:?}: use none or update"
@@ -381,9 +400,29 @@ pub async fn run_restore(
                     _ => false,
                 },
             );
-            list.sort_by_key(|b| b.metadata.creation_timestamp.clone().map(|t| t.0));
+            // Velero's mostRecentCompletedBackup (pkg/controller/restore_controller.go):
+            // newest by status.startTimestamp.
+            list.sort_by_key(|b| {
+                b.status
+                    .as_ref()
+                    .and_then(|s| s.start_timestamp.clone())
+                    .map(|t| t.0)
+            });
             match list.last() {
-                Some(b) => b.name_any(),
+                Some(b) => {
+                    // Recorded in the Restore, so that describe, logs and delete find it.
+                    let chosen = b.name_any();
+                    api.patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({ "spec": { "backupName": chosen } })),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::kube(format!("record the backup of restore {ns}/{name}"), e)
+                    })?;
+                    chosen
+                }
                 None => {
                     return failed_validation(
                         client,
@@ -461,150 +500,199 @@ pub async fn run_restore(
         source: e,
     })?;
 
-    let storage_classes = storage_class_map(client, ns).await?;
+    let mut d = Discovery::run(client).await?;
+    let (included, _) = d.resolve_all(&spec.included_resources.clone().unwrap_or_default());
+    let (excluded, _) = d.resolve_all(&spec.excluded_resources.clone().unwrap_or_default());
+    let resources = IncludesExcludes::new(&included, &excluded);
+    let status_includes = spec.restore_status.as_ref().map(|rs| {
+        let (i, _) = d.resolve_all(&rs.included_resources.clone().unwrap_or_default());
+        let (e, _) = d.resolve_all(&rs.excluded_resources.clone().unwrap_or_default());
+        IncludesExcludes::new(&i, &e)
+    });
+    let read_item = |r: &ItemRef| -> std::result::Result<Value, String> {
+        std::fs::read(staging.path().join(r.path()))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    };
+    let mut log = Log::default();
+    let mut results = Results::default();
+    let unreadable = |r: &ItemRef, e: String, log: &mut Log, results: &mut Results| {
+        let msg = format!(
+            "{} {}: unreadable in the backup: {e}",
+            r.group_resource(),
+            r.display()
+        );
+        log.line("error", msg.clone());
+        results
+            .errors
+            .add(r.namespace.as_deref(), r.namespace.is_none(), msg);
+    };
+
+    // Velero's getOrderedResourceCollection (pkg/restore/restore.go): the items the filters
+    // select. With includeClusterResources unset, cluster-scoped items come only when
+    // every namespace is restored (no includes other than `*`, no excludes); Namespace
+    // objects are not restored as items (below).
+    let include_cluster = spec.include_cluster_resources;
+    let mut items: Vec<(ItemRef, Value)> = Vec::new();
+    let mut ns_objects: HashMap<String, Value> = HashMap::new();
+    let mut selected_namespaces: BTreeSet<String> = BTreeSet::new();
+    for r in &refs {
+        let gr = r.group_resource();
+        if gr == "namespaces" {
+            let Ok(obj) = read_item(r) else { continue };
+            if resources.includes(&gr)
+                && ns_filter.includes(&r.name)
+                && (!label_filter.is_set() || label_filter.matches(&labels_in(&obj)))
+            {
+                selected_namespaces.insert(r.name.clone());
+            }
+            ns_objects.insert(r.name.clone(), obj);
+            continue;
+        }
+        if NEVER_RESTORED.contains(&gr.as_str()) || !resources.includes(&gr) {
+            continue;
+        }
+        match &r.namespace {
+            Some(n) if !ns_filter.includes(n) => continue,
+            None if include_cluster == Some(false) => continue,
+            None if include_cluster != Some(true) && !ns_filter.everything() => continue,
+            _ => {}
+        }
+        let obj = match read_item(r) {
+            Ok(v) => v,
+            Err(e) => {
+                unreadable(r, e, &mut log, &mut results);
+                continue;
+            }
+        };
+        if label_filter.is_set() && !label_filter.matches(&labels_in(&obj)) {
+            continue;
+        }
+        items.push((r.clone(), obj));
+    }
+
+    // The items those bring along (a claim its volume, a pod its priority class): taken
+    // from the backup whatever the label selector says, as Velero's additional items, if
+    // their type and namespace pass and cluster resources are not refused outright.
+    let by_key: HashMap<Related, &ItemRef> = refs
+        .iter()
+        .map(|r| {
+            (
+                Related {
+                    group_resource: r.group_resource(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                },
+                r,
+            )
+        })
+        .collect();
+    let mut taken: BTreeSet<Related> = items
+        .iter()
+        .map(|(r, _)| Related {
+            group_resource: r.group_resource(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        })
+        .collect();
+    let mut queue: std::collections::VecDeque<Related> = items
+        .iter()
+        .flat_map(|(r, o)| actions::additional(&r.group_resource(), o))
+        .collect();
+    while let Some(rel) = queue.pop_front() {
+        if !taken.insert(rel.clone()) {
+            continue;
+        }
+        let gr = &rel.group_resource;
+        let pass = !NEVER_RESTORED.contains(&gr.as_str())
+            && resources.includes(gr)
+            && match &rel.namespace {
+                Some(n) => ns_filter.includes(n),
+                None => include_cluster != Some(false),
+            };
+        if !pass {
+            continue;
+        }
+        let Some(r) = by_key.get(&rel) else {
+            let msg = format!(
+                "{gr} {}: needed by a restored item, but not in the backup",
+                rel.name
+            );
+            log.line("warning", msg.clone());
+            results
+                .warnings
+                .add(rel.namespace.as_deref(), rel.namespace.is_none(), msg);
+            continue;
+        };
+        match read_item(r) {
+            Ok(obj) => {
+                queue.extend(actions::additional(gr, &obj));
+                items.push(((*r).clone(), obj));
+            }
+            Err(e) => unreadable(r, e, &mut log, &mut results),
+        }
+    }
+
+    let ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
     let run = Arc::new(Run {
         client: client.clone(),
         spec: spec.clone(),
         backup_name: backup_name.clone(),
         restore_name: name.to_string(),
         settings,
-        mapping: spec.namespace_mapping.clone().unwrap_or_default(),
-        status_includes: IncludesExcludes::new(
-            &spec
-                .restore_status
-                .as_ref()
-                .and_then(|r| r.included_resources.clone())
-                .unwrap_or_default(),
-            &spec
-                .restore_status
-                .as_ref()
-                .and_then(|r| r.excluded_resources.clone())
-                .unwrap_or_else(|| vec!["*".into()]),
-        ),
-        storage_classes,
-        renamed_pvs: Mutex::new(HashMap::new()),
-        results: Mutex::new(Results::default()),
-        log: Mutex::new(Log::default()),
+        ctx,
+        status_includes,
+        results: Mutex::new(results),
+        log: Mutex::new(log),
         restored: std::sync::atomic::AtomicI64::new(0),
     });
-    run.log.lock().expect("lock").line(
-        "info",
-        format!("restore {ns}/{name} of backup {backup_name} started"),
-    );
+    run.info(format!(
+        "restore {ns}/{name} of backup {backup_name} started"
+    ));
 
-    let mut d = Discovery::run(client).await?;
-    let (included, _) = d.resolve_all(&spec.included_resources.clone().unwrap_or_default());
-    let (excluded, _) = d.resolve_all(&spec.excluded_resources.clone().unwrap_or_default());
-    let resources = IncludesExcludes::new(&included, &excluded);
-    let all_namespaces = ns_filter.all();
-
-    // Which items, read and filtered.
-    let mut items: Vec<(ItemRef, Value)> = Vec::new();
-    for r in refs {
-        let gr = r.group_resource();
-        if NEVER_RESTORED.contains(&gr.as_str()) || !resources.includes(&gr) {
-            continue;
-        }
-        match &r.namespace {
-            Some(n) if !ns_filter.includes(n) => continue,
-            None if gr != "namespaces" => {
-                let take = match spec.include_cluster_resources {
-                    Some(b) => b,
-                    // Unset: only when all namespaces are restored; a claim's volume
-                    // always comes with it.
-                    None => all_namespaces || gr == "persistentvolumes",
-                };
-                if !take || (gr == "persistentvolumes" && spec.restore_p_vs == Some(false)) {
-                    continue;
-                }
-            }
-            None if !ns_filter.includes(&r.name) => continue,
-            _ => {}
-        }
-        let path = staging.path().join(r.path());
-        let obj: Value = match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                run.error(
-                    r.namespace.as_deref(),
-                    r.namespace.is_none(),
-                    format!("{} {}: unreadable in the backup: {e}", gr, r.display()),
-                );
-                continue;
-            }
-        };
-        let labels: BTreeMap<String, String> = obj
-            .pointer("/metadata/labels")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
-        if label_filter.is_set() && gr != "namespaces" && !label_filter.matches(&labels) {
-            continue;
-        }
-        items.push((r, obj));
-    }
-    // With a label filter, a namespace object comes only with items in it.
-    if label_filter.is_set() {
-        let used: BTreeSet<String> = items
-            .iter()
-            .filter_map(|(r, _)| r.namespace.clone())
-            .collect();
-        items.retain(|(r, obj)| {
-            r.group_resource() != "namespaces"
-                || used.contains(&r.name)
-                || label_filter.matches(
-                    &obj.pointer("/metadata/labels")
-                        .and_then(|l| serde_json::from_value(l.clone()).ok())
-                        .unwrap_or_default(),
-                )
-        });
-    }
-
-    // Tiers by priority.
+    // Tiers by priority, resolved against this cluster.
+    let priorities = run
+        .settings
+        .priorities
+        .resolved(|e| d.resolve(e).map(|r| r.group_resource()));
     let mut tiers: BTreeMap<(u8, usize, String), Vec<(ItemRef, Value)>> = BTreeMap::new();
     for (r, o) in items {
         tiers
-            .entry(run.settings.priorities.key(&r.group_resource()))
+            .entry(priorities.key(&r.group_resource()))
             .or_default()
             .push((r, o));
     }
-    let total: usize = tiers.values().map(Vec::len).sum();
+    let total: usize = tiers.values().map(Vec::len).sum::<usize>() + selected_namespaces.len();
     status.progress = Some(crate::crd::RestoreProgress {
         total_items: Some(total as i64),
         items_restored: Some(0),
     });
     set_status(client, ns, name, &status).await?;
 
-    // Namespaces: every target namespace of a namespaced item, created first.
-    let needed: BTreeSet<String> = tiers
-        .values()
-        .flatten()
-        .filter_map(|(r, _)| r.namespace.as_ref().map(|n| run.target_ns(n)))
+    // Namespaces (Velero's EnsureNamespaceExistsAndIsReady): the selected ones and those of
+    // every item restored, created first from their backed-up objects (labels and
+    // annotations kept, whatever filtered the Namespace item out), with no restore labels.
+    let mut needed: BTreeSet<String> = selected_namespaces
+        .iter()
+        .map(|n| run.target_ns(n))
         .collect();
-    let ns_objects: HashMap<String, Value> = tiers
-        .values()
-        .flatten()
-        .filter(|(r, _)| r.group_resource() == "namespaces")
-        .map(|(r, o)| (run.target_ns(&r.name), o.clone()))
-        .collect();
-    ensure_namespaces(&run, &needed, &ns_objects).await;
+    let mut sources: HashMap<String, Value> = HashMap::new();
+    for (src, obj) in &ns_objects {
+        sources.insert(run.target_ns(src), obj.clone());
+    }
+    for (r, _) in tiers.values().flatten() {
+        if let Some(n) = &r.namespace {
+            needed.insert(run.target_ns(n));
+        }
+    }
+    ensure_namespaces(&run, &needed, &sources).await;
+    run.restored.fetch_add(
+        selected_namespaces.len() as i64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
 
     for ((_, _, _), tier) in tiers {
         let gr = tier[0].0.group_resource();
-        if gr == "namespaces" {
-            // Done above; the rest of the backed-up namespaces too.
-            let rest: BTreeSet<String> = tier
-                .iter()
-                .map(|(r, _)| run.target_ns(&r.name))
-                .filter(|n| !needed.contains(n))
-                .collect();
-            ensure_namespaces(&run, &rest, &ns_objects).await;
-            run.restored
-                .fetch_add(tier.len() as i64, std::sync::atomic::Ordering::Relaxed);
-            continue;
-        }
         let is_crd = gr == "customresourcedefinitions.apiextensions.k8s.io";
         let r2 = run.clone();
         let dd = d.clone();
@@ -719,6 +807,100 @@ async fn storage_class_map(client: &Client, ns: &str) -> Result<BTreeMap<String,
     Ok(out)
 }
 
+/// The labels of a stored object.
+fn labels_in(obj: &Value) -> BTreeMap<String, String> {
+    obj.pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// What the per-kind actions consult, read before the first item is restored: the
+/// storage-class mapping, the volumes the cluster provisions anew, the volumes renamed,
+/// and the service accounts each target namespace will have.
+async fn action_context(
+    client: &Client,
+    ns: &str,
+    spec: &RestoreSpec,
+    refs: &[ItemRef],
+    read_item: &impl Fn(&ItemRef) -> std::result::Result<Value, String>,
+    items: &[(ItemRef, Value)],
+) -> Result<actions::Context> {
+    let mut ctx = actions::Context {
+        mapping: spec.namespace_mapping.clone().unwrap_or_default(),
+        storage_classes: storage_class_map(client, ns).await?,
+        preserve_node_ports: spec.preserve_node_ports == Some(true),
+        ..Default::default()
+    };
+    // Every backed-up volume with reclaim policy Delete, restored or not: no volume
+    // backup restores volume data yet, so the cluster provisions each anew, and a claim
+    // bound to one never keeps its name (Velero's pvsToProvision).
+    for r in refs
+        .iter()
+        .filter(|r| r.group_resource() == "persistentvolumes")
+    {
+        if let Ok(pv) = read_item(r)
+            && actions::provisioned_dynamically(&pv)
+        {
+            ctx.pvs_to_provision.insert(r.name.clone());
+        }
+    }
+    // The rename rule (Velero's shouldRenamePV): a kept volume whose claim moves to
+    // another namespace, and whose name is taken in this cluster, gets a new name.
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    for (r, pv) in items
+        .iter()
+        .filter(|(r, _)| r.group_resource() == "persistentvolumes")
+    {
+        if ctx.pvs_to_provision.contains(&r.name) || ctx.mapping.is_empty() {
+            continue;
+        }
+        let moved = pv
+            .pointer("/spec/claimRef/namespace")
+            .and_then(Value::as_str)
+            .is_some_and(|n| ctx.mapping.contains_key(n));
+        if moved
+            && pvs
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| Error::kube("read persistent volume", e))?
+                .is_some()
+        {
+            ctx.renamed_pvs
+                .insert(r.name.clone(), format!("arca-clone-{}", uuid_v4()));
+        }
+    }
+    // Service accounts: those restored, and those already in each target namespace.
+    let mut targets = BTreeSet::new();
+    for (r, _) in items {
+        if let Some(n) = &r.namespace {
+            targets.insert(ctx.target_ns(n));
+            if r.group_resource() == "serviceaccounts" {
+                ctx.service_accounts
+                    .entry(ctx.target_ns(n))
+                    .or_default()
+                    .insert(r.name.clone());
+            }
+        }
+    }
+    let has_token_secrets = items.iter().any(|(r, o)| {
+        r.group_resource() == "secrets"
+            && o.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+    });
+    if has_token_secrets {
+        for t in targets {
+            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(client.clone(), &t);
+            if let Ok(list) = sas.list(&ListParams::default()).await {
+                ctx.service_accounts
+                    .entry(t)
+                    .or_default()
+                    .extend(list.items.iter().map(|s| s.name_any()));
+            }
+        }
+    }
+    Ok(ctx)
+}
+
 async fn ensure_namespaces(
     run: &Run,
     names: &BTreeSet<String>,
@@ -753,19 +935,12 @@ async fn ensure_namespaces(
                     );
                     reset_metadata(&mut obj);
                     obj["metadata"]["name"] = json!(n);
-                    add_labels(&mut obj, run);
                     if let Some(o) = obj.as_object_mut() {
                         o.remove("status");
-                        o.remove("spec");
                     }
                     match serde_json::from_value::<k8s_openapi::api::core::v1::Namespace>(obj) {
                         Ok(nsobj) => match api.create(&PostParams::default(), &nsobj).await {
-                            Ok(_) => {
-                                run.log
-                                    .lock()
-                                    .expect("lock")
-                                    .line("info", format!("created namespace {n}"));
-                            }
+                            Ok(_) => run.info(format!("created namespace {n}")),
                             Err(kube::Error::Api(s)) if s.code == 409 => {}
                             Err(e) => run.error(None, true, format!("namespaces/{n}: {e}")),
                         },
@@ -782,7 +957,9 @@ async fn ensure_namespaces(
     }
 }
 
-/// Clear what the server sets.
+/// Clear what the server sets (Velero's resetMetadata), and the owners, which get new
+/// identities here: a reference to the old one would make the garbage collector delete
+/// the item. `managedFields` stays for the actions (the Service rule reads it).
 fn reset_metadata(obj: &mut Value) {
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         // The item keeps its name; with generateName also set, the server answers a name
@@ -797,209 +974,81 @@ fn reset_metadata(obj: &mut Value) {
             "uid",
             "resourceVersion",
             "creationTimestamp",
-            "managedFields",
             "selfLink",
             "generation",
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
+            "ownerReferences",
         ] {
             m.remove(k);
         }
     }
 }
 
-fn add_labels(obj: &mut Value, run: &Run) {
-    if obj["metadata"]["labels"].is_null() {
+fn remove_managed_fields(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+}
+
+fn set_restore_labels(obj: &mut Value, run: &Run) {
+    if !obj["metadata"]["labels"].is_object() {
         obj["metadata"]["labels"] = json!({});
     }
-    obj["metadata"]["labels"][BACKUP_NAME_LABEL] = json!(run.backup_name);
-    obj["metadata"]["labels"][RESTORE_NAME_LABEL] = json!(run.restore_name);
+    obj["metadata"]["labels"][BACKUP_NAME_LABEL] = json!(label_value(&run.backup_name));
+    obj["metadata"]["labels"][RESTORE_NAME_LABEL] = json!(label_value(&run.restore_name));
 }
 
-fn remove_annotation(obj: &mut Value, keys: &[&str]) {
-    if let Some(a) = obj
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        for k in keys {
-            a.remove(*k);
-        }
-    }
-}
+/// Annotation overriding `restoreStatus` for one object (`true` or `false`).
+pub const RESTORE_STATUS_ANNOTATIONS: [&str; 2] =
+    ["arca.dev/restore-status", "velero.io/restore-status"];
 
-fn map_storage_class(v: &mut Value, map: &BTreeMap<String, String>) {
-    if let Some(s) = v.as_str().and_then(|s| map.get(s)) {
-        *v = json!(s);
-    }
-}
-
-/// Whether a service port's node port was chosen by the user (kept) rather than
-/// assigned by the cluster (dropped): the last-applied configuration names it.
-fn explicit_node_ports(obj: &Value) -> BTreeSet<i64> {
-    let mut out = BTreeSet::new();
-    if let Some(last) = obj
-        .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
-        .and_then(Value::as_str)
-        && let Ok(v) = serde_json::from_str::<Value>(last)
-    {
-        for p in v
-            .pointer("/spec/ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+/// Whether an item gets its status back (Velero's determineRestoreStatus).
+fn restores_status(run: &Run, gr: &str, obj: &Value) -> bool {
+    for a in RESTORE_STATUS_ANNOTATIONS {
+        let key = format!("/metadata/annotations/{}", a.replace('/', "~1"));
+        match obj
+            .pointer(&key)
+            .and_then(Value::as_str)
+            .map(|v| v.trim().to_lowercase())
+            .as_deref()
         {
-            if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
-                out.insert(n);
-            }
+            Some("true") => return true,
+            Some("false") => return false,
+            _ => {}
         }
     }
-    out
+    run.status_includes
+        .as_ref()
+        .is_some_and(|ie| ie.includes(gr))
 }
 
-/// Adjust one item for the target cluster.
-async fn transform(run: &Run, r: &ItemRef, obj: &mut Value) -> Result<()> {
-    let gr = r.group_resource();
-    reset_metadata(obj);
-    if let Some(ns) = &r.namespace {
-        obj["metadata"]["namespace"] = json!(run.target_ns(ns));
-    }
-    // Owners restored get new identities: a reference to the old one would make the
-    // garbage collector delete the item.
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("ownerReferences");
-    }
-    if !run.status_includes.includes(&gr)
-        && let Some(o) = obj.as_object_mut()
-    {
-        o.remove("status");
-    }
-    add_labels(obj, run);
-    match gr.as_str() {
-        "persistentvolumes" => {
-            if let Some(cr) = obj
-                .pointer_mut("/spec/claimRef")
-                .and_then(Value::as_object_mut)
-            {
-                for k in ["uid", "resourceVersion"] {
-                    cr.remove(k);
-                }
-            }
-            let claim_ns = obj
-                .pointer("/spec/claimRef/namespace")
-                .and_then(Value::as_str)
-                .map(String::from);
-            if let Some(cns) = &claim_ns {
-                let mapped = run.target_ns(cns);
-                obj["spec"]["claimRef"]["namespace"] = json!(mapped);
-                // The rename rule: only when the PV exists here and its claim moved.
-                if mapped != *cns {
-                    let api: Api<k8s_openapi::api::core::v1::PersistentVolume> =
-                        Api::all(run.client.clone());
-                    if api
-                        .get_opt(&r.name)
-                        .await
-                        .map_err(|e| Error::kube("read persistent volume", e))?
-                        .is_some()
-                    {
-                        let new = format!("arca-clone-{}", uuid_v4());
-                        obj["metadata"]["name"] = json!(new);
-                        if obj["metadata"]["annotations"].is_null() {
-                            obj["metadata"]["annotations"] = json!({});
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`; None when they are equal.
+/// Fields `from` has and `to` lacks are removed (set to null).
+pub fn merge_patch(from: &Value, to: &Value) -> Option<Value> {
+    match (from, to) {
+        (Value::Object(f), Value::Object(t)) => {
+            let mut p = serde_json::Map::new();
+            for (k, tv) in t {
+                match f.get(k) {
+                    Some(fv) => {
+                        if let Some(d) = merge_patch(fv, tv) {
+                            p.insert(k.clone(), d);
                         }
-                        obj["metadata"]["annotations"][ORIGINAL_PV_ANNOTATION] = json!(r.name);
-                        run.renamed_pvs
-                            .lock()
-                            .expect("lock")
-                            .insert(r.name.clone(), new);
+                    }
+                    None => {
+                        p.insert(k.clone(), tv.clone());
                     }
                 }
             }
-            if let Some(sc) = obj.pointer_mut("/spec/storageClassName") {
-                map_storage_class(sc, &run.storage_classes);
+            for k in f.keys().filter(|k| !t.contains_key(*k)) {
+                p.insert(k.clone(), Value::Null);
             }
+            (!p.is_empty()).then_some(Value::Object(p))
         }
-        "persistentvolumeclaims" => {
-            remove_annotation(
-                obj,
-                &[
-                    "pv.kubernetes.io/bind-completed",
-                    "pv.kubernetes.io/bound-by-controller",
-                    "volume.beta.kubernetes.io/storage-provisioner",
-                    "volume.kubernetes.io/storage-provisioner",
-                    "volume.kubernetes.io/selected-node",
-                ],
-            );
-            if let Some(vol) = obj
-                .pointer("/spec/volumeName")
-                .and_then(Value::as_str)
-                .map(String::from)
-            {
-                let renamed = run.renamed_pvs.lock().expect("lock").get(&vol).cloned();
-                if let Some(new) = renamed {
-                    obj["spec"]["volumeName"] = json!(new);
-                } else if obj
-                    .pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by")
-                    .is_some()
-                {
-                    // Dynamically provisioned: let the provisioner bind a new volume.
-                    obj["spec"].as_object_mut().map(|s| s.remove("volumeName"));
-                }
-            }
-            if let Some(sc) = obj.pointer_mut("/spec/storageClassName") {
-                map_storage_class(sc, &run.storage_classes);
-            }
-        }
-        "statefulsets.apps" => {
-            for t in obj
-                .pointer_mut("/spec/volumeClaimTemplates")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(sc) = t.pointer_mut("/spec/storageClassName") {
-                    map_storage_class(sc, &run.storage_classes);
-                }
-            }
-        }
-        "services" => {
-            let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
-            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
-                && !headless
-            {
-                spec.remove("clusterIP");
-                spec.remove("clusterIPs");
-            }
-            let preserve = run.spec.preserve_node_ports == Some(true);
-            let explicit = explicit_node_ports(obj);
-            if !preserve {
-                for p in obj
-                    .pointer_mut("/spec/ports")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    let keep = p
-                        .get("nodePort")
-                        .and_then(Value::as_i64)
-                        .is_some_and(|n| explicit.contains(&n));
-                    if !keep && let Some(o) = p.as_object_mut() {
-                        o.remove("nodePort");
-                    }
-                }
-                if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                    spec.remove("healthCheckNodePort");
-                }
-            }
-        }
-        "pods" => {
-            // The scheduler places it anew.
-            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.remove("nodeName");
-            }
-        }
-        _ => {}
+        _ if from == to => None,
+        _ => Some(to.clone()),
     }
-    Ok(())
 }
 
 /// A random UUID (version 4) in its usual text form.
@@ -1041,6 +1090,20 @@ async fn create_with_retry(
     api.create(&PostParams::default(), obj).await
 }
 
+/// An item as the restore would write it, from its backed-up copy or from the cluster's
+/// (for comparing the two): server-set metadata, owners, status and `managedFields` gone,
+/// the kind's action applied, the restore labels set.
+fn desired(run: &Run, gr: &str, ctx: &actions::Context, obj: &mut Value) -> Verdict {
+    reset_metadata(obj);
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    let v = actions::transform(gr, obj, ctx);
+    remove_managed_fields(obj);
+    set_restore_labels(obj, run);
+    v
+}
+
 async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
     let gr = r.group_resource();
     let scope_ns = r.namespace.as_deref().map(|n| run.target_ns(n));
@@ -1067,8 +1130,14 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         ));
         return;
     }
-    if let Err(e) = transform(run, &r, &mut obj).await {
-        run.error(ns_ref, cluster, format!("{what}: {e}"));
+    if let Some(ns) = &scope_ns {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+    let status = restores_status(run, &gr, &obj)
+        .then(|| obj.get("status").cloned())
+        .flatten();
+    if let Verdict::Skip(why) = desired(run, &gr, &run.ctx, &mut obj) {
+        run.info(format!("{what}: skipped: {why}"));
         return;
     }
     let api: Api<DynamicObject> = match &scope_ns {
@@ -1077,30 +1146,33 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         }
         _ => Api::all_with(run.client.clone(), &target.api_resource()),
     };
-    let desired: DynamicObject = match serde_json::from_value(obj.clone()) {
+    let want: DynamicObject = match serde_json::from_value(obj.clone()) {
         Ok(o) => o,
         Err(e) => {
             run.error(ns_ref, cluster, format!("{what}: {e}"));
             return;
         }
     };
-    let name = desired.name_any();
+    let name = want.name_any();
     // A create that finds the item, then a read that does not: a controller deleted it in
     // between (the EndpointSlice controller removes slices it does not own). Create again.
     let mut vanished = 0;
     let existing = loop {
-        match create_with_retry(&api, &desired).await {
-            Ok(_) => {
+        match create_with_retry(&api, &want).await {
+            Ok(created) => {
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 run.info(format!("restored {what}"));
+                if let Some(st) = status {
+                    write_status(run, &api, &created, st, &what, ns_ref, cluster).await;
+                }
                 return;
             }
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
                 Ok(e) => break e,
                 Err(kube::Error::Api(s)) if s.code == 404 && vanished < 3 => vanished += 1,
                 Err(e) => {
-                    run.error(
+                    run.warn(
                         ns_ref,
                         cluster,
                         format!("{what}: exists, and cannot be read: {e}"),
@@ -1121,33 +1193,76 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
     };
     if gr == "serviceaccounts" {
         // Merge: the secrets, pull secrets, labels and annotations the cluster's
-        // copy lacks.
+        // copy lacks (Velero's mergeServiceAccounts).
         match merge_service_account(&api, &existing, &obj).await {
             Ok(()) => {
                 run.info(format!("merged {what} into the existing one"));
                 run.restored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => {
-                run.warn(
-                    ns_ref,
-                    cluster,
-                    format!("{what}: exists; merging it failed: {e}"),
-                );
-                return;
-            }
-        };
+            Err(e) => run.warn(
+                ns_ref,
+                cluster,
+                format!("{what}: exists; merging it failed: {e}"),
+            ),
+        }
         return;
     }
-    if run.spec.existing_resource_policy.as_deref() == Some("update") {
-        let mut patch = obj.clone();
-        if let Some(o) = patch.as_object_mut() {
-            o.remove("status");
-            o.remove("apiVersion");
-            o.remove("kind");
+    // Compare as Velero does, after the same clean-up on both sides; the action runs on
+    // the cluster's copy without mappings, so that what the cluster assigned (a cluster
+    // IP, a node name) is not a difference.
+    let mut cur = match serde_json::to_value(&existing) {
+        Ok(v) => v,
+        Err(e) => {
+            run.error(ns_ref, cluster, format!("{what}: {e}"));
+            return;
         }
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    };
+    let plain = actions::Context {
+        preserve_node_ports: run.ctx.preserve_node_ports,
+        ..Default::default()
+    };
+    desired(run, &gr, &plain, &mut cur);
+    // Equal but for what the restore labels say is equal (Velero labels the cluster's copy
+    // before comparing); the update patch is made from the copy without them, so that it
+    // sets them (Velero's removeRestoreLabels).
+    let identical = merge_patch(&cur, &obj).is_none();
+    if let Some(l) = cur
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        l.remove(BACKUP_NAME_LABEL);
+        l.remove(RESTORE_NAME_LABEL);
+    }
+    let patch = if identical {
+        None
+    } else {
+        merge_patch(&cur, &obj)
+    };
+    let update = run.spec.existing_resource_policy.as_deref() == Some("update");
+    let labels_only = json!({ "metadata": { "labels": {
+        BACKUP_NAME_LABEL: label_value(&run.backup_name),
+        RESTORE_NAME_LABEL: label_value(&run.restore_name),
+    }}});
+    match (patch, update) {
+        (None, false) => run.info(format!("{what}: exists, identical to the backup")),
+        (None, true) => {
+            if let Err(e) = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&labels_only))
+                .await
+            {
+                run.warn(ns_ref, cluster, format!("{what}: exists; labelling it failed: {e}"));
+            } else {
+                run.info(format!("{what}: exists, identical to the backup; labelled"));
+            }
+        }
+        (Some(_), false) => run.warn(
+            ns_ref,
+            cluster,
+            format!("{what}: already exists, and differs from the backed-up version; not restored (existing resource policy none)"),
+        ),
+        (Some(p), true) => match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&p))
             .await
         {
             Ok(_) => {
@@ -1155,14 +1270,50 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 run.info(format!("updated {what} to the backed-up version"));
             }
-            Err(e) => run.warn(
-                ns_ref,
-                cluster,
-                format!("{what}: exists, and updating it failed: {e}"),
-            ),
-        }
-    } else {
-        run.warn(ns_ref, cluster, format!("{what}: already exists in the cluster; not restored (existing resource policy none)"));
+            Err(e) => {
+                // Velero's fallback: the restore labels alone, so the item is found.
+                run.warn(
+                    ns_ref,
+                    cluster,
+                    format!("{what}: exists, and updating it to the backed-up version failed: {e}"),
+                );
+                if let Err(e) = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&labels_only))
+                    .await
+                {
+                    run.error(ns_ref, cluster, format!("{what}: labelling it failed too: {e}"));
+                }
+            }
+        },
+    }
+}
+
+/// Write a created item's status through its `/status` subresource (Velero's
+/// UpdateStatus after create); a failure is a warning.
+async fn write_status(
+    run: &Run,
+    api: &Api<DynamicObject>,
+    created: &DynamicObject,
+    status: Value,
+    what: &str,
+    ns: Option<&str>,
+    cluster: bool,
+) {
+    let name = created.name_any();
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await
+    {
+        Ok(_) => run.info(format!("{what}: status restored")),
+        Err(e) => run.warn(
+            ns,
+            cluster,
+            format!("{what}: restoring its status failed: {e}"),
+        ),
     }
 }
 
@@ -1250,8 +1401,10 @@ async fn wait_crds_established(run: &Run) {
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
+                        // Velero's IsCRDReady: established and its names accepted.
+                        ["Established", "NamesAccepted"]
+                            .iter()
+                            .all(|t| cs.iter().any(|c| c.type_ == *t && c.status == "True"))
                     })
             })
             .map(|c| c.name_any())
@@ -1275,7 +1428,15 @@ mod tests {
 
     #[test]
     fn priorities_follow_velero() {
-        let p = Priorities::default();
+        // Resolved as discovery would: bare core names stay, others get their group.
+        let p = Priorities::default().resolved(|e| match e {
+            "customresourcedefinitions" => {
+                Some("customresourcedefinitions.apiextensions.k8s.io".into())
+            }
+            "storageclasses" => Some("storageclasses.storage.k8s.io".into()),
+            "replicasets.apps" | "persistentvolumes" | "pods" => Some(e.into()),
+            _ => None,
+        });
         let mut grs = vec![
             "services",
             "pods",
@@ -1310,6 +1471,48 @@ mod tests {
         let mut g = vec!["pods", "configmaps", "services"];
         g.sort_by_key(|x| custom.key(x));
         assert_eq!(g, ["services", "configmaps", "pods"]);
+    }
+
+    #[test]
+    fn a_bare_priority_is_not_any_groups_plural() {
+        let p =
+            Priorities::parse("pods,volumesnapshotclass.snapshot.storage.k8s.io").resolved(|e| {
+                match e {
+                    "pods" => Some("pods".into()),
+                    "volumesnapshotclass.snapshot.storage.k8s.io" => {
+                        Some("volumesnapshotclasses.snapshot.storage.k8s.io".into())
+                    }
+                    _ => None,
+                }
+            });
+        assert_eq!(p.key("pods").0, 0);
+        assert_eq!(
+            p.key("pods.metrics.k8s.io").0,
+            1,
+            "same plural, other group"
+        );
+        assert_eq!(
+            p.key("volumesnapshotclasses.snapshot.storage.k8s.io"),
+            (0, 1, String::new())
+        );
+    }
+
+    #[test]
+    fn merge_patches_remove_what_was_added() {
+        let cur = json!({"metadata": {"labels": {"a": "1", "new": "x"}}, "data": {"k": "v", "extra": "e"}});
+        let want = json!({"metadata": {"labels": {"a": "1"}}, "data": {"k": "v2"}});
+        assert_eq!(
+            merge_patch(&cur, &want),
+            Some(
+                json!({"metadata": {"labels": {"new": null}}, "data": {"k": "v2", "extra": null}})
+            )
+        );
+        assert_eq!(merge_patch(&want, &want), None);
+        assert_eq!(
+            merge_patch(&json!({"l": [1, 2]}), &json!({"l": [1]})),
+            Some(json!({"l": [1]})),
+            "lists are replaced whole"
+        );
     }
 
     #[test]

@@ -1,0 +1,194 @@
+//! Restore item actions: the per-kind rules applied to an item before it is created in the
+//! target cluster, and the items it brings along (Velero's pkg/restore/actions). One small
+//! module per kind, registered in [`ACTIONS`]; each is a pure function of the item and of
+//! what the restore read before it began ([`Context`]), so it is tested without a cluster.
+//!
+//! `restore.rs` runs them after the common clean-up (server-set metadata, owner references,
+//! status, namespace mapping) and before `managedFields` goes, which the Service rule reads.
+
+mod job;
+mod pod;
+mod pv;
+mod pvc;
+mod rbac;
+mod secret;
+mod service;
+mod service_account;
+mod statefulset;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+pub use crate::backup_actions::Related;
+pub use pv::provisioned_dynamically;
+
+/// What the actions may consult besides the item.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    /// `namespaceMapping`: source namespace to target namespace.
+    pub mapping: BTreeMap<String, String>,
+    /// The storage-class mapping (old name to new).
+    pub storage_classes: BTreeMap<String, String>,
+    /// `preserveNodePorts`.
+    pub preserve_node_ports: bool,
+    /// Volumes the target cluster provisions anew: backed-up volumes whose reclaim policy
+    /// is Delete and whose data no volume backup restores. They are not restored; their
+    /// claims lose `volumeName`.
+    pub pvs_to_provision: BTreeSet<String>,
+    /// Volumes restored under a new name (the rename rule), old name to new.
+    pub renamed_pvs: BTreeMap<String, String>,
+    /// Service accounts in each target namespace once the restore is done: those already
+    /// in the cluster and those being restored (for the token-Secret rule).
+    pub service_accounts: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Context {
+    /// The target namespace of a source namespace.
+    pub fn target_ns(&self, ns: &str) -> String {
+        self.mapping
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| ns.to_string())
+    }
+
+    fn map_storage_class(&self, v: Option<&mut Value>) {
+        if let Some(v) = v
+            && let Some(s) = v.as_str().and_then(|s| self.storage_classes.get(s))
+        {
+            *v = json!(s);
+        }
+    }
+}
+
+/// What to do with an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Create it (as changed).
+    Restore,
+    /// Leave it out, saying why (logged, not a warning).
+    Skip(String),
+}
+
+/// A rule: change the item, or skip it.
+pub type Transform = fn(&mut Value, &Context) -> Verdict;
+/// The items an item brings along, read from its backed-up copy.
+pub type Additional = fn(&Value) -> Vec<Related>;
+
+/// One registered action.
+pub struct Action {
+    /// `resource.group` of the items it applies to.
+    pub resource: &'static str,
+    /// Its change.
+    pub transform: Transform,
+    /// The items it brings along.
+    pub additional: Option<Additional>,
+}
+
+/// The registered actions.
+pub const ACTIONS: &[Action] = &[
+    Action {
+        resource: "persistentvolumes",
+        transform: pv::transform,
+        additional: None,
+    },
+    Action {
+        resource: "persistentvolumeclaims",
+        transform: pvc::transform,
+        additional: Some(pvc::additional),
+    },
+    Action {
+        resource: "pods",
+        transform: pod::transform,
+        additional: Some(pod::additional),
+    },
+    Action {
+        resource: "jobs.batch",
+        transform: job::transform,
+        additional: None,
+    },
+    Action {
+        resource: "services",
+        transform: service::transform,
+        additional: None,
+    },
+    Action {
+        resource: "serviceaccounts",
+        transform: service_account::transform,
+        additional: None,
+    },
+    Action {
+        resource: "secrets",
+        transform: secret::transform,
+        additional: None,
+    },
+    Action {
+        resource: "rolebindings.rbac.authorization.k8s.io",
+        transform: rbac::transform,
+        additional: None,
+    },
+    Action {
+        resource: "clusterrolebindings.rbac.authorization.k8s.io",
+        transform: rbac::transform,
+        additional: None,
+    },
+    Action {
+        resource: "statefulsets.apps",
+        transform: statefulset::transform,
+        additional: None,
+    },
+];
+
+/// Apply the action of `group_resource`, if any.
+pub fn transform(group_resource: &str, obj: &mut Value, ctx: &Context) -> Verdict {
+    ACTIONS
+        .iter()
+        .find(|a| a.resource == group_resource)
+        .map_or(Verdict::Restore, |a| (a.transform)(obj, ctx))
+}
+
+/// The items an item of `group_resource` brings along.
+pub fn additional(group_resource: &str, obj: &Value) -> Vec<Related> {
+    ACTIONS
+        .iter()
+        .filter(|a| a.resource == group_resource)
+        .filter_map(|a| a.additional)
+        .flat_map(|f| f(obj))
+        .collect()
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn remove_annotations(obj: &mut Value, keys: &[&str]) {
+    if let Some(a) = obj
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for k in keys {
+            a.remove(*k);
+        }
+    }
+}
+
+fn remove_at(obj: &mut Value, parent: &str, key: &str) {
+    if let Some(o) = obj.pointer_mut(parent).and_then(Value::as_object_mut) {
+        o.remove(key);
+    }
+}
+
+/// Velero's resetVolumeBindingInfo (pkg/restore/restore.go), for volumes and claims alike.
+fn reset_volume_binding(obj: &mut Value) {
+    remove_at(obj, "/spec/claimRef", "uid");
+    remove_at(obj, "/spec/claimRef", "resourceVersion");
+    remove_annotations(
+        obj,
+        &[
+            "pv.kubernetes.io/bind-completed",
+            "pv.kubernetes.io/bound-by-controller",
+        ],
+    );
+}

@@ -1,0 +1,107 @@
+//! Pods (Velero's pkg/restore/actions/pod_action.go and restoreItem): completed pods and
+//! mirror pods are not restored; the scheduler places a pod anew (`nodeName` goes), the
+//! admission plugin sets its priority again (`priority` goes), and volumes holding the
+//! service account's old token Secret (`<account>-token-*`) go with their mounts.
+
+use serde_json::Value;
+
+use super::{Context, Related, Verdict, str_at};
+
+pub(super) fn transform(pod: &mut Value, _: &Context) -> Verdict {
+    if str_at(pod, "/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
+        return Verdict::Skip("a mirror pod: the kubelet creates it from its manifest".into());
+    }
+    if let Some(p @ ("Succeeded" | "Failed")) = str_at(pod, "/status/phase") {
+        return Verdict::Skip(format!("the pod has completed ({p})"));
+    }
+    let prefix = format!(
+        "{}-token-",
+        str_at(pod, "/spec/serviceAccountName").unwrap_or_default()
+    );
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Verdict::Restore;
+    };
+    spec.remove("nodeName");
+    spec.remove("priority");
+    let is_token = |v: &Value| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with(&prefix))
+    };
+    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        vols.retain(|v| !is_token(v));
+    }
+    for kind in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(kind)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(m) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                m.retain(|v| !is_token(v));
+            }
+        }
+    }
+    Verdict::Restore
+}
+
+pub(super) fn additional(pod: &Value) -> Vec<Related> {
+    str_at(pod, "/spec/priorityClassName")
+        .map(|pc| Related {
+            group_resource: "priorityclasses.scheduling.k8s.io".into(),
+            namespace: None,
+            name: pc.into(),
+        })
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pod_is_cleaned_of_node_priority_and_token_volumes() {
+        let mut p = json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "nodeName": "n1", "priority": 1000, "priorityClassName": "high",
+                "serviceAccountName": "api",
+                "volumes": [{"name": "api-token-x1"}, {"name": "kube-api-access-1"}, {"name": "data"}],
+                "containers": [{"name": "c", "volumeMounts": [{"name": "api-token-x1"}, {"name": "data"}]}],
+                "initContainers": [{"name": "i", "volumeMounts": [{"name": "api-token-x1"}]}]
+            },
+            "status": {"phase": "Running"}
+        });
+        assert_eq!(transform(&mut p, &Context::default()), Verdict::Restore);
+        assert!(p["spec"].get("nodeName").is_none() && p["spec"].get("priority").is_none());
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([{"name": "kube-api-access-1"}, {"name": "data"}])
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "data"}])
+        );
+        assert_eq!(p["spec"]["initContainers"][0]["volumeMounts"], json!([]));
+        assert_eq!(additional(&p)[0].name, "high");
+    }
+
+    #[test]
+    fn completed_and_mirror_pods_are_skipped() {
+        for phase in ["Succeeded", "Failed"] {
+            let mut p = json!({"spec": {}, "status": {"phase": phase}});
+            assert!(matches!(
+                transform(&mut p, &Context::default()),
+                Verdict::Skip(_)
+            ));
+        }
+        let mut m = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}, "spec": {}});
+        assert!(matches!(
+            transform(&mut m, &Context::default()),
+            Verdict::Skip(_)
+        ));
+    }
+}

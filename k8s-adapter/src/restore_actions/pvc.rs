@@ -1,0 +1,93 @@
+//! PersistentVolumeClaims (Velero's pkg/restore/actions/pvc_action.go and the claim part of
+//! restoreItem): binding and provisioning annotations go; a claim whose volume the cluster
+//! provisions anew loses `volumeName`; one whose volume was renamed follows it; a claim
+//! bound in the backup brings its volume along.
+
+use serde_json::{Value, json};
+
+use super::{Context, Related, Verdict, remove_annotations, reset_volume_binding, str_at};
+
+pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
+    remove_annotations(
+        pvc,
+        &[
+            "volume.kubernetes.io/storage-provisioner",
+            "volume.beta.kubernetes.io/storage-provisioner",
+            "volume.kubernetes.io/selected-node",
+            "velero.io/volume-snapshot-name",
+            "velero.io/data-upload-name",
+        ],
+    );
+    if let Some(vol) = str_at(pvc, "/spec/volumeName").map(str::to_string) {
+        reset_volume_binding(pvc);
+        if ctx.pvs_to_provision.contains(&vol) {
+            super::remove_at(pvc, "/spec", "volumeName");
+        } else if let Some(new) = ctx.renamed_pvs.get(&vol) {
+            pvc["spec"]["volumeName"] = json!(new);
+        }
+    }
+    ctx.map_storage_class(pvc.pointer_mut("/spec/storageClassName"));
+    Verdict::Restore
+}
+
+pub(super) fn additional(pvc: &Value) -> Vec<Related> {
+    match (
+        str_at(pvc, "/status/phase"),
+        str_at(pvc, "/spec/volumeName"),
+    ) {
+        (Some("Bound"), Some(v)) => vec![Related {
+            group_resource: "persistentvolumes".into(),
+            namespace: None,
+            name: v.into(),
+        }],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(vol: &str) -> Value {
+        json!({
+            "metadata": {"name": "data", "namespace": "app", "annotations": {
+                "pv.kubernetes.io/bind-completed": "yes",
+                "volume.kubernetes.io/storage-provisioner": "ebs",
+                "volume.kubernetes.io/selected-node": "n1",
+                "keep": "me"}},
+            "spec": {"volumeName": vol, "storageClassName": "gp2"},
+            "status": {"phase": "Bound"}
+        })
+    }
+
+    #[test]
+    fn a_dynamically_provisioned_claim_loses_its_volume_name() {
+        let mut ctx = Context::default();
+        ctx.pvs_to_provision.insert("pvc-123".into());
+        let mut c = claim("pvc-123");
+        assert_eq!(transform(&mut c, &ctx), Verdict::Restore);
+        assert!(c["spec"].get("volumeName").is_none());
+        assert_eq!(c["metadata"]["annotations"], json!({"keep": "me"}));
+    }
+
+    #[test]
+    fn a_static_claim_keeps_or_follows_its_volume() {
+        let mut ctx = Context::default();
+        let mut c = claim("static-1");
+        transform(&mut c, &ctx);
+        assert_eq!(c["spec"]["volumeName"], "static-1");
+        ctx.renamed_pvs
+            .insert("static-1".into(), "arca-clone-1".into());
+        let mut c = claim("static-1");
+        transform(&mut c, &ctx);
+        assert_eq!(c["spec"]["volumeName"], "arca-clone-1");
+    }
+
+    #[test]
+    fn only_a_bound_claim_brings_its_volume() {
+        assert_eq!(additional(&claim("v"))[0].name, "v");
+        let mut pending = claim("v");
+        pending["status"]["phase"] = json!("Pending");
+        assert!(additional(&pending).is_empty());
+    }
+}
