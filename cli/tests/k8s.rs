@@ -76,6 +76,12 @@ impl Arca {
         }
     }
 
+    /// This run's tag, for names outside the install namespace (cluster-scoped items and
+    /// namespaces restored into cluster B survive a run).
+    fn suffix(&self) -> &str {
+        self.ns.rsplit('-').next().unwrap()
+    }
+
     fn cmd(&self, c: &Cluster) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_arca"));
         cmd.env("ARCA_PASSWORD", PASSWORD)
@@ -1532,5 +1538,431 @@ async fn backups_from_a_schedule_and_a_restore_of_its_newest() {
         configmap(&a, "sch-copy", "c").await.unwrap()["data"]["v"],
         "second",
         "the newest backup"
+    );
+    // The restore names the backup it chose, so describe and logs find its record.
+    let r = arca.json(&a, &["restore", "describe", "latest"]);
+    let chosen = r[0]["restore"]["spec"]["backupName"]
+        .as_str()
+        .expect("backupName recorded");
+    assert!(chosen.starts_with("nightly-"), "{r}");
+    arca.ok(&a, &["restore", "logs", "latest"]);
+}
+
+/// A volume the cluster provisioned (reclaim policy Delete) is not restored elsewhere: its
+/// claim loses `volumeName`, so the target cluster provisions a new volume, and deleting the
+/// claim there can never delete the source's disk. A static volume (Retain) comes back with
+/// its claim bound to it; `--restore-volumes=false` leaves the objects to the filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamically_provisioned_volumes_are_provisioned_anew_in_the_target() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("dynpv");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("dyn-{sfx}");
+    let y = ns(&nsn)
+        + &format!(
+            r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: pvc-dyn-{sfx}
+  annotations: {{pv.kubernetes.io/provisioned-by: fake.csi.arca.dev}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: fast
+  csi: {{driver: fake.csi.arca.dev, volumeHandle: disk-{sfx}}}
+  claimRef: {{namespace: {nsn}, name: dyn}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: dyn
+  namespace: {nsn}
+  annotations:
+    volume.kubernetes.io/storage-provisioner: fake.csi.arca.dev
+    volume.beta.kubernetes.io/storage-provisioner: fake.csi.arca.dev
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: fast
+  volumeName: pvc-dyn-{sfx}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: static-{sfx}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: /tmp/arca-static-{sfx}}}
+  claimRef: {{namespace: {nsn}, name: static}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: static, namespace: {nsn}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: static-{sfx}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+"#
+        );
+    apply(&a, &y).await;
+    wait_bound(&a, &nsn, "dyn").await;
+    wait_bound(&a, &nsn, "static").await;
+    arca.ok(
+        &a,
+        &["backup", "create", "dyn", "--include-namespaces", &nsn],
+    );
+    let items = arca.items(&a, "dyn");
+    for want in [
+        format!("persistentvolumes:/pvc-dyn-{sfx}"),
+        format!("persistentvolumes:/static-{sfx}"),
+    ] {
+        assert!(
+            items.contains(&want),
+            "bound claims bring their volumes: {items:?}"
+        );
+    }
+
+    // Cluster B reads the same location.
+    arca.install(&b);
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "dyn-b",
+            "--from-backup",
+            "dyn",
+            "--restore-volumes=false",
+        ],
+    );
+    let (dyn_pv, static_pv) = (format!("pvc-dyn-{sfx}"), format!("static-{sfx}"));
+    assert!(
+        get(
+            &b,
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            None,
+            &dyn_pv
+        )
+        .await
+        .is_none(),
+        "the source's disk is never restored into the target"
+    );
+    let claim = |name: &'static str| {
+        get(
+            &b,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            Some(&nsn),
+            name,
+        )
+    };
+    let dyn_claim = claim("dyn").await.expect("claim restored");
+    assert!(
+        dyn_claim["spec"].get("volumeName").is_none(),
+        "the target provisions a new volume: {dyn_claim}"
+    );
+    assert!(
+        dyn_claim["metadata"]["annotations"]
+            .get("volume.kubernetes.io/storage-provisioner")
+            .is_none()
+    );
+    let st = get(
+        &b,
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        None,
+        &static_pv,
+    )
+    .await
+    .expect("static volume restored");
+    assert_eq!(st["spec"]["claimRef"]["namespace"], nsn.as_str());
+    assert_eq!(
+        claim("static").await.unwrap()["spec"]["volumeName"],
+        format!("static-{sfx}")
+    );
+    let log = arca.ok(&b, &["restore", "logs", "dyn-b"]);
+    assert!(log.contains("provisioned dynamically"), "{log}");
+}
+
+/// A namespace labelled exclude-from-backup (Arca's or Velero's label) stays out with
+/// everything in it; naming it in the includes as well is a validation error, as Velero's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_labelled_exclude_from_backup_stay_out_whole() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("exns");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let (exa, exb, exk) = (
+        format!("exa-{sfx}"),
+        format!("exb-{sfx}"),
+        format!("exk-{sfx}"),
+    );
+    let y = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {exa}\n  labels: {{arca.dev/exclude-from-backup: \"true\"}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {exb}\n  labels: {{velero.io/exclude-from-backup: \"true\"}}\n---\n"
+    ) + &ns(&exk)
+        + &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: db-password, namespace: {exa}}}\nstringData: {{p: hunter2}}\n---\n"
+        )
+        + &cm(&exb, "c", &[], "b")
+        + &cm(&exk, "c", &[], "k");
+    apply(&a, &y).await;
+    let pattern = format!("ex?-{sfx}");
+    arca.ok(
+        &a,
+        &["backup", "create", "ex", "--include-namespaces", &pattern],
+    );
+    let items = arca.items(&a, "ex");
+    assert!(items.contains(&format!("configmaps:{exk}/c")), "{items:?}");
+    assert!(
+        !items.iter().any(|i| i.contains(&exa) || i.contains(&exb)),
+        "nothing of a labelled namespace, not even its Secrets: {items:?}"
+    );
+    let b = arca.json(&a, &["backup", "describe", "ex"]);
+    let excluded: Vec<&str> = b[0]["backup"]["spec"]["excludedNamespaces"]
+        .as_array()
+        .expect("recorded in the spec")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        excluded.contains(&exa.as_str()) && excluded.contains(&exb.as_str()),
+        "{b}"
+    );
+
+    let out = arca.run(
+        &a,
+        &["backup", "create", "ex-named", "--include-namespaces", &exa],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let d = arca.json(&a, &["backup", "describe", "ex-named"]);
+    assert_eq!(d[0]["backup"]["status"]["phase"], "FailedValidation", "{d}");
+    assert!(
+        d[0]["backup"]["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("excludes list cannot contain an item in the includes list"),
+        "{d}"
+    );
+}
+
+/// With `includeClusterResources` unset, cluster-scoped resources come only when every
+/// namespace does: an exclude is a namespace filter too, in backup and in restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scoped_resources_only_with_every_namespace() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("scope");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("scope-{sfx}");
+    let y = ns(&nsn)
+        + &cm(&nsn, "c", &[], "v")
+        + &format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: scope-{sfx}}}\nprovisioner: fake.csi.arca.dev\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: scope-{sfx}}}\nrules: []\n---\n"
+        );
+    apply(&a, &y).await;
+    let kinds = "configmaps,storageclasses,clusterroles";
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "excl",
+            "--exclude-namespaces",
+            "kube-system",
+            "--include-resources",
+            kinds,
+        ],
+    );
+    let items = arca.items(&a, "excl");
+    assert!(items.contains(&format!("configmaps:{nsn}/c")));
+    assert!(
+        !items
+            .iter()
+            .any(|i| i.starts_with("storageclasses") || i.starts_with("clusterroles")),
+        "an exclude keeps cluster resources out: {:?}",
+        items
+            .iter()
+            .filter(|i| !i.starts_with("configmaps"))
+            .collect::<Vec<_>>()
+    );
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "incl",
+            "--exclude-namespaces",
+            "kube-system",
+            "--include-resources",
+            kinds,
+            "--include-cluster-resources",
+        ],
+    );
+    let items = arca.items(&a, "incl");
+    assert!(items.contains(&format!("storageclasses:/scope-{sfx}")));
+
+    // Restore: the same rule. Into B, excluding one namespace: no cluster resources.
+    arca.install(&b);
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "r-excl",
+            "--from-backup",
+            "incl",
+            "--include-namespaces",
+            &nsn,
+            "--exclude-resources",
+            "clusterroles",
+        ],
+    );
+    let sc_name = format!("scope-{sfx}");
+    assert!(configmap(&b, &nsn, "c").await.is_some());
+    assert!(
+        get(
+            &b,
+            "storage.k8s.io/v1",
+            "StorageClass",
+            "storageclasses",
+            None,
+            &sc_name
+        )
+        .await
+        .is_none(),
+        "a namespace filter keeps cluster resources out"
+    );
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "r-all",
+            "--from-backup",
+            "incl",
+            "--include-resources",
+            "storageclasses",
+        ],
+    );
+    assert!(
+        get(
+            &b,
+            "storage.k8s.io/v1",
+            "StorageClass",
+            "storageclasses",
+            None,
+            &sc_name
+        )
+        .await
+        .is_some(),
+        "every namespace: cluster resources come"
+    );
+}
+
+/// Two locations, and the default moved from the first to the second: every backup keeps
+/// the location it was made in (spec and label), sync removes nothing, restores and
+/// deletes find each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_locations_with_the_default_moved() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("locs");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("locs-{sfx}");
+    apply(&a, &(ns(&nsn) + &cm(&nsn, "c", &[], "v"))).await;
+    arca.ok(
+        &a,
+        &["backup", "create", "first", "--include-namespaces", &nsn],
+    );
+    let bsl = |name: &str, default: bool, dir: &std::path::Path| {
+        format!(
+            "apiVersion: arca.dev/v1\nkind: BackupStorageLocation\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  provider: local\n  default: {default}\n  objectStorage: {{bucket: {}}}\n---\n",
+            arca.ns,
+            dir.display()
+        )
+    };
+    let second_dir = arca.dir.path().join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let first_dir = arca.dir.path().join("bsl");
+    apply(
+        &a,
+        &(bsl("second", true, &second_dir) + &bsl("default", false, &first_dir)),
+    )
+    .await;
+    arca.ok(
+        &a,
+        &["backup", "create", "second", "--include-namespaces", &nsn],
+    );
+
+    let list = arca.json(&a, &["backup", "get"]);
+    let by_name = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("backup {n} gone after the default moved: {list}"))
+            .clone()
+    };
+    let first = by_name("first");
+    assert_eq!(first["spec"]["storageLocation"], "default");
+    assert_eq!(
+        first["metadata"]["labels"]["arca.dev/storage-location"],
+        "default"
+    );
+    let second = by_name("second");
+    assert_eq!(second["spec"]["storageLocation"], "second");
+    assert_eq!(
+        second["metadata"]["labels"]["arca.dev/storage-location"],
+        "second"
+    );
+
+    for b in ["first", "second"] {
+        let target = format!("{nsn}-{b}");
+        arca.ok(
+            &a,
+            &[
+                "restore",
+                "create",
+                &format!("r-{b}"),
+                "--from-backup",
+                b,
+                "--namespace-mappings",
+                &format!("{nsn}:{target}"),
+            ],
+        );
+        assert!(configmap(&a, &target, "c").await.is_some(), "{b} restores");
+    }
+    arca.ok(&a, &["backup", "delete", "first", "--confirm"]);
+    let names: Vec<String> = arca
+        .json(&a, &["backup", "get"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["second"],
+        "deleted from its own location, and only it"
     );
 }
