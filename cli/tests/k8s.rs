@@ -1966,3 +1966,632 @@ async fn several_locations_with_the_default_moved() {
         "deleted from its own location, and only it"
     );
 }
+
+/// Velero's related items: a pod brings its claim (and the claim its volume) and its
+/// PriorityClass; a service account the cluster role bindings naming it and their roles.
+/// They bypass the label selector, in backup and in restore; the restored pod has no node,
+/// no priority value and no old token volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn related_items_come_along_whatever_the_label_selector() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("related");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("rel-{sfx}");
+    let y = ns(&nsn)
+        + &format!(
+            r#"apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {{name: rel-{sfx}}}
+value: 1000
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: rel-pv-{sfx}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: /tmp/arca-rel-{sfx}}}
+  claimRef: {{namespace: {nsn}, name: data}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {nsn}, labels: {{app: db}}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: rel-pv-{sfx}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: robot, namespace: {nsn}, labels: {{app: db}}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: rel-{sfx}}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [get]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: rel-{sfx}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rel-{sfx}}}
+subjects: [{{kind: ServiceAccount, name: robot, namespace: {nsn}}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: default, namespace: {nsn}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db, namespace: {nsn}, labels: {{app: db}}}}
+spec:
+  priorityClassName: rel-{sfx}
+
+  containers:
+  - name: c
+    image: example.invalid/db:1
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}
+  - {{name: cache, persistentVolumeClaim: {{claimName: cache}}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: cache, namespace: {nsn}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+"#
+        )
+        + &cm(&nsn, "unrelated", &[], "x");
+    apply(&a, &y).await;
+    wait_bound(&a, &nsn, "data").await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "rel",
+            "--include-namespaces",
+            &nsn,
+            "-l",
+            "app=db",
+        ],
+    );
+    let items = arca.items(&a, "rel");
+    for want in [
+        format!("pods:{nsn}/db"),
+        format!("serviceaccounts:{nsn}/robot"),
+        format!("persistentvolumeclaims:{nsn}/data"),
+        format!("persistentvolumeclaims:{nsn}/cache"),
+        format!("persistentvolumes:/rel-pv-{sfx}"),
+        format!("priorityclasses:/rel-{sfx}"),
+        format!("clusterrolebindings:/rel-{sfx}"),
+        format!("clusterroles:/rel-{sfx}"),
+    ] {
+        assert!(items.contains(&want), "{want} missing from {items:?}");
+    }
+    assert!(!items.contains(&format!("configmaps:{nsn}/unrelated")));
+
+    arca.install(&b);
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "rel-b",
+            "--from-backup",
+            "rel",
+            "-l",
+            "app=db",
+        ],
+    );
+    // In restore, as in Velero: a labelled claim brings its unlabelled volume, a pod its
+    // priority class; the unlabelled claim and the bindings are not selected.
+    let log = arca.ok(&b, &["restore", "logs", "rel-b"]);
+    let claim = get(
+        &b,
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        Some(&nsn),
+        "data",
+    )
+    .await
+    .unwrap_or_else(|| panic!("the labelled claim: {log}"));
+    assert_eq!(claim["spec"]["volumeName"], format!("rel-pv-{sfx}"));
+    let pv_name = format!("rel-pv-{sfx}");
+    assert!(
+        get(
+            &b,
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            None,
+            &pv_name
+        )
+        .await
+        .is_some(),
+        "its unlabelled volume: {log}"
+    );
+    let pc = format!("rel-{sfx}");
+    assert!(
+        get(
+            &b,
+            "scheduling.k8s.io/v1",
+            "PriorityClass",
+            "priorityclasses",
+            None,
+            &pc
+        )
+        .await
+        .is_some()
+    );
+    assert!(
+        get(
+            &b,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            Some(&nsn),
+            "cache"
+        )
+        .await
+        .is_none()
+    );
+    let pod = get(&b, "v1", "Pod", "pods", Some(&nsn), "db")
+        .await
+        .expect("pod restored");
+    assert!(pod["spec"].get("nodeName").is_none(), "{pod}");
+    let vols: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(vols.contains(&"data"), "{vols:?}");
+    assert!(configmap(&b, &nsn, "unrelated").await.is_none());
+}
+
+/// Jobs restore without their old controller-uid; completed pods and Jobs and mirror pods
+/// stay behind; role binding subjects follow the namespace mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_pods_and_bindings_restore_as_velero_restores_them() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("jobs");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let (src, dst) = (format!("job-{sfx}"), format!("jobm-{sfx}"));
+    let job = |name: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {src}}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: example.invalid/job:1}}]\n---\n"
+        )
+    };
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {src}{extra}}}\nspec:\n  restartPolicy: Never\n  automountServiceAccountToken: false\n  containers: [{{name: c, image: example.invalid/p:1}}]\n---\n"
+        )
+    };
+    let y = ns(&src)
+        + &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {src}}}\n---\n")
+        + &job("running")
+        + &job("done")
+        + &pod("web", "")
+        + &pod("finished", "")
+        // A mirror pod names its node, which must exist (the pod garbage collector).
+        + "apiVersion: v1\nkind: Node\nmetadata: {name: arca-test-node}\n---\n"
+        + &pod("static-web", ", annotations: {kubernetes.io/config.mirror: mirror-1}")
+            .replace("spec:\n", "spec:\n  nodeName: arca-test-node\n")
+        + &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: rb, namespace: {src}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}\nsubjects: [{{kind: ServiceAccount, name: default, namespace: {src}}}]\n---\n"
+        );
+    apply(&a, &y).await;
+    // What the controllers and the kubelet would have written.
+    let set_status = |api_version: &str, kind: &str, plural: &str, name: &str, status: Value| {
+        let ar = resource(api_version, kind, plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(a.client.clone(), &src, &ar);
+        let name = name.to_string();
+        async move {
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_status("batch/v1", "Job", "jobs", "done", json!({
+        "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:00Z", "succeeded": 1,
+        "conditions": [{"type": "Complete", "status": "True"}]})).await;
+    set_status(
+        "v1",
+        "Pod",
+        "pods",
+        "finished",
+        json!({"phase": "Succeeded"}),
+    )
+    .await;
+    let running = get(&a, "batch/v1", "Job", "jobs", Some(&src), "running")
+        .await
+        .unwrap();
+    assert!(
+        running["spec"]["selector"]["matchLabels"]["controller-uid"].is_string(),
+        "the fixture has the label the restore must drop: {running}"
+    );
+    arca.ok(
+        &a,
+        &["backup", "create", "jobs", "--include-namespaces", &src],
+    );
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "jobs-r",
+            "--from-backup",
+            "jobs",
+            "--namespace-mappings",
+            &format!("{src}:{dst}"),
+        ],
+    );
+    let job_r = get(&a, "batch/v1", "Job", "jobs", Some(&dst), "running")
+        .await
+        .expect("job restored");
+    assert_ne!(
+        job_r["spec"]["selector"]["matchLabels"]["controller-uid"],
+        running["spec"]["selector"]["matchLabels"]["controller-uid"],
+        "a new controller-uid"
+    );
+    let log = arca.ok(&a, &["restore", "logs", "jobs-r"]);
+    assert!(
+        get(&a, "batch/v1", "Job", "jobs", Some(&dst), "done")
+            .await
+            .is_none(),
+        "completed job: {log}"
+    );
+    assert!(
+        get(&a, "v1", "Pod", "pods", Some(&dst), "web")
+            .await
+            .is_some()
+    );
+    assert!(
+        get(&a, "v1", "Pod", "pods", Some(&dst), "finished")
+            .await
+            .is_none(),
+        "completed pod"
+    );
+    assert!(
+        get(&a, "v1", "Pod", "pods", Some(&dst), "static-web")
+            .await
+            .is_none(),
+        "mirror pod"
+    );
+    let rb = get(
+        &a,
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        "rolebindings",
+        Some(&dst),
+        "rb",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rb["subjects"][0]["namespace"], dst.as_str());
+    let d = arca.json(&a, &["restore", "describe", "jobs-r"]);
+    assert_eq!(d[0]["restore"]["status"]["errors"], 0, "{d}");
+}
+
+/// Namespaces come back from their backed-up objects (labels and annotations) even when a
+/// filter left the Namespace item out, and carry no restore labels. An in-place restore
+/// of an unchanged namespace warns about nothing; `update` removes what was added since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_from_their_objects_and_in_place_restores() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("nsobj");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("nsobj-{sfx}");
+    let y = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {nsn}\n  labels: {{team: payments}}\n  annotations: {{owner: alice}}\n---\n"
+    ) + &cm(&nsn, "conf", &[], "v1");
+    apply(&a, &y).await;
+    arca.ok(
+        &a,
+        &["backup", "create", "nsobj", "--include-namespaces", &nsn],
+    );
+
+    // In place, nothing changed: no warnings.
+    arca.ok(&a, &["restore", "create", "same", "--from-backup", "nsobj"]);
+    let d = arca.json(&a, &["restore", "describe", "same"]);
+    assert_eq!(d[0]["restore"]["status"]["warnings"], 0, "{d}");
+
+    // Drift: a key added since the backup goes with update.
+    let cm_api =
+        Api::<arca_k8s::k8s_openapi::api::core::v1::ConfigMap>::namespaced(a.client.clone(), &nsn);
+    cm_api
+        .patch(
+            "conf",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"v": "v2", "added": "later"}})),
+        )
+        .await
+        .unwrap();
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "upd",
+            "--from-backup",
+            "nsobj",
+            "--existing-resource-policy",
+            "update",
+        ],
+    );
+    let conf = configmap(&a, &nsn, "conf").await.unwrap();
+    assert_eq!(conf["data"], json!({"v": "v1"}), "{conf}");
+    assert_eq!(conf["metadata"]["labels"]["arca.dev/restore-name"], "upd");
+
+    // Into B with only config maps selected: the namespace comes from its object.
+    arca.install(&b);
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "cms",
+            "--from-backup",
+            "nsobj",
+            "--include-resources",
+            "configmaps",
+        ],
+    );
+    let n = get(&b, "v1", "Namespace", "namespaces", None, &nsn)
+        .await
+        .expect("namespace created");
+    assert_eq!(n["metadata"]["labels"]["team"], "payments");
+    assert_eq!(n["metadata"]["annotations"]["owner"], "alice");
+    assert!(
+        n["metadata"]["labels"]
+            .get("arca.dev/restore-name")
+            .is_none(),
+        "{n}"
+    );
+    assert!(configmap(&b, &nsn, "conf").await.is_some());
+}
+
+/// Validation and results as Velero's: the same resource in both lists fails validation
+/// with the reason; an included namespace that does not exist makes the backup partially
+/// failed (exit 3); a TTL of 0 is the default TTL, written into the spec; a 50-character
+/// backup name restores (label values over 63 characters are hashed, Velero's rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_results_ttl_and_long_names() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("valid");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("valid-{sfx}");
+    apply(&a, &(ns(&nsn) + &cm(&nsn, "c", &[], "v"))).await;
+
+    let out = arca.run(
+        &a,
+        &[
+            "backup",
+            "create",
+            "both",
+            "--include-resources",
+            "configmaps",
+            "--exclude-resources",
+            "configmaps",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let d = arca.json(&a, &["backup", "describe", "both"]);
+    assert!(
+        d[0]["backup"]["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("excludes list cannot contain an item in the includes list: configmaps"),
+        "{d}"
+    );
+
+    let missing = format!("missing-{sfx}");
+    arca.expect(
+        &a,
+        3,
+        &[
+            "backup",
+            "create",
+            "partial",
+            "--include-namespaces",
+            &format!("{nsn},{missing}"),
+        ],
+    );
+    let d = arca.json(&a, &["backup", "describe", "partial", "--details"]);
+    assert_eq!(d[0]["backup"]["status"]["phase"], "PartiallyFailed");
+    assert!(d[0]["results"].to_string().contains(&missing), "{d}");
+
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "ttl0",
+            "--include-namespaces",
+            &nsn,
+            "--ttl",
+            "0",
+        ],
+    );
+    let d = arca.json(&a, &["backup", "describe", "ttl0"]);
+    assert_eq!(d[0]["backup"]["spec"]["ttl"], "720h0m0s");
+
+    let long = format!("long-{sfx}-")
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(50)
+        .collect::<String>();
+    arca.ok(
+        &a,
+        &["backup", "create", &long, "--include-namespaces", &nsn],
+    );
+    let target = format!("{nsn}-long");
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "--from-backup",
+            &long,
+            "--namespace-mappings",
+            &format!("{nsn}:{target}"),
+        ],
+    );
+    let c = configmap(&a, &target, "c").await.expect("restored");
+    let restore_label = c["metadata"]["labels"]["arca.dev/restore-name"]
+        .as_str()
+        .unwrap();
+    assert_eq!(restore_label.len(), 63, "{restore_label}");
+    assert_eq!(
+        c["metadata"]["labels"]["arca.dev/backup-name"],
+        long.as_str()
+    );
+}
+
+/// `--status-include-resources` (resolved through discovery) writes the backed-up status
+/// through the `/status` subresource after create; the per-object annotation overrides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_restored_through_the_subresource() {
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let arca = Arca::new("status");
+    let sfx = arca.suffix().to_string();
+    arca.install(&a);
+    let nsn = format!("st-{sfx}");
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.statustest.arca.dev}
+spec:
+  group: statustest.arca.dev
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+"#;
+    apply(&a, crd).await;
+    wait_crd(&a, "gadgets.statustest.arca.dev").await;
+    let gadget = |name: &str, annotation: &str| {
+        format!(
+            "apiVersion: statustest.arca.dev/v1\nkind: Gadget\nmetadata:\n  name: {name}\n  namespace: {nsn}\n{annotation}spec: {{size: 1}}\n---\n"
+        )
+    };
+    let y = ns(&nsn)
+        + &gadget("plain", "")
+        + &gadget(
+            "always",
+            "  annotations: {arca.dev/restore-status: \"true\"}\n",
+        )
+        + &gadget(
+            "never",
+            "  annotations: {velero.io/restore-status: \"false\"}\n",
+        );
+    apply(&a, &y).await;
+    let ar = resource("statustest.arca.dev/v1", "Gadget", "gadgets");
+    let api: Api<DynamicObject> = Api::namespaced_with(a.client.clone(), &nsn, &ar);
+    for n in ["plain", "always", "never"] {
+        api.patch_status(
+            n,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"state": "ready"}})),
+        )
+        .await
+        .unwrap();
+    }
+    arca.ok(
+        &a,
+        &["backup", "create", "st", "--include-namespaces", &nsn],
+    );
+
+    arca.install(&b);
+    let state = |ns: String, name: &'static str| {
+        let c = &b;
+        async move {
+            get(
+                c,
+                "statustest.arca.dev/v1",
+                "Gadget",
+                "gadgets",
+                Some(&ns),
+                name,
+            )
+            .await
+            .unwrap_or_else(|| panic!("gadget {ns}/{name} restored"))["status"]["state"]
+                .clone()
+        }
+    };
+    let with = format!("{nsn}-with");
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "st-with",
+            "--from-backup",
+            "st",
+            "--status-include-resources",
+            "gadget",
+            "--namespace-mappings",
+            &format!("{nsn}:{with}"),
+        ],
+    );
+    assert_eq!(
+        state(with.clone(), "plain").await,
+        "ready",
+        "the singular name resolves"
+    );
+    assert_eq!(state(with.clone(), "always").await, "ready");
+    assert_eq!(
+        state(with.clone(), "never").await,
+        Value::Null,
+        "the annotation says no"
+    );
+    let without = format!("{nsn}-without");
+    arca.ok(
+        &b,
+        &[
+            "restore",
+            "create",
+            "st-without",
+            "--from-backup",
+            "st",
+            "--namespace-mappings",
+            &format!("{nsn}:{without}"),
+        ],
+    );
+    assert_eq!(state(without.clone(), "plain").await, Value::Null);
+    assert_eq!(
+        state(without.clone(), "always").await,
+        "ready",
+        "the annotation says yes"
+    );
+}

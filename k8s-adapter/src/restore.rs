@@ -250,8 +250,9 @@ struct Run {
     settings: RestoreSettings,
     /// What the per-kind actions consult.
     ctx: actions::Context,
-    /// Which types get their status back (`restoreStatus`), if any.
-    status_includes: Option<IncludesExcludes>,
+    /// Which types get their status back (`restoreStatus`: includes, excludes as typed,
+    /// resolved when used, since restored CRDs add types), if any.
+    status_includes: Option<(Vec<String>, Vec<String>)>,
     results: Mutex<Results>,
     log: Mutex<Log>,
     restored: std::sync::atomic::AtomicI64,
@@ -505,9 +506,10 @@ pub async fn run_restore(
     let (excluded, _) = d.resolve_all(&spec.excluded_resources.clone().unwrap_or_default());
     let resources = IncludesExcludes::new(&included, &excluded);
     let status_includes = spec.restore_status.as_ref().map(|rs| {
-        let (i, _) = d.resolve_all(&rs.included_resources.clone().unwrap_or_default());
-        let (e, _) = d.resolve_all(&rs.excluded_resources.clone().unwrap_or_default());
-        IncludesExcludes::new(&i, &e)
+        (
+            rs.included_resources.clone().unwrap_or_default(),
+            rs.excluded_resources.clone().unwrap_or_default(),
+        )
     });
     let read_item = |r: &ItemRef| -> std::result::Result<Value, String> {
         std::fs::read(staging.path().join(r.path()))
@@ -1004,7 +1006,7 @@ pub const RESTORE_STATUS_ANNOTATIONS: [&str; 2] =
     ["arca.dev/restore-status", "velero.io/restore-status"];
 
 /// Whether an item gets its status back (Velero's determineRestoreStatus).
-fn restores_status(run: &Run, gr: &str, obj: &Value) -> bool {
+fn restores_status(run: &Run, d: &Discovery, gr: &str, obj: &Value) -> bool {
     for a in RESTORE_STATUS_ANNOTATIONS {
         let key = format!("/metadata/annotations/{}", a.replace('/', "~1"));
         match obj
@@ -1018,9 +1020,10 @@ fn restores_status(run: &Run, gr: &str, obj: &Value) -> bool {
             _ => {}
         }
     }
-    run.status_includes
-        .as_ref()
-        .is_some_and(|ie| ie.includes(gr))
+    run.status_includes.as_ref().is_some_and(|(i, e)| {
+        let (i, e) = (d.resolve_all(i).0, d.resolve_all(e).0);
+        IncludesExcludes::new(&i, &e).includes(gr)
+    })
 }
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`; None when they are equal.
@@ -1095,10 +1098,11 @@ async fn create_with_retry(
 /// the kind's action applied, the restore labels set.
 fn desired(run: &Run, gr: &str, ctx: &actions::Context, obj: &mut Value) -> Verdict {
     reset_metadata(obj);
+    // The action first: whether a pod or Job has completed is in its status.
+    let v = actions::transform(gr, obj, ctx);
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
     }
-    let v = actions::transform(gr, obj, ctx);
     remove_managed_fields(obj);
     set_restore_labels(obj, run);
     v
@@ -1133,7 +1137,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
     if let Some(ns) = &scope_ns {
         obj["metadata"]["namespace"] = json!(ns);
     }
-    let status = restores_status(run, &gr, &obj)
+    let status = restores_status(run, d, &gr, &obj)
         .then(|| obj.get("status").cloned())
         .flatten();
     if let Verdict::Skip(why) = desired(run, &gr, &run.ctx, &mut obj) {
