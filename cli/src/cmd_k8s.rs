@@ -184,6 +184,9 @@ pub enum BackupCmd {
     Delete(DeleteArgs),
     /// Print a backup's log.
     Logs(LogsArgs),
+    /// Download a backup's items as Velero's tarball (`<name>-data.tar.gz`): the objects
+    /// as stored, for reading or for tools that take Velero's layout.
+    Download(DownloadArgs),
 }
 
 /// `arca backup ...`.
@@ -242,10 +245,48 @@ pub struct BackupCreate {
     default_volumes_to_fs_backup: Option<bool>,
 }
 
+/// How `get` and `describe` print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people.
+    #[value(alias = "text")]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+impl Format {
+    fn of(ctx: &Ctx, o: Option<Format>) -> Self {
+        match o {
+            Some(f) => f,
+            None if ctx.json => Format::Json,
+            None => Format::Table,
+        }
+    }
+
+    /// Print structured output; false for the table (the caller prints it).
+    fn print<T: serde::Serialize>(self, v: &T) -> Result<bool> {
+        match self {
+            Format::Table => Ok(false),
+            Format::Json => print_json(v).map(|_| true),
+            Format::Yaml => {
+                print!("{}", serde_yaml_ng::to_string(v)?);
+                Ok(true)
+            }
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct GetArgs {
     /// Names to show [default: all].
     names: Vec<String>,
+
+    /// Output format: table, json or yaml [default: table, or json with --json].
+    #[arg(long, short = 'o', value_enum)]
+    output: Option<Format>,
 
     /// Only those whose labels match this selector.
     #[arg(long, short = 'l')]
@@ -256,6 +297,10 @@ pub struct GetArgs {
 pub struct DescribeArgs {
     /// Names to describe [default: all].
     names: Vec<String>,
+
+    /// Output format: text, json or yaml [default: text, or json with --json].
+    #[arg(long, short = 'o', value_enum)]
+    output: Option<Format>,
 
     /// Also list every item.
     #[arg(long)]
@@ -274,6 +319,20 @@ pub struct DeleteArgs {
     /// Do not ask.
     #[arg(long)]
     confirm: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// The backup.
+    name: String,
+
+    /// Where to write it [default: <name>-data.tar.gz]; `-` for standard output.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+
+    /// Overwrite the file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -534,8 +593,8 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             sync(ctx, &client, ns).await?;
             let api: Api<Backup> = Api::namespaced(client.clone(), ns);
             let list = listed(&api, &g, "backup").await?;
-            if ctx.json {
-                return print_json(&list).map(|_| 0);
+            if Format::of(ctx, g.output).print(&list)? {
+                return Ok(0);
             }
             println!(
                 "{:<32} {:<16} {:>6} {:>8} {:<20} {:<8} {:<16} SELECTOR",
@@ -580,17 +639,15 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
                     }
                     (None, Err(e)) => return Err(e.into()),
                 };
-                if ctx.json {
+                if Format::of(ctx, d.output) == Format::Table {
+                    describe_backup(&b, results.as_ref(), items.as_deref());
+                } else {
                     views.push(
                         serde_json::json!({ "backup": b, "results": results, "items": items }),
                     );
-                } else {
-                    describe_backup(&b, results.as_ref(), items.as_deref());
                 }
             }
-            if ctx.json {
-                print_json(&views)?;
-            }
+            Format::of(ctx, d.output).print(&views)?;
             Ok(0)
         }
         BackupCmd::Delete(d) => {
@@ -627,6 +684,37 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
                 print_json(&out)?;
             }
             Ok(if failed > 0 { 1 } else { 0 })
+        }
+        BackupCmd::Download(dl) => {
+            let (repo, id, _) =
+                manage::backup_record(&client, ns, &dl.name, cache.as_deref()).await?;
+            let path = dl
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}-data.tar.gz", dl.name)));
+            if path.as_os_str() == "-" {
+                manage::download_backup(&repo, &id, std::io::stdout().lock()).await?;
+                return Ok(0);
+            }
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true);
+            if dl.force {
+                o.create(true).truncate(true);
+            } else {
+                o.create_new(true);
+            }
+            let file = o
+                .open(&path)
+                .with_context(|| format!("cannot write {} (--force overwrites)", path.display()))?;
+            let n = manage::download_backup(&repo, &id, std::io::BufWriter::new(file)).await?;
+            if !ctx.quiet {
+                println!(
+                    "Backup {} ({n} items) downloaded to {}",
+                    dl.name,
+                    path.display()
+                );
+            }
+            Ok(0)
         }
         BackupCmd::Logs(l) => {
             let (repo, id, _) =
@@ -742,25 +830,11 @@ fn confirm(given: bool, question: &str) -> Result<()> {
 }
 
 async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) -> Result<u8> {
-    let stamp = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
-    let (mut spec, mut labels) = match &c.from_schedule {
-        Some(s) => {
-            let api: Api<Schedule> = Api::namespaced(client.clone(), ns);
-            let sched = api
-                .get_opt(s)
-                .await?
-                .with_context(|| format!("no schedule {s:?} in namespace {ns}"))?;
-            let labels = BTreeMap::from([
-                (arca_k8s::record::SCHEDULE_NAME_LABEL.to_string(), s.clone()),
-                ("velero.io/schedule-name".to_string(), s.clone()),
-            ]);
-            (sched.spec.template, labels)
-        }
-        None => (BackupSpec::default(), BTreeMap::new()),
-    };
+    let mut spec = BackupSpec::default();
+    let mut labels = BTreeMap::new();
     let name = match (&c.name, &c.from_schedule) {
         (Some(n), _) => n.clone(),
-        (None, Some(s)) => format!("{s}-{stamp}"),
+        (None, Some(s)) => manage::scheduled_backup_name(s, chrono::Utc::now()),
         (None, None) => bail!("name the backup: arca backup create NAME"),
     };
     let f = &c.filters;
@@ -821,7 +895,24 @@ async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) ->
         spec.default_volumes_to_fs_backup = c.default_volumes_to_fs_backup;
     }
     labels.extend(f.labels()?);
-    manage::create_backup(client, ns, &name, spec, labels).await?;
+    match &c.from_schedule {
+        // Velero's rule: the schedule's template exactly, whatever else was given.
+        Some(s) => {
+            if spec != BackupSpec::default() || !labels.is_empty() {
+                eprintln!("Creating backup from schedule, all other filters are ignored.");
+            }
+            let api: Api<Schedule> = Api::namespaced(client.clone(), ns);
+            let sched = api
+                .get_opt(s)
+                .await?
+                .with_context(|| format!("no schedule {s:?} in namespace {ns}"))?;
+            manage::create_backup_object(client, ns, manage::backup_from_schedule(&sched, &name))
+                .await?;
+        }
+        None => {
+            manage::create_backup(client, ns, &name, spec, labels).await?;
+        }
+    }
     if !ctx.json && !ctx.quiet {
         println!("Backup request {name:?} submitted successfully.");
     }
@@ -1102,8 +1193,8 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
         RestoreCmd::Get(g) => {
             let api: Api<Restore> = Api::namespaced(client.clone(), ns);
             let list = listed(&api, &g, "restore").await?;
-            if ctx.json {
-                return print_json(&list).map(|_| 0);
+            if Format::of(ctx, g.output).print(&list)? {
+                return Ok(0);
             }
             println!(
                 "{:<40} {:<32} {:<16} {:<20} {:<20} {:>6} {:>8} SELECTOR",
@@ -1134,25 +1225,36 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                     .get_opt(&name)
                     .await?
                     .with_context(|| format!("no restore {name:?} in namespace {ns}"))?;
-                let results: Option<Results> =
-                    match manage::restore_record(&client, ns, &name, cache.as_deref()).await {
-                        Ok((repo, id)) => arca_k8s::restore::read_json(&repo, &id, "results.json")
+                let (results, items): (
+                    Option<Results>,
+                    Option<Vec<arca_k8s::record::RestoredItem>>,
+                ) = match manage::restore_record(&client, ns, &name, cache.as_deref()).await {
+                    Ok((repo, id)) => (
+                        arca_k8s::restore::read_json(&repo, &id, "results.json")
                             .await
                             .ok(),
-                        Err(e) => {
-                            tracing::info!("restore {name}: no stored record: {e}");
+                        if d.details {
+                            arca_k8s::restore::read_json(&repo, &id, "items.json")
+                                .await
+                                .ok()
+                        } else {
                             None
-                        }
-                    };
-                if ctx.json {
-                    views.push(serde_json::json!({ "restore": r, "results": results }));
+                        },
+                    ),
+                    Err(e) => {
+                        tracing::info!("restore {name}: no stored record: {e}");
+                        (None, None)
+                    }
+                };
+                if Format::of(ctx, d.output) == Format::Table {
+                    describe_restore(&r, results.as_ref(), items.as_deref());
                 } else {
-                    describe_restore(&r, results.as_ref());
+                    views.push(
+                        serde_json::json!({ "restore": r, "results": results, "items": items }),
+                    );
                 }
             }
-            if ctx.json {
-                print_json(&views)?;
-            }
+            Format::of(ctx, d.output).print(&views)?;
             Ok(0)
         }
         RestoreCmd::Delete(d) => {
@@ -1255,7 +1357,11 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
     )
 }
 
-fn describe_restore(r: &Restore, results: Option<&Results>) {
+fn describe_restore(
+    r: &Restore,
+    results: Option<&Results>,
+    items: Option<&[arca_k8s::record::RestoredItem]>,
+) {
     let st = r.status.clone().unwrap_or_default();
     let s = &r.spec;
     println!("Name:         {}", r.name_any());
@@ -1374,4 +1480,30 @@ fn describe_restore(r: &Restore, results: Option<&Results>) {
         }
     );
     println!();
+    if let Some(items) = items {
+        println!();
+        println!("Resource List:");
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for i in items {
+            let gv = if i.item.group.is_empty() {
+                i.item.version.clone()
+            } else {
+                format!("{}/{}", i.item.group, i.item.version)
+            };
+            let outcome = serde_json::to_value(i.outcome).expect("serializes");
+            by.entry(format!("{gv}/{}", i.item.kind))
+                .or_default()
+                .push(format!(
+                    "{} ({})",
+                    i.item.display(),
+                    outcome.as_str().unwrap_or("?")
+                ));
+        }
+        for (k, v) in by {
+            println!("  {k}:");
+            for n in v {
+                println!("    - {n}");
+            }
+        }
+    }
 }

@@ -2314,8 +2314,62 @@ async fn namespaces_from_their_objects_and_in_place_restores() {
 
     // In place, nothing changed: no warnings.
     arca.ok(&a, &["restore", "create", "same", "--from-backup", "nsobj"]);
-    let d = arca.json(&a, &["restore", "describe", "same"]);
+    let d = arca.json(&a, &["restore", "describe", "same", "--details"]);
     assert_eq!(d[0]["restore"]["status"]["warnings"], 0, "{d}");
+    let conf = d[0]["items"]
+        .as_array()
+        .expect("--details lists the items")
+        .iter()
+        .find(|i| i["resource"] == "configmaps" && i["name"] == "conf")
+        .unwrap_or_else(|| panic!("{d}"))
+        .clone();
+    assert_eq!(conf["outcome"], "unchanged", "{conf}");
+    let text = arca.ok(&a, &["restore", "describe", "same", "--details"]);
+    assert!(
+        text.contains("Resource List:") && text.contains("(unchanged)"),
+        "{text}"
+    );
+
+    // Output formats, and the backup as Velero's tarball.
+    let yaml = arca.ok(&a, &["backup", "get", "nsobj", "-o", "yaml"]);
+    let v: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(v[0]["metadata"]["name"], "nsobj", "{yaml}");
+    let desc: Value =
+        serde_yaml_ng::from_str(&arca.ok(&a, &["restore", "describe", "same", "-o", "yaml"]))
+            .unwrap();
+    assert_eq!(desc[0]["restore"]["metadata"]["name"], "same");
+    let tarball = arca.dir.path().join("nsobj.tar.gz");
+    let download = [
+        "backup",
+        "download",
+        "nsobj",
+        "-o",
+        tarball.to_str().unwrap(),
+    ];
+    arca.ok(&a, &download);
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    for want in [
+        "metadata/version".to_string(),
+        format!("resources/configmaps/namespaces/{nsn}/conf.json"),
+        format!("resources/configmaps/v1-preferredversion/namespaces/{nsn}/conf.json"),
+        format!("resources/namespaces/cluster/{nsn}.json"),
+    ] {
+        assert!(
+            list.lines().any(|l| l == want),
+            "{want} missing from\n{list}"
+        );
+    }
+    let again = arca.run(&a, &download);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "an existing file needs --force"
+    );
 
     // Drift: a key added since the backup goes with update.
     let cm_api =

@@ -262,6 +262,49 @@ pub async fn create_backup(
     create_new(client, ns, "backup", b, labels).await
 }
 
+/// A Backup made from a schedule, as Velero's builder makes it (`FromSchedule`,
+/// pkg/builder/backup_builder.go): the template as the spec; the template's metadata
+/// labels if it has any, else the schedule's labels; the schedule-name label (Arca's and
+/// Velero's); the schedule's annotations. Nothing else is added.
+pub fn backup_from_schedule(schedule: &crate::crd::Schedule, name: &str) -> Backup {
+    let sched_name = schedule.name_any();
+    let mut labels = match schedule
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+    {
+        Some(l) => l,
+        None => schedule.metadata.labels.clone().unwrap_or_default(),
+    };
+    labels.insert(SCHEDULE_NAME_LABEL.to_string(), sched_name.clone());
+    labels.insert("velero.io/schedule-name".to_string(), sched_name);
+    let mut b = Backup::new(name, schedule.spec.template.clone());
+    b.metadata.labels = Some(labels);
+    b.metadata.annotations = schedule.metadata.annotations.clone();
+    b
+}
+
+/// The name of a backup made from a schedule now: `<schedule>-<UTC yyyyMMddHHmmss>`.
+pub fn scheduled_backup_name(schedule: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{schedule}-{}", now.format("%Y%m%d%H%M%S"))
+}
+
+/// Create a Backup resource, as built, in phase New.
+pub async fn create_backup_object(client: &Client, ns: &str, b: Backup) -> Result<Backup> {
+    let name = b.name_any();
+    let labels = b.metadata.labels.clone().unwrap_or_default();
+    let spec = b.spec.clone();
+    let mut nb = Backup::new(&name, spec);
+    nb.metadata.annotations = b.metadata.annotations.clone();
+    nb.status = Some(crate::crd::BackupStatus {
+        phase: Some("New".into()),
+        ..Default::default()
+    });
+    create_new(client, ns, "backup", nb, labels).await
+}
+
 /// Create a Restore resource in phase New.
 pub async fn create_restore(
     client: &Client,
@@ -417,6 +460,57 @@ pub async fn backup_results(repo: &Indexed, id: &SnapshotId) -> Result<Results> 
 /// A backup's (or restore's) log.
 pub async fn record_log(repo: &Indexed, id: &SnapshotId) -> Result<String> {
     Ok(String::from_utf8_lossy(&read_file(repo, id, "log.txt").await?).into_owned())
+}
+
+/// Write a backup's items as Velero's backup tarball (`velero backup download`): gzip'd
+/// tar with `metadata/version` and, per item, `resources/<resource.group>/namespaces/<ns>/
+/// <name>.json` (or `cluster/<name>.json`) and the same under `<version>-preferredversion/`
+/// (every item is stored at the server's preferred version). Returns the item count.
+pub async fn download_backup(
+    repo: &Indexed,
+    id: &SnapshotId,
+    out: impl std::io::Write,
+) -> Result<usize> {
+    let staging = crate::restore::stage_record(repo, id).await?;
+    let snap = repo.repo().snapshot(id).await?;
+    let io = |what: String| move |e: std::io::Error| Error::Io { what, source: e };
+    let items: Vec<ItemRef> = serde_json::from_slice(
+        &std::fs::read(staging.path().join("items.json")).map_err(io("read items.json".into()))?,
+    )
+    .map_err(|e| Error::Json {
+        what: "items.json".into(),
+        source: e,
+    })?;
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(snap.time.seconds.max(0) as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, data)
+            .map_err(io(format!("write {path} to the tarball")))
+    };
+    add("metadata/version", b"1.1.0\n")?;
+    for i in &items {
+        let data = std::fs::read(staging.path().join(i.path()))
+            .map_err(io(format!("read {}", i.path())))?;
+        let place = match &i.namespace {
+            Some(ns) => format!("namespaces/{ns}/{}.json", i.name),
+            None => format!("cluster/{}.json", i.name),
+        };
+        let gr = i.group_resource();
+        add(&format!("resources/{gr}/{place}"), &data)?;
+        add(
+            &format!("resources/{gr}/{}-preferredversion/{place}", i.version),
+            &data,
+        )?;
+    }
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(io("finish the tarball".into()))?;
+    Ok(items.len())
 }
 
 /// A backup's item list.
@@ -599,5 +693,45 @@ pub async fn delete_restore(
             "no restore {restore:?} in namespace {ns}"
         ))),
         Err(e) => Err(Error::kube(format!("delete restore {ns}/{restore}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ObjectMetaTemplate, Schedule, ScheduleSpec};
+
+    #[test]
+    fn a_backup_from_a_schedule_is_velero_builders() {
+        let mut spec = ScheduleSpec {
+            schedule: "0 1 * * *".into(),
+            ..Default::default()
+        };
+        spec.template.included_namespaces = Some(vec!["app".into()]);
+        let mut s = Schedule::new("nightly", spec);
+        s.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+        s.metadata.annotations = Some(BTreeMap::from([("note".into(), "n".into())]));
+        let b = backup_from_schedule(&s, "nightly-20261201010000");
+        assert_eq!(b.spec, s.spec.template, "the template, nothing added");
+        let l = b.metadata.labels.clone().unwrap();
+        assert_eq!(l["team"], "a", "no template labels: the schedule's");
+        assert_eq!(l[SCHEDULE_NAME_LABEL], "nightly");
+        assert_eq!(l["velero.io/schedule-name"], "nightly");
+        assert_eq!(b.metadata.annotations, s.metadata.annotations);
+        s.spec.template.metadata = Some(ObjectMetaTemplate {
+            labels: Some(BTreeMap::from([("tier".into(), "db".into())])),
+        });
+        let l = backup_from_schedule(&s, "x").metadata.labels.unwrap();
+        assert!(
+            l.contains_key("tier") && !l.contains_key("team"),
+            "the template's win: {l:?}"
+        );
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-01T23:30:00-05:00")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            scheduled_backup_name("nightly", t),
+            "nightly-20261202043000"
+        );
     }
 }

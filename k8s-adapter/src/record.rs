@@ -34,6 +34,34 @@ pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
 /// Label: the namespace of the Backup resource.
 pub const NAMESPACE_LABEL: &str = "arca.dev/namespace";
 
+/// What a restore did with one item (`items.json` of a restore record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// Created.
+    Created,
+    /// Existed, and was updated (or merged, for service accounts).
+    Updated,
+    /// Existed, identical to the backed-up version.
+    Unchanged,
+    /// Existed, differs, and was left as it is.
+    Differs,
+    /// Left out by a rule (a completed pod, a volume provisioned anew, ...).
+    Skipped,
+    /// Failed (see the errors).
+    Failed,
+}
+
+/// One item of a restore, in its target namespace, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredItem {
+    /// The item.
+    #[serde(flatten)]
+    pub item: ItemRef,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
 /// A name made fit for a label value, by Velero's rule (`label.GetValidName`,
 /// pkg/label/label.go): up to 63 bytes it is kept; longer, its first 57 bytes and the
 /// first 6 hex digits of the SHA-256 of the whole name. Kubernetes names are ASCII, so

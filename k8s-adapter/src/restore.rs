@@ -202,6 +202,34 @@ pub async fn latest_record(
         .find(|(_, s)| filter.matches(s) && s.labels.get(label).map(String::as_str) == Some(value)))
 }
 
+/// A local copy of a record snapshot's tree, in a temporary directory.
+pub async fn stage_record(
+    repo: &Indexed,
+    id: &arca_format::SnapshotId,
+) -> Result<tempfile::TempDir> {
+    let staging = tempfile::Builder::new()
+        .prefix("arca-record-")
+        .tempdir()
+        .map_err(|e| Error::Io {
+            what: "create a staging directory".into(),
+            source: e,
+        })?;
+    let snap = repo.repo().snapshot(id).await?;
+    let mut ro = RestoreOptions::new(staging.path());
+    ro.ownership = false;
+    let rr = repo
+        .restore(&snap.root, &ro, Arc::new(RestoreProgress::default()))
+        .await?;
+    if !rr.errors.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the backup record {} is damaged: {:?}",
+            id.short(),
+            rr.errors
+        )));
+    }
+    Ok(staging)
+}
+
 /// Read one JSON document from a record snapshot.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     repo: &Indexed,
@@ -256,6 +284,8 @@ struct Run {
     results: Mutex<Results>,
     log: Mutex<Log>,
     restored: std::sync::atomic::AtomicI64,
+    /// What became of each item.
+    items: Mutex<Vec<RestoredItem>>,
 }
 
 impl Run {
@@ -470,26 +500,7 @@ pub async fn run_restore(
     set_status(client, ns, name, &status).await?;
 
     // The record's items, read from a local copy of the snapshot.
-    let staging = tempfile::Builder::new()
-        .prefix("arca-restore-")
-        .tempdir()
-        .map_err(|e| Error::Io {
-            what: "create a staging directory".into(),
-            source: e,
-        })?;
-    let snap = repo.repo().snapshot(&record).await?;
-    let mut ro = RestoreOptions::new(staging.path());
-    ro.ownership = false;
-    let rr = repo
-        .restore(&snap.root, &ro, Arc::new(RestoreProgress::default()))
-        .await?;
-    if !rr.errors.is_empty() {
-        return Err(Error::Invalid(format!(
-            "the backup record {} is damaged: {:?}",
-            record.short(),
-            rr.errors
-        )));
-    }
+    let staging = stage_record(&repo, &record).await?;
     let refs: Vec<ItemRef> = serde_json::from_slice(
         &std::fs::read(staging.path().join("items.json")).map_err(|e| Error::Io {
             what: "read items.json".into(),
@@ -647,6 +658,7 @@ pub async fn run_restore(
         results: Mutex::new(results),
         log: Mutex::new(log),
         restored: std::sync::atomic::AtomicI64::new(0),
+        items: Mutex::new(Vec::new()),
     });
     run.info(format!(
         "restore {ns}/{name} of backup {backup_name} started"
@@ -765,6 +777,18 @@ pub async fn run_restore(
     write(
         "results.json",
         serde_json::to_vec_pretty(&results).expect("serializes"),
+    )?;
+    let mut restored_items = std::mem::take(&mut *run.items.lock().expect("lock"));
+    restored_items.sort_by(|a, b| {
+        (a.item.group_resource(), &a.item.namespace, &a.item.name).cmp(&(
+            b.item.group_resource(),
+            &b.item.namespace,
+            &b.item.name,
+        ))
+    });
+    write(
+        "items.json",
+        serde_json::to_vec_pretty(&restored_items).expect("serializes"),
     )?;
     write("log.txt", log.clone().into_bytes())?;
     let mut o = BackupOptions::new(vec![record_dir.clone()]);
@@ -1108,7 +1132,7 @@ fn desired(run: &Run, gr: &str, ctx: &actions::Context, obj: &mut Value) -> Verd
     v
 }
 
-async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
+async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> Outcome {
     let gr = r.group_resource();
     let scope_ns = r.namespace.as_deref().map(|n| run.target_ns(n));
     let (ns_ref, cluster) = (scope_ns.as_deref(), r.namespace.is_none());
@@ -1123,7 +1147,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                 r.group, r.version, r.resource
             ),
         );
-        return;
+        return Outcome::Skipped;
     };
     // Read-only kinds (componentstatuses) are listed by a backup of everything, but no
     // server takes them back: not a failure.
@@ -1132,7 +1156,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
             "{what}: skipped: the cluster does not allow creating {}",
             r.resource
         ));
-        return;
+        return Outcome::Skipped;
     }
     if let Some(ns) = &scope_ns {
         obj["metadata"]["namespace"] = json!(ns);
@@ -1142,7 +1166,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         .flatten();
     if let Verdict::Skip(why) = desired(run, &gr, &run.ctx, &mut obj) {
         run.info(format!("{what}: skipped: {why}"));
-        return;
+        return Outcome::Skipped;
     }
     let api: Api<DynamicObject> = match &scope_ns {
         Some(ns) if target.namespaced => {
@@ -1154,7 +1178,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         Ok(o) => o,
         Err(e) => {
             run.error(ns_ref, cluster, format!("{what}: {e}"));
-            return;
+            return Outcome::Failed;
         }
     };
     let name = want.name_any();
@@ -1170,7 +1194,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                 if let Some(st) = status {
                     write_status(run, &api, &created, st, &what, ns_ref, cluster).await;
                 }
-                return;
+                return Outcome::Created;
             }
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
                 Ok(e) => break e,
@@ -1181,7 +1205,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                         cluster,
                         format!("{what}: exists, and cannot be read: {e}"),
                     );
-                    return;
+                    return Outcome::Failed;
                 }
             },
             // Validation runs before the existence check (a Service whose node port its
@@ -1190,7 +1214,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                 Ok(Some(existing)) => break existing,
                 _ => {
                     run.error(ns_ref, cluster, format!("{what}: {e}"));
-                    return;
+                    return Outcome::Failed;
                 }
             },
         }
@@ -1198,19 +1222,22 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
     if gr == "serviceaccounts" {
         // Merge: the secrets, pull secrets, labels and annotations the cluster's
         // copy lacks (Velero's mergeServiceAccounts).
-        match merge_service_account(&api, &existing, &obj).await {
+        return match merge_service_account(&api, &existing, &obj).await {
             Ok(()) => {
                 run.info(format!("merged {what} into the existing one"));
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Outcome::Updated
             }
-            Err(e) => run.warn(
-                ns_ref,
-                cluster,
-                format!("{what}: exists; merging it failed: {e}"),
-            ),
-        }
-        return;
+            Err(e) => {
+                run.warn(
+                    ns_ref,
+                    cluster,
+                    format!("{what}: exists; merging it failed: {e}"),
+                );
+                Outcome::Failed
+            }
+        };
     }
     // Compare as Velero does, after the same clean-up on both sides; the action runs on
     // the cluster's copy without mappings, so that what the cluster assigned (a cluster
@@ -1219,7 +1246,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         Ok(v) => v,
         Err(e) => {
             run.error(ns_ref, cluster, format!("{what}: {e}"));
-            return;
+            return Outcome::Failed;
         }
     };
     let plain = actions::Context {
@@ -1249,22 +1276,33 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
         RESTORE_NAME_LABEL: label_value(&run.restore_name),
     }}});
     match (patch, update) {
-        (None, false) => run.info(format!("{what}: exists, identical to the backup")),
+        (None, false) => {
+            run.info(format!("{what}: exists, identical to the backup"));
+            Outcome::Unchanged
+        }
         (None, true) => {
             if let Err(e) = api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&labels_only))
                 .await
             {
-                run.warn(ns_ref, cluster, format!("{what}: exists; labelling it failed: {e}"));
+                run.warn(
+                    ns_ref,
+                    cluster,
+                    format!("{what}: exists; labelling it failed: {e}"),
+                );
             } else {
                 run.info(format!("{what}: exists, identical to the backup; labelled"));
             }
+            Outcome::Unchanged
         }
-        (Some(_), false) => run.warn(
-            ns_ref,
-            cluster,
-            format!("{what}: already exists, and differs from the backed-up version; not restored (existing resource policy none)"),
-        ),
+        (Some(_), false) => {
+            run.warn(
+                ns_ref,
+                cluster,
+                format!("{what}: already exists, and differs from the backed-up version; not restored (existing resource policy none)"),
+            );
+            Outcome::Differs
+        }
         (Some(p), true) => match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&p))
             .await
@@ -1273,6 +1311,7 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 run.info(format!("updated {what} to the backed-up version"));
+                Outcome::Updated
             }
             Err(e) => {
                 // Velero's fallback: the restore labels alone, so the item is found.
@@ -1285,11 +1324,26 @@ async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, mut obj: Value) {
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&labels_only))
                     .await
                 {
-                    run.error(ns_ref, cluster, format!("{what}: labelling it failed too: {e}"));
+                    run.error(
+                        ns_ref,
+                        cluster,
+                        format!("{what}: labelling it failed too: {e}"),
+                    );
                 }
+                Outcome::Differs
             }
         },
     }
+}
+
+/// Restore one item and note what became of it, for `restore describe --details`.
+async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, obj: Value) {
+    let outcome = restore_one(run, d, &r, obj).await;
+    let namespace = r.namespace.as_deref().map(|n| run.target_ns(n));
+    run.items.lock().expect("lock").push(RestoredItem {
+        item: ItemRef { namespace, ..r },
+        outcome,
+    });
 }
 
 /// Write a created item's status through its `/status` subresource (Velero's
