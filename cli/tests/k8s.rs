@@ -967,6 +967,12 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     assert_eq!(rb["roleRef"]["name"], "reader");
 }
 
+fn frozen(v: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: frozen, namespace: pol-ns}}\nimmutable: true\ndata: {{v: \"{v}\"}}\n---\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_resource_policy_none_and_update() {
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
@@ -978,11 +984,23 @@ async fn existing_resource_policy_none_and_update() {
         + &cm("pol-ns", "conf", &[("v", "1")], "backed-up")
         + "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: pol-ns}\nimagePullSecrets: [{name: from-backup}]\n---\n";
     apply(&a, &y).await;
+    // An immutable config map, replaced after the backup (see below). A rerun on the same
+    // cluster finds the replaced one: start from the backed-up version.
+    let cms = Api::<arca_k8s::k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+        a.client.clone(),
+        "pol-ns",
+    );
+    if cms.get_opt("frozen").await.unwrap().is_some() {
+        delete_namespaced(&a, "v1", "ConfigMap", "configmaps", "pol-ns", "frozen").await;
+    }
+    apply(&a, &frozen("backed-up")).await;
     arca.ok(
         &a,
         &["backup", "create", "pol", "--include-namespaces", "pol-ns"],
     );
     // The cluster moves on.
+    delete_namespaced(&a, "v1", "ConfigMap", "configmaps", "pol-ns", "frozen").await;
+    apply(&a, &frozen("replaced")).await;
     apply(&a, &(cm("pol-ns", "conf", &[("v", "2")], "changed") + "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: pol-ns}\nimagePullSecrets: [{name: in-cluster}]\n---\n")).await;
 
     // none: existing items are left alone, with a warning naming them.
@@ -1041,6 +1059,19 @@ async fn existing_resource_policy_none_and_update() {
     );
     let conf = configmap(&a, "pol-ns", "conf").await.unwrap();
     assert_eq!(conf["data"]["v"], "backed-up");
+    // Velero's fallback: the immutable one cannot be patched; it gets the restore labels
+    // alone, and a warning says so.
+    let f = configmap(&a, "pol-ns", "frozen").await.unwrap();
+    assert_eq!(f["data"]["v"], "replaced");
+    assert_eq!(
+        f["metadata"]["labels"]["arca.dev/restore-name"], "pol-update",
+        "{f}"
+    );
+    let d = arca.ok(&a, &["restore", "describe", "pol-update"]);
+    assert!(
+        d.contains("frozen") && d.contains("updating it to the backed-up version failed"),
+        "{d}"
+    );
     assert_eq!(conf["metadata"]["labels"]["v"], "1");
     assert_eq!(
         conf["metadata"]["labels"]["arca.dev/restore-name"],
@@ -2493,6 +2524,34 @@ async fn validation_results_ttl_and_long_names() {
     );
     let d = arca.json(&a, &["backup", "describe", "ttl0"]);
     assert_eq!(d[0]["backup"]["spec"]["ttl"], "720h0m0s");
+    let items = arca.items(&a, "ttl0");
+    assert!(items.contains(&format!("configmaps:{nsn}/c")), "{items:?}");
+
+    // An item being deleted (held by a finalizer) is not backed up.
+    let held = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: {nsn}\n  finalizers: [arca.dev/test-hold]\ndata: {{v: x}}\n---\n"
+    );
+    apply(&a, &held).await;
+    let cms =
+        Api::<arca_k8s::k8s_openapi::api::core::v1::ConfigMap>::namespaced(a.client.clone(), &nsn);
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    arca.ok(
+        &a,
+        &["backup", "create", "deleting", "--include-namespaces", &nsn],
+    );
+    let items = arca.items(&a, "deleting");
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(items.contains(&format!("configmaps:{nsn}/c")), "{items:?}");
+    assert!(
+        !items.contains(&format!("configmaps:{nsn}/held")),
+        "being deleted: {items:?}"
+    );
 
     let long = format!("long-{sfx}-")
         .chars()
