@@ -706,7 +706,14 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             let file = o
                 .open(&path)
                 .with_context(|| format!("cannot write {} (--force overwrites)", path.display()))?;
-            let n = manage::download_backup(&repo, &id, std::io::BufWriter::new(file)).await?;
+            let n = match manage::download_backup(&repo, &id, std::io::BufWriter::new(file)).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // A partial tarball is no tarball.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e.into());
+                }
+            };
             if !ctx.quiet {
                 println!(
                     "Backup {} ({n} items) downloaded to {}",

@@ -28,12 +28,16 @@ const NEVER_BACKED_UP: [&str; 3] = ["events", "events.events.k8s.io", "backups.a
 /// The TTL of a backup whose spec gives none (or `0`): Velero's `--default-backup-ttl`.
 pub const DEFAULT_TTL: &str = "720h0m0s";
 
+/// Go's largest duration (int64 nanoseconds), in nanoseconds.
+const MAX_GO_DURATION_NANOS: f64 = i64::MAX as f64;
+
 /// Parse a Go duration (`time.ParseDuration`: `720h0m0s`, `1h30m`, `1.5h`, `90s`, `250ms`,
-/// `10us`, `-1h`, `0`) into seconds, truncated toward zero.
-pub fn parse_go_duration(s: &str) -> Result<i64> {
+/// `10us`, `-1h`, `0`) into nanoseconds; over Go's limit (about 2562047h) is an error, as
+/// in Go.
+pub fn parse_go_duration_nanos(s: &str) -> Result<i64> {
     let bad = || {
         Error::Invalid(format!(
-            "duration {s:?}: use a Go duration such as 720h0m0s, 24h, 30m or 90s (units h, m, s, ms, us, ns)"
+            "duration {s:?}: use a Go duration such as 720h0m0s, 24h, 30m or 90s (units h, m, s, ms, us, ns; at most 2562047h)"
         ))
     };
     let t = s.trim();
@@ -59,19 +63,27 @@ pub fn parse_go_duration(s: &str) -> Result<i64> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let unit = match &rest[..u_end] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
-            "ns" => 1e-9,
+            "h" => 3600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
+            "ns" => 1.0,
             _ => return Err(bad()),
         };
         rest = &rest[u_end..];
         total += n * unit;
     }
-    let secs = total.trunc() as i64;
-    Ok(if neg { -secs } else { secs })
+    if !total.is_finite() || total > MAX_GO_DURATION_NANOS {
+        return Err(bad());
+    }
+    let nanos = total.trunc() as i64;
+    Ok(if neg { -nanos } else { nanos })
+}
+
+/// A Go duration in whole seconds, truncated toward zero.
+pub fn parse_go_duration(s: &str) -> Result<i64> {
+    parse_go_duration_nanos(s).map(|n| n / 1_000_000_000)
 }
 
 /// A duration of whole seconds as Go prints it (`720h0m0s`), as Velero writes TTLs.
@@ -775,9 +787,12 @@ pub async fn run_backup(
     let ttl = parse_go_duration(backup.spec.ttl.as_deref().unwrap_or(DEFAULT_TTL))?;
     status.phase = Some("InProgress".into());
     status.start_timestamp = Some(start.clone());
-    status.expiration = Some(Time(
-        start.0 + k8s_openapi::jiff::SignedDuration::from_secs(ttl),
-    ));
+    // Within Go's range, yet past what a timestamp holds (year 9999): no expiration.
+    status.expiration = start
+        .0
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl))
+        .ok()
+        .map(Time);
     set_status(client, ns, name, &status).await?;
     log.line(
         "info",
@@ -795,6 +810,8 @@ pub async fn run_backup(
         );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            // After a slow list, one write, not a burst of the ticks missed.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while rx.changed().await.is_ok() {
                 tick.tick().await;
                 let n = *rx.borrow_and_update() as i64;
@@ -936,6 +953,9 @@ mod tests {
         assert_eq!(parse_go_duration("3000000000ns").unwrap(), 3);
         assert_eq!(parse_go_duration("1h0m30s").unwrap(), 3630);
         assert!(parse_go_duration("1x").is_err() && parse_go_duration("h").is_err());
+        assert!(parse_go_duration("2562047h").is_ok());
+        assert!(parse_go_duration("2562048h").is_err() && parse_go_duration("100000000h").is_err());
+        assert_eq!(parse_go_duration_nanos("500ms").unwrap(), 500_000_000);
         assert_eq!(format_go_duration(720 * 3600), "720h0m0s");
         assert_eq!(format_go_duration(90), "1m30s");
         assert_eq!(format_go_duration(5), "5s");

@@ -202,8 +202,9 @@ impl Discovery {
             .map(str::trim)
             .filter(|n| !n.is_empty())
         {
-            if n == "*" {
-                out.push("*".to_string());
+            if n == "*" || crate::filter::is_glob(n) {
+                // Patterns match `resource.group` names as they are.
+                out.push(n.to_lowercase());
             } else if let Some(r) = self.resolve(n) {
                 out.push(r.group_resource());
             } else {

@@ -382,7 +382,12 @@ impl ResourceFilter {
     /// Whether Namespace objects are taken at all.
     pub fn takes_namespaces(&self) -> bool {
         match self {
-            ResourceFilter::Old { resources, .. } => resources.includes("namespaces"),
+            // Velero's GlobalIncludesExcludes: false leaves out every cluster-scoped
+            // type, Namespace objects included.
+            ResourceFilter::Old {
+                resources,
+                include_cluster,
+            } => *include_cluster != Some(false) && resources.includes("namespaces"),
             ResourceFilter::Scoped { cluster, .. } => !cluster.excludes("namespaces"),
         }
     }

@@ -283,6 +283,10 @@ pub fn backup_from_schedule(schedule: &crate::crd::Schedule, name: &str) -> Back
     let mut b = Backup::new(name, schedule.spec.template.clone());
     b.metadata.labels = Some(labels);
     b.metadata.annotations = schedule.metadata.annotations.clone();
+    if schedule.spec.use_owner_references_in_backup == Some(true) {
+        b.metadata.owner_references =
+            kube::Resource::controller_owner_ref(schedule, &()).map(|r| vec![r]);
+    }
     b
 }
 
@@ -298,6 +302,7 @@ pub async fn create_backup_object(client: &Client, ns: &str, b: Backup) -> Resul
     let spec = b.spec.clone();
     let mut nb = Backup::new(&name, spec);
     nb.metadata.annotations = b.metadata.annotations.clone();
+    nb.metadata.owner_references = b.metadata.owner_references.clone();
     nb.status = Some(crate::crd::BackupStatus {
         phase: Some("New".into()),
         ..Default::default()
@@ -507,8 +512,10 @@ pub async fn download_backup(
             &data,
         )?;
     }
+    // Every byte down, or an error: a dropped writer would swallow a full disk.
     tar.into_inner()
         .and_then(|gz| gz.finish())
+        .and_then(|mut out| out.flush())
         .map_err(io("finish the tarball".into()))?;
     Ok(items.len())
 }

@@ -47,7 +47,7 @@ pub const DEFAULT_PRIORITIES: &str = "customresourcedefinitions,namespaces,stora
 volumesnapshotcontents.snapshot.storage.k8s.io,volumesnapshots.snapshot.storage.k8s.io,datauploads.arca.dev,persistentvolumes,\
 persistentvolumeclaims,clusterroles,roles,serviceaccounts,clusterrolebindings,rolebindings,secrets,configmaps,limitranges,\
 priorityclasses,pods,replicasets.apps,clusterclasses.cluster.x-k8s.io,endpoints,services,-,clusterbootstraps.run.tanzu.vmware.com,\
-clusters.cluster.x-k8s.io,clusterresourcesets.addons.cluster.x-k8s.io";
+clusters.cluster.x-k8s.io,clusterresourcesets.addons.cluster.x-k8s.io,apps.kappctrl.k14s.io,packageinstalls.packaging.carvel.dev";
 
 /// Labels selecting the storage-class mapping ConfigMap (value `RestoreItemAction`).
 pub const STORAGE_CLASS_MAP_LABELS: [&str; 2] = [
@@ -332,11 +332,11 @@ async fn failed_validation(
     client: &Client,
     ns: &str,
     name: &str,
-    msg: String,
+    msgs: Vec<String>,
 ) -> Result<RestoreOutcome> {
     let status = RestoreStatus {
         phase: Some("FailedValidation".into()),
-        validation_errors: Some(vec![msg]),
+        validation_errors: Some(msgs),
         ..Default::default()
     };
     set_status(client, ns, name, &status).await?;
@@ -374,41 +374,66 @@ pub async fn run_restore(
         &spec.included_resources.clone().unwrap_or_default(),
         &spec.excluded_resources.clone().unwrap_or_default(),
     );
-    let problem = if spec.backup_name.is_some() == spec.schedule_name.is_some() {
-        Some("give exactly one of backupName and scheduleName".to_string())
-    } else if let Some(p) = ns_problems.into_iter().chain(res_problems).next() {
-        Some(p)
-    } else if !["", "none", "update"].contains(&policy.as_str()) {
-        Some(format!(
+    // Every problem at once, as Velero's validateAndComplete.
+    let mut problems: Vec<String> = Vec::new();
+    if spec.backup_name.is_none() && spec.schedule_name.is_none() {
+        problems.push("give one of backupName and scheduleName".to_string());
+    }
+    problems.extend(ns_problems);
+    problems.extend(res_problems);
+    if !["", "none", "update"].contains(&policy.as_str()) {
+        problems.push(format!(
             "existingResourcePolicy {policy:?}: use none or update"
-        ))
-    } else {
-        None
-    };
-    let filters = NamespaceFilter::new(
+        ));
+    }
+    let ns_filter = NamespaceFilter::new(
         &spec.included_namespaces.clone().unwrap_or_default(),
         &spec.excluded_namespaces.clone().unwrap_or_default(),
-    )
-    .and_then(|n| {
-        LabelFilter::new(
-            spec.label_selector.clone(),
-            spec.or_label_selectors.clone().unwrap_or_default(),
-        )
-        .map(|l| (n, l))
-    });
-    let (ns_filter, label_filter) = match (problem, filters) {
-        (Some(p), _) => {
-            return failed_validation(client, ns, name, p).await;
-        }
-        (None, Err(e)) => {
-            return failed_validation(client, ns, name, e.to_string()).await;
-        }
-        (None, Ok(f)) => f,
+    );
+    let label_filter = LabelFilter::new(
+        spec.label_selector.clone(),
+        spec.or_label_selectors.clone().unwrap_or_default(),
+    );
+    for e in [ns_filter.as_ref().err(), label_filter.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
+        problems.push(e.to_string());
+    }
+    let (Ok(ns_filter), Ok(label_filter), true) = (ns_filter, label_filter, problems.is_empty())
+    else {
+        return failed_validation(client, ns, name, problems).await;
     };
 
     // The backup: by name, or the newest successful one of a schedule.
     let backup_name = match (&spec.backup_name, &spec.schedule_name) {
-        (Some(b), _) => b.clone(),
+        (Some(b), None) => b.clone(),
+        // Both: valid when the backup is the schedule's, as when this restore chose it and
+        // was interrupted before it started (Velero fills backupName the same way).
+        (Some(b), Some(sched)) => {
+            let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
+            let from_schedule = bapi
+                .get_opt(b)
+                .await
+                .map_err(|e| Error::kube(format!("read backup {ns}/{b}"), e))?
+                .is_some_and(|bk| {
+                    let l = bk.labels();
+                    l.get(SCHEDULE_NAME_LABEL) == Some(sched)
+                        || l.get("velero.io/schedule-name") == Some(sched)
+                });
+            if !from_schedule {
+                return failed_validation(
+                    client,
+                    ns,
+                    name,
+                    vec![format!(
+                        "backupName {b} is not a backup of schedule {sched}: give one of backupName and scheduleName"
+                    )],
+                )
+                .await;
+            }
+            b.clone()
+        }
         (None, Some(sched)) => {
             let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
             let lp = ListParams::default().labels(&format!("velero.io/schedule-name={sched}"));
@@ -459,14 +484,14 @@ pub async fn run_restore(
                         client,
                         ns,
                         name,
-                        format!(
+                        vec![format!(
                             "schedule {sched} has no completed backup{}",
                             if allow_partial {
                                 " (nor a partially failed one)"
                             } else {
                                 " (--allow-partially-failed considers partially failed ones)"
                             }
-                        ),
+                        )],
                     )
                     .await;
                 }
@@ -477,7 +502,7 @@ pub async fn run_restore(
     let (repo, record, stored) = match find_backup(client, ns, &backup_name, cache_root).await {
         Ok(x) => x,
         Err(e) => {
-            return failed_validation(client, ns, name, e.to_string()).await;
+            return failed_validation(client, ns, name, vec![e.to_string()]).await;
         }
     };
     let phase = stored
@@ -490,7 +515,9 @@ pub async fn run_restore(
             client,
             ns,
             name,
-            format!("backup {backup_name} is {phase}, not Completed or PartiallyFailed"),
+            vec![format!(
+                "backup {backup_name} is {phase}, not Completed or PartiallyFailed"
+            )],
         )
         .await;
     }
@@ -523,9 +550,15 @@ pub async fn run_restore(
         )
     });
     let read_item = |r: &ItemRef| -> std::result::Result<Value, String> {
-        std::fs::read(staging.path().join(r.path()))
+        let v: Value = std::fs::read(staging.path().join(r.path()))
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+        // Everything below writes into the object and its metadata.
+        if v.get("metadata").is_some_and(Value::is_object) {
+            Ok(v)
+        } else {
+            Err("not an object with metadata".into())
+        }
     };
     let mut log = Log::default();
     let mut results = Results::default();
@@ -553,7 +586,13 @@ pub async fn run_restore(
         let gr = r.group_resource();
         if gr == "namespaces" {
             let Ok(obj) = read_item(r) else { continue };
-            if resources.includes(&gr)
+            // Namespace items are cluster-scoped here too (Velero creates an empty one
+            // only when cluster resources are restored); a namespace holding a restored
+            // item is created either way, below.
+            let cluster_ok = include_cluster == Some(true)
+                || (include_cluster.is_none() && ns_filter.everything());
+            if cluster_ok
+                && resources.includes(&gr)
                 && ns_filter.includes(&r.name)
                 && (!label_filter.is_set() || label_filter.matches(&labels_in(&obj)))
             {
@@ -870,31 +909,10 @@ async fn action_context(
             ctx.pvs_to_provision.insert(r.name.clone());
         }
     }
-    // The rename rule (Velero's shouldRenamePV): a kept volume whose claim moves to
-    // another namespace, and whose name is taken in this cluster, gets a new name.
-    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
-    for (r, pv) in items
-        .iter()
-        .filter(|(r, _)| r.group_resource() == "persistentvolumes")
-    {
-        if ctx.pvs_to_provision.contains(&r.name) || ctx.mapping.is_empty() {
-            continue;
-        }
-        let moved = pv
-            .pointer("/spec/claimRef/namespace")
-            .and_then(Value::as_str)
-            .is_some_and(|n| ctx.mapping.contains_key(n));
-        if moved
-            && pvs
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| Error::kube("read persistent volume", e))?
-                .is_some()
-        {
-            ctx.renamed_pvs
-                .insert(r.name.clone(), format!("arca-clone-{}", uuid_v4()));
-        }
-    }
+    // No rename: Velero renames a volume (shouldRenamePV) only when it restores its data
+    // from a snapshot into a new disk; a volume restored as an object keeps its name, and
+    // a second object on the same disk would give it two writers. `renamed_pvs` stays
+    // empty until volume data is restored.
     // Service accounts: those restored, and those already in each target namespace.
     let mut targets = BTreeSet::new();
     for (r, _) in items {
@@ -1078,23 +1096,6 @@ pub fn merge_patch(from: &Value, to: &Value) -> Option<Value> {
     }
 }
 
-/// A random UUID (version 4) in its usual text form.
-fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS supplies random bytes");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 /// Create, retrying what the server calls transient (429, ServerTimeout, 503, 504): a
 /// restore of thousands of items meets them, and they say "please try again".
 async fn create_with_retry(
@@ -1223,7 +1224,11 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
         // Merge: the secrets, pull secrets, labels and annotations the cluster's
         // copy lacks (Velero's mergeServiceAccounts).
         return match merge_service_account(&api, &existing, &obj).await {
-            Ok(()) => {
+            Ok(false) => {
+                run.info(format!("{what}: exists, and lacks nothing of the backup"));
+                Outcome::Unchanged
+            }
+            Ok(true) => {
                 run.info(format!("merged {what} into the existing one"));
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1375,11 +1380,14 @@ async fn write_status(
     }
 }
 
+/// Velero's mergeServiceAccounts: add what the cluster's copy lacks; false (and no write)
+/// when it lacks nothing but the restore labels.
 async fn merge_service_account(
     api: &Api<DynamicObject>,
     existing: &DynamicObject,
     backed_up: &Value,
-) -> Result<()> {
+) -> Result<bool> {
+    let mut changed = false;
     let mut cur = serde_json::to_value(existing).map_err(|e| Error::Json {
         what: "service account".into(),
         source: e,
@@ -1399,6 +1407,7 @@ async fn merge_service_account(
         {
             if !have.iter().any(|h| h.get("name") == s.get("name")) {
                 merged.push(s.clone());
+                changed = true;
             }
         }
         cur[field] = Value::Array(merged);
@@ -1414,9 +1423,13 @@ async fn merge_service_account(
             for (k, v) in m {
                 if cur["metadata"][meta].get(k).is_none() {
                     cur["metadata"][meta][k] = v.clone();
+                    changed |= k != BACKUP_NAME_LABEL && k != RESTORE_NAME_LABEL;
                 }
             }
         }
+    }
+    if !changed {
+        return Ok(false);
     }
     let patch = json!({
         "metadata": { "labels": cur["metadata"]["labels"], "annotations": cur["metadata"]["annotations"] },
@@ -1430,20 +1443,22 @@ async fn merge_service_account(
     )
     .await
     .map_err(|e| Error::kube("merge service account", e))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Wait until every CRD in the cluster reports Established (bounded by the setting).
 async fn wait_crds_established(run: &Run) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(run.client.clone());
-    let deadline = std::time::Instant::now() + run.settings.crd_wait;
+    let deadline = std::time::Instant::now()
+        .checked_add(run.settings.crd_wait)
+        .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86400 * 365));
     loop {
         let list = match api
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{RESTORE_NAME_LABEL}={}", run.restore_name)),
-            )
+            .list(&ListParams::default().labels(&format!(
+                "{RESTORE_NAME_LABEL}={}",
+                label_value(&run.restore_name)
+            )))
             .await
         {
             Ok(l) => l.items,
@@ -1571,13 +1586,5 @@ mod tests {
             Some(json!({"l": [1]})),
             "lists are replaced whole"
         );
-    }
-
-    #[test]
-    fn uuids_look_like_uuids() {
-        let u = uuid_v4();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
-        assert_ne!(u, uuid_v4());
     }
 }

@@ -1,4 +1,5 @@
-//! Pods (Velero's pkg/restore/actions/pod_action.go and restoreItem): completed pods and
+//! Pods (Velero's pkg/restore/actions/pod_action.go, add_pvc_from_pod_action.go and
+//! restoreItem): a pod brings its claims and its PriorityClass; completed pods and
 //! mirror pods are not restored; the scheduler places a pod anew (`nodeName` goes), the
 //! admission plugin sets its priority again (`priority` goes), and volumes holding the
 //! service account's old token Secret (`<account>-token-*`) go with their mounts.
@@ -47,14 +48,30 @@ pub(super) fn transform(pod: &mut Value, _: &Context) -> Verdict {
 }
 
 pub(super) fn additional(pod: &Value) -> Vec<Related> {
-    str_at(pod, "/spec/priorityClassName")
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut out: Vec<Related> = str_at(pod, "/spec/priorityClassName")
         .map(|pc| Related {
             group_resource: "priorityclasses.scheduling.k8s.io".into(),
             namespace: None,
             name: pc.into(),
         })
         .into_iter()
-        .collect()
+        .collect();
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(claim) = str_at(v, "/persistentVolumeClaim/claimName") {
+            out.push(Related {
+                group_resource: "persistentvolumeclaims".into(),
+                namespace: ns.map(str::to_string),
+                name: claim.into(),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -65,11 +82,12 @@ mod tests {
     #[test]
     fn a_pod_is_cleaned_of_node_priority_and_token_volumes() {
         let mut p = json!({
-            "metadata": {"name": "web"},
+            "metadata": {"name": "web", "namespace": "app"},
             "spec": {
                 "nodeName": "n1", "priority": 1000, "priorityClassName": "high",
                 "serviceAccountName": "api",
-                "volumes": [{"name": "api-token-x1"}, {"name": "kube-api-access-1"}, {"name": "data"}],
+                "volumes": [{"name": "api-token-x1"}, {"name": "kube-api-access-1"},
+                            {"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}}],
                 "containers": [{"name": "c", "volumeMounts": [{"name": "api-token-x1"}, {"name": "data"}]}],
                 "initContainers": [{"name": "i", "volumeMounts": [{"name": "api-token-x1"}]}]
             },
@@ -79,14 +97,24 @@ mod tests {
         assert!(p["spec"].get("nodeName").is_none() && p["spec"].get("priority").is_none());
         assert_eq!(
             p["spec"]["volumes"],
-            json!([{"name": "kube-api-access-1"}, {"name": "data"}])
+            json!([{"name": "kube-api-access-1"},
+                   {"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}}])
         );
         assert_eq!(
             p["spec"]["containers"][0]["volumeMounts"],
             json!([{"name": "data"}])
         );
         assert_eq!(p["spec"]["initContainers"][0]["volumeMounts"], json!([]));
-        assert_eq!(additional(&p)[0].name, "high");
+        let add = additional(&p);
+        assert_eq!(add[0].name, "high");
+        assert_eq!(
+            (
+                add[1].group_resource.as_str(),
+                add[1].namespace.as_deref(),
+                add[1].name.as_str()
+            ),
+            ("persistentvolumeclaims", Some("app"), "data-0")
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! PersistentVolumeClaims (Velero's pkg/restore/actions/pvc_action.go and the claim part of
 //! restoreItem): binding and provisioning annotations go; a claim whose volume the cluster
 //! provisions anew loses `volumeName`; one whose volume was renamed follows it; a claim
-//! bound in the backup brings its volume along.
+//! bound in the backup brings its volume along. `dataSource`, `dataSourceRef` and (unless
+//! the class is explicitly "") `selector` go, as Velero's backup PVCAction removes them
+//! (pkg/backup/actions/backup_pv_action.go): the snapshot or claim they name is not in the
+//! target, and provisioners refuse a claim with a selector.
 
 use serde_json::{Value, json};
 
@@ -18,6 +21,15 @@ pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
             "velero.io/data-upload-name",
         ],
     );
+    super::remove_at(pvc, "/spec", "dataSource");
+    super::remove_at(pvc, "/spec", "dataSourceRef");
+    if pvc
+        .pointer("/spec/storageClassName")
+        .and_then(Value::as_str)
+        != Some("")
+    {
+        super::remove_at(pvc, "/spec", "selector");
+    }
     if let Some(vol) = str_at(pvc, "/spec/volumeName").map(str::to_string) {
         reset_volume_binding(pvc);
         if ctx.pvs_to_provision.contains(&vol) {
@@ -68,6 +80,26 @@ mod tests {
         assert_eq!(transform(&mut c, &ctx), Verdict::Restore);
         assert!(c["spec"].get("volumeName").is_none());
         assert_eq!(c["metadata"]["annotations"], json!({"keep": "me"}));
+    }
+
+    #[test]
+    fn data_sources_and_selectors_go() {
+        let mut c = claim("v");
+        c["spec"]["dataSource"] = json!({"kind": "VolumeSnapshot", "name": "s"});
+        c["spec"]["dataSourceRef"] = json!({"kind": "VolumeSnapshot", "name": "s"});
+        c["spec"]["selector"] = json!({"matchLabels": {"a": "b"}});
+        transform(&mut c, &Context::default());
+        for k in ["dataSource", "dataSourceRef", "selector"] {
+            assert!(c["spec"].get(k).is_none(), "{k}");
+        }
+        let mut no_class = claim("v");
+        no_class["spec"]["storageClassName"] = json!("");
+        no_class["spec"]["selector"] = json!({"matchLabels": {"a": "b"}});
+        transform(&mut no_class, &Context::default());
+        assert!(
+            no_class["spec"].get("selector").is_some(),
+            "class \"\" keeps its selector"
+        );
     }
 
     #[test]
