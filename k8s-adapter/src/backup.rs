@@ -397,6 +397,8 @@ pub async fn collect(
                 namespaces_with_items.insert(ns);
             }
             items.push(to_item(r, &o)?);
+            // Per item; the reporter writes at most once a second.
+            progress(count + items.len());
         }
         // Named items first, in the order given; then the rest by namespace and name.
         let first = ordered.get(&gr).cloned().unwrap_or_default();

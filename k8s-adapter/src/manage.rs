@@ -278,8 +278,11 @@ pub fn backup_from_schedule(schedule: &crate::crd::Schedule, name: &str) -> Back
         Some(l) => l,
         None => schedule.metadata.labels.clone().unwrap_or_default(),
     };
-    labels.insert(SCHEDULE_NAME_LABEL.to_string(), sched_name.clone());
-    labels.insert("velero.io/schedule-name".to_string(), sched_name);
+    labels.insert(SCHEDULE_NAME_LABEL.to_string(), label_value(&sched_name));
+    labels.insert(
+        "velero.io/schedule-name".to_string(),
+        label_value(&sched_name),
+    );
     let mut b = Backup::new(name, schedule.spec.template.clone());
     b.metadata.labels = Some(labels);
     b.metadata.annotations = schedule.metadata.annotations.clone();
@@ -578,7 +581,7 @@ pub async fn delete_backup(
     req.metadata.generate_name = Some(format!("{backup}-"));
     req.metadata.labels = Some(BTreeMap::from([(
         BACKUP_NAME_LABEL.to_string(),
-        backup.to_string(),
+        label_value(backup),
     )]));
     let req = dbrs
         .create(&PostParams::default(), &req)

@@ -418,8 +418,9 @@ pub async fn run_restore(
                 .map_err(|e| Error::kube(format!("read backup {ns}/{b}"), e))?
                 .is_some_and(|bk| {
                     let l = bk.labels();
-                    l.get(SCHEDULE_NAME_LABEL) == Some(sched)
-                        || l.get("velero.io/schedule-name") == Some(sched)
+                    let want = label_value(sched);
+                    l.get(SCHEDULE_NAME_LABEL) == Some(&want)
+                        || l.get("velero.io/schedule-name") == Some(&want)
                 });
             if !from_schedule {
                 return failed_validation(
@@ -436,17 +437,21 @@ pub async fn run_restore(
         }
         (None, Some(sched)) => {
             let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
-            let lp = ListParams::default().labels(&format!("velero.io/schedule-name={sched}"));
+            let sched_label = label_value(sched);
+            let lp =
+                ListParams::default().labels(&format!("velero.io/schedule-name={sched_label}"));
             let mut list = bapi
                 .list(&lp)
                 .await
                 .map_err(|e| Error::kube("list backups", e))?
                 .items;
             list.extend(
-                bapi.list(&ListParams::default().labels(&format!("{SCHEDULE_NAME_LABEL}={sched}")))
-                    .await
-                    .map_err(|e| Error::kube("list backups", e))?
-                    .items,
+                bapi.list(
+                    &ListParams::default().labels(&format!("{SCHEDULE_NAME_LABEL}={sched_label}")),
+                )
+                .await
+                .map_err(|e| Error::kube("list backups", e))?
+                .items,
             );
             let allow_partial = settings.allow_partially_failed;
             list.retain(
