@@ -40,6 +40,7 @@ mod session;
 mod snapshots;
 pub mod store;
 mod usage;
+mod volume;
 mod writer;
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport, ItemProblem, Parent};
@@ -65,6 +66,9 @@ pub use session::{
 pub use snapshots::{SnapshotFilter, SnapshotList};
 pub use store::{
     Backend, Condition, ObjectInfo, Store, StoreOptions, Version, WriteMode, open_store,
+};
+pub use volume::{
+    VOLUME_CHUNK_DEFAULT, VolumeBackupOptions, VolumeRestoreOptions, VolumeRestoreReport,
 };
 pub use writer::{WriteStats, Writer};
 
