@@ -140,9 +140,13 @@ pub struct ForgetArgs {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    /// Files and directories to back up.
+    /// Files and directories to back up (with --block: one block device or image file).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Back up a block device or a disk image as a volume: its bytes, in aligned chunks,
+    /// holes and zeros left out. Restore it with `snapshot restore SNAP --target DEVICE|FILE`.
+    #[arg(long, conflicts_with_all = ["excludes", "exclude_files", "one_file_system"])]
+    block: bool,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -210,6 +214,10 @@ pub struct RestoreArgs {
     /// Do not restore owners even when running as root.
     #[arg(long)]
     no_owner: bool,
+    /// A volume restored onto a device known to read as zeros (new, or discarded): the
+    /// ranges the snapshot holds no data for are not zeroed.
+    #[arg(long)]
+    fresh: bool,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -465,17 +473,13 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
 }
 
 async fn create(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
+    if a.block {
+        return create_volume(ctx, a).await;
+    }
     let idx = indexed(ctx).await?;
     let mut opts = BackupOptions::new(a.paths.clone());
     opts.tags = a.tags;
-    let mut labels = BTreeMap::new();
-    for l in &a.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--label {l:?}: use KEY=VALUE"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
-    opts.labels = labels;
+    opts.labels = parse_labels(&a.labels)?;
     opts.excludes = a.excludes;
     for f in &a.exclude_files {
         opts.excludes.extend(read_exclude_file(f)?);
@@ -593,6 +597,9 @@ async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
         }
         return Ok(0);
     }
+    if let arca_format::SnapshotRoot::Volume(_) = &s.root {
+        return restore_volume(ctx, &idx, &id, &s, &a).await;
+    }
     let mut opts = RestoreOptions::new(&a.target);
     opts.top = s.top.clone();
     opts.subpath = a.subpath;
@@ -650,6 +657,115 @@ async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
             );
         }
         return Ok(EXIT_PARTIAL);
+    }
+    Ok(0)
+}
+
+fn parse_labels(v: &[String]) -> Result<BTreeMap<String, String>> {
+    v.iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--label {l:?}: use KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `snapshot create --block`: one device or image as a volume snapshot.
+async fn create_volume(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
+    let [source] = a.paths.as_slice() else {
+        bail!("--block backs up one device or image file; give one path");
+    };
+    let idx = indexed(ctx).await?;
+    let mut opts = arca_engine::VolumeBackupOptions::new(source);
+    opts.tags = a.tags.clone();
+    opts.labels = parse_labels(&a.labels)?;
+    opts.parent = if a.force {
+        Parent::None
+    } else if let Some(p) = &a.parent {
+        Parent::Snapshot(
+            idx.repo()
+                .find_snapshot(p, &SnapshotFilter::default())
+                .await?
+                .0,
+        )
+    } else {
+        Parent::Auto
+    };
+    if let Some(h) = a.host {
+        opts.identity = Identity {
+            host: h,
+            ..Identity::current()
+        };
+    }
+    opts.threads = a.threads;
+    opts.checkpoint =
+        std::time::Duration::from_secs(arca_engine::parse_duration(&a.checkpoint_interval)? as u64);
+    opts.cancel = ctx.cancel.clone();
+    let progress = Arc::new(BackupProgress::default());
+    let bar = progress::backup(ctx.show_progress(), progress.clone());
+    let report = idx.backup_volume(opts, progress).await;
+    drop(bar);
+    let report = report?;
+    let s = &report.snapshot;
+    if ctx.json {
+        print_json(&serde_json::json!({ "snapshot": SnapshotView::new(&report.id, s) }))?;
+    } else if !ctx.quiet {
+        let m = &s.summary;
+        let size = match &s.root {
+            arca_format::SnapshotRoot::Volume(v) => v.size,
+            _ => 0,
+        };
+        println!(
+            "volume {} of {}: {} of data, added {} ({} stored)",
+            source.display(),
+            output::bytes(size),
+            output::bytes(m.bytes_processed),
+            output::bytes(m.bytes_added),
+            output::bytes(m.bytes_stored)
+        );
+        println!("snapshot {} saved", report.id.short());
+    }
+    Ok(0)
+}
+
+/// `snapshot restore` of a volume snapshot: onto a device, or into a new image file.
+async fn restore_volume(
+    ctx: &Ctx,
+    idx: &Indexed,
+    id: &SnapshotId,
+    s: &arca_format::Snapshot,
+    a: &RestoreArgs,
+) -> Result<u8> {
+    if !a.subpath.is_empty() {
+        bail!("a volume snapshot has no paths inside: restore it whole");
+    }
+    let mut opts = arca_engine::VolumeRestoreOptions::new(&a.target);
+    opts.overwrite = matches!(a.existing, ExistingArg::Overwrite);
+    opts.fresh = a.fresh;
+    opts.cancel = ctx.cancel.clone();
+    let progress = Arc::new(RestoreProgress::default());
+    let bar = progress::restore(ctx.show_progress(), progress.clone());
+    let report = idx.restore_volume(s, &opts, progress).await;
+    drop(bar);
+    let report = report?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "snapshot": id.to_hex(),
+            "target": a.target.display().to_string(),
+            "size": report.size,
+            "bytes_written": report.bytes_written,
+            "bytes_zeroed": report.bytes_zeroed,
+        }))?;
+    } else if !ctx.quiet {
+        println!(
+            "restored volume {} ({}): {} written, {} zeroed, onto {}",
+            id.short(),
+            output::bytes(report.size),
+            output::bytes(report.bytes_written),
+            output::bytes(report.bytes_zeroed),
+            a.target.display()
+        );
     }
     Ok(0)
 }

@@ -421,7 +421,7 @@ impl Indexed {
             let f = o.open(target).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
                     Error::Invalid(format!(
-                        "{} exists: restore into a new file, or overwrite it explicitly",
+                        "{} exists: restore into a new file, or overwrite it (`--existing overwrite`)",
                         target.display()
                     ))
                 } else {
