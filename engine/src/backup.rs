@@ -116,8 +116,10 @@ impl BackupOptions {
 pub struct BackupProgress {
     /// Files finished (read or found unchanged).
     pub files_done: AtomicU64,
-    /// Bytes of file content finished.
+    /// Bytes of file content finished (read, or found unchanged).
     pub bytes_done: AtomicU64,
+    /// Bytes of content actually read from the source.
+    pub bytes_read: AtomicU64,
     /// Files to do, once the scan finished.
     pub total_files: AtomicU64,
     /// Bytes to do, once the scan finished.
@@ -957,9 +959,9 @@ fn read_file(ctx: &Ctx, path: &Path, expect: &Metadata) -> FileOutcome {
                 match ctx.writer.store(BlobType::Data, chunk) {
                     Ok(id) => {
                         content.push(id);
-                        ctx.progress
-                            .bytes_done
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        let n = chunk.len() as u64;
+                        ctx.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+                        ctx.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
                         Ok(())
                     }
                     Err(e) => {
@@ -979,6 +981,7 @@ fn read_file(ctx: &Ctx, path: &Path, expect: &Metadata) -> FileOutcome {
     };
     if expect.len() <= ctx.chunker.min_size() as u64 {
         ctx.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+        ctx.progress.bytes_read.fetch_add(size, Ordering::Relaxed);
     }
     let changed = match file.metadata() {
         Ok(after) => {

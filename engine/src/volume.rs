@@ -274,6 +274,7 @@ impl Indexed {
                             file.read_exact_at(&mut buf, off)
                                 .map_err(|e| Error::io("read", &src, e))?;
                             p.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
+                            p.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
                             if all_zero(&buf) {
                                 return Ok(None);
                             }
