@@ -7,7 +7,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -182,4 +183,127 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
     ]);
     sh("e2fsck", &["-fn", img.to_str().unwrap()]);
     env.ok(&["repo", "check", "--read-data"]);
+}
+
+/// A 10 GiB sparse image holding 100 MiB costs about 100 MiB and restores sparse; nothing
+/// of its holes is read.
+#[test]
+fn a_sparse_ten_gib_image_costs_its_data() {
+    let env = Env::new();
+    env.init();
+    let img = env.path("big.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(10 << 30).unwrap();
+    for i in 0..10u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise(i, 10 << 20), i * (1 << 30)).unwrap();
+    }
+    f.sync_all().unwrap();
+    let s = env.json(&["snapshot", "create", "--block", img.to_str().unwrap()]);
+    let m = &s["snapshot"]["summary"];
+    assert_eq!(s["snapshot"]["volume_size"], 10u64 << 30);
+    assert_eq!(m["bytes_processed"], 100u64 << 20);
+    assert!(m["bytes_stored"].as_u64().unwrap() < 102 << 20, "{m}");
+    let ls = env.ok(&["snapshot", "ls", s["snapshot"]["id"].as_str().unwrap()]);
+    assert!(ls.contains("block volume of 10.0 GiB"), "{ls}");
+    let list = env.ok(&["snapshot", "list"]);
+    assert!(list.contains("volume"), "{list}");
+    let out = env.path("big-restored.img");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 10 << 30);
+    assert!(allocated(&out) < 110 << 20, "sparse: {}", allocated(&out));
+    for i in 0..10u64 {
+        let mut buf = vec![0u8; 10 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&out).unwrap(),
+            &mut buf,
+            i * (1 << 30),
+        )
+        .unwrap();
+        assert!(buf == noise(i, 10 << 20), "region {i}");
+    }
+}
+
+/// kill -9 in the middle of a volume backup: the repository checks clean, and the next
+/// run reuses what the first one had indexed.
+#[test]
+fn kill_9_during_a_volume_backup_then_a_new_run() {
+    let env = Env::new();
+    env.init();
+    let img = env.path("disk.img");
+    let f = std::fs::File::create(&img).unwrap();
+    for i in 0..24u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise(500 + i, 8 << 20), i * (8 << 20))
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    let total = 24u64 * (8 << 20);
+    let index_dir = Path::new(&env.repo).join("index");
+    let mut child = env
+        .cmd()
+        .args([
+            "snapshot",
+            "create",
+            "--block",
+            img.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1s",
+            "--compression",
+            "none",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let indexed = || {
+        std::fs::read_dir(&index_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()).any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !indexed() && start.elapsed() < Duration::from_secs(120) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed; make the image larger"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+    let check = env.json(&["repo", "check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["snapshots"], 0, "no manifest from a killed backup");
+    let s = env.json(&[
+        "snapshot",
+        "create",
+        "--block",
+        img.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let added = s["snapshot"]["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(
+        added < total,
+        "what the killed run indexed is reused: {added} of {total}"
+    );
+    let out = env.path("out.img");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
 }

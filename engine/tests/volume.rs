@@ -203,3 +203,43 @@ async fn a_cancelled_backup_stores_no_snapshot() {
         .unwrap_err();
     assert!(e.to_string().contains("not a block device"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_cancelled_midway_runs_again_to_the_end() {
+    let (_store, idx, dir) = memory_repo().await;
+    let img = dir.path().join("busy.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.write_all_at(&noise(3, 32 * MIB as usize), 0).unwrap();
+    let r = idx
+        .backup_volume(opts(&img), Arc::new(BackupProgress::default()))
+        .await
+        .unwrap();
+    let out = dir.path().join("out.img");
+    let mut o = VolumeRestoreOptions::new(&out);
+    o.parallel = 1;
+    let progress = Arc::new(RestoreProgress::default());
+    let (p, cancel) = (progress.clone(), o.cancel.clone());
+    // Cancel as soon as the first bytes are down.
+    let watcher = tokio::spawn(async move {
+        while p.bytes_done.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let e = idx
+        .restore_volume(&r.snapshot, &o, progress.clone())
+        .await
+        .unwrap_err();
+    watcher.await.unwrap();
+    assert!(matches!(e, arca_engine::Error::Cancelled), "{e}");
+    assert!(
+        progress.bytes_done.load(Ordering::Relaxed) < 32 * MIB,
+        "stopped early"
+    );
+    let mut again = VolumeRestoreOptions::new(&out);
+    again.overwrite = true;
+    idx.restore_volume(&r.snapshot, &again, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+}
