@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Which chunking suits block volumes: fixed aligned chunks of several sizes against FastCDC
 # (the image backed up as one file), measured as users change disks: an ext4 file system
-# of ${SIZE_MB:-1024} MiB filled with ~55 % files (text, random, a few large), then 1 % of
-# its bytes rewritten in place through the file system (whole small files and ranges of
-# large ones), then the second backup's added bytes. Needs root (loop mount).
+# of ${SIZE_MB:-1024} MiB filled with ~55 % files (text, random, a few large), then about
+# 1 % of its bytes rewritten in place through the file system (runs of 4 KiB to 512 KiB;
+# runs may overlap, so "changed" is approximate), then the second backup's added bytes.
+# Needs root (loop mount).
 # Usage: benches/scripts/block-chunking.sh   (prints a Markdown table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,10 +65,11 @@ while budget > 0:
         continue
     ln = min(n, rnd.randint(4 << 10, 512 << 10), budget)
     off = rnd.randrange(0, n - ln + 1) // 4096 * 4096
+    k = min(ln, n - off)
     with open(p, "r+b") as f:
         f.seek(off)
-        f.write(rnd.randbytes(min(ln, n - off)))
-    budget -= ln
+        f.write(rnd.randbytes(k))
+    budget -= k
 PY
   sync
   umount "$mnt"
@@ -83,8 +85,6 @@ run() { # label, args...
   first=$("$arca" snapshot create "$@" "$img" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["snapshot"]["summary"]; print(s["bytes_added"])')
   change "$img"
   second=$("$arca" snapshot create "$@" "$img" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["snapshot"]["summary"]; print(s["bytes_added"])')
-  local blobs
-  blobs=$("$arca" repo status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("blobs", "?"))' || echo "?")
   printf '| %s | %.0f MiB | %.1f MiB | %.2f %% of the changed bytes |\n' "$label" \
     "$(echo "$first / 1048576" | bc -l)" "$(echo "$second / 1048576" | bc -l)" \
     "$(echo "100 * $second / ($size_mb * 1048576 / 100)" | bc -l)"

@@ -293,7 +293,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
             } else {
                 println!(
                     "{:<9} {:<19} {:<14} {:<6} {:>10} {:>10} {:<16} PATHS",
-                    "ID", "TIME", "HOST", "KIND", "SIZE", "STORED", "TAGS"
+                    "ID", "TIME", "HOST", "KIND", "SIZE", "ADDED", "TAGS"
                 );
                 for (id, s) in &snaps {
                     // A volume's size is the device's; a tree's, its files' content.
@@ -334,12 +334,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<u8> {
                 .await?;
             if let arca_format::SnapshotRoot::Volume(v) = &s.root {
                 // No paths inside: say what it holds.
-                let data: u64 = idx
-                    .volume_extents(v)
-                    .await?
-                    .iter()
-                    .map(|e| e.length as u64)
-                    .sum();
+                let data = idx.volume_data(v).await?;
                 if ctx.json {
                     print_json(&serde_json::json!({
                         "volume_size": v.size,
@@ -779,6 +774,7 @@ async fn restore_volume(
         bail!("a volume snapshot has no paths inside: restore it whole");
     }
     let mut opts = arca_engine::VolumeRestoreOptions::new(&a.target);
+    // A device or an existing image is written over only when the user says so.
     opts.overwrite = matches!(a.existing, ExistingArg::Overwrite);
     opts.fresh = a.fresh;
     opts.cancel = ctx.cancel.clone();

@@ -132,10 +132,24 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
         "the change and the file system's metadata, not the volume: {added} bytes"
     );
 
-    // Onto another loop device: the same file system, checked and compared.
-    let dst = Loop::new(&env.path("dst.img"), 300 * MIB);
+    // Onto another loop device, full of old data (the gaps must be zeroed): the same file
+    // system, checked and compared. Writing over a device needs saying so.
+    let dst_img = env.path("dst.img");
+    let dst = Loop::new(&dst_img, 300 * MIB);
+    std::fs::write(&dst_img, noise(77, 300 * MIB as usize)).unwrap();
     let id = second["snapshot"]["id"].as_str().unwrap();
-    env.ok(&["snapshot", "restore", id, "--target", &dst.dev]);
+    let out = env.run(&["snapshot", "restore", id, "--target", &dst.dev]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--existing overwrite"));
+    env.ok(&[
+        "snapshot",
+        "restore",
+        id,
+        "--target",
+        &dst.dev,
+        "--existing",
+        "overwrite",
+    ]);
     sh("e2fsck", &["-fn", &dst.dev]);
     {
         let a = Mount::new(&src.dev, &env.path("a"), true);
@@ -154,9 +168,19 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
         }
     }
 
-    // A device too small is refused before anything is written.
-    let small = Loop::new(&env.path("small.img"), 128 * MIB);
-    let out = env.run(&["snapshot", "restore", id, "--target", &small.dev]);
+    // A device too small is refused before anything is written; a mounted one is refused.
+    let small_img = env.path("small.img");
+    let small = Loop::new(&small_img, 128 * MIB);
+    std::fs::write(&small_img, noise(78, 128 * MIB as usize)).unwrap();
+    let out = env.run(&[
+        "snapshot",
+        "restore",
+        id,
+        "--target",
+        &small.dev,
+        "--existing",
+        "overwrite",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least that large"), "{err}");
@@ -164,6 +188,39 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
         !err.contains("panicked") && !err.contains("backtrace"),
         "{err}"
     );
+    assert!(
+        std::fs::read(&small_img).unwrap() == noise(78, 128 * MIB as usize),
+        "untouched"
+    );
+    {
+        let _m = Mount::new(&src.dev, &mnt, true);
+        let out = env.run(&[
+            "snapshot",
+            "restore",
+            id,
+            "--target",
+            &src.dev,
+            "--existing",
+            "overwrite",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in use"),
+            "a mounted device is never written: {err}"
+        );
+    }
+    // A device path that does not exist does not become a file under /dev.
+    let out = env.run(&[
+        "snapshot",
+        "restore",
+        id,
+        "--target",
+        "/dev/arca-no-such-disk",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such device"));
+    assert!(!Path::new("/dev/arca-no-such-disk").exists());
 
     // Into an image file: sparse, and not over an existing file unless asked.
     let img = env.path("restored.img");

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arca_format::{
-    BlobType, Compression, Extent, ExtentList, SessionKind, Snapshot, SnapshotRoot, Timestamp,
-    Volume,
+    BlobId, BlobType, Compression, Extent, ExtentList, SessionKind, Snapshot, SnapshotRoot,
+    Timestamp, Volume,
 };
-use futures::StreamExt;
+use futures::TryStreamExt;
 use rayon::prelude::*;
 
 use crate::backup::{BackupProgress, BackupReport, Parent};
@@ -152,19 +152,50 @@ fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Chunk offsets covering `ranges`, aligned to `chunk`, each once, ascending.
-fn chunk_offsets(ranges: &[(u64, u64)], chunk: u64, size: u64) -> Vec<u64> {
-    let mut out: Vec<u64> = Vec::new();
-    for &(s, e) in ranges {
-        let mut o = s / chunk * chunk;
-        while o < e.min(size) {
-            if out.last() != Some(&o) {
-                out.push(o);
-            }
-            o += chunk;
+/// Chunk offsets covering `ranges`, aligned to `chunk`, each once, ascending; generated
+/// as needed (a 16 TiB device has 256 million of them).
+struct ChunkOffsets<'a> {
+    ranges: &'a [(u64, u64)],
+    chunk: u64,
+    size: u64,
+    next: Option<u64>,
+    last: Option<u64>,
+}
+
+impl<'a> ChunkOffsets<'a> {
+    fn new(ranges: &'a [(u64, u64)], chunk: u64, size: u64) -> Self {
+        Self {
+            ranges,
+            chunk,
+            size,
+            next: None,
+            last: None,
         }
     }
-    out
+}
+
+impl Iterator for ChunkOffsets<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        loop {
+            let &(s, e) = self.ranges.first()?;
+            let end = e.min(self.size);
+            let o = self.next.unwrap_or(s / self.chunk * self.chunk);
+            if o >= end {
+                self.ranges = &self.ranges[1..];
+                self.next = None;
+                continue;
+            }
+            self.next = Some(o + self.chunk);
+            // Two ranges in one chunk: that chunk once.
+            if self.last == Some(o) {
+                continue;
+            }
+            self.last = Some(o);
+            return Some(o);
+        }
+    }
 }
 
 fn all_zero(b: &[u8]) -> bool {
@@ -213,7 +244,15 @@ impl Indexed {
         self.resync().await?;
         let parent = match &opts.parent {
             Parent::None => None,
-            Parent::Snapshot(id) => Some(*id),
+            Parent::Snapshot(id) => {
+                if !matches!(self.repo.snapshot(id).await?.root, SnapshotRoot::Volume(_)) {
+                    return Err(Error::Invalid(format!(
+                        "snapshot {} holds a directory tree: a volume's parent is a volume snapshot",
+                        id.short()
+                    )));
+                }
+                Some(*id)
+            }
             Parent::Auto => {
                 let filter = SnapshotFilter {
                     hosts: vec![opts.identity.host.clone()],
@@ -240,9 +279,10 @@ impl Indexed {
         writer.set_checkpoint(opts.checkpoint);
         let _ = progress.written.set(writer.stats());
         let ranges = data_ranges(&file, size);
-        let offsets = chunk_offsets(&ranges, chunk as u64, size);
         progress.total_bytes.store(
-            offsets.iter().map(|&o| (chunk as u64).min(size - o)).sum(),
+            ChunkOffsets::new(&ranges, chunk as u64, size)
+                .map(|o| (chunk as u64).min(size - o))
+                .sum(),
             Ordering::Relaxed,
         );
         progress.total_files.store(1, Ordering::Relaxed);
@@ -256,21 +296,28 @@ impl Indexed {
         };
         let (w, p, cancel) = (writer.clone(), progress.clone(), opts.cancel.clone());
         let src = source.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<Vec<Extent>> {
+        // On a blocking thread: the writer's stores may wait for upload slots. Extent lists
+        // are stored as they fill, so memory stays bounded whatever the volume's size.
+        let read = tokio::task::spawn_blocking(move || -> Result<(Vec<BlobId>, u64)> {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("arca-volume-{i}"))
                 .build()
                 .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))?;
-            let mut extents = Vec::new();
-            for batch in offsets.chunks(BATCH_CHUNKS) {
-                if cancel.load(Ordering::Relaxed) || w.aborted() {
-                    return Err(Error::Cancelled);
-                }
+            let (mut lists, mut pending, mut data) = (Vec::new(), Vec::new(), 0u64);
+            let mut offsets = ChunkOffsets::new(&ranges, chunk as u64, size).peekable();
+            let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+            while offsets.peek().is_some() {
+                batch.clear();
+                batch.extend(offsets.by_ref().take(BATCH_CHUNKS));
                 let got: Vec<Result<Option<Extent>>> = pool.install(|| {
                     batch
                         .par_iter()
                         .map(|&off| {
+                            // Per chunk, so a cancel stops the work within one chunk's read.
+                            if cancel.load(Ordering::Relaxed) || w.aborted() {
+                                return Err(Error::Cancelled);
+                            }
                             let len = (chunk as u64).min(size - off) as usize;
                             let mut buf = vec![0u8; len];
                             file.read_exact_at(&mut buf, off)
@@ -291,16 +338,28 @@ impl Indexed {
                 });
                 for g in got {
                     if let Some(e) = g? {
-                        extents.push(e);
+                        data += e.length as u64;
+                        pending.push(e);
                     }
                 }
+                if pending.len() >= EXTENTS_PER_LIST {
+                    let rest = pending.split_off(EXTENTS_PER_LIST);
+                    let list = ExtentList {
+                        extents: std::mem::replace(&mut pending, rest),
+                    };
+                    lists.push(w.store(BlobType::ExtentList, &list.encode()?)?);
+                }
             }
-            Ok(extents)
+            if !pending.is_empty() {
+                let list = ExtentList { extents: pending };
+                lists.push(w.store(BlobType::ExtentList, &list.encode()?)?);
+            }
+            Ok((lists, data))
         })
         .await
         .expect("volume reader panicked");
-        let extents = match read {
-            Ok(e) => e,
+        let (lists, data) = match read {
+            Ok(r) => r,
             Err(e) => {
                 // Whatever was uploaded is indexed for the next run; no manifest.
                 let finished = writer.finish().await;
@@ -310,13 +369,6 @@ impl Indexed {
                 });
             }
         };
-        let mut lists = Vec::new();
-        for part in extents.chunks(EXTENTS_PER_LIST) {
-            let list = ExtentList {
-                extents: part.to_vec(),
-            };
-            lists.push(writer.store(BlobType::ExtentList, &list.encode()?)?);
-        }
         writer.finish().await?;
         progress.files_done.store(1, Ordering::Relaxed);
 
@@ -334,7 +386,7 @@ impl Indexed {
         snapshot.labels = opts.labels.clone();
         snapshot.parent = parent;
         snapshot.summary.files_new = 1;
-        snapshot.summary.bytes_processed = extents.iter().map(|e| e.length as u64).sum();
+        snapshot.summary.bytes_processed = data;
         snapshot.summary.data_blobs = ws.data_blobs.load(Ordering::Relaxed);
         snapshot.summary.tree_blobs = ws.tree_blobs.load(Ordering::Relaxed);
         snapshot.summary.bytes_added = ws.bytes_added.load(Ordering::Relaxed);
@@ -357,26 +409,36 @@ impl Indexed {
         })
     }
 
-    /// The extents of a volume snapshot, in offset order.
-    pub async fn volume_extents(&self, v: &Volume) -> Result<Vec<Extent>> {
-        let mut out = Vec::new();
+    /// Read a volume's extent lists one by one, checking that extents ascend without
+    /// overlap across all lists and end within the volume; the bytes of data they hold.
+    /// Memory stays one list, whatever the volume's size.
+    pub async fn volume_data(&self, v: &Volume) -> Result<u64> {
         let mut end = 0u64;
+        let mut data = 0u64;
         for l in &v.extent_lists {
-            let list = ExtentList::decode(&self.read_blob(l).await?)?;
-            for e in list.extents {
-                // Lists are checked one by one; across lists, and against the size, here.
-                if e.offset < end || e.offset + e.length as u64 > v.size {
-                    return Err(Error::Invalid(format!(
-                        "extent list {} is damaged: an extent at {} overlaps or lies past the volume's end",
-                        l.short(),
-                        e.offset
-                    )));
-                }
-                end = e.offset + e.length as u64;
-                out.push(e);
+            for e in self.extent_list(v, l, &mut end).await? {
+                data += e.length as u64;
             }
         }
-        Ok(out)
+        Ok(data)
+    }
+
+    /// One extent list, checked against the volume and the end of the lists before it.
+    async fn extent_list(&self, v: &Volume, l: &BlobId, end: &mut u64) -> Result<Vec<Extent>> {
+        let list = ExtentList::decode(&self.read_blob(l).await?)?;
+        for e in &list.extents {
+            // Within a list, order is checked by the decoder; across lists and against the
+            // size, here (the decoder's checked sums rule out overflow).
+            if e.offset < *end || e.offset + e.length as u64 > v.size {
+                return Err(Error::Invalid(format!(
+                    "extent list {} is damaged: an extent at {} overlaps or lies past the volume's end",
+                    l.short(),
+                    e.offset
+                )));
+            }
+            *end = e.offset + e.length as u64;
+        }
+        Ok(list.extents)
     }
 
     /// Restore a volume snapshot onto a block device or into an image file.
@@ -391,54 +453,13 @@ impl Indexed {
                 "this snapshot holds a directory tree: restore it with `snapshot restore --target <dir>`".into(),
             ));
         };
-        let extents = self.volume_extents(v).await?;
-        let target = &opts.target;
-        let device = is_block_device(target);
-        let file = if device {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(target)
-                .map_err(|e| Error::io("open", target, e))?;
-            let have = {
-                use std::io::Seek;
-                let mut r = &f;
-                r.seek(std::io::SeekFrom::End(0))
-                    .map_err(|e| Error::io("measure", target, e))?
-            };
-            if have < v.size {
-                return Err(Error::Invalid(format!(
-                    "{} holds {have} bytes; the volume needs {}: give a device at least that large",
-                    target.display(),
-                    v.size
-                )));
-            }
-            f
-        } else {
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true);
-            if opts.overwrite {
-                o.create(true);
-            } else {
-                o.create_new(true);
-            }
-            let f = o.open(target).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Invalid(format!(
-                        "{} exists: restore into a new file, or overwrite it (`--existing overwrite`)",
-                        target.display()
-                    ))
-                } else {
-                    Error::io("create", target, e)
-                }
-            })?;
-            // All holes, then the extents: the rest of an image stays sparse.
-            f.set_len(0).map_err(|e| Error::io("truncate", target, e))?;
-            f.set_len(v.size)
-                .map_err(|e| Error::io("size", target, e))?;
-            f
-        };
-        let file = Arc::new(file);
-        let total: u64 = extents.iter().map(|e| e.length as u64).sum();
+        // Every list checked before anything is written.
+        let total = self.volume_data(v).await?;
+        let file = Arc::new(open_target(&opts.target, v.size, opts.overwrite)?);
+        let device = file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device());
+        let target = opts.target.clone();
         progress.total_files.store(1, Ordering::Relaxed);
         progress.total_bytes.store(total, Ordering::Relaxed);
         progress.walk_done.store(true, Ordering::Relaxed);
@@ -446,10 +467,11 @@ impl Indexed {
             size: v.size,
             ..Default::default()
         };
-
-        // On a device, the gaps are zeroed first (cheaply, by the device where it can).
-        if device && !opts.fresh {
-            let mut pos = 0u64;
+        let zero = device && !opts.fresh;
+        let (mut end, mut pos) = (0u64, 0u64);
+        for l in &v.extent_lists {
+            let extents = self.extent_list(v, l, &mut end).await?;
+            // A device's ranges no extent covers are zeroed (cheaply, where it can).
             let mut gaps = Vec::new();
             for e in &extents {
                 if e.offset > pos {
@@ -457,82 +479,183 @@ impl Indexed {
                 }
                 pos = e.offset + e.length as u64;
             }
-            if pos < v.size {
-                gaps.push((pos, v.size - pos));
+            if zero && !gaps.is_empty() {
+                report.bytes_zeroed += self.zero(&file, &target, gaps, &opts.cancel).await?;
             }
-            let f = file.clone();
-            let t = target.clone();
-            report.bytes_zeroed = tokio::task::spawn_blocking(move || zero_ranges(&f, &t, &gaps))
-                .await
-                .expect("zeroing panicked")?;
-        }
-
-        let cancel = opts.cancel.clone();
-        let results = futures::stream::iter(extents.into_iter().map(|e| {
-            let (file, cancel, progress) = (file.clone(), cancel.clone(), progress.clone());
-            let t = target.clone();
-            async move {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-                let data = self.read_blob(&e.id).await?;
-                if data.len() != e.length as usize {
-                    return Err(Error::Invalid(format!(
-                        "blob {} holds {} bytes; its extent at {} says {}",
-                        e.id.short(),
-                        data.len(),
-                        e.offset,
-                        e.length
-                    )));
-                }
-                let n = data.len() as u64;
-                tokio::task::spawn_blocking(move || {
-                    file.write_all_at(&data, e.offset)
-                        .map_err(|err| Error::io("write", &t, err))
+            let written = std::sync::atomic::AtomicU64::new(0);
+            futures::stream::iter(extents.into_iter().map(Ok::<_, Error>))
+                .try_for_each_concurrent(opts.parallel.max(1), |e| {
+                    let (file, cancel, progress) =
+                        (file.clone(), opts.cancel.clone(), progress.clone());
+                    let (t, written) = (target.clone(), &written);
+                    async move {
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(Error::Cancelled);
+                        }
+                        let data = self.read_blob(&e.id).await?;
+                        if data.len() != e.length as usize {
+                            return Err(Error::Invalid(format!(
+                                "blob {} holds {} bytes; its extent at {} says {}",
+                                e.id.short(),
+                                data.len(),
+                                e.offset,
+                                e.length
+                            )));
+                        }
+                        let n = data.len() as u64;
+                        tokio::task::spawn_blocking(move || {
+                            file.write_all_at(&data, e.offset)
+                                .map_err(|err| Error::io("write", &t, err))
+                        })
+                        .await
+                        .expect("writer panicked")?;
+                        progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+                        written.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    }
                 })
-                .await
-                .expect("writer panicked")?;
-                progress.bytes_done.fetch_add(n, Ordering::Relaxed);
-                Ok(n)
-            }
-        }))
-        .buffer_unordered(opts.parallel.max(1))
-        .collect::<Vec<Result<u64>>>()
-        .await;
-        for r in results {
-            report.bytes_written += r?;
+                .await?;
+            report.bytes_written += written.load(Ordering::Relaxed);
+        }
+        if zero && pos < v.size {
+            report.bytes_zeroed += self
+                .zero(&file, &target, vec![(pos, v.size - pos)], &opts.cancel)
+                .await?;
         }
         let f = file.clone();
-        let t = target.clone();
-        tokio::task::spawn_blocking(move || f.sync_all().map_err(|e| Error::io("sync", &t, e)))
-            .await
-            .expect("sync panicked")?;
+        tokio::task::spawn_blocking(move || {
+            f.sync_all().map_err(|e| Error::io("sync", &target, e))
+        })
+        .await
+        .expect("sync panicked")?;
         progress.files_done.store(1, Ordering::Relaxed);
         Ok(report)
     }
+
+    async fn zero(
+        &self,
+        file: &Arc<std::fs::File>,
+        target: &Path,
+        gaps: Vec<(u64, u64)>,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<u64> {
+        let (f, t, c) = (file.clone(), target.to_path_buf(), cancel.clone());
+        tokio::task::spawn_blocking(move || zero_ranges(&f, &t, &gaps, &c))
+            .await
+            .expect("zeroing panicked")
+    }
+}
+
+/// Open a restore's target: an existing block device (only with `overwrite`, exclusively:
+/// a mounted or otherwise claimed device is refused, and it must hold the volume), or a
+/// new image file (an existing one only with `overwrite`), readable by its owner alone.
+fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if is_block_device(target) {
+        if !overwrite {
+            return Err(Error::Invalid(format!(
+                "{} is a block device: a restore writes over all of it; say so to go ahead (`--existing overwrite`)",
+                target.display()
+            )));
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            // On a block device, O_EXCL without O_CREAT claims it: EBUSY when mounted.
+            .custom_flags(libc::O_EXCL)
+            .open(target)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Invalid(format!(
+                        "{} is in use (mounted, or held by another program): unmount it first",
+                        target.display()
+                    ))
+                } else {
+                    Error::io("open", target, e)
+                }
+            })?;
+        let have = {
+            use std::io::Seek;
+            let mut r = &f;
+            r.seek(std::io::SeekFrom::End(0))
+                .map_err(|e| Error::io("measure", target, e))?
+        };
+        if have < size {
+            return Err(Error::Invalid(format!(
+                "{} holds {have} bytes; the volume needs {size}: give a device at least that large",
+                target.display()
+            )));
+        }
+        return Ok(f);
+    }
+    // A device path that does not exist (a typo, a disk not attached yet) would become a
+    // file in memory under /dev.
+    if target.starts_with("/dev") && !target.exists() {
+        return Err(Error::Invalid(format!(
+            "{}: no such device (is the disk attached?)",
+            target.display()
+        )));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    if overwrite {
+        o.create(true);
+    } else {
+        o.create_new(true);
+    }
+    let f = o.open(target).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Invalid(format!(
+                "{} exists: restore into a new file, or overwrite it (`--existing overwrite`)",
+                target.display()
+            ))
+        } else {
+            Error::io("create", target, e)
+        }
+    })?;
+    // All holes, then the extents: the rest of an image stays sparse.
+    f.set_len(0).map_err(|e| Error::io("truncate", target, e))?;
+    f.set_len(size).map_err(|e| Error::io("size", target, e))?;
+    Ok(f)
 }
 
 /// Zero byte ranges of a device: `fallocate(ZERO_RANGE)` (the kernel turns it into a
-/// write-zeroes or discard the device guarantees), else written zeros.
-fn zero_ranges(f: &std::fs::File, target: &Path, gaps: &[(u64, u64)]) -> Result<u64> {
+/// write-zeroes or discard the device guarantees); written zeros only where the device
+/// cannot (EOPNOTSUPP, EINVAL), never over an error such as EBUSY. Checks `cancel` per
+/// MiB written.
+fn zero_ranges(
+    f: &std::fs::File,
+    target: &Path,
+    gaps: &[(u64, u64)],
+    cancel: &AtomicBool,
+) -> Result<u64> {
+    use nix::errno::Errno;
     use nix::fcntl::{FallocateFlags, fallocate};
     let mut done = 0;
     let zeros = vec![0u8; 1 << 20];
     for &(off, len) in gaps {
-        let fast = fallocate(
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        match fallocate(
             f,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             off as i64,
             len as i64,
-        );
-        if fast.is_err() {
-            let mut o = off;
-            while o < off + len {
-                let n = (zeros.len() as u64).min(off + len - o) as usize;
-                f.write_all_at(&zeros[..n], o)
-                    .map_err(|e| Error::io("zero", target, e))?;
-                o += n as u64;
+        ) {
+            Ok(()) => {}
+            Err(Errno::EOPNOTSUPP | Errno::EINVAL) => {
+                let mut o = off;
+                while o < off + len {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Error::Cancelled);
+                    }
+                    let n = (zeros.len() as u64).min(off + len - o) as usize;
+                    f.write_all_at(&zeros[..n], o)
+                        .map_err(|e| Error::io("zero", target, e))?;
+                    o += n as u64;
+                }
             }
+            Err(e) => return Err(Error::io("zero", target, std::io::Error::from(e))),
         }
         done += len;
     }
@@ -545,9 +668,11 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_data_ranges_aligned() {
-        assert_eq!(chunk_offsets(&[(0, 10)], 4, 10), [0, 4, 8]);
-        assert_eq!(chunk_offsets(&[(5, 6), (7, 13)], 4, 20), [4, 8, 12]);
-        assert_eq!(chunk_offsets(&[], 4, 20), Vec::<u64>::new());
+        let offs = |r: &[(u64, u64)], c, s| ChunkOffsets::new(r, c, s).collect::<Vec<u64>>();
+        assert_eq!(offs(&[(0, 10)], 4, 10), [0, 4, 8]);
+        assert_eq!(offs(&[(5, 6), (7, 13)], 4, 20), [4, 8, 12]);
+        assert_eq!(offs(&[(0, 3), (5, 6)], 8, 20), [0]);
+        assert_eq!(offs(&[], 4, 20), Vec::<u64>::new());
         assert!(all_zero(&[0u8; 1000]) && !all_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
     }
 

@@ -39,13 +39,16 @@ pub enum Source {
 pub enum Target {
     /// Into a directory (files that exist and match are left as they are).
     Tree(PathBuf),
-    /// Onto a block device, or into a new image file. `fresh`: the device reads as zeros,
-    /// so the ranges without data are not zeroed.
+    /// Onto a block device, or into an image file.
     Block {
         /// The device or image file.
         path: PathBuf,
-        /// Whether the device is known to read as zeros.
+        /// Whether the device is known to read as zeros (the ranges without data are then
+        /// not zeroed).
         fresh: bool,
+        /// Write over what is there: required for a device, and for an image that exists
+        /// (a rerun after an interruption).
+        overwrite: bool,
     },
 }
 
@@ -120,8 +123,9 @@ pub struct Progress {
     pub rate: f64,
 }
 
-/// Stops a backup or restore: the work ends within about a second with
-/// [`Error::Cancelled`], and a backup stores no snapshot.
+/// Stops a backup or restore: the engine checks it per chunk, per file and per extent
+/// (and per MiB of zeroing), so the work ends within one such step with
+/// [`Error::Cancelled`]; a backup stores no snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct Cancel(Arc<AtomicBool>);
 
@@ -142,37 +146,59 @@ impl Cancel {
     }
 }
 
-/// Calls `report` every `every` with the counters `read` gives, until dropped.
-struct Reporter(tokio::task::JoinHandle<()>);
+/// Where progress goes.
+type Report = std::sync::Mutex<Box<dyn FnMut(Progress) + Send>>;
+
+/// Calls `report` every `every` with the counters `read` gives, and once more at the end.
+struct Reporter {
+    task: tokio::task::JoinHandle<()>,
+    last: Box<dyn FnMut() + Send>,
+}
 
 impl Reporter {
     fn start<T: Send + Sync + 'static>(
         every: Duration,
         counters: Arc<T>,
         read: fn(&T) -> (u64, u64),
-        mut report: impl FnMut(Progress) + Send + 'static,
+        report: impl FnMut(Progress) + Send + 'static,
     ) -> Self {
         let started = Instant::now();
-        Self(tokio::spawn(async move {
+        let report: Arc<Report> = Arc::new(std::sync::Mutex::new(Box::new(report)));
+        let send = move |report: &Report, counters: &T| {
+            let (done, total) = read(counters);
+            let secs = started.elapsed().as_secs_f64();
+            let mut r = report.lock().expect("lock");
+            (*r)(Progress {
+                bytes_done: done,
+                bytes_total: total,
+                rate: if secs > 0.0 { done as f64 / secs } else { 0.0 },
+            });
+        };
+        let (r, c) = (report.clone(), counters.clone());
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let (done, total) = read(&counters);
-                let secs = started.elapsed().as_secs_f64();
-                report(Progress {
-                    bytes_done: done,
-                    bytes_total: total,
-                    rate: if secs > 0.0 { done as f64 / secs } else { 0.0 },
-                });
+                send(&r, &c);
             }
-        }))
+        });
+        Self {
+            task,
+            last: Box::new(move || send(&report, &counters)),
+        }
+    }
+
+    /// The final update, with the counters as they ended.
+    fn finish(mut self) {
+        self.task.abort();
+        (self.last)();
     }
 }
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -203,7 +229,7 @@ pub async fn backup(
     let mut labels = req.labels.clone();
     labels.insert(VOLUME_LABEL.to_string(), req.volume.clone());
     let progress = Arc::new(BackupProgress::default());
-    let _reporter = Reporter::start(
+    let reporter = Reporter::start(
         every,
         progress.clone(),
         |p| {
@@ -236,6 +262,7 @@ pub async fn backup(
             repo.backup_volume(o, progress.clone()).await?
         }
     };
+    reporter.finish();
     let m = &r.snapshot.summary;
     let bytes_total = match &r.snapshot.root {
         SnapshotRoot::Volume(v) => v.size,
@@ -274,7 +301,7 @@ pub async fn restore(
     let started = Instant::now();
     let snap = repo.repo().snapshot(&req.snapshot).await?;
     let progress = Arc::new(RestoreProgress::default());
-    let _reporter = Reporter::start(
+    let reporter = Reporter::start(
         every,
         progress.clone(),
         |p| {
@@ -285,7 +312,7 @@ pub async fn restore(
         },
         report,
     );
-    match (&req.target, &snap.root) {
+    let result = match (&req.target, &snap.root) {
         (Target::Tree(dir), SnapshotRoot::Tree(_)) => {
             let mut o = RestoreOptions::new(dir);
             o.top = snap.top.clone();
@@ -301,11 +328,17 @@ pub async fn restore(
                 warnings: problems(&r.errors, &r.warnings),
             })
         }
-        (Target::Block { path, fresh }, SnapshotRoot::Volume(_)) => {
+        (
+            Target::Block {
+                path,
+                fresh,
+                overwrite,
+            },
+            SnapshotRoot::Volume(_),
+        ) => {
             let mut o = VolumeRestoreOptions::new(path);
             o.fresh = *fresh;
-            // A rerun after an interruption writes the same image again.
-            o.overwrite = true;
+            o.overwrite = *overwrite;
             o.cancel = cancel.0.clone();
             let r = repo.restore_volume(&snap, &o, progress.clone()).await?;
             Ok(RestoreResult {
@@ -323,5 +356,9 @@ pub async fn restore(
             "snapshot {} holds a directory tree: restore it into a directory",
             req.snapshot.short()
         ))),
+    };
+    if result.is_ok() {
+        reporter.finish();
     }
+    result
 }

@@ -111,12 +111,17 @@ async fn a_tree_volume_backs_up_incrementally_wherever_it_is_mounted() {
     assert_eq!(first.bytes_total, 20 * 256 * 1024);
     assert_eq!(first.bytes_read, first.bytes_total);
     assert!(first.bytes_new >= first.bytes_total && first.bytes_stored > 0);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "progress was reported");
     assert!(
-        seen.lock()
-            .unwrap()
-            .windows(2)
-            .all(|w| w[0].bytes_done <= w[1].bytes_done),
+        seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done),
         "progress only grows"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.bytes_done, last.bytes_total),
+        (first.bytes_total, first.bytes_total),
+        "the last update is the end"
     );
 
     // The pod moved: the same volume at another path, one file changed.
@@ -169,6 +174,10 @@ async fn a_block_volume_through_the_api_and_the_wrong_kinds_of_target() {
     assert_eq!(first.bytes_total, 32 << 20);
     assert_eq!(first.files, 1);
     // A tree snapshot of the same identity is not a block volume's parent.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("x"), b"x").unwrap();
+    backup_of(&idx, Source::Tree(tree)).await.unwrap();
     f.write_all_at(b"changed", 5 << 20).unwrap();
     let second = backup_of(&idx, Source::Block(img.clone())).await.unwrap();
     assert_eq!(second.parent, Some(first.snapshot));
@@ -178,6 +187,7 @@ async fn a_block_volume_through_the_api_and_the_wrong_kinds_of_target() {
     let target = Target::Block {
         path: out.clone(),
         fresh: false,
+        overwrite: false,
     };
     let r = restore_to(&idx, second.snapshot, target.clone())
         .await
