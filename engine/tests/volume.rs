@@ -245,3 +245,67 @@ async fn a_restore_cancelled_midway_runs_again_to_the_end() {
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
 }
+
+/// Hostile maps: extents overlapping across lists, running past the volume's end, or whose
+/// blob disagrees with its length are refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_extent_lists_are_refused_before_writing() {
+    use arca_engine::{SessionGuard, Writer};
+    use arca_format::{BlobType, Compression, Extent, ExtentList, SessionKind, Snapshot, Volume};
+    let (_store, idx, dir) = memory_repo().await;
+    let guard = SessionGuard::start(idx.repo(), SessionKind::Backup, &who())
+        .await
+        .unwrap();
+    let w = Writer::new(&idx, Compression::None, guard.liveness());
+    let data = w.store(BlobType::Data, &noise(1, 4096)).unwrap();
+    let list = |extents: Vec<(u64, u32)>| {
+        let l = ExtentList {
+            extents: extents
+                .into_iter()
+                .map(|(offset, length)| Extent {
+                    offset,
+                    length,
+                    id: data,
+                })
+                .collect(),
+        };
+        w.store(BlobType::ExtentList, &l.encode().unwrap()).unwrap()
+    };
+    let a = list(vec![(0, 4096), (8192, 4096)]);
+    let overlapping = list(vec![(4096, 8192)]); // 4096..12288 overlaps 8192 of `a`
+    let past_end = list(vec![(1 << 20, 4096)]);
+    let wrong_length = list(vec![(16384, 8192)]); // the blob holds 4096
+    w.finish().await.unwrap();
+    guard.end().await.unwrap();
+    let cases = [
+        (
+            "overlap across lists",
+            vec![a, overlapping],
+            1 << 20,
+            "overlaps",
+        ),
+        (
+            "past the end",
+            vec![past_end],
+            1 << 20,
+            "past the volume's end",
+        ),
+        ("wrong length", vec![wrong_length], 1 << 20, "says"),
+    ];
+    for (what, lists, size, needle) in cases {
+        let mut s = Snapshot::new(SnapshotRoot::Volume(Volume {
+            size,
+            extent_lists: lists,
+        }));
+        s.host = "test-host".into();
+        let out = dir.path().join(what.replace(' ', "-"));
+        let e = idx
+            .restore_volume(&s, &VolumeRestoreOptions::new(&out), Arc::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(needle), "{what}: {e}");
+        if needle != "says" {
+            assert!(!out.exists(), "{what}: nothing written before the check");
+        }
+    }
+}
