@@ -268,6 +268,9 @@ fn a_sparse_ten_gib_image_costs_its_data() {
     assert!(ls.contains("block volume of 10.0 GiB"), "{ls}");
     let list = env.ok(&["snapshot", "list"]);
     assert!(list.contains("volume"), "{list}");
+    let stats = env.json(&["snapshot", "stats"]);
+    assert_eq!(stats["logical_bytes"], 100u64 << 20, "{stats}");
+    assert_eq!(stats["files"], 1);
     let out = env.path("big-restored.img");
     env.ok(&[
         "snapshot",

@@ -95,7 +95,7 @@ fn tree_root(root: &SnapshotRoot) -> Result<BlobId> {
     match root {
         SnapshotRoot::Tree(t) => Ok(*t),
         SnapshotRoot::Volume(_) => Err(Error::Invalid(
-            "this snapshot is a block volume, not a directory tree".into(),
+            "this snapshot is a block volume, not a directory tree: it has no paths to list or compare (`snapshot ls` shows its size and data)".into(),
         )),
     }
 }
@@ -236,8 +236,34 @@ impl Indexed {
         // Per tree: (files, bytes) below it, so shared subtrees are read once.
         let mut memo: HashMap<BlobId, (u64, u64)> = HashMap::new();
         for root in roots {
-            let root = tree_root(root)?;
             s.snapshots += 1;
+            let root = match root {
+                SnapshotRoot::Tree(t) => *t,
+                SnapshotRoot::Volume(v) => {
+                    // A volume counts as one file of the bytes its extents hold; its extent
+                    // lists count with the trees (metadata).
+                    s.files += 1;
+                    for l in &v.extent_lists {
+                        if blobs.insert(*l) {
+                            let loc = self.locate(l)?;
+                            s.tree_blobs += 1;
+                            s.unique_bytes += loc.entry.raw_length as u64;
+                            s.stored_bytes += loc.entry.length as u64;
+                        }
+                        let list = arca_format::ExtentList::decode(&self.read_blob(l).await?)?;
+                        for e in list.extents {
+                            s.logical_bytes += e.length as u64;
+                            if blobs.insert(e.id) {
+                                let loc = self.locate(&e.id)?;
+                                s.data_blobs += 1;
+                                s.unique_bytes += loc.entry.raw_length as u64;
+                                s.stored_bytes += loc.entry.length as u64;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
             let (f, b) = self.count_tree(root, &mut memo, &mut blobs, &mut s).await?;
             s.files += f;
             s.logical_bytes += b;
