@@ -507,6 +507,13 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
     }
     let idx = indexed(ctx).await?;
     let mut opts = BackupOptions::new(a.paths.clone());
+    let c = writer_settings(&idx, &a).await?;
+    (
+        opts.parent,
+        opts.identity,
+        opts.compression,
+        opts.checkpoint,
+    ) = (c.parent, c.identity, c.compression, c.checkpoint);
     opts.tags = a.tags;
     opts.labels = parse_labels(&a.labels)?;
     opts.excludes = a.excludes;
@@ -514,28 +521,7 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
         opts.excludes.extend(read_exclude_file(f)?);
     }
     opts.one_file_system = a.one_file_system;
-    opts.parent = if a.force {
-        Parent::None
-    } else if let Some(p) = &a.parent {
-        Parent::Snapshot(
-            idx.repo()
-                .find_snapshot(p, &SnapshotFilter::default())
-                .await?
-                .0,
-        )
-    } else {
-        Parent::Auto
-    };
-    if let Some(h) = a.host {
-        opts.identity = Identity {
-            host: h,
-            ..Identity::current()
-        };
-    }
-    opts.compression = a.compression.as_deref().map(compression).transpose()?;
     opts.threads = a.threads;
-    opts.checkpoint =
-        std::time::Duration::from_secs(arca_engine::parse_duration(&a.checkpoint_interval)? as u64);
     opts.cancel = ctx.cancel.clone();
     opts.scan_totals = ctx.show_progress();
     let progress = Arc::new(BackupProgress::default());
@@ -681,6 +667,44 @@ async fn restore(ctx: &Ctx, mut a: RestoreArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// What tree and volume backups take alike from `snapshot create`'s arguments.
+struct WriterSettings {
+    parent: Parent,
+    identity: Identity,
+    compression: Option<arca_format::Compression>,
+    checkpoint: std::time::Duration,
+}
+
+async fn writer_settings(idx: &Indexed, a: &CreateArgs) -> Result<WriterSettings> {
+    let parent = if a.force {
+        Parent::None
+    } else if let Some(p) = &a.parent {
+        Parent::Snapshot(
+            idx.repo()
+                .find_snapshot(p, &SnapshotFilter::default())
+                .await?
+                .0,
+        )
+    } else {
+        Parent::Auto
+    };
+    let identity = match &a.host {
+        Some(h) => Identity {
+            host: h.clone(),
+            ..Identity::current()
+        },
+        None => Identity::current(),
+    };
+    Ok(WriterSettings {
+        parent,
+        identity,
+        compression: a.compression.as_deref().map(compression).transpose()?,
+        checkpoint: std::time::Duration::from_secs(arca_engine::parse_duration(
+            &a.checkpoint_interval,
+        )? as u64),
+    })
+}
+
 fn compression(c: &str) -> Result<arca_format::Compression> {
     Ok(match c {
         "none" => arca_format::Compression::None,
@@ -710,30 +734,16 @@ async fn create_volume(ctx: &Ctx, a: CreateArgs) -> Result<u8> {
     let idx = indexed(ctx).await?;
     let mut opts = arca_engine::VolumeBackupOptions::new(source);
     opts.chunk_size = a.chunk_size;
-    opts.compression = a.compression.as_deref().map(compression).transpose()?;
     opts.tags = a.tags.clone();
     opts.labels = parse_labels(&a.labels)?;
-    opts.parent = if a.force {
-        Parent::None
-    } else if let Some(p) = &a.parent {
-        Parent::Snapshot(
-            idx.repo()
-                .find_snapshot(p, &SnapshotFilter::default())
-                .await?
-                .0,
-        )
-    } else {
-        Parent::Auto
-    };
-    if let Some(h) = a.host {
-        opts.identity = Identity {
-            host: h,
-            ..Identity::current()
-        };
-    }
+    let c = writer_settings(&idx, &a).await?;
+    (
+        opts.parent,
+        opts.identity,
+        opts.compression,
+        opts.checkpoint,
+    ) = (c.parent, c.identity, c.compression, c.checkpoint);
     opts.threads = a.threads;
-    opts.checkpoint =
-        std::time::Duration::from_secs(arca_engine::parse_duration(&a.checkpoint_interval)? as u64);
     opts.cancel = ctx.cancel.clone();
     let progress = Arc::new(BackupProgress::default());
     let bar = progress::backup(ctx.show_progress(), progress.clone());

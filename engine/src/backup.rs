@@ -423,21 +423,8 @@ impl Indexed {
             Parent::None => None,
             Parent::Snapshot(id) => Some((*id, self.repo.snapshot(id).await?)),
             Parent::Auto => {
-                let filter = SnapshotFilter {
-                    hosts: vec![opts.identity.host.clone()],
-                    ..Default::default()
-                };
-                self.repo
-                    .readable_snapshots()
+                self.previous(&opts.identity.host, &path_bytes, false)
                     .await?
-                    .0
-                    .into_iter()
-                    .rev()
-                    .find(|(_, s)| {
-                        filter.matches(s)
-                            && s.paths == path_bytes
-                            && matches!(s.root, SnapshotRoot::Tree(_))
-                    })
             }
         };
         let parent_root = match parent.as_ref().map(|p| &p.1.root) {
@@ -450,13 +437,7 @@ impl Indexed {
         let writer = Arc::new(Writer::new(self, compression, session.liveness()));
         writer.set_checkpoint(opts.checkpoint);
         let _ = progress.written.set(writer.stats());
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .max(2)
-        } else {
-            opts.threads
-        };
+        let threads = reader_threads(opts.threads);
         let (exclude_path, exclude_name) = excludes(&opts.excludes)?;
         let ctx = Arc::new(Ctx {
             idx: self.clone(),
@@ -521,21 +502,72 @@ impl Indexed {
             n.kind = NodeKind::Dir { subtree: root };
             n
         });
-        self.repo.pauses.at("backup:before-snapshot").await;
-        session.check_fresh()?;
-        let id = self.repo.write_snapshot(&snapshot).await?;
-        if let Err(e) = session.check_fresh() {
-            // Stalled while the manifest was stored: what it points at may have been swept.
-            let _ = self.repo.delete_snapshot(&id).await;
-            return Err(e);
-        }
-        session.end().await?;
+        let id = self
+            .commit(session, &snapshot, "backup:before-snapshot")
+            .await?;
         Ok(BackupReport {
             id,
             snapshot,
             errors,
             warnings,
         })
+    }
+
+    /// The newest readable snapshot this host made of exactly these paths, of a volume or
+    /// of a tree: the parent a backup takes by default.
+    pub(crate) async fn previous(
+        &self,
+        host: &str,
+        paths: &[Vec<u8>],
+        volume: bool,
+    ) -> Result<Option<(SnapshotId, Snapshot)>> {
+        let filter = SnapshotFilter {
+            hosts: vec![host.to_string()],
+            ..Default::default()
+        };
+        Ok(self
+            .repo
+            .readable_snapshots()
+            .await?
+            .0
+            .into_iter()
+            .rev()
+            .find(|(_, s)| {
+                filter.matches(s)
+                    && s.paths == paths
+                    && matches!(s.root, SnapshotRoot::Volume(_)) == volume
+            }))
+    }
+
+    /// Store a backup's manifest under its session's checks, and end the session: fresh
+    /// before, and fresh after (a writer that stalled while storing it takes it back, since
+    /// what it points at may have been swept). `pause` names the test pause point.
+    pub(crate) async fn commit(
+        &self,
+        session: SessionGuard,
+        snapshot: &Snapshot,
+        pause: &'static str,
+    ) -> Result<SnapshotId> {
+        self.repo.pauses.at(pause).await;
+        session.check_fresh()?;
+        let id = self.repo.write_snapshot(snapshot).await?;
+        if let Err(e) = session.check_fresh() {
+            let _ = self.repo.delete_snapshot(&id).await;
+            return Err(e);
+        }
+        session.end().await?;
+        Ok(id)
+    }
+}
+
+/// Reader threads: as asked, or one per core and at least two.
+pub(crate) fn reader_threads(asked: usize) -> usize {
+    if asked == 0 {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2)
+    } else {
+        asked
     }
 }
 

@@ -28,7 +28,6 @@ use crate::indexed::Indexed;
 use crate::repo::Identity;
 use crate::restore::RestoreProgress;
 use crate::session::SessionGuard;
-use crate::snapshots::SnapshotFilter;
 use crate::writer::Writer;
 
 /// The chunk size of volume backups by default: measured on an ext4 file system with 1 %
@@ -253,24 +252,10 @@ impl Indexed {
                 }
                 Some(*id)
             }
-            Parent::Auto => {
-                let filter = SnapshotFilter {
-                    hosts: vec![opts.identity.host.clone()],
-                    ..Default::default()
-                };
-                self.repo
-                    .readable_snapshots()
-                    .await?
-                    .0
-                    .into_iter()
-                    .rev()
-                    .find(|(_, s)| {
-                        filter.matches(s)
-                            && s.paths == path_bytes
-                            && matches!(s.root, SnapshotRoot::Volume(_))
-                    })
-                    .map(|(id, _)| id)
-            }
+            Parent::Auto => self
+                .previous(&opts.identity.host, &path_bytes, true)
+                .await?
+                .map(|(id, _)| id),
         };
 
         let start = Timestamp::now();
@@ -287,13 +272,7 @@ impl Indexed {
         );
         progress.total_files.store(1, Ordering::Relaxed);
         progress.scan_done.store(true, Ordering::Relaxed);
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .max(2)
-        } else {
-            opts.threads
-        };
+        let threads = crate::backup::reader_threads(opts.threads);
         let (w, p, cancel) = (writer.clone(), progress.clone(), opts.cancel.clone());
         let src = source.clone();
         // On a blocking thread: the writer's stores may wait for upload slots. Extent lists
@@ -392,15 +371,9 @@ impl Indexed {
         snapshot.summary.bytes_added = ws.bytes_added.load(Ordering::Relaxed);
         snapshot.summary.bytes_stored = ws.bytes_stored.load(Ordering::Relaxed);
         snapshot.program = format!("arca {}", env!("CARGO_PKG_VERSION"));
-        self.repo.pauses.at("volume:before-snapshot").await;
-        session.check_fresh()?;
-        let id = self.repo.write_snapshot(&snapshot).await?;
-        if let Err(e) = session.check_fresh() {
-            // Stalled while the manifest was stored: what it points at may have been swept.
-            let _ = self.repo.delete_snapshot(&id).await;
-            return Err(e);
-        }
-        session.end().await?;
+        let id = self
+            .commit(session, &snapshot, "volume:before-snapshot")
+            .await?;
         Ok(BackupReport {
             id,
             snapshot,
@@ -455,10 +428,8 @@ impl Indexed {
         };
         // Every list checked before anything is written.
         let total = self.volume_data(v).await?;
-        let file = Arc::new(open_target(&opts.target, v.size, opts.overwrite)?);
-        let device = file
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_block_device());
+        let (file, device) = open_target(&opts.target, v.size, opts.overwrite)?;
+        let file = Arc::new(file);
         let target = opts.target.clone();
         progress.total_files.store(1, Ordering::Relaxed);
         progress.total_bytes.store(total, Ordering::Relaxed);
@@ -549,7 +520,8 @@ impl Indexed {
 /// Open a restore's target: an existing block device (only with `overwrite`, exclusively:
 /// a mounted or otherwise claimed device is refused, and it must hold the volume), or a
 /// new image file (an existing one only with `overwrite`), readable by its owner alone.
-fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<std::fs::File> {
+/// Also says whether it is a device.
+fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<(std::fs::File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     if is_block_device(target) {
         if !overwrite {
@@ -585,7 +557,7 @@ fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<std::fs::Fil
                 target.display()
             )));
         }
-        return Ok(f);
+        return Ok((f, true));
     }
     // A device path that does not exist (a typo, a disk not attached yet) would become a
     // file in memory under /dev.
@@ -615,7 +587,7 @@ fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<std::fs::Fil
     // All holes, then the extents: the rest of an image stays sparse.
     f.set_len(0).map_err(|e| Error::io("truncate", target, e))?;
     f.set_len(size).map_err(|e| Error::io("size", target, e))?;
-    Ok(f)
+    Ok((f, false))
 }
 
 /// Zero byte ranges of a device: `fallocate(ZERO_RANGE)` (the kernel turns it into a

@@ -72,8 +72,6 @@ pub enum Verdict {
 
 /// A rule: change the item, or skip it.
 pub type Transform = fn(&mut Value, &Context) -> Verdict;
-/// The items an item brings along, read from its backed-up copy.
-pub type Additional = fn(&Value) -> Vec<Related>;
 
 /// One registered action.
 pub struct Action {
@@ -81,8 +79,6 @@ pub struct Action {
     pub resource: &'static str,
     /// Its change.
     pub transform: Transform,
-    /// The items it brings along.
-    pub additional: Option<Additional>,
 }
 
 /// The registered actions.
@@ -90,52 +86,42 @@ pub const ACTIONS: &[Action] = &[
     Action {
         resource: "persistentvolumes",
         transform: pv::transform,
-        additional: None,
     },
     Action {
         resource: "persistentvolumeclaims",
         transform: pvc::transform,
-        additional: Some(pvc::additional),
     },
     Action {
         resource: "pods",
         transform: pod::transform,
-        additional: Some(pod::additional),
     },
     Action {
         resource: "jobs.batch",
         transform: job::transform,
-        additional: None,
     },
     Action {
         resource: "services",
         transform: service::transform,
-        additional: None,
     },
     Action {
         resource: "serviceaccounts",
         transform: service_account::transform,
-        additional: None,
     },
     Action {
         resource: "secrets",
         transform: secret::transform,
-        additional: None,
     },
     Action {
         resource: "rolebindings.rbac.authorization.k8s.io",
         transform: rbac::transform,
-        additional: None,
     },
     Action {
         resource: "clusterrolebindings.rbac.authorization.k8s.io",
         transform: rbac::transform,
-        additional: None,
     },
     Action {
         resource: "statefulsets.apps",
         transform: statefulset::transform,
-        additional: None,
     },
 ];
 
@@ -147,14 +133,16 @@ pub fn transform(group_resource: &str, obj: &mut Value, ctx: &Context) -> Verdic
         .map_or(Verdict::Restore, |a| (a.transform)(obj, ctx))
 }
 
-/// The items an item of `group_resource` brings along.
+/// The items an item of `group_resource` brings along, read from its backed-up copy: a
+/// pod its claims and PriorityClass (Velero's add-pvc-from-pod and pod actions), a claim
+/// bound in the backup its volume. These are the backup's related items (`backup_actions`)
+/// without what needs the cluster (a service account's bindings are not restore's).
 pub fn additional(group_resource: &str, obj: &Value) -> Vec<Related> {
-    ACTIONS
-        .iter()
-        .filter(|a| a.resource == group_resource)
-        .filter_map(|a| a.additional)
-        .flat_map(|f| f(obj))
-        .collect()
+    crate::backup_actions::related(
+        group_resource,
+        obj,
+        &crate::backup_actions::Context::default(),
+    )
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{Context, Related, Verdict, str_at};
+use super::{Context, Verdict, str_at};
 
 pub(super) fn transform(pod: &mut Value, _: &Context) -> Verdict {
     if str_at(pod, "/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
@@ -47,36 +47,11 @@ pub(super) fn transform(pod: &mut Value, _: &Context) -> Verdict {
     Verdict::Restore
 }
 
-pub(super) fn additional(pod: &Value) -> Vec<Related> {
-    let ns = str_at(pod, "/metadata/namespace");
-    let mut out: Vec<Related> = str_at(pod, "/spec/priorityClassName")
-        .map(|pc| Related {
-            group_resource: "priorityclasses.scheduling.k8s.io".into(),
-            namespace: None,
-            name: pc.into(),
-        })
-        .into_iter()
-        .collect();
-    for v in pod
-        .pointer("/spec/volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(claim) = str_at(v, "/persistentVolumeClaim/claimName") {
-            out.push(Related {
-                group_resource: "persistentvolumeclaims".into(),
-                namespace: ns.map(str::to_string),
-                name: claim.into(),
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GR: &str = "pods";
     use serde_json::json;
 
     #[test]
@@ -105,7 +80,7 @@ mod tests {
             json!([{"name": "data"}])
         );
         assert_eq!(p["spec"]["initContainers"][0]["volumeMounts"], json!([]));
-        let add = additional(&p);
+        let add = super::super::additional(GR, &p);
         assert_eq!(add[0].name, "high");
         assert_eq!(
             (

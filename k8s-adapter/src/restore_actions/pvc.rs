@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Context, Related, Verdict, remove_annotations, reset_volume_binding, str_at};
+use super::{Context, Verdict, remove_annotations, reset_volume_binding, str_at};
 
 pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
     remove_annotations(
@@ -42,23 +42,11 @@ pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
     Verdict::Restore
 }
 
-pub(super) fn additional(pvc: &Value) -> Vec<Related> {
-    match (
-        str_at(pvc, "/status/phase"),
-        str_at(pvc, "/spec/volumeName"),
-    ) {
-        (Some("Bound"), Some(v)) => vec![Related {
-            group_resource: "persistentvolumes".into(),
-            namespace: None,
-            name: v.into(),
-        }],
-        _ => Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GR: &str = "persistentvolumeclaims";
 
     fn claim(vol: &str) -> Value {
         json!({
@@ -117,9 +105,9 @@ mod tests {
 
     #[test]
     fn only_a_bound_claim_brings_its_volume() {
-        assert_eq!(additional(&claim("v"))[0].name, "v");
+        assert_eq!(super::super::additional(GR, &claim("v"))[0].name, "v");
         let mut pending = claim("v");
         pending["status"]["phase"] = json!("Pending");
-        assert!(additional(&pending).is_empty());
+        assert!(super::super::additional(GR, &pending).is_empty());
     }
 }
