@@ -205,7 +205,37 @@ const COALESCE_GAP: u64 = 256 << 10;
 const MAX_RANGE: u64 = 8 << 20;
 /// MiB of fetched ranges (and of the blobs decrypted from them) in flight at once: many
 /// small ranges may run together, few large ones. This is what bounds a restore's memory.
-const FETCH_BUDGET_MIB: u32 = 48;
+pub(crate) const FETCH_BUDGET_MIB: u32 = 48;
+
+/// Per pack: its kind, and each blob with where it goes.
+pub(crate) type PackPlan<T> = HashMap<PackId, (PackKind, HashMap<BlobId, (PackEntry, T)>)>;
+/// One range of a pack to fetch, and its blobs with where each goes.
+pub(crate) type PackRange<T> = (PackId, PackKind, Vec<(PackEntry, T)>);
+
+/// The ranges to fetch for a plan: blobs of a pack sorted by offset, neighbours merged, in
+/// pack order (by pack, then offset).
+pub(crate) fn pack_ranges<T>(plan: PackPlan<T>) -> Vec<PackRange<T>> {
+    let mut ranges = Vec::new();
+    for (pack_id, (kind, blobs)) in plan {
+        let mut blobs: Vec<(PackEntry, T)> = blobs.into_values().collect();
+        blobs.sort_by_key(|b| b.0.offset);
+        let mut cur: Vec<(PackEntry, T)> = Vec::new();
+        for b in blobs {
+            if let (Some(first), Some(last)) = (cur.first(), cur.last())
+                && (b.0.offset as u64 > last.0.end() + COALESCE_GAP
+                    || b.0.end() - first.0.offset as u64 > MAX_RANGE)
+            {
+                ranges.push((pack_id, kind, std::mem::take(&mut cur)));
+            }
+            cur.push(b);
+        }
+        if !cur.is_empty() {
+            ranges.push((pack_id, kind, cur));
+        }
+    }
+    ranges.sort_by(|a, b| (a.0, a.2[0].0.offset).cmp(&(b.0, b.2[0].0.offset)));
+    ranges
+}
 
 fn node_path(base: &Path, name: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(name))
@@ -745,8 +775,7 @@ impl Indexed {
     ) -> Result<(u64, u64, u64)> {
         // Where every blob goes: (job, offset in file).
         type Targets = Vec<(usize, u64)>;
-        type PackPlan = (PackKind, HashMap<BlobId, (PackEntry, Targets)>);
-        let mut plan: HashMap<PackId, PackPlan> = HashMap::new();
+        let mut plan: PackPlan<Targets> = HashMap::new();
         let remaining: Arc<Vec<AtomicUsize>> =
             Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
         let damaged: Arc<Vec<AtomicBool>> =
@@ -861,27 +890,7 @@ impl Indexed {
             );
         }
 
-        // Ranges: blobs of a pack sorted by offset, neighbours merged.
-        let mut ranges = Vec::new();
-        for (pack_id, (kind, blobs)) in plan {
-            let mut blobs: Vec<(PackEntry, Targets)> = blobs.into_values().collect();
-            blobs.sort_by_key(|b| b.0.offset);
-            let mut cur: Vec<(PackEntry, Targets)> = Vec::new();
-            for b in blobs {
-                if let (Some(first), Some(last)) = (cur.first(), cur.last())
-                    && (b.0.offset as u64 > last.0.end() + COALESCE_GAP
-                        || b.0.end() - first.0.offset as u64 > MAX_RANGE)
-                {
-                    ranges.push((pack_id, kind, std::mem::take(&mut cur)));
-                }
-                cur.push(b);
-            }
-            if !cur.is_empty() {
-                ranges.push((pack_id, kind, cur));
-            }
-        }
-        // Pack order: by pack, then offset.
-        ranges.sort_by(|a, b| (a.0, a.2[0].0.offset).cmp(&(b.0, b.2[0].0.offset)));
+        let ranges = pack_ranges(plan);
 
         let results = futures::stream::iter(ranges.into_iter().map(|(pack_id, kind, blobs)| {
             let budget = budget.clone();
