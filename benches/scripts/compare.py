@@ -123,6 +123,41 @@ class Runner:
         return r
 
 
+    def backup_image(self, tool, ds, image):
+        """A disk image as one volume: arca reads it as a block volume, restic and rustic
+        from standard input (how their users back up devices and images)."""
+        repo = self.repo(tool, ds)
+        if tool == "arca":
+            return self.timed([self.a.arca, "--repo", repo, "-q", "snapshot", "create", "--block", image])
+        if tool == "restic":
+            return self.timed(f"'{self.a.restic}' --repo '{repo}' --cache-dir '{self.work}/cache-restic' -q "
+                              f"backup --stdin --stdin-filename volume.img < '{image}'", shell=True)
+        # --force: with a parent, rustic 0.11 reports standard input "unchanged" without
+        # reading it, and its snapshot keeps the old content.
+        return self.timed(f"'{self.a.rustic}' --repository '{repo}' --cache-dir '{self.work}/cache-rustic' "
+                          f"--no-progress backup --force --stdin-filename volume.img - < '{image}'", shell=True)
+
+    def restore_image(self, tool, ds, target_dir):
+        """The newest volume snapshot into `target_dir` (a file named volume.img there)."""
+        repo = self.repo(tool, ds)
+        shutil.rmtree(target_dir, ignore_errors=True)
+        os.makedirs(target_dir)
+        if tool == "arca":
+            argv = [self.a.arca, "--repo", repo, "-q", "snapshot", "restore", "latest", "--target",
+                    os.path.join(target_dir, "volume.img")]
+        elif tool == "restic":
+            argv = [self.a.restic, "--repo", repo, "--cache-dir", os.path.join(self.work, "cache-restic"),
+                    "-q", "restore", "latest", "--target", target_dir]
+        else:
+            argv = [self.a.rustic, "--repository", repo, "--cache-dir", os.path.join(self.work, "cache-rustic"),
+                    "--no-progress", "restore", "latest", target_dir]
+        r = self.timed(argv)
+        if os.path.getsize(os.path.join(target_dir, "volume.img")) != self.image_size:
+            raise RuntimeError(f"{tool} restored an image of the wrong size")
+        shutil.rmtree(target_dir, ignore_errors=True)
+        return r
+
+
 RESTORE_DIRS = set()
 
 
@@ -176,6 +211,10 @@ def main():
                    help="run each timed step this many times and keep the median (default 3)")
     p.add_argument("--restore-on-disk", action="store_true",
                    help="restore into the work directory rather than tmpfs")
+    p.add_argument("--only", choices=["trees", "block"], default=None,
+                   help="run one part; the other part of --out is kept as it was")
+    p.add_argument("--block-bytes", type=int, default=None,
+                   help="size of the disk image for the block table (default 4 GiB; 256 MiB with --quick)")
     a = p.parse_args()
     peers = [x for x in a.peers.split(",") if x]
     if any(x not in ALL_PEERS for x in peers) or not peers:
@@ -200,18 +239,26 @@ def main():
         if a.quick and os.path.isdir("/usr/share/doc"):
             real = "/usr/share/doc"
     datasets.append(("real", real, True))
+    if a.only == "block":
+        datasets.clear()
     # Named by their parameters: a quick run's small data is never taken for the full one.
     gen = os.path.join(a.work, f"data-mixed-{mixed_bytes >> 20}M")
-    if not os.path.isdir(gen):
+    if a.only == "block":
+        pass
+    elif not os.path.isdir(gen):
         log(f"generating {mixed_bytes >> 20} MiB of mixed data")
         subprocess.run([a.data_gen, "generate", gen, "mixed", str(mixed_bytes)], check=True, stdout=subprocess.DEVNULL)
-    datasets.append(("generated", gen, True))
+    if a.only != "block":
+        datasets.append(("generated", gen, True))
     small = os.path.join(a.work, f"data-small-{small_files}")
-    if not os.path.isdir(small):
+    if a.only == "block":
+        pass
+    elif not os.path.isdir(small):
         log(f"generating {small_files} small files")
         subprocess.run([a.data_gen, "generate", small, "small", "0", str(small_files)], check=True,
                        stdout=subprocess.DEVNULL)
-    datasets.append(("small files", small, False))
+    if a.only != "block":
+        datasets.append(("small files", small, False))
 
     results = {}  # (ds, step, tool) -> (wall, cpu, rss)
     sizes = {}  # (ds, tool) -> bytes
@@ -254,12 +301,116 @@ def main():
                 results[(name, "similar tree", tool)] = r.backup(tool, name, second)
             shutil.rmtree(r.repo(tool, name), ignore_errors=True)
 
-    report = render(a, info, results, sizes, limits)
+    block = None if a.only == "trees" else run_block(a, r)
+    report = render(a, info, results, sizes, limits) if info else None
+    old = open(a.out).read() if a.out and os.path.exists(a.out) else ""
+    if report is None:
+        # Only the block part ran: keep the tree report that is there.
+        report = old.split(BLOCK_MARK)[0].rstrip("\n") + "\n" if old else "# Benchmarks\n"
+    if block is None:
+        block = (BLOCK_MARK + old.split(BLOCK_MARK, 1)[1]) if BLOCK_MARK in old else ""
+    report = report.rstrip("\n") + "\n\n" + block if block else report
     print(report)
     if a.out:
         with open(a.out, "w") as f:
             f.write(report)
         log(f"written to {a.out}")
+
+
+BLOCK_MARK = "<!-- block volumes: benches/scripts/compare.sh --only block -->"
+
+
+def run_block(a, r):
+    """A disk image backed up, backed up again after 1 % in-place writes, and restored, by
+    every tool; the box's limits on the same image. Returns the report section."""
+    size = a.block_bytes or ((256 << 20) if a.quick else (4 << 30))
+    r.image_size = size
+    image = os.path.join(a.work, f"image-{size >> 20}M.img")
+    if not os.path.exists(image):
+        log(f"block: generating a {size >> 20} MiB disk image")
+        subprocess.run([a.data_gen, "image", image + ".tmp", str(size)], check=True, stdout=subprocess.DEVNULL)
+        os.rename(image + ".tmp", image)
+    changed = os.path.join(a.work, f"image-{size >> 20}M-changed.img")
+    if not os.path.exists(changed):
+        log("block: a copy with 1 % written in place")
+        subprocess.run(["cp", image, changed + ".tmp"], check=True)
+        subprocess.run([a.data_gen, "scribble", changed + ".tmp", "1"], check=True, stdout=subprocess.DEVNULL)
+        os.rename(changed + ".tmp", changed)
+    target = restore_dir(a, 2 * size)
+    res, sizes, added = {}, {}, {}
+    lim = {}
+    # Page cache warm, as for the trees: the image and its changed copy fit in memory.
+    warm_file = lambda f: subprocess.run(["sh", "-c", f"cat '{f}' > /dev/null"], check=True)
+    warm_file(image)
+    lim["read"] = median(lambda: r.timed(f"dd if='{image}' of=/dev/null bs=1M status=none", shell=True), a.repeat)
+    lim["zstd"] = median(lambda: r.timed(
+        f"dd if='{image}' bs=1M status=none | zstd -T0 -3 -q -c > /dev/null", shell=True), a.repeat)
+
+    def write_limit():
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        t = r.timed(f"dd if='{image}' of='{target}/volume.img' bs=1M status=none conv=fsync", shell=True)
+        shutil.rmtree(target, ignore_errors=True)
+        return t
+    lim["write"] = median(write_limit, a.repeat)
+    for tool in TOOLS:
+        log(f"block: {tool}")
+        warm_file(image)
+
+        def first():
+            r.init(tool, "block")
+            return r.backup_image(tool, "block", image)
+        res[("first backup", tool)] = median(first, a.repeat)
+        sizes[tool] = du(r.repo(tool, "block"))
+        # Once: a second run would find the changes already stored.
+        warm_file(changed)
+        res[("after 1 % written", tool)] = r.backup_image(tool, "block", changed)
+        added[tool] = du(r.repo(tool, "block")) - sizes[tool]
+        res[("restore", tool)] = median(lambda: r.restore_image(tool, "block", target), a.repeat)
+        shutil.rmtree(r.repo(tool, "block"), ignore_errors=True)
+
+    out = [BLOCK_MARK, "", "## Block volumes\n"]
+    out.append(f"A {size >> 20} MiB disk image (`arca-bench-data image`: regions of 256 KiB to 8 MiB, about "
+               "30 % zeros written out, the rest half text, half random), then a copy of it with 1 % of its "
+               "bytes rewritten in place (`arca-bench-data scribble`: runs of 4-64 KiB at random 4 KiB-aligned "
+               "offsets). arca: `arca snapshot create --block IMAGE`, `arca snapshot restore latest --target "
+               "FILE`; restic: `restic backup --stdin --stdin-filename volume.img < IMAGE`, `restic restore "
+               "latest --target DIR`; rustic: `rustic backup --force --stdin-filename volume.img - < IMAGE` (without `--force`, rustic "
+               "0.11 takes standard input for unchanged when it has a parent, reads nothing and keeps the old "
+               "content), "
+               f"`rustic restore latest DIR`. Restores into {' and '.join(sorted(RESTORE_DIRS))}. "
+               f"Run {a.repeat} times, median shown; the backup after the change runs once.\n")
+    out.append(f"| step | {' | '.join(TOOLS)} | arca / best peer |")
+    out.append("|---|" + "---|" * len(TOOLS) + "---:|")
+    for step in ["first backup", "after 1 % written", "restore"]:
+        row = [res[(step, t)] for t in TOOLS]
+        best = min(x[0] for x in row[1:])
+        out.append(f"| {step} | {' | '.join(f'{w:.1f} / {c:.1f} / {m:.0f}' for (w, c, m) in row)} | "
+                   f"{fmt_ratio(row[0][0] / best)} |")
+    out.append(f"| repository size (MiB) | {' | '.join(f'{sizes[t] / (1 << 20):.0f}' for t in TOOLS)} | "
+               f"{fmt_ratio(sizes['arca'] / min(sizes[t] for t in PEERS))} |")
+    out.append(f"| added by the change (MiB) | {' | '.join(f'{added[t] / (1 << 20):.1f}' for t in TOOLS)} | "
+               f"{fmt_ratio(added['arca'] / max(1, min(added[t] for t in PEERS)))} |")
+    out.append("")
+    out.append("Wall / CPU seconds / peak RSS MiB. The box's limits on the same image: "
+               f"`dd … of=/dev/null` {lim['read'][0]:.1f} s, `dd … | zstd -T0 -3` {lim['zstd'][0]:.1f} s, "
+               f"`dd … of=FILE conv=fsync` {lim['write'][0]:.1f} s.\n")
+    ratio = lambda step: res[(step, "arca")][0] / min(res[(step, t)][0] for t in PEERS)
+    mark = lambda b: "yes" if b else "**no**"
+    rows = [("first backup ≤ 0.4x best peer", ratio("first backup"), 0.4),
+            ("after 1 % written ≤ 0.3x best peer", ratio("after 1 % written"), 0.3),
+            ("restore ≤ 0.5x best peer", ratio("restore"), 0.5),
+            ("first backup ≤ 1.3x `dd \\| zstd -T0 -3`", res[("first backup", "arca")][0] / lim["zstd"][0], 1.3),
+            ("after 1 % written ≤ 1.3x `dd` read", res[("after 1 % written", "arca")][0] / lim["read"][0], 1.3),
+            ("restore ≤ 1.3x `dd` write", res[("restore", "arca")][0] / lim["write"][0], 1.3)]
+    out.append("| target | measured | met |")
+    out.append("|---|---:|---|")
+    for label, v, limit in rows:
+        out.append(f"| {label} | {fmt_ratio(v)} | {mark(v <= limit)} |")
+    peak = max(res[(s, "arca")][2] for s in ["first backup", "after 1 % written", "restore"])
+    out.append(f"| peak RSS ≤ 256 MiB | {peak:.0f} MiB | {mark(peak <= 256)} |")
+    out.append("")
+    return "\n".join(out) + "\n"
 
 
 def render(a, info, results, sizes, limits):

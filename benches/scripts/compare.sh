@@ -4,9 +4,11 @@
 # from Debian; rustic from crates.io into the cache), none of it into the product.
 #
 #   benches/scripts/compare.sh [--quick] [--real DIR] [--out FILE] [--peers restic,rustic]
+#                              [--only trees|block] [--block-bytes N]
 #
 # --quick: small data (a smoke run, a few minutes); default: a real software tree (the
-# Rust toolchain, ~1.4 GB, ~58k files), 1 GiB of generated data, 200,000 small files.
+# Rust toolchain, ~1.4 GB, ~58k files), 1 GiB of generated data, 200,000 small files, and
+# a 4 GiB disk image backed up as a block volume (restic and rustic read it from stdin).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${ARCA_CACHE:-$HOME/.cache/arca}"

@@ -206,6 +206,61 @@ pub fn mutate(dir: &Path, every: usize, insert: usize, seed: u64) -> std::io::Re
     Ok(changed)
 }
 
+/// A disk image of `bytes` bytes as block volumes hold them: regions of 256 KiB to 8 MiB
+/// that are zeros (about 30 %, written out, not holes: a device has no holes), text-like or
+/// random, in a deterministic order. Returns the bytes that are not zeros.
+pub fn disk_image(path: &Path, bytes: u64, seed: u64) -> std::io::Result<u64> {
+    let mut rng = Rng::new(seed);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let (mut done, mut data) = (0u64, 0u64);
+    let zeros = vec![0u8; 1 << 20];
+    while done < bytes {
+        let run = ((256 << 10) + rng.below(8 << 20)).min(bytes - done);
+        if rng.below(10) < 3 {
+            let mut left = run;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                f.write_all(&zeros[..n as usize])?;
+                left -= n;
+            }
+        } else {
+            let mut left = run;
+            while left > 0 {
+                let n = left.min(1 << 20);
+                f.write_all(&mixed(&mut rng, n as usize))?;
+                left -= n;
+            }
+            data += run;
+        }
+        done += run;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(data)
+}
+
+/// In-place writes as a file system makes them: runs of 4 KiB to 64 KiB at 4 KiB-aligned
+/// random offsets (not aligned to any chunk size), until `percent` % of the file's bytes
+/// were written. The file keeps its size. Returns the bytes written.
+pub fn scribble(path: &Path, percent: u64, seed: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let size = f.metadata()?.len();
+    let budget = size * percent / 100;
+    let mut rng = Rng::new(seed);
+    let mut written = 0;
+    while written < budget && size >= 64 << 10 {
+        let len = 4096 * (1 + rng.below(16));
+        let at = 4096 * rng.below((size - len) / 4096 + 1);
+        f.write_all_at(&mixed(&mut rng, len as usize), at)?;
+        written += len;
+    }
+    f.sync_all()?;
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +277,37 @@ mod tests {
         let (_, n) = generate(a.path(), Shape::Mixed, 8 << 20, 0, 1).unwrap();
         assert!((7 << 20..=13 << 20).contains(&n), "{n}");
         assert!(mutate(a.path(), 10, 100, 3).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_disk_image_mixes_zeros_and_data_and_scribbling_keeps_its_size() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk.img");
+        let data = disk_image(&img, 64 << 20, 1).unwrap();
+        let bytes = std::fs::read(&img).unwrap();
+        assert_eq!(bytes.len(), 64 << 20);
+        let zero_mib = bytes
+            .chunks(1 << 20)
+            .filter(|c| c.iter().all(|&b| b == 0))
+            .count();
+        assert!((5..=40).contains(&zero_mib), "{zero_mib} MiB of zeros");
+        assert!(data < 64 << 20 && data > 24 << 20, "{data}");
+        let w = scribble(&img, 1, 5).unwrap();
+        assert!(
+            ((64 << 20) / 100..(64 << 20) / 100 + (64 << 10)).contains(&w),
+            "{w}"
+        );
+        let after = std::fs::read(&img).unwrap();
+        assert_eq!(after.len(), bytes.len());
+        let changed = after
+            .chunks(4096)
+            .zip(bytes.chunks(4096))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            changed > 0 && changed * 4096 <= w as usize,
+            "{changed} pages changed"
+        );
     }
 
     #[test]

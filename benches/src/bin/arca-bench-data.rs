@@ -2,6 +2,8 @@
 //!
 //!   arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]
 //!   arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]
+//!   arca-bench-data image FILE BYTES [SEED]
+//!   arca-bench-data scribble FILE [PERCENT] [SEED]
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,7 +36,23 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{n} files changed, 1 added");
             Ok(())
         }
-        _ => Err("usage: arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]\n       arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]".into()),
+        Some("image") if args.len() >= 3 => {
+            let bytes = num(args.get(2), 4 << 30)?;
+            let seed = num(args.get(3), 1)?;
+            let data = arca_benches::disk_image(Path::new(&args[1]), bytes, seed)
+                .map_err(|e| format!("image {}: {e}", args[1]))?;
+            println!("{bytes} bytes, {data} not zero");
+            Ok(())
+        }
+        Some("scribble") if args.len() >= 2 => {
+            let percent = num(args.get(2), 1)?;
+            let seed = num(args.get(3), 2)?;
+            let n = arca_benches::scribble(Path::new(&args[1]), percent, seed)
+                .map_err(|e| format!("scribble {}: {e}", args[1]))?;
+            println!("{n} bytes written in place");
+            Ok(())
+        }
+        _ => Err("usage: arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]\n       arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]\n       arca-bench-data image FILE BYTES [SEED]\n       arca-bench-data scribble FILE [PERCENT] [SEED]".into()),
     }
 }
 
