@@ -1102,7 +1102,11 @@ pub fn merge_patch(from: &Value, to: &Value) -> Option<Value> {
 }
 
 /// Create, retrying what the server calls transient (429, ServerTimeout, 503, 504): a
-/// restore of thousands of items meets them, and they say "please try again".
+/// restore of thousands of items meets them, and they say "please try again". Also a pod
+/// refused because its service account is not there yet: in a namespace the restore has
+/// just created, the controller manager makes `default` moments later, and the
+/// ServiceAccount admission plugin refuses pods until it exists (about 6 s in all, then
+/// the refusal stands: an account that never comes is the restore's error to report).
 async fn create_with_retry(
     api: &Api<DynamicObject>,
     obj: &DynamicObject,
@@ -1112,7 +1116,10 @@ async fn create_with_retry(
         match api.create(&PostParams::default(), obj).await {
             Err(kube::Error::Api(s))
                 if matches!(s.code, 429 | 503 | 504)
-                    || (s.code == 500 && s.reason == "ServerTimeout") =>
+                    || (s.code == 500 && s.reason == "ServerTimeout")
+                    || (s.code == 403
+                        && s.message.contains("error looking up service account")
+                        && s.message.contains("not found")) =>
             {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
