@@ -2091,6 +2091,9 @@ metadata: {{name: db, namespace: {nsn}, labels: {{app: db}}}}
 spec:
   priorityClassName: rel-{sfx}
   automountServiceAccountToken: false
+  # The clusters have a real node: resource-only fixtures name no real scheduler, so they
+  # stay as written (unscheduled, not run) and the restore's rules are what is checked.
+  schedulerName: arca-test-unscheduled
 
   containers:
   - name: c
@@ -2234,12 +2237,12 @@ async fn jobs_pods_and_bindings_restore_as_velero_restores_them() {
     let (src, dst) = (format!("job-{sfx}"), format!("jobm-{sfx}"));
     let job = |name: &str| {
         format!(
-            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {src}}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: example.invalid/job:1}}]\n---\n"
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {src}}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      schedulerName: arca-test-unscheduled\n      containers: [{{name: c, image: example.invalid/job:1}}]\n---\n"
         )
     };
     let pod = |name: &str, extra: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {src}{extra}}}\nspec:\n  restartPolicy: Never\n  automountServiceAccountToken: false\n  containers: [{{name: c, image: example.invalid/p:1}}]\n---\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {src}{extra}}}\nspec:\n  restartPolicy: Never\n  automountServiceAccountToken: false\n  schedulerName: arca-test-unscheduled\n  containers: [{{name: c, image: example.invalid/p:1}}]\n---\n"
         )
     };
     let y = ns(&src)
@@ -2737,4 +2740,387 @@ spec:
         "ready",
         "the annotation says yes"
     );
+}
+
+/// The test clusters' real node: a pod from the locally built tools image runs on it,
+/// writes into a local volume that the host sees, its log comes back through the API
+/// server and the kubelet, and the CA and token its service account receives verify and
+/// authenticate against the API server at 127.0.0.1 (checked from the host, as a
+/// host-network pod told KUBERNETES_SERVICE_HOST=127.0.0.1 would connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runs_pods_with_volumes_logs_and_in_cluster_credentials() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("node");
+    let sfx = arca.suffix().to_string();
+    let nsn = format!("node-{sfx}");
+    let host = tempfile::tempdir().unwrap();
+    let y = ns(&nsn)
+        + &format!(
+            r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: default, namespace: {nsn}}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: node-{sfx}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: node-local
+  local: {{path: {path}}}
+  claimRef: {{namespace: {nsn}, name: data}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [localhost]}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {nsn}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: node-local
+  volumeName: node-{sfx}
+  resources: {{requests: {{storage: 1Gi}}}}
+"#,
+            path = host.path().display()
+        );
+    apply(&a, &y).await;
+    wait_bound(&a, &nsn, "data").await;
+    // This pod mounts its service account's token: wait for the token controller (slow on
+    // a fresh cluster under the parallel tests) rather than retrying the create.
+    let sa: Api<arca_k8s::k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(a.client.clone(), &nsn);
+    let mut token_secret = None;
+    for _ in 0..1200 {
+        token_secret = sa
+            .get("default")
+            .await
+            .unwrap()
+            .secrets
+            .and_then(|s| s.first().and_then(|r| r.name.clone()));
+        if token_secret.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let token_secret = token_secret.expect("the service account's token within 120 s");
+    apply(
+        &a,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: writer, namespace: {nsn}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/tools:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo written-by-pod > /data/out && head -1 /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo done']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}
+"#
+        ),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &nsn);
+    let mut phase = String::new();
+    for _ in 0..1200 {
+        let p = pods.get("writer").await.unwrap();
+        phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, "Succeeded", "the pod ran to its end");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "written-by-pod\n",
+        "the pod's write reached the volume on the host"
+    );
+    let log = pods.logs("writer", &Default::default()).await.unwrap();
+    assert!(
+        log.contains("BEGIN CERTIFICATE") && log.contains("done"),
+        "logs through the kubelet: {log}"
+    );
+
+    // The service account's credentials, as a pod receives them, verify the API server.
+    let secrets: Api<arca_k8s::k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(a.client.clone(), &nsn);
+    let data = secrets.get(&token_secret).await.unwrap().data.unwrap();
+    let (ca, token) = (&data["ca.crt"].0, &data["token"].0);
+    let mut cfg = arca_k8s::kube::Config::new(a.client.default_namespace().parse().unwrap());
+    cfg.cluster_url = arca_k8s::kube::config::Kubeconfig::read_from(&a.kubeconfig)
+        .unwrap()
+        .clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .as_ref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    cfg.root_cert = Some(vec![
+        pem_der(ca).expect("the service account's ca.crt is a PEM certificate"),
+    ]);
+    cfg.auth_info.token = Some(String::from_utf8(token.clone()).unwrap().into());
+    let in_cluster = Client::try_from(cfg).unwrap();
+    let v = in_cluster.apiserver_version().await.unwrap();
+    assert_eq!(v.git_version, "v1.20.2");
+    pods.delete("writer", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The DER bytes of the first certificate in a PEM text (openssl, as the scripts use it).
+fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut c = Command::new("openssl")
+        .args(["x509", "-outform", "DER"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    c.stdin.take()?.write_all(pem).ok()?;
+    let out = c.wait_with_output().ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+/// The node agent's pattern on the real node: a DaemonSet pod with the kubelet's pods
+/// directory from the host (HostToContainer propagation) reads another pod's volume there;
+/// a Block-mode claim reaches its pod as a device whose writes land on the loop device;
+/// `pods/exec` runs a command in the app's container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_sees_pod_volumes_and_a_block_claim_is_a_device() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    if !support::is_root() {
+        eprintln!("loop devices need root: skipped");
+        return;
+    }
+    let arca = Arca::new("agent");
+    let sfx = arca.suffix().to_string();
+    let nsn = format!("agent-{sfx}");
+    let host = tempfile::tempdir().unwrap();
+    let pods_dir = a.kubeconfig.parent().unwrap().join("node/kubelet/pods");
+    assert!(pods_dir.is_dir(), "the node's pods directory");
+    // A loop device over a file: the block volume.
+    let img = host.path().join("block.img");
+    std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Detached however the test ends (lazily, if the kubelet still holds it).
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let fs_dir = host.path().join("fs");
+    std::fs::create_dir(&fs_dir).unwrap();
+    let pv = |name: &str, mode: &str, path: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {name}-{sfx}}}
+spec:
+  capacity: {{storage: 8Mi}}
+  accessModes: [ReadWriteOnce]
+  volumeMode: {mode}
+  storageClassName: node-local
+  local: {{path: {path}}}
+  claimRef: {{namespace: {nsn}, name: {name}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [localhost]}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}, namespace: {nsn}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  volumeMode: {mode}
+  storageClassName: node-local
+  volumeName: {name}-{sfx}
+  resources: {{requests: {{storage: 8Mi}}}}
+---
+"#
+        )
+    };
+    let y = ns(&nsn)
+        + &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {nsn}}}\n---\n"
+        )
+        + &pv("files", "Filesystem", &fs_dir.display().to_string())
+        + &pv("disk", "Block", &dev);
+    apply(&a, &y).await;
+    wait_bound(&a, &nsn, "files").await;
+    wait_bound(&a, &nsn, "disk").await;
+    apply(
+        &a,
+        &format!(
+            r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {nsn}}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      automountServiceAccountToken: false
+      containers:
+      - name: c
+        image: localhost/tools:1
+        imagePullPolicy: Never
+        command: [sh, -c, 'until cat /host_pods/*/volumes/kubernetes.io~local-volume/files-{sfx}/out 2>/dev/null; do sleep 0.2; done; exec sleep 3600']
+        volumeMounts: [{{name: pods, mountPath: /host_pods, mountPropagation: HostToContainer}}]
+      volumes:
+      - {{name: pods, hostPath: {{path: {pods}}}}}
+"#,
+            pods = pods_dir.display()
+        ),
+    )
+    .await;
+    // The agent runs first: the app's volume is mounted after it started, which is what
+    // HostToContainer propagation is for.
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &nsn);
+    let mut running = false;
+    for _ in 0..600 {
+        let agent = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .unwrap();
+        running = agent
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(running, "the DaemonSet's pod runs on the node");
+    apply(
+        &a,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: app, namespace: {nsn}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: localhost/tools:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo app-data-{sfx} > /data/out && echo block-payload-{sfx} | dd of=/dev/xvda conv=fsync 2>/dev/null && echo written && exec sleep 3600']
+    volumeMounts: [{{name: files, mountPath: /data}}]
+    volumeDevices: [{{name: disk, devicePath: /dev/xvda}}]
+  volumes:
+  - {{name: files, persistentVolumeClaim: {{claimName: files}}}}
+  - {{name: disk, persistentVolumeClaim: {{claimName: disk}}}}"#
+        ),
+    )
+    .await;
+    let logs_of = |name: String| {
+        let pods = pods.clone();
+        async move {
+            pods.logs(&name, &Default::default())
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let mut agent_log = String::new();
+    let mut app_log = String::new();
+    for _ in 0..600 {
+        let agent = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .unwrap();
+        if let Some(p) = agent.items.first() {
+            agent_log = logs_of(p.name_any()).await;
+        }
+        app_log = logs_of("app".into()).await;
+        if agent_log.contains("app-data") && app_log.contains("written") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(app_log.trim(), "written", "the app wrote both volumes");
+    assert_eq!(
+        agent_log.trim(),
+        format!("app-data-{sfx}"),
+        "the DaemonSet pod read the app's volume through the host's pods directory"
+    );
+    let head = {
+        let mut f = std::fs::File::open(&img).unwrap();
+        let mut b = vec![0u8; 64];
+        std::io::Read::read_exact(&mut f, &mut b).unwrap();
+        b
+    };
+    let want = format!("block-payload-{sfx}\n");
+    assert_eq!(
+        &head[..want.len()],
+        want.as_bytes(),
+        "the pod's device writes reached the loop device"
+    );
+    // pods/exec through the API server, the kubelet and containerd's stream server (what
+    // hooks will use): the app's file and its device, read inside its container.
+    let ap = arca_k8s::kube::api::AttachParams::default()
+        .stdout(true)
+        .stderr(false);
+    let mut ex = pods
+        .exec(
+            "app",
+            ["sh", "-c", "cat /data/out; head -c 22 /dev/xvda"],
+            &ap,
+        )
+        .await
+        .expect("exec in the app's container");
+    let mut got = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut ex.stdout().unwrap(), &mut got)
+        .await
+        .unwrap();
+    ex.join().await.unwrap();
+    assert!(
+        got.starts_with(&format!("app-data-{sfx}\nblock-payload-")),
+        "exec output: {got:?}"
+    );
+    // Gone before the device is detached: the kubelet holds it while the pod runs.
+    let dp = DeleteParams::default();
+    pods.delete("app", &dp).await.unwrap();
+    let ds: Api<arca_k8s::k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(a.client.clone(), &nsn);
+    ds.delete("agent", &dp).await.unwrap();
+    for _ in 0..300 {
+        if pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
