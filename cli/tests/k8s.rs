@@ -5,6 +5,8 @@
 //! Every test works in namespaces and under names of its own, with its own install
 //! namespace and storage location, so that tests run in parallel on the same clusters.
 
+#[path = "support/storage.rs"]
+mod storage;
 mod support;
 
 use std::collections::BTreeSet;
@@ -3122,5 +3124,306 @@ spec:
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait for a pod's log to contain `want`; the log.
+async fn pod_log_with(
+    pods: &Api<arca_k8s::k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    want: &str,
+) -> String {
+    let mut log = String::new();
+    for _ in 0..1200 {
+        log = pods
+            .logs(pod, &Default::default())
+            .await
+            .unwrap_or_default();
+        if log.contains(want) {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("pod {pod} never logged {want:?}: {log:?}")
+}
+
+/// The storage stand-in (test support, cli/tests/support/storage.rs), through the real
+/// `snapshot.storage.k8s.io/v1` API: claims of both modes provisioned on the node's
+/// btrfs, written by a pod; VolumeSnapshots of them ready with bound contents; claims
+/// restored from the snapshots hold the data as it was at the snapshot, not as it was
+/// changed after; deleting the claims and snapshots frees their storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stand_in_storage_snapshots_and_restores_claims_of_both_modes() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let Some(root) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
+    let arca = Arca::new("standin");
+    let sfx = arca.suffix().to_string();
+    let nsn = format!("standin-{sfx}");
+    let class = storage::CLASS;
+    let claim = |name: &str, mode: &str, size: &str, from: Option<&str>| {
+        let from = from
+            .map(|s| format!("  dataSource: {{apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: {s}}}\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {nsn}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: {mode}\n  storageClassName: {class}\n  resources: {{requests: {{storage: {size}}}}}\n{from}---\n"
+        )
+    };
+    let pod = |name: &str, files: &str, disk: &str, script: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {nsn}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: localhost/tools:1
+    imagePullPolicy: Never
+    command: [sh, -c, '{script}']
+    volumeMounts: [{{name: files, mountPath: /data}}]
+    volumeDevices: [{{name: disk, devicePath: /dev/xvda}}]
+  volumes:
+  - {{name: files, persistentVolumeClaim: {{claimName: {files}}}}}
+  - {{name: disk, persistentVolumeClaim: {{claimName: {disk}}}}}
+"#
+        )
+    };
+    let y = ns(&nsn)
+        + &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {nsn}}}\n---\n"
+        )
+        + &claim("files", "Filesystem", "64Mi", None)
+        + &claim("disk", "Block", "16Mi", None)
+        + &pod(
+            "writer",
+            "files",
+            "disk",
+            &format!(
+                "echo before-{sfx} > /data/out && echo block-before-{sfx} | dd of=/dev/xvda conv=fsync 2>/dev/null && echo written && exec sleep 3600"
+            ),
+        );
+    apply(&a, &y).await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &nsn);
+    pod_log_with(&pods, "writer", "written").await;
+    let pvc = |name: &'static str| {
+        get(
+            &a,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            Some(&nsn),
+            name,
+        )
+    };
+    let files_pv = pvc("files").await.unwrap()["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk_pv = pvc("disk").await.unwrap()["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pv = get(
+        &a,
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        None,
+        &disk_pv,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pv["spec"]["volumeMode"], "Block");
+    let dev = pv["spec"]["local"]["path"].as_str().unwrap().to_string();
+    assert!(
+        dev.starts_with("/dev/loop"),
+        "a Block claim is a loop device: {dev}"
+    );
+    assert!(
+        root.join("volumes").join(&files_pv).is_dir(),
+        "a Filesystem claim is a subvolume"
+    );
+
+    // Snapshots through the real API, as Arca will take them.
+    let snap = |name: &str, claim: &str| {
+        format!(
+            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {{name: {name}, namespace: {nsn}}}\nspec:\n  volumeSnapshotClassName: {class}\n  source: {{persistentVolumeClaimName: {claim}}}\n---\n"
+        )
+    };
+    apply(
+        &a,
+        &(snap("files-snap", "files") + &snap("disk-snap", "disk")),
+    )
+    .await;
+    let vs = |name: &'static str| {
+        get(
+            &a,
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+            Some(&nsn),
+            name,
+        )
+    };
+    let mut contents = Vec::new();
+    for name in ["files-snap", "disk-snap"] {
+        let mut v = Value::Null;
+        for _ in 0..300 {
+            v = vs(name).await.unwrap();
+            if v["status"]["readyToUse"] == true {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(v["status"]["readyToUse"], true, "{name} ready: {v}");
+        let content_name = v["status"]["boundVolumeSnapshotContentName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let c = get(
+            &a,
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            None,
+            &content_name,
+        )
+        .await
+        .unwrap();
+        assert_eq!(c["spec"]["driver"], storage::DRIVER);
+        assert_eq!(c["spec"]["volumeSnapshotRef"]["name"], name);
+        assert_eq!(c["spec"]["volumeSnapshotRef"]["uid"], v["metadata"]["uid"]);
+        assert_eq!(c["status"]["readyToUse"], true);
+        assert!(
+            c["status"]["snapshotHandle"].is_string()
+                && c["status"]["restoreSize"].as_u64() > Some(0)
+        );
+        contents.push(content_name);
+    }
+
+    // Changed after the snapshot: the restored claims must not see it.
+    let ap = arca_k8s::kube::api::AttachParams::default()
+        .stdout(true)
+        .stderr(false);
+    let mut ex = pods
+        .exec(
+            "writer",
+            ["sh", "-c", "echo after > /data/out && echo block-after | dd of=/dev/xvda conv=fsync 2>/dev/null && echo changed"],
+            &ap,
+        )
+        .await
+        .unwrap();
+    let mut got = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut ex.stdout().unwrap(), &mut got)
+        .await
+        .unwrap();
+    ex.join().await.unwrap();
+    assert_eq!(got.trim(), "changed");
+
+    let y = claim("files-restored", "Filesystem", "64Mi", Some("files-snap"))
+        + &claim("disk-restored", "Block", "16Mi", Some("disk-snap"))
+        + &pod(
+            "reader",
+            "files-restored",
+            "disk-restored",
+            "cat /data/out && head -c 30 /dev/xvda | head -1 && echo read && exec sleep 3600",
+        );
+    apply(&a, &y).await;
+    let log = pod_log_with(&pods, "reader", "read").await;
+    assert_eq!(
+        log,
+        format!("before-{sfx}\nblock-before-{sfx}\nread\n"),
+        "the restored claims hold the data as it was at the snapshot"
+    );
+    let mut volumes = vec![files_pv.clone(), disk_pv.clone()];
+    for c in ["files-restored", "disk-restored"] {
+        volumes.push(
+            pvc(c).await.unwrap()["spec"]["volumeName"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    // Everything deleted: the stand-in frees the volumes and the snapshots' copies.
+    let dp = DeleteParams::default();
+    for p in ["writer", "reader"] {
+        pods.delete(p, &dp).await.unwrap();
+    }
+    for name in ["files-snap", "disk-snap"] {
+        delete_namespaced(
+            &a,
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+            &nsn,
+            name,
+        )
+        .await;
+    }
+    let claims: Api<arca_k8s::k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(a.client.clone(), &nsn);
+    for c in ["files", "disk", "files-restored", "disk-restored"] {
+        claims.delete(c, &dp).await.unwrap();
+    }
+    let mut left = Vec::new();
+    for _ in 0..600 {
+        left.clear();
+        for c in &contents {
+            if get(
+                &a,
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshotContent",
+                "volumesnapshotcontents",
+                None,
+                c,
+            )
+            .await
+            .is_some()
+            {
+                left.push(c.clone());
+            }
+        }
+        for p in &volumes {
+            if get(&a, "v1", "PersistentVolume", "persistentvolumes", None, p)
+                .await
+                .is_some()
+            {
+                left.push(p.to_string());
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "objects not removed: {left:?}");
+    for v in &volumes {
+        assert!(
+            !root.join("volumes").join(v).exists()
+                && !root.join("volumes").join(format!("{v}.img")).exists(),
+            "the volume {v} freed"
+        );
+    }
+    for c in &contents {
+        assert!(
+            !root.join("snapshots").join(c).exists()
+                && !root.join("snapshots").join(format!("{c}.img")).exists(),
+            "the snapshot {c} freed"
+        );
+    }
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    for v in &volumes {
+        assert!(
+            !loops.contains(&format!("{v}.img")),
+            "the loop device of {v} detached: {loops}"
+        );
     }
 }
