@@ -48,7 +48,12 @@ pub struct KubeOpts {
 }
 
 impl KubeOpts {
-    async fn client(&self) -> Result<Client> {
+    /// The namespace of Arca's resources.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub async fn client(&self) -> Result<Client> {
         let (client, _) =
             manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         Ok(client)

@@ -7,6 +7,7 @@
 mod cmd_k8s;
 mod cmd_maint;
 mod cmd_repo;
+mod cmd_server;
 mod cmd_snapshot;
 mod output;
 mod progress;
@@ -99,6 +100,10 @@ enum Command {
     Backup(cmd_k8s::BackupArgs),
     /// Restore Kubernetes resources from a backup (Velero's `restore` verbs and flags).
     Restore(cmd_k8s::RestoreArgs),
+    /// Run the operator: reconcile backups and restores in the namespace (-n), leading
+    /// through a Lease so that of several replicas only one works. What the installed
+    /// Deployment runs.
+    Server(cmd_server::ServerArgs),
 }
 
 /// Everything a command needs from the global options.
@@ -177,8 +182,10 @@ pub fn read_password_file(f: &PathBuf) -> Result<Vec<u8>> {
     Ok(line.as_bytes().to_vec())
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, server: Option<cmd_server::LogFormat>) {
     let default = match verbose {
+        // The operator says what it does; commands speak only when asked.
+        0 if server.is_some() => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -193,17 +200,25 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},kube_client={kube}"))
     });
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if server == Some(cmd_server::LogFormat::Json) {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let server_log = match &cli.command {
+        Command::Server(a) => Some(a.log_format),
+        _ => None,
+    };
+    init_logging(cli.verbose, server_log);
     let cancel = Arc::new(AtomicBool::new(false));
     let ctx = Ctx {
         repo_location: cli.repo,
@@ -254,6 +269,7 @@ fn main() -> ExitCode {
             Command::Install(a) => cmd_k8s::install(&ctx, &cli.kube, a).await,
             Command::Backup(a) => cmd_k8s::backup(&ctx, &cli.kube, a).await,
             Command::Restore(a) => cmd_k8s::restore(&ctx, &cli.kube, a).await,
+            Command::Server(a) => cmd_server::run(&ctx, &cli.kube, a).await,
         }
     });
     // Do not wait for background tasks (heartbeats) at exit.

@@ -3427,3 +3427,232 @@ spec:
         );
     }
 }
+
+/// An `arca server` process for one test's namespace, its stderr collected; killed with
+/// SIGKILL when dropped.
+struct Server {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Arca {
+    /// Start `arca server` for this test's namespace (leases of 3 s, so that takeovers
+    /// are quick), with extra environment.
+    fn server(&self, c: &Cluster, env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.cmd(c);
+        cmd.args([
+            "server",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--leader-elect-lease-duration",
+            "3s",
+        ])
+        .env("ARCA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, l) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Server { child, log }
+    }
+}
+
+impl Server {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `want` (the server says what it does); the log.
+    async fn wait_log(&self, want: &str) -> String {
+        for _ in 0..600 {
+            let l = self.log();
+            if l.contains(want) {
+                return l;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the server never logged {want:?}:\n{}", self.log())
+    }
+
+    /// Where it serves /metrics.
+    async fn metrics_url(&self) -> String {
+        let l = self.wait_log("serving /metrics").await;
+        let addr = l
+            .lines()
+            .find_map(|x| x.split("/readyz on ").nth(1))
+            .unwrap()
+            .trim()
+            .to_string();
+        format!("http://{addr}")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP GET (the server's probes and metrics), through curl.
+fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+async fn backup_phase(c: &Cluster, ns: &str, name: &str) -> String {
+    get(c, "arca.dev/v1", "Backup", "backups", Some(ns), name)
+        .await
+        .and_then(|b| b["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn wait_backup_phase(c: &Cluster, ns: &str, name: &str, want: &[&str]) -> String {
+    let mut phase = String::new();
+    for _ in 0..1200 {
+        phase = backup_phase(c, ns, name).await;
+        if want.contains(&phase.as_str()) {
+            return phase;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("backup {ns}/{name} stayed {phase:?}, not {want:?}")
+}
+
+/// The operator: a Backup created with the API (as `kubectl apply` would) is run by
+/// `arca server`; of two replicas only the Lease's holder works; the leader killed with
+/// SIGKILL in the middle of a backup, the other takes over and runs it to completion (not
+/// Failed, unlike Velero, issue 4503); /metrics counts a success and a failure;
+/// /healthz and /readyz answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("server");
+    arca.install(&a);
+    let sfx = arca.suffix().to_string();
+    let app = format!("srv-app-{sfx}");
+    apply(
+        &a,
+        &(ns(&app) + &cm(&app, "one", &[], "1") + &cm(&app, "two", &[], "2")),
+    )
+    .await;
+    let backup = |name: &str, location: Option<&str>| {
+        let loc = location
+            .map(|l| format!("  storageLocation: {l}\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  includedNamespaces: [{app}]\n{loc}",
+            ns = arca.ns
+        )
+    };
+
+    // The first replica is paused for good right after its backup's resources are
+    // collected (a test pause point), as if it hung there; the second stands by.
+    let mut first = arca.server(&a, &[("ARCA_TEST_PAUSE_AT", "backup-collected")]);
+    first.wait_log("leading").await;
+    let second = arca.server(&a, &[]);
+    second.wait_log("waiting to lead").await;
+    let url = second.metrics_url().await;
+    assert_eq!(http_get(&format!("{url}/healthz")).0, 200);
+    let (code, body) = http_get(&format!("{url}/readyz"));
+    assert_eq!((code, body.trim()), (200, "ok (standing by)"));
+
+    apply(&a, &backup("by-api", None)).await;
+    first.wait_log("paused at backup-collected").await;
+    assert_eq!(backup_phase(&a, &arca.ns, "by-api").await, "InProgress");
+    assert!(
+        !second.log().contains("by-api"),
+        "the standby did nothing while the leader held the lease:\n{}",
+        second.log()
+    );
+    first.kill();
+    second.wait_log("leading").await;
+    second
+        .wait_log(&format!(
+            "backup {}/by-api was InProgress when its server stopped",
+            arca.ns
+        ))
+        .await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "by-api",
+            &["Completed", "Failed", "PartiallyFailed"]
+        )
+        .await,
+        "Completed"
+    );
+    let items = arca.items(&a, "by-api");
+    for want in [
+        format!("configmaps:{app}/one"),
+        format!("configmaps:{app}/two"),
+        format!("namespaces:/{app}"),
+    ] {
+        assert!(items.contains(&want), "{want} in {items:?}");
+    }
+    let (code, body) = http_get(&format!("{url}/readyz"));
+    assert_eq!((code, body.trim()), (200, "ok (leading)"));
+
+    // A backup to a location that does not exist fails validation; both are counted.
+    apply(&a, &backup("nowhere", Some("no-such-location"))).await;
+    assert_eq!(
+        wait_backup_phase(&a, &arca.ns, "nowhere", &["FailedValidation", "Completed"]).await,
+        "FailedValidation"
+    );
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(&format!("{url}/metrics")).1;
+        if metrics.contains("arca_backup_validation_failure_total{schedule=\"\"} 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for line in [
+        "arca_backup_attempt_total{schedule=\"\"} 1",
+        "arca_backup_success_total{schedule=\"\"} 1",
+        "arca_backup_validation_failure_total{schedule=\"\"} 1",
+        "arca_backup_last_status{schedule=\"\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    // Events on the Backup say what happened.
+    let events: Api<arca_k8s::k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    let reasons: BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("by-api"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains("BackupStarted") && reasons.contains("BackupCompleted"),
+        "events of by-api: {reasons:?}"
+    );
+}

@@ -851,6 +851,7 @@ pub async fn run_backup(
             return Err(e);
         }
     };
+    crate::server::pause_point("backup-collected").await;
     let total = c.items.len() as i64;
     status.progress = Some(crate::crd::BackupProgress {
         total_items: Some(total),

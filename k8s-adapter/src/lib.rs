@@ -4,8 +4,8 @@
 //!
 //! A backup is one snapshot in the storage location's resource repository; its layout is
 //! `spec/KUBERNETES.md`. Everything here runs from a client against the API server: the
-//! CLI calls [`backup::run_backup`] and [`restore::run_restore`] directly, and the operator
-//! will call the same functions from its controllers.
+//! CLI and the operator ([`server`]) call the same [`backup::run_backup`] and
+//! [`restore::run_restore`].
 
 pub mod backup;
 pub mod backup_actions;
@@ -18,6 +18,7 @@ pub mod manage;
 pub mod record;
 pub mod restore;
 pub mod restore_actions;
+pub mod server;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,119 @@
+//! `arca server`: the operator, as a process (the installed Deployment runs it).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arca_k8s::restore::{Priorities, RestoreSettings};
+use arca_k8s::server::{self, leader};
+use clap::Args;
+
+use crate::Ctx;
+use crate::cmd_k8s::KubeOpts;
+
+/// Log line format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `arca server`.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Log format (logs go to stderr; ARCA_LOG sets the filter, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Backups run at once; more wait in phase New, oldest first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent_backups: u16,
+
+    /// Where /metrics (Prometheus), /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8085")]
+    metrics_address: SocketAddr,
+
+    /// Elect a leader among replicas through a Lease named `arca-server` in the
+    /// namespace: only the leader works. `--leader-elect=false` for a process alone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// How long the Lease lasts unrenewed before another replica takes over
+    /// (Go-style duration).
+    #[arg(long, default_value = "15s")]
+    leader_elect_lease_duration: String,
+
+    /// Order in which resources are restored (Velero's `--restore-resource-priorities`).
+    #[arg(long)]
+    restore_resource_priorities: Option<String>,
+
+    /// How long a restore waits for a restored CRD to become established.
+    #[arg(long, default_value = "10m")]
+    resource_timeout: String,
+}
+
+fn duration(s: &str, flag: &str) -> Result<Duration> {
+    let secs = arca_k8s::backup::parse_go_duration(s).with_context(|| format!("{flag} {s:?}"))?;
+    anyhow::ensure!(secs > 0, "{flag} must be positive, not {s:?}");
+    Ok(Duration::from_secs(secs as u64))
+}
+
+/// This replica's identity: the pod's name where the Deployment gives it, else the host's,
+/// with the process ID so that two on one host differ.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "arca".into());
+    format!("{host}_{}", std::process::id())
+}
+
+pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
+    let client = kube.client().await?;
+    let lease = duration(
+        &a.leader_elect_lease_duration,
+        "--leader-elect-lease-duration",
+    )?;
+    // client-go's proportions: renew deadline 2/3 of the lease, retries every 2/15.
+    let timings = leader::Timings {
+        duration: lease,
+        renew_deadline: lease * 2 / 3,
+        retry: (lease * 2 / 15).max(Duration::from_millis(200)),
+    };
+    let mut restore = RestoreSettings::new();
+    restore.crd_wait = duration(&a.resource_timeout, "--resource-timeout")?;
+    if let Some(p) = &a.restore_resource_priorities {
+        restore.priorities = Priorities::parse(p);
+    }
+    let opts = server::Options {
+        namespace: kube.namespace().to_string(),
+        concurrent_backups: a.concurrent_backups,
+        metrics_address: Some(a.metrics_address),
+        leader_elect: a.leader_elect,
+        lease_name: "arca-server".into(),
+        identity: identity(),
+        timings,
+        cache_root: ctx.cache_root(),
+        restore,
+    };
+    // SIGTERM (the kubelet stopping the pod) and Ctrl-C end it cleanly: the Lease is
+    // released so another replica takes over at once; work in flight is run again there.
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    server::run(client, opts, shutdown).await?;
+    Ok(0)
+}

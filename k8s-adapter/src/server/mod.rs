@@ -1,0 +1,469 @@
+//! `arca server`: the operator. It reconciles the resources of one namespace with
+//! kube-runtime's controllers, run only by the replica that holds the server's Lease.
+//!
+//! Each controller keeps its rules in a pure function of the state it is shown (`*_step`),
+//! unit-tested without a cluster; the reconcilers call the same functions as the CLI
+//! ([`crate::backup::run_backup`], [`crate::restore::run_restore`]): one code path for a
+//! backup, whoever starts it.
+//!
+//! Restarts (Velero issue 4503): a Backup or Restore left InProgress by a server that was
+//! killed is run again by the next leader, never failed for the restart. Running again is
+//! safe: a backup's record is written once, at its end, as a new repository snapshot;
+//! a restore's items are created or left as the existing-resource policy says.
+
+pub mod http;
+pub mod leader;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::crd::{Backup, Restore};
+use crate::record::SCHEDULE_NAME_LABEL;
+use crate::restore::RestoreSettings;
+use crate::{Error, Result};
+use metrics::{End, Metrics};
+
+/// The server's settings (its command-line flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The namespace of Arca's resources.
+    pub namespace: String,
+    /// Backups run at once (Velero's `--concurrent-backups`, default 1).
+    pub concurrent_backups: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; None: not served.
+    pub metrics_address: Option<SocketAddr>,
+    /// Lead through a Lease (false: this process works alone, for tests and single
+    /// replicas that want no Lease).
+    pub leader_elect: bool,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Leader election timings.
+    pub timings: leader::Timings,
+    /// The repository cache directory.
+    pub cache_root: Option<PathBuf>,
+    /// Restore settings (priorities, parallelism, waits).
+    pub restore: RestoreSettings,
+}
+
+/// What a controller does with a Backup or Restore in a phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// New: run it.
+    Run,
+    /// InProgress but run by nobody (the previous leader stopped): run it again.
+    RunAgain,
+    /// Ended, or in a phase another part owns: nothing.
+    Nothing,
+}
+
+/// The Backup controller's rule: New (or no phase yet) runs; InProgress, seen by a leader
+/// that is not running it, runs again; every other phase is left alone
+/// (WaitingForPluginOperations and Finalizing belong to the volume-data work).
+pub fn backup_step(phase: Option<&str>) -> Step {
+    match phase.unwrap_or("") {
+        "" | "New" => Step::Run,
+        "InProgress" => Step::RunAgain,
+        _ => Step::Nothing,
+    }
+}
+
+/// The Restore controller's rule: as for backups.
+pub fn restore_step(phase: Option<&str>) -> Step {
+    match phase.unwrap_or("") {
+        "" | "New" => Step::Run,
+        "InProgress" => Step::RunAgain,
+        _ => Step::Nothing,
+    }
+}
+
+/// A pause point for kill -9 tests across processes: a process started with
+/// `ARCA_TEST_PAUSE_AT=<point>` stops there for good (until it is killed), after saying
+/// so on stderr. Unset, it costs an environment lookup.
+pub(crate) async fn pause_point(point: &str) {
+    if std::env::var("ARCA_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
+        eprintln!("paused at {point}");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The schedule a backup came from ("" for none), by Arca's label or Velero's.
+pub fn schedule_of(b: &Backup) -> String {
+    let l = b.labels();
+    l.get(SCHEDULE_NAME_LABEL)
+        .or_else(|| l.get("velero.io/schedule-name"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+struct Ctx {
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+}
+
+impl Ctx {
+    async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        // Events are advisory: a failed one is logged, never fails the work.
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!("event {reason}: {e}");
+        }
+    }
+}
+
+/// Run the server until `shutdown` completes (then the Lease is released) or leadership
+/// is lost (an error: the process must exit so that only the new leader works).
+pub async fn run(
+    client: Client,
+    opts: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(http::Health::default());
+    if let Some(addr) = opts.metrics_address {
+        let bound = http::serve(addr, metrics.clone(), health.clone()).await?;
+        tracing::info!("serving /metrics, /healthz and /readyz on {bound}");
+    }
+    // Reach the API server before saying ready.
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| Error::kube("reach the API server", e))?;
+    health.ready.store(true, Ordering::Relaxed);
+    let mut shutdown = Box::pin(shutdown);
+    let mut elector = opts.leader_elect.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &opts.namespace,
+            &opts.lease_name,
+            &opts.identity,
+            opts.timings.clone(),
+        )
+    });
+    if let Some(e) = elector.as_mut() {
+        tracing::info!(
+            "waiting to lead: lease {}/{} as {}",
+            opts.namespace,
+            opts.lease_name,
+            e.identity()
+        );
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    health.leading.store(true, Ordering::Relaxed);
+    tracing::info!(
+        "leading: reconciling backups and restores in namespace {}",
+        opts.namespace
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "arca-server".into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        opts: opts.clone(),
+        metrics,
+        recorder,
+    });
+    let controllers = futures::future::join(backups(ctx.clone()), restores(ctx.clone()));
+    let lost = async {
+        match elector.as_mut() {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        _ = controllers => Ok(()),
+        why = lost => Err(Error::Invalid(format!(
+            "leadership lost ({why}): stopping, so that only the new leader works"
+        ))),
+        _ = &mut shutdown => Ok(()),
+    };
+    if result.is_ok()
+        && let Some(e) = elector.as_mut()
+    {
+        e.release().await;
+    }
+    result
+}
+
+fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!("{e}; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn backups(ctx: Arc<Ctx>) {
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
+    Controller::new(api, watcher::Config::default())
+        .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1)))
+        .run(reconcile_backup, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("backup controller: {e}");
+            }
+        })
+        .await;
+}
+
+async fn restores(ctx: Arc<Ctx>) {
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
+    Controller::new(api, watcher::Config::default())
+        .with_config(Config::default().concurrency(1))
+        .run(reconcile_restore, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("restore controller: {e}");
+            }
+        })
+        .await;
+}
+
+async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> {
+    let ns = &ctx.opts.namespace;
+    let name = cached.name_any();
+    // Decided on a fresh read, never on the watch cache: our own last status write may
+    // not have reached the cache, and a stale InProgress would run the backup twice.
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(b) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let step = backup_step(b.status.as_ref().and_then(|s| s.phase.as_deref()));
+    if step == Step::Nothing {
+        return Ok(Action::await_change());
+    }
+    let schedule = schedule_of(&b);
+    if step == Step::RunAgain {
+        tracing::info!(
+            "backup {ns}/{name} was InProgress when its server stopped: running it again"
+        );
+    } else {
+        tracing::info!("backup {ns}/{name}: starting");
+    }
+    ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
+        .await;
+    let t0 = Instant::now();
+    let out =
+        crate::backup::run_backup(&ctx.client, ns, &name, ctx.opts.cache_root.as_deref()).await;
+    let secs = t0.elapsed().as_secs_f64();
+    match out {
+        Ok(o) => {
+            let phase = o.status.phase.clone().unwrap_or_default();
+            let end = End::of_phase(&phase);
+            ctx.metrics.backup_ended(
+                &schedule,
+                end,
+                secs,
+                o.status
+                    .progress
+                    .as_ref()
+                    .and_then(|p| p.items_backed_up)
+                    .unwrap_or(0),
+                o.status.errors.unwrap_or(0),
+                o.status.warnings.unwrap_or(0),
+            );
+            tracing::info!("backup {ns}/{name}: {phase}");
+            ctx.event(
+                &b,
+                end != End::Success,
+                &format!("Backup{phase}"),
+                format!("backup {name} ended {phase}"),
+            )
+            .await;
+        }
+        Err(e) => {
+            // run_backup marks the backup Failed where it can; an error before it could
+            // (the API server unreachable) leaves the phase for a retry.
+            let now = api.get_opt(&name).await.ok().flatten();
+            let phase = now
+                .as_ref()
+                .and_then(|b| b.status.as_ref())
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            if backup_step(Some(&phase)) != Step::Nothing {
+                return Err(e);
+            }
+            ctx.metrics
+                .backup_ended(&schedule, End::Failure, secs, 0, 0, 0);
+            tracing::warn!("backup {ns}/{name}: Failed: {e}");
+            ctx.event(
+                &b,
+                true,
+                "BackupFailed",
+                format!("backup {name} failed: {e}"),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn restore_schedule(ctx: &Ctx, r: &Restore) -> String {
+    if let Some(b) = r.spec.backup_name.as_deref() {
+        let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
+        if let Ok(Some(b)) = api.get_opt(b).await {
+            return schedule_of(&b);
+        }
+    }
+    r.spec.schedule_name.clone().unwrap_or_default()
+}
+
+async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action> {
+    let ns = &ctx.opts.namespace;
+    let name = cached.name_any();
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(r) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("read restore {ns}/{name}"), e))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let step = restore_step(r.status.as_ref().and_then(|s| s.phase.as_deref()));
+    if step == Step::Nothing {
+        return Ok(Action::await_change());
+    }
+    if step == Step::RunAgain {
+        tracing::info!(
+            "restore {ns}/{name} was InProgress when its server stopped: running it again"
+        );
+    } else {
+        tracing::info!("restore {ns}/{name}: starting");
+    }
+    let schedule = restore_schedule(&ctx, &r).await;
+    ctx.metrics.restore_started(&schedule);
+    ctx.event(
+        &r,
+        false,
+        "RestoreStarted",
+        format!("restore {name} started"),
+    )
+    .await;
+    // On a blocking thread of its own: rustc cannot prove the engine's restore future
+    // Send through kube-runtime's higher-ranked bounds (a known compiler limitation), and
+    // `block_on` there needs no Send. The runtime's context is kept.
+    let out = {
+        let (client, ns, rname) = (ctx.client.clone(), ns.clone(), name.clone());
+        let (settings, cache) = (ctx.opts.restore.clone(), ctx.opts.cache_root.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::restore::run_restore(
+                &client,
+                &ns,
+                &rname,
+                settings,
+                cache.as_deref(),
+            ))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("restore {name} panicked: {e}")))?
+    };
+    match out {
+        Ok(o) => {
+            let phase = o.status.phase.clone().unwrap_or_default();
+            let end = End::of_phase(&phase);
+            ctx.metrics.restore_ended(&schedule, end);
+            tracing::info!("restore {ns}/{name}: {phase}");
+            ctx.event(
+                &r,
+                end != End::Success,
+                &format!("Restore{phase}"),
+                format!("restore {name} ended {phase}"),
+            )
+            .await;
+        }
+        Err(e) => {
+            let now = api.get_opt(&name).await.ok().flatten();
+            let phase = now
+                .as_ref()
+                .and_then(|r| r.status.as_ref())
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            if restore_step(Some(&phase)) != Step::Nothing {
+                return Err(e);
+            }
+            ctx.metrics.restore_ended(&schedule, End::Failure);
+            tracing::warn!("restore {ns}/{name}: Failed: {e}");
+            ctx.event(
+                &r,
+                true,
+                "RestoreFailed",
+                format!("restore {name} failed: {e}"),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_runs_inprogress_runs_again_the_rest_is_left() {
+        for step in [backup_step, restore_step] {
+            assert_eq!(step(None), Step::Run);
+            assert_eq!(step(Some("")), Step::Run);
+            assert_eq!(step(Some("New")), Step::Run);
+            assert_eq!(step(Some("InProgress")), Step::RunAgain);
+            for ended in [
+                "Completed",
+                "PartiallyFailed",
+                "Failed",
+                "FailedValidation",
+                "Deleting",
+                "WaitingForPluginOperations",
+                "Finalizing",
+            ] {
+                assert_eq!(step(Some(ended)), Step::Nothing, "{ended}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_schedule_comes_from_either_label() {
+        let mut b = Backup::new("b", Default::default());
+        assert_eq!(schedule_of(&b), "");
+        b.metadata.labels = Some([("velero.io/schedule-name".to_string(), "v".to_string())].into());
+        assert_eq!(schedule_of(&b), "v");
+        b.metadata.labels = Some([(SCHEDULE_NAME_LABEL.to_string(), "a".to_string())].into());
+        assert_eq!(schedule_of(&b), "a");
+    }
+}
