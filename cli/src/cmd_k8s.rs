@@ -1,5 +1,5 @@
-//! `arca install`, `arca backup ...`, `arca restore ...`: Velero's verbs and flags, run
-//! from the client directly against the cluster (no operator needed).
+//! `arca install`, `arca backup ...`, `arca restore ...`: Velero's verbs and flags. Creating
+//! a backup or restore makes the resource, which `arca server` runs; `--wait` follows it.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -17,7 +17,6 @@ use arca_k8s::kube::api::{Api, ListParams};
 use arca_k8s::kube::{Client, ResourceExt};
 use arca_k8s::manage;
 use arca_k8s::record::{Messages, Results};
-use arca_k8s::restore::{Priorities, RestoreSettings};
 use clap::{Args, Subcommand};
 
 use crate::output::print_json;
@@ -133,8 +132,9 @@ struct CommonFilters {
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
 
-    /// Accepted for Velero compatibility: the CLI runs the operation itself and always
-    /// waits for it.
+    /// Wait for the operation to end, showing its progress; exit 0 when it completed, 3
+    /// when it partially failed, 1 otherwise. Without it the command returns once the
+    /// resource is created, and the arca server runs it.
     #[arg(long, short = 'w')]
     wait: bool,
 }
@@ -421,20 +421,6 @@ pub struct RestoreCreate {
     /// Resources whose status is not restored.
     #[arg(long, value_delimiter = ',')]
     status_exclude_resources: Vec<String>,
-
-    /// Restore order: comma-separated resources; those after a `-` go last
-    /// [default: Velero's list].
-    #[arg(long)]
-    restore_resource_priorities: Option<String>,
-
-    /// Items restored at once within one priority tier.
-    #[arg(long, default_value_t = 8)]
-    parallel: usize,
-
-    /// How long to wait for a restored CustomResourceDefinition to be ready before its
-    /// resources are restored (a Go duration).
-    #[arg(long, default_value = "10m")]
-    resource_timeout: String,
 }
 
 fn k8s_time(t: &Time) -> String {
@@ -498,18 +484,6 @@ fn selector_text(s: Option<&LabelSelector>) -> String {
 }
 
 /// Run a closure's future with a spinner on the terminal.
-async fn with_spinner<T>(ctx: &Ctx, msg: String, f: impl std::future::Future<Output = T>) -> T {
-    if !ctx.show_progress() {
-        return f.await;
-    }
-    let pb = indicatif::ProgressBar::new_spinner();
-    pb.set_message(msg);
-    pb.enable_steady_tick(Duration::from_millis(120));
-    let out = f.await;
-    pb.finish_and_clear();
-    out
-}
-
 fn exit_for(phase: &str) -> u8 {
     match phase {
         "Completed" => 0,
@@ -925,18 +899,31 @@ async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) ->
             manage::create_backup(client, ns, &name, spec, labels).await?;
         }
     }
-    if !ctx.json && !ctx.quiet {
-        println!("Backup request {name:?} submitted successfully.");
+    submitted(ctx, client, ns, "backup", &name, c.filters.wait).await?;
+    if !c.filters.wait {
+        return Ok(0);
     }
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let Some(b) = follow(ctx, &api, "backup", &name, |b: &Backup| {
+        let s = b.status.clone().unwrap_or_default();
+        let p = s.progress.unwrap_or_default();
+        (s.phase, p.items_backed_up, p.total_items)
+    })
+    .await?
+    else {
+        return Ok(0);
+    };
+    let status = b.status.unwrap_or_default();
+    // Warnings and errors are in the stored record.
     let cache = ctx.cache_root();
-    let out = with_spinner(
-        ctx,
-        format!("backing up resources into backup {name}"),
-        arca_k8s::backup::run_backup(client, ns, &name, cache.as_deref()),
-    )
-    .await?;
-    let progress = out
-        .status
+    let results = match status.snapshot_id {
+        Some(_) => match manage::backup_record(client, ns, &name, cache.as_deref()).await {
+            Ok((repo, id, _)) => manage::backup_results(&repo, &id).await.unwrap_or_default(),
+            Err(_) => Results::default(),
+        },
+        None => Results::default(),
+    };
+    let progress = status
         .progress
         .as_ref()
         .map(|p| (p.items_backed_up, p.total_items));
@@ -944,12 +931,122 @@ async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) ->
         ctx,
         "backup",
         &name,
-        serde_json::to_value(&out.status)?,
-        out.status.validation_errors.as_ref(),
-        out.status.failure_reason.as_deref(),
-        &out.results,
+        serde_json::to_value(&status)?,
+        status.validation_errors.as_ref(),
+        status.failure_reason.as_deref(),
+        &results,
         progress,
     )
+}
+
+/// Say that a backup or restore was created, and warn when no server would run it (no
+/// live Lease of `arca server` in the namespace).
+async fn submitted(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    what: &str,
+    name: &str,
+    wait: bool,
+) -> Result<()> {
+    let title = if what == "backup" {
+        "Backup"
+    } else {
+        "Restore"
+    };
+    if !ctx.json && !ctx.quiet {
+        println!("{title} request {name:?} submitted successfully.");
+        if wait {
+            println!(
+                "Waiting for {what} to complete. You may safely press ctrl-c to stop waiting - your {what} will continue in the background."
+            );
+        } else {
+            println!(
+                "Run `arca {what} describe {name}` or `arca {what} logs {name}` for more details."
+            );
+        }
+    } else if ctx.json && !wait {
+        print_json(&serde_json::json!({ "name": name, "status": { "phase": "New" } }))?;
+    }
+    if !manage::server_running(client, ns).await {
+        eprintln!(
+            "warning: no arca server is running in namespace {ns} (its Lease arca-server is missing or not renewed): the {what} waits in phase New until one runs. `arca install` deploys it; `arca server -n {ns}` runs one here."
+        );
+    }
+    Ok(())
+}
+
+/// Follow a backup or restore until its phase ends, by watching it; a bar of items done
+/// on a terminal. None when the user stopped waiting (Ctrl-C): the work goes on.
+async fn follow<K>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    what: &str,
+    name: &str,
+    state: impl Fn(&K) -> (Option<String>, Option<i64>, Option<i64>) + Send + Sync + 'static,
+) -> Result<Option<K>>
+where
+    K: arca_k8s::kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use arca_k8s::kube::runtime::{WatchStreamExt, watcher};
+    use futures::StreamExt;
+    const ENDED: [&str; 4] = ["Completed", "PartiallyFailed", "Failed", "FailedValidation"];
+    let pb = ctx.show_progress().then(|| {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} items")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(format!("{what} {name}: New"));
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    });
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(api.clone(), cfg).applied_objects());
+    let result = loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = stopped(ctx) => {
+                if let Some(pb) = &pb {
+                    pb.finish_and_clear();
+                }
+                eprintln!("stopped waiting: {what} {name} goes on in the cluster (`arca {what} describe {name}`)");
+                return Ok(None);
+            }
+        };
+        let Some(obj) = next else {
+            break Err(anyhow::anyhow!("the watch of {what} {name} ended"));
+        };
+        let obj = obj.with_context(|| format!("watch {what} {name}"))?;
+        let (phase, done, total) = state(&obj);
+        let phase = phase.unwrap_or_else(|| "New".into());
+        if let Some(pb) = &pb {
+            pb.set_message(format!("{what} {name}: {phase}"));
+            pb.set_length(total.unwrap_or(0).max(0) as u64);
+            pb.set_position(done.unwrap_or(0).max(0) as u64);
+        }
+        if ENDED.contains(&phase.as_str()) {
+            break Ok(Some(obj));
+        }
+    };
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    result
+}
+
+/// Resolves when the user pressed Ctrl-C.
+async fn stopped(ctx: &Ctx) {
+    while !ctx.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Report how a backup or restore ended; its exit code.
@@ -1307,8 +1404,20 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
             included_resources: opt_list(&c.status_include_resources),
             excluded_resources: opt_list(&c.status_exclude_resources),
         });
+    // Velero's CLI picks the schedule's newest Completed or PartiallyFailed backup itself
+    // (pkg/cmd/cli/restore/create.go); the server considers Completed ones only.
+    let mut backup_name = c.from_backup.clone();
+    if let (true, Some(s)) = (c.allow_partially_failed, &c.from_schedule) {
+        backup_name = Some(
+            arca_k8s::restore::newest_backup_of_schedule(client, ns, s, true)
+                .await?
+                .with_context(|| {
+                    format!("schedule {s} has no completed or partially failed backup")
+                })?,
+        );
+    }
     let spec = RestoreSpec {
-        backup_name: c.from_backup.clone(),
+        backup_name,
         schedule_name: c.from_schedule.clone(),
         included_namespaces: opt_list(&f.include_namespaces),
         excluded_namespaces: opt_list(&f.exclude_namespaces),
@@ -1333,27 +1442,29 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
     let name = c.name.clone().unwrap_or_else(|| format!("{base}-{stamp}"));
     // A backup known only to object storage is fine: the restore finds it there.
     manage::create_restore(client, ns, &name, spec, f.labels()?).await?;
-    if !ctx.json && !ctx.quiet {
-        println!("Restore request {name:?} submitted successfully.");
+    submitted(ctx, client, ns, "restore", &name, f.wait).await?;
+    if !f.wait {
+        return Ok(0);
     }
-    let mut settings = RestoreSettings::new();
-    settings.parallel_items = c.parallel.max(1);
-    settings.allow_partially_failed = c.allow_partially_failed;
-    settings.crd_wait = std::time::Duration::from_secs(
-        arca_k8s::backup::parse_go_duration(&c.resource_timeout)?.max(0) as u64,
-    );
-    if let Some(p) = &c.restore_resource_priorities {
-        settings.priorities = Priorities::parse(p);
-    }
+    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+    let Some(r) = follow(ctx, &api, "restore", &name, |r: &Restore| {
+        let s = r.status.clone().unwrap_or_default();
+        let p = s.progress.unwrap_or_default();
+        (s.phase, p.items_restored, p.total_items)
+    })
+    .await?
+    else {
+        return Ok(0);
+    };
+    let status = r.status.unwrap_or_default();
     let cache = ctx.cache_root();
-    let out = with_spinner(
-        ctx,
-        format!("restoring backup {base} (restore {name})"),
-        arca_k8s::restore::run_restore(client, ns, &name, settings, cache.as_deref()),
-    )
-    .await?;
-    let progress = out
-        .status
+    let results: Results = match manage::restore_record(client, ns, &name, cache.as_deref()).await {
+        Ok((repo, id)) => arca_k8s::restore::read_json(&repo, &id, "results.json")
+            .await
+            .unwrap_or_default(),
+        Err(_) => Results::default(),
+    };
+    let progress = status
         .progress
         .as_ref()
         .map(|p| (p.items_restored, p.total_items));
@@ -1361,10 +1472,10 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
         ctx,
         "restore",
         &name,
-        serde_json::to_value(&out.status)?,
-        out.status.validation_errors.as_ref(),
-        out.status.failure_reason.as_deref(),
-        &out.results,
+        serde_json::to_value(&status)?,
+        status.validation_errors.as_ref(),
+        status.failure_reason.as_deref(),
+        &results,
         progress,
     )
 }

@@ -45,13 +45,19 @@ pub struct ServerArgs {
     #[arg(long, default_value = "15s")]
     leader_elect_lease_duration: String,
 
-    /// Order in which resources are restored (Velero's `--restore-resource-priorities`).
+    /// Order in which resources are restored: comma-separated resources, those after a
+    /// `-` go last [default: Velero's list] (Velero's `--restore-resource-priorities`).
     #[arg(long)]
     restore_resource_priorities: Option<String>,
 
-    /// How long a restore waits for a restored CRD to become established.
+    /// How long a restore waits for a restored CRD to become established (Velero's
+    /// `--resource-timeout`).
     #[arg(long, default_value = "10m")]
     resource_timeout: String,
+
+    /// Items a restore creates at once within one priority tier.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    restore_parallel_items: u16,
 }
 
 fn duration(s: &str, flag: &str) -> Result<Duration> {
@@ -88,6 +94,7 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
         retry: (lease * 2 / 15).max(Duration::from_millis(200)),
     };
     let mut restore = RestoreSettings::new();
+    restore.parallel_items = usize::from(a.restore_parallel_items);
     restore.crd_wait = duration(&a.resource_timeout, "--resource-timeout")?;
     if let Some(p) = &a.restore_resource_priorities {
         restore.priorities = Priorities::parse(p);
@@ -97,7 +104,7 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
         concurrent_backups: a.concurrent_backups,
         metrics_address: Some(a.metrics_address),
         leader_elect: a.leader_elect,
-        lease_name: "arca-server".into(),
+        lease_name: server::LEASE.into(),
         identity: identity(),
         timings,
         cache_root: ctx.cache_root(),

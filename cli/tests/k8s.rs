@@ -59,10 +59,14 @@ async fn clusters() -> Option<(Cluster, Cluster)> {
     ))
 }
 
-/// One test's Arca: an install namespace and a storage location directory.
+/// One test's Arca: an install namespace and a storage location directory, and the
+/// `arca server` started for it in each cluster it was installed into (as `arca install`
+/// with its Deployment would give; unless `auto_server` is off).
 struct Arca {
     ns: String,
     dir: tempfile::TempDir,
+    auto_server: bool,
+    servers: std::sync::Mutex<Vec<(PathBuf, Server)>>,
 }
 
 impl Arca {
@@ -75,6 +79,8 @@ impl Arca {
         Self {
             ns: format!("arca-{name}-{:x}", t & 0xfffff),
             dir: tempfile::tempdir().unwrap(),
+            auto_server: true,
+            servers: Default::default(),
         }
     }
 
@@ -99,7 +105,41 @@ impl Arca {
     }
 
     fn run(&self, c: &Cluster, args: &[&str]) -> Output {
-        self.cmd(c).args(args).output().unwrap()
+        let mut args = args.to_vec();
+        // The CLI creates a backup or restore and returns; the tests follow each to its
+        // end, as `--wait` does.
+        let create = args
+            .windows(2)
+            .any(|w| matches!(w, ["backup" | "restore", "create"]));
+        if create && !args.contains(&"--wait") {
+            args.push("--wait");
+        }
+        let out = self.cmd(c).args(&args).output().unwrap();
+        if self.auto_server
+            && out.status.success()
+            && args.contains(&"install")
+            && !args.contains(&"--dry-run")
+        {
+            self.ensure_server(c);
+        }
+        out
+    }
+
+    /// An `arca server` for this test's namespace in cluster `c`, leading.
+    fn ensure_server(&self, c: &Cluster) {
+        let mut servers = self.servers.lock().unwrap();
+        if servers.iter().any(|(k, _)| *k == c.kubeconfig) {
+            return;
+        }
+        let s = self.server(c, &[]);
+        for _ in 0..600 {
+            if s.log().contains("leading") {
+                servers.push((c.kubeconfig.clone(), s));
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the server of {} did not lead:\n{}", self.ns, s.log());
     }
 
     fn expect(&self, c: &Cluster, code: i32, args: &[&str]) -> String {
@@ -3550,7 +3590,10 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
         return;
     };
-    let arca = Arca::new("server");
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("server")
+    };
     arca.install(&a);
     let sfx = arca.suffix().to_string();
     let app = format!("srv-app-{sfx}");

@@ -313,6 +313,24 @@ pub async fn create_backup_object(client: &Client, ns: &str, b: Backup) -> Resul
     create_new(client, ns, "backup", nb, labels).await
 }
 
+/// Whether an `arca server` leads in namespace `ns`: its Lease has a holder renewed within
+/// a minute or twice its duration. Clocks are compared, so this only decides a warning.
+pub async fn server_running(client: &Client, ns: &str) -> bool {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
+    let Ok(Some(lease)) = api.get_opt(crate::server::LEASE).await else {
+        return false;
+    };
+    let spec = lease.spec.unwrap_or_default();
+    let live = (spec.lease_duration_seconds.unwrap_or(15).max(30) * 2) as i64;
+    spec.holder_identity.is_some_and(|h| !h.is_empty())
+        && spec.renew_time.is_some_and(|t| {
+            (k8s_openapi::jiff::Timestamp::now() - t.0)
+                .get_seconds()
+                .abs()
+                <= live
+        })
+}
+
 /// Create a Restore resource in phase New.
 pub async fn create_restore(
     client: &Client,

@@ -347,6 +347,42 @@ async fn failed_validation(
     })
 }
 
+/// The newest backup of a schedule a restore may use: Completed ones, and PartiallyFailed
+/// ones too when `allow_partial` (Velero's `--allow-partially-failed`); newest by start
+/// time, as Velero's mostRecentCompletedBackup (pkg/controller/restore_controller.go).
+pub async fn newest_backup_of_schedule(
+    client: &Client,
+    ns: &str,
+    sched: &str,
+    allow_partial: bool,
+) -> Result<Option<String>> {
+    let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let sched_label = label_value(sched);
+    let mut list = Vec::new();
+    for key in ["velero.io/schedule-name", SCHEDULE_NAME_LABEL] {
+        list.extend(
+            bapi.list(&ListParams::default().labels(&format!("{key}={sched_label}")))
+                .await
+                .map_err(|e| Error::kube("list backups", e))?
+                .items,
+        );
+    }
+    list.retain(
+        |b| match b.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Completed") => true,
+            Some("PartiallyFailed") => allow_partial,
+            _ => false,
+        },
+    );
+    list.sort_by_key(|b| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.start_timestamp.clone())
+            .map(|t| t.0)
+    });
+    Ok(list.last().map(|b| b.name_any()))
+}
+
 /// Run a Restore resource that exists in the cluster (phase New).
 pub async fn run_restore(
     client: &Client,
@@ -436,43 +472,11 @@ pub async fn run_restore(
             b.clone()
         }
         (None, Some(sched)) => {
-            let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
-            let sched_label = label_value(sched);
-            let lp =
-                ListParams::default().labels(&format!("velero.io/schedule-name={sched_label}"));
-            let mut list = bapi
-                .list(&lp)
-                .await
-                .map_err(|e| Error::kube("list backups", e))?
-                .items;
-            list.extend(
-                bapi.list(
-                    &ListParams::default().labels(&format!("{SCHEDULE_NAME_LABEL}={sched_label}")),
-                )
-                .await
-                .map_err(|e| Error::kube("list backups", e))?
-                .items,
-            );
             let allow_partial = settings.allow_partially_failed;
-            list.retain(
-                |b| match b.status.as_ref().and_then(|s| s.phase.as_deref()) {
-                    Some("Completed") => true,
-                    Some("PartiallyFailed") => allow_partial,
-                    _ => false,
-                },
-            );
-            // Velero's mostRecentCompletedBackup (pkg/controller/restore_controller.go):
-            // newest by status.startTimestamp.
-            list.sort_by_key(|b| {
-                b.status
-                    .as_ref()
-                    .and_then(|s| s.start_timestamp.clone())
-                    .map(|t| t.0)
-            });
-            match list.last() {
+            match newest_backup_of_schedule(client, ns, sched, allow_partial).await? {
                 Some(b) => {
                     // Recorded in the Restore, so that describe, logs and delete find it.
-                    let chosen = b.name_any();
+                    let chosen = b;
                     api.patch(
                         name,
                         &PatchParams::default(),

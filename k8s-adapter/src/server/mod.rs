@@ -35,6 +35,9 @@ use crate::restore::RestoreSettings;
 use crate::{Error, Result};
 use metrics::{End, Metrics};
 
+/// The name of the server's Lease, in the namespace it serves.
+pub const LEASE: &str = "arca-server";
+
 /// The server's settings (its command-line flags).
 #[derive(Clone, Debug)]
 pub struct Options {
