@@ -94,6 +94,38 @@ pub struct InstallArgs {
     /// Cloud credentials file (AWS style) for the location, stored as a secret.
     #[arg(long, requires = "provider")]
     secret_file: Option<PathBuf>,
+
+    /// The image of the operator's Deployment (`arca server`).
+    #[arg(long, default_value = concat!("arca/arca:v", env!("CARGO_PKG_VERSION")))]
+    image: String,
+
+    /// Its pull policy: IfNotPresent, Always or Never.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["IfNotPresent", "Always", "Never"])]
+    image_pull_policy: String,
+
+    /// Create no Deployment: `arca server` runs elsewhere.
+    #[arg(long)]
+    no_deployment: bool,
+
+    /// CPU request of the server's pod ("0": none).
+    #[arg(long, default_value = "500m")]
+    server_pod_cpu_request: String,
+
+    /// Memory request of the server's pod ("0": none).
+    #[arg(long, default_value = "128Mi")]
+    server_pod_mem_request: String,
+
+    /// CPU limit of the server's pod ("0": none).
+    #[arg(long, default_value = "1000m")]
+    server_pod_cpu_limit: String,
+
+    /// Memory limit of the server's pod ("0": none).
+    #[arg(long, default_value = "512Mi")]
+    server_pod_mem_limit: String,
+
+    /// Wait until the server's Deployment is available (at most 5 minutes).
+    #[arg(long, conflicts_with = "no_deployment")]
+    wait: bool,
 }
 
 /// Filters shared by backups and restores.
@@ -496,6 +528,14 @@ fn exit_for(phase: &str) -> u8 {
 pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
     let mut plan = manage::InstallPlan {
         namespace: kube.namespace.clone(),
+        server: (!a.no_deployment).then(|| manage::ServerDeployment {
+            image: a.image.clone(),
+            pull_policy: a.image_pull_policy.clone(),
+            cpu_request: a.server_pod_cpu_request.clone(),
+            memory_request: a.server_pod_mem_request.clone(),
+            cpu_limit: a.server_pod_cpu_limit.clone(),
+            memory_limit: a.server_pod_mem_limit.clone(),
+        }),
         ..Default::default()
     };
     if let Some(provider) = &a.provider {
@@ -544,6 +584,12 @@ pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
     }
     let client = kube.client().await?;
     let done = manage::install(&client, &plan).await?;
+    if a.wait {
+        if !ctx.json && !ctx.quiet {
+            println!("Waiting for the server's Deployment to be available...");
+        }
+        manage::wait_server_available(&client, &plan.namespace, Duration::from_secs(300)).await?;
+    }
     if ctx.json {
         print_json(&done)?;
     } else if !ctx.quiet {
@@ -551,6 +597,13 @@ pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
             println!("applied {d}");
         }
         println!("Arca is installed in namespace {}.", plan.namespace);
+        if plan.server.is_some() && !a.wait {
+            println!(
+                "Run `kubectl -n {} get deployment/{}` to see the server's state (or install with --wait).",
+                plan.namespace,
+                manage::SERVER_NAME
+            );
+        }
         if plan.location.is_none() {
             println!(
                 "No backup storage location was created: run `arca install --provider ... --bucket ...`, \

@@ -114,6 +114,10 @@ impl Arca {
         if create && !args.contains(&"--wait") {
             args.push("--wait");
         }
+        // The test's own server process stands in for the Deployment.
+        if self.auto_server && args.contains(&"install") && !args.contains(&"--dry-run") {
+            args.push("--no-deployment");
+        }
         let out = self.cmd(c).args(&args).output().unwrap();
         if self.auto_server
             && out.status.success()
@@ -3698,4 +3702,220 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
         reasons.contains("BackupStarted") && reasons.contains("BackupCompleted"),
         "events of by-api: {reasons:?}"
     );
+}
+
+/// The arca image of this build, `localhost/arca:<hash of the binary and recipe>`, made
+/// by scripts/make-image (the binary, the libraries it links, the CA roots) once per
+/// binary, and imported into cluster `c`'s node.
+fn arca_image(c: &Cluster) -> String {
+    let bin = env!("CARGO_BIN_EXE_arca");
+    // The recipe is part of the key: a new recipe makes a new image.
+    const CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let mut h = blake3::Hasher::new();
+    h.update(&std::fs::read(bin).unwrap());
+    h.update(format!("--binary /usr/bin/arca --file {CA}").as_bytes());
+    let hash = h.finalize().to_hex()[..12].to_string();
+    let name = format!("localhost/arca:{hash}");
+    let images = std::env::var_os("ARCA_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/arca"))
+        .join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let tar = images.join(format!("arca-{hash}.tar"));
+    let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    if !tar.exists() {
+        // Images of earlier binaries go: one is kept.
+        for e in std::fs::read_dir(&images).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("arca-") && n.ends_with(".tar") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let tmp = images.join(format!(".arca-{hash}.tar.{}", std::process::id()));
+        let out = Command::new(scripts.join("make-image"))
+            .args(["--name", &name, "--out"])
+            .arg(&tmp)
+            .arg("--binary")
+            .arg(format!("{bin}:/usr/bin/arca"))
+            // Object storage over TLS trusts the system's roots.
+            .arg("--file")
+            .arg(format!("{CA}:{CA}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &tar).unwrap();
+    }
+    let cluster_name = c.kubeconfig.parent().unwrap().file_name().unwrap();
+    let out = Command::new(scripts.join("test-cluster"))
+        .arg("image")
+        .arg(cluster_name)
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    name
+}
+
+/// `arca install --image` with the image of this build: the operator runs in the cluster
+/// as a Deployment on the real node, a real in-cluster client (its service account's
+/// token and CA), and runs a backup created from the CLI to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(endpoint) = std::env::var("ARCA_TEST_S3_ENDPOINT").ok().or_else(|| {
+        assert!(
+            std::env::var_os("ARCA_REQUIRE_S3").is_none(),
+            "ARCA_REQUIRE_S3 set without ARCA_TEST_S3_ENDPOINT"
+        );
+        None
+    }) else {
+        return;
+    };
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("incluster")
+    };
+    // The server's pod listens on the host's port 8085: an earlier run's on the same
+    // clusters goes first.
+    let all: Api<arca_k8s::k8s_openapi::api::apps::v1::Deployment> = Api::all(a.client.clone());
+    for d in all
+        .list(&ListParams::default().labels("component=arca"))
+        .await
+        .unwrap()
+        .items
+    {
+        let dns = d.namespace().unwrap_or_default();
+        if dns.starts_with("arca-incluster-") {
+            let api: Api<arca_k8s::k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(a.client.clone(), &dns);
+            let _ = api.delete("arca", &DeleteParams::default()).await;
+        }
+    }
+    let image = arca_image(&a);
+    let creds = arca.dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    let prefix = format!("incluster-{}", arca.suffix());
+    let config = format!("region=us-east-1,s3Url={endpoint}");
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "--provider",
+            "aws",
+            "--bucket",
+            "arca-test",
+            "--prefix",
+            &prefix,
+            "--backup-location-config",
+            &config,
+            "--secret-file",
+            creds.to_str().unwrap(),
+            "--image",
+            &image,
+        ];
+        args.extend_from_slice(extra);
+        arca.ok(&a, &args)
+    };
+    install(&[]);
+    // No kube-proxy runs here: the pod reaches the API server on the host's network at
+    // 127.0.0.1 (its certificate names it), as the test clusters' pods do.
+    let text = std::fs::read_to_string(&a.kubeconfig).unwrap();
+    let port = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .and_then(|u| u.rsplit(':').next())
+        .unwrap()
+        .to_string();
+    let deployments: Api<arca_k8s::k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    deployments
+        .patch(
+            "arca",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {
+                "hostNetwork": true,
+                "dnsPolicy": "ClusterFirstWithHostNet",
+                "containers": [{"name": "arca", "env": [
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+                ]}],
+            }}}})),
+        )
+        .await
+        .unwrap();
+    // Applied again, as a user reruns install: the additions stay; --wait returns once
+    // the server is available (its readiness probe passed).
+    install(&["--wait"]);
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &arca.ns);
+    // The pod of the patched template (the first one's rollout may still be ending).
+    let running = pods
+        .list(&ListParams::default().labels("deploy=arca"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| {
+            p.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .expect("a ready server pod on the host's network");
+    let pod = running.name_any();
+    pod_log_with(&pods, &pod, "leading").await;
+
+    let app = format!("incl-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "cfg", &[], "v"))).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "in-cluster",
+            "--include-namespaces",
+            &app,
+        ],
+    );
+    let items = arca.items(&a, "in-cluster");
+    assert!(
+        items.contains(&format!("configmaps:{app}/cfg")),
+        "{items:?}"
+    );
+    let leases: Api<arca_k8s::k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    let holder = leases
+        .get("arca-server")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.starts_with(&format!("{pod}_")),
+        "the pod leads: {holder}"
+    );
+    let log = pods.logs(&pod, &Default::default()).await.unwrap();
+    assert!(
+        log.contains("in-cluster: Completed"),
+        "the pod ran the backup:\n{log}"
+    );
+    deployments
+        .delete("arca", &DeleteParams::default())
+        .await
+        .unwrap();
 }

@@ -80,6 +80,114 @@ pub struct InstallPlan {
     pub cloud_credentials: Option<Vec<u8>>,
     /// The repository password (secret `arca-repo-credentials`).
     pub repository_password: Option<Vec<u8>>,
+    /// The operator's Deployment; None: no Deployment (`arca server` runs elsewhere).
+    pub server: Option<ServerDeployment>,
+}
+
+/// The operator's Deployment (`arca server` in the install namespace), with its service
+/// account bound to cluster-admin, as Velero's install does: a backup reads everything
+/// and a restore creates anything.
+#[derive(Clone, Debug)]
+pub struct ServerDeployment {
+    /// The image holding `/usr/bin/arca`.
+    pub image: String,
+    /// Pull policy: IfNotPresent, Always or Never.
+    pub pull_policy: String,
+    /// CPU and memory requests and limits (Kubernetes quantities; "0": none).
+    pub cpu_request: String,
+    /// Memory request.
+    pub memory_request: String,
+    /// CPU limit.
+    pub cpu_limit: String,
+    /// Memory limit.
+    pub memory_limit: String,
+}
+
+/// Name of the Deployment and the ServiceAccount of the operator.
+pub const SERVER_NAME: &str = "arca";
+/// The port of the server's /metrics, /healthz and /readyz in its pod.
+pub const SERVER_PORT: u16 = 8085;
+
+impl ServerDeployment {
+    fn resources(&self) -> serde_json::Value {
+        let pick = |cpu: &str, mem: &str| {
+            let mut m = serde_json::Map::new();
+            if cpu != "0" {
+                m.insert("cpu".into(), cpu.into());
+            }
+            if mem != "0" {
+                m.insert("memory".into(), mem.into());
+            }
+            serde_json::Value::Object(m)
+        };
+        serde_json::json!({
+            "requests": pick(&self.cpu_request, &self.memory_request),
+            "limits": pick(&self.cpu_limit, &self.memory_limit),
+        })
+    }
+
+    /// The ServiceAccount, its ClusterRoleBinding and the Deployment, for namespace `ns`.
+    pub fn objects(&self, ns: &str) -> Vec<serde_json::Value> {
+        let field = |path: &str| serde_json::json!({ "fieldRef": { "fieldPath": path } });
+        vec![
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": SERVER_NAME, "namespace": ns, "labels": { "component": "arca" } },
+            }),
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": { "name": format!("arca-{ns}"), "labels": { "component": "arca" } },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+                "subjects": [{ "kind": "ServiceAccount", "name": SERVER_NAME, "namespace": ns }],
+            }),
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": SERVER_NAME, "namespace": ns, "labels": { "component": "arca" } },
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": { "deploy": SERVER_NAME } },
+                    "template": {
+                        "metadata": {
+                            "labels": { "component": "arca", "deploy": SERVER_NAME },
+                            "annotations": {
+                                "prometheus.io/scrape": "true",
+                                "prometheus.io/port": SERVER_PORT.to_string(),
+                                "prometheus.io/path": "/metrics",
+                            },
+                        },
+                        "spec": {
+                            "serviceAccountName": SERVER_NAME,
+                            "containers": [{
+                                "name": "arca",
+                                "image": self.image,
+                                "imagePullPolicy": self.pull_policy,
+                                "command": ["/usr/bin/arca"],
+                                "args": ["server", "--metrics-address", format!("0.0.0.0:{SERVER_PORT}")],
+                                "env": [
+                                    { "name": "POD_NAME", "valueFrom": field("metadata.name") },
+                                    { "name": "ARCA_NAMESPACE", "valueFrom": field("metadata.namespace") },
+                                    { "name": "ARCA_CACHE_DIR", "value": "/scratch/cache" },
+                                ],
+                                "ports": [{ "name": "metrics", "containerPort": SERVER_PORT }],
+                                "readinessProbe": {
+                                    "httpGet": { "path": "/readyz", "port": SERVER_PORT },
+                                    "periodSeconds": 5,
+                                },
+                                "livenessProbe": {
+                                    "httpGet": { "path": "/healthz", "port": SERVER_PORT },
+                                    "periodSeconds": 10,
+                                    "failureThreshold": 6,
+                                },
+                                "resources": self.resources(),
+                                "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }],
+                            }],
+                            "volumes": [{ "name": "scratch", "emptyDir": {} }],
+                        },
+                    },
+                },
+            }),
+        ]
+    }
 }
 
 /// Name of the secret holding the location's cloud credentials.
@@ -129,6 +237,9 @@ impl InstallPlan {
                 });
             }
             out.push(serde_json::to_value(l).expect("serializes"));
+        }
+        if let Some(s) = &self.server {
+            out.extend(s.objects(&self.namespace));
         }
         out
     }
@@ -180,12 +291,57 @@ pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>>
                 .await
                 .map(|_| ()),
             "BackupStorageLocation" => bsls.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ()),
+            "ServiceAccount" => {
+                let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                    Api::namespaced(client.clone(), ns);
+                api.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ())
+            }
+            "ClusterRoleBinding" => {
+                let api: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+                    Api::all(client.clone());
+                api.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ())
+            }
+            "Deployment" => {
+                let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+                    Api::namespaced(client.clone(), ns);
+                api.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ())
+            }
             _ => continue,
         };
         r.map_err(|e| Error::kube(format!("apply {kind} {ns}/{name}"), e))?;
         done.push(format!("{kind}/{name}"));
     }
     Ok(done)
+}
+
+/// Wait until the operator's Deployment has an available replica (its readiness probe
+/// passed), up to `limit`; the error says where to look.
+pub async fn wait_server_available(
+    client: &Client,
+    ns: &str,
+    limit: std::time::Duration,
+) -> Result<()> {
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
+    let available = |d: Option<&k8s_openapi::api::apps::v1::Deployment>| {
+        d.and_then(|d| d.status.as_ref())
+            .and_then(|s| s.available_replicas)
+            .is_some_and(|n| n > 0)
+    };
+    match tokio::time::timeout(
+        limit,
+        kube::runtime::wait::await_condition(api, SERVER_NAME, available),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::Invalid(format!(
+            "waiting for deployment {ns}/{SERVER_NAME}: {e}"
+        ))),
+        Err(_) => Err(Error::Invalid(format!(
+            "deployment {ns}/{SERVER_NAME} has no available replica after {}s: see `kubectl -n {ns} describe pods -l deploy={SERVER_NAME}` and its logs",
+            limit.as_secs()
+        ))),
+    }
 }
 
 async fn wait_established(
