@@ -363,6 +363,17 @@ async fn wait_bound(c: &Cluster, ns: &str, name: &str) {
     panic!("claim {ns}/{name} not bound");
 }
 
+/// The test S3 server's endpoint; None (skip) when there is none and none is required.
+fn s3_endpoint() -> Option<String> {
+    std::env::var("ARCA_TEST_S3_ENDPOINT").ok().or_else(|| {
+        assert!(
+            std::env::var_os("ARCA_REQUIRE_S3").is_none(),
+            "ARCA_REQUIRE_S3 set without ARCA_TEST_S3_ENDPOINT"
+        );
+        None
+    })
+}
+
 fn cm(ns: &str, name: &str, labels: &[(&str, &str)], data: &str) -> String {
     let labels: Vec<String> = labels
         .iter()
@@ -1330,13 +1341,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_to_a_second_cluster_through_s3_alone() {
-    let Some(endpoint) = std::env::var("ARCA_TEST_S3_ENDPOINT").ok().or_else(|| {
-        assert!(
-            std::env::var_os("ARCA_REQUIRE_S3").is_none(),
-            "ARCA_REQUIRE_S3 set without ARCA_TEST_S3_ENDPOINT"
-        );
-        None
-    }) else {
+    let Some(endpoint) = s3_endpoint() else {
         return;
     };
     let Some((a, b)) = clusters().await else {
@@ -3770,13 +3775,7 @@ fn arca_image(c: &Cluster) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
-    let Some(endpoint) = std::env::var("ARCA_TEST_S3_ENDPOINT").ok().or_else(|| {
-        assert!(
-            std::env::var_os("ARCA_REQUIRE_S3").is_none(),
-            "ARCA_REQUIRE_S3 set without ARCA_TEST_S3_ENDPOINT"
-        );
-        None
-    }) else {
+    let Some(endpoint) = s3_endpoint() else {
         return;
     };
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
