@@ -118,7 +118,22 @@ impl Arca {
         if self.auto_server && args.contains(&"install") && !args.contains(&"--dry-run") {
             args.push("--no-deployment");
         }
-        let out = self.cmd(c).args(&args).output().unwrap();
+        // Bounded: a run that waits for a server that has gone fails the test (exit 124)
+        // instead of hanging the suite.
+        let base = self.cmd(c);
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=10", "600"])
+            .arg(base.get_program())
+            .args(base.get_args())
+            .args(&args)
+            .stdin(Stdio::null());
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let out = cmd.output().unwrap();
         if self.auto_server
             && out.status.success()
             && args.contains(&"install")
@@ -135,7 +150,7 @@ impl Arca {
         if servers.iter().any(|(k, _)| *k == c.kubeconfig) {
             return;
         }
-        let s = self.server(c, &[]);
+        let s = self.server_with(c, "15s", &[]);
         for _ in 0..600 {
             if s.log().contains("leading") {
                 servers.push((c.kubeconfig.clone(), s));
@@ -3485,16 +3500,17 @@ struct Server {
 }
 
 impl Arca {
-    /// Start `arca server` for this test's namespace (leases of 3 s, so that takeovers
-    /// are quick), with extra environment.
-    fn server(&self, c: &Cluster, env: &[(&str, &str)]) -> Server {
+    /// Start `arca server` for this test's namespace with leases of `lease` (short ones
+    /// make takeovers quick; a loaded machine may miss their renewals), with extra
+    /// environment.
+    fn server_with(&self, c: &Cluster, lease: &str, env: &[(&str, &str)]) -> Server {
         let mut cmd = self.cmd(c);
         cmd.args([
             "server",
             "--metrics-address",
             "127.0.0.1:0",
             "--leader-elect-lease-duration",
-            "3s",
+            lease,
         ])
         .env("ARCA_LOG", "info")
         .stdout(Stdio::null())
@@ -3623,9 +3639,9 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
 
     // The first replica is paused for good right after its backup's resources are
     // collected (a test pause point), as if it hung there; the second stands by.
-    let mut first = arca.server(&a, &[("ARCA_TEST_PAUSE_AT", "backup-collected")]);
+    let mut first = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-collected")]);
     first.wait_log("leading").await;
-    let second = arca.server(&a, &[]);
+    let second = arca.server_with(&a, "3s", &[]);
     second.wait_log("waiting to lead").await;
     let url = second.metrics_url().await;
     assert_eq!(http_get(&format!("{url}/healthz")).0, 200);
@@ -3635,6 +3651,14 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     apply(&a, &backup("by-api", None)).await;
     first.wait_log("paused at backup-collected").await;
     assert_eq!(backup_phase(&a, &arca.ns, "by-api").await, "InProgress");
+    // A backup still running is not deleted (its record would come back after).
+    let out = arca.run(&a, &["backup", "delete", "by-api", "--confirm"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("still InProgress"),
+        "delete of a running backup: {:?} {err}",
+        out.status.code()
+    );
     assert!(
         !second.log().contains("by-api"),
         "the standby did nothing while the leader held the lease:\n{}",

@@ -322,10 +322,17 @@ pub async fn wait_server_available(
     limit: std::time::Duration,
 ) -> Result<()> {
     let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
+    // Of the current template: after an upgrade, the old ReplicaSet's pod does not count.
     let available = |d: Option<&k8s_openapi::api::apps::v1::Deployment>| {
-        d.and_then(|d| d.status.as_ref())
-            .and_then(|s| s.available_replicas)
-            .is_some_and(|n| n > 0)
+        let Some(d) = d else { return false };
+        let Some(s) = d.status.as_ref() else {
+            return false;
+        };
+        let want = d.spec.replicas.unwrap_or(1);
+        s.observed_generation >= d.metadata.generation
+            && s.updated_replicas.unwrap_or(0) >= want
+            && s.replicas.unwrap_or(0) == s.updated_replicas.unwrap_or(0)
+            && s.available_replicas.unwrap_or(0) >= want
     };
     match tokio::time::timeout(
         limit,
@@ -786,6 +793,18 @@ pub async fn delete_backup(
     };
     set("InProgress", vec![]).await?;
     let work = async {
+        // Velero's deletion controller refuses a backup still running: the run would
+        // store its record after the deletion, and the next sync would bring it back.
+        let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
+        if let Ok(Some(b)) = bapi.get_opt(backup).await {
+            let phase = b.status.and_then(|s| s.phase).unwrap_or_default();
+            if matches!(phase.as_str(), "" | "New" | "InProgress") {
+                return Err(Error::Invalid(format!(
+                    "backup {backup} is still {}: it can be deleted once it has ended",
+                    if phase.is_empty() { "New" } else { &phase }
+                )));
+            }
+        }
         let (loc, cr) = Location::of_backup(client, ns, backup, cache_root).await?;
         if loc.read_only {
             return Err(Error::Invalid(format!(

@@ -439,6 +439,7 @@ impl Standin {
     /// A released volume of reclaim policy Delete: its storage freed, then the object.
     async fn release(&self, pv: &Value) -> Result<()> {
         if s(pv, &["metadata", "annotations", PROVISIONED_BY]) != DRIVER
+            || !pv["metadata"]["deletionTimestamp"].is_null()
             || s(pv, &["status", "phase"]) != "Released"
             || s(pv, &["spec", "persistentVolumeReclaimPolicy"]) != "Delete"
         {
@@ -657,11 +658,16 @@ impl Standin {
     }
 }
 
-/// Free a volume's or a snapshot's storage: a loop device detached (the kernel lets go
-/// once nothing holds it), a file removed, a subvolume deleted.
+/// Free a volume's or a snapshot's storage: its loop devices detached (the kernel lets go
+/// once nothing holds them), a file removed, a subvolume deleted. Loop devices are found
+/// by their file, never by a number that may since belong to another volume.
 fn free(backing: &Path, loop_dev: Option<&str>) {
-    if let Some(dev) = loop_dev {
-        let _ = run("losetup", &["-d", dev]);
+    if loop_dev.is_some()
+        && let Ok(list) = run("losetup", &["-j", backing.to_str().unwrap()])
+    {
+        for dev in list.lines().filter_map(|l| l.split(':').next()) {
+            let _ = run("losetup", &["-d", dev]);
+        }
     }
     let b = backing.to_str().unwrap();
     let result = if backing.is_dir() {

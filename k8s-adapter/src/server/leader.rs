@@ -221,9 +221,12 @@ impl Elector {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.timings.retry).await;
+            // The renewal counts from when it was sent: the record may have been written
+            // any time after that, so others' clocks started no later.
+            let sent = Instant::now();
             let attempt = tokio::time::timeout(self.timings.renew_deadline, self.attempt()).await;
             match attempt {
-                Ok(Ok(Attempt::Held)) => last_ok = Instant::now(),
+                Ok(Ok(Attempt::Held)) => last_ok = sent,
                 Ok(Ok(Attempt::Other(_))) => {
                     return format!("lease {} is held by another replica", self.name);
                 }
