@@ -315,7 +315,9 @@ fn kill_9_during_backup_and_maintenance_leaves_a_clean_repository() {
     env.init();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..16u64 {
+    // Large enough that the first checkpoint's index file comes well before the end: with
+    // our crates optimised, 128 MiB once finished between the index file and the kill.
+    for i in 0..40u64 {
         std::fs::write(src.join(format!("big{i:02}")), noise(300 + i, 8 << 20)).unwrap();
     }
     let index_dir = Path::new(&env.repo).join("index");
