@@ -73,10 +73,10 @@ pub enum Step {
     Nothing,
 }
 
-/// The Backup controller's rule: New (or no phase yet) runs; InProgress, seen by a leader
-/// that is not running it, runs again; every other phase is left alone
+/// The Backup and Restore controllers' rule: New (or no phase yet) runs; InProgress, seen
+/// by a leader that is not running it, runs again; every other phase is left alone
 /// (WaitingForPluginOperations and Finalizing belong to the volume-data work).
-pub fn backup_step(phase: Option<&str>) -> Step {
+pub fn step(phase: Option<&str>) -> Step {
     match phase.unwrap_or("") {
         "" | "New" => Step::Run,
         "InProgress" => Step::RunAgain,
@@ -84,13 +84,53 @@ pub fn backup_step(phase: Option<&str>) -> Step {
     }
 }
 
-/// The Restore controller's rule: as for backups.
-pub fn restore_step(phase: Option<&str>) -> Step {
-    match phase.unwrap_or("") {
-        "" | "New" => Step::Run,
-        "InProgress" => Step::RunAgain,
-        _ => Step::Nothing,
+fn backup_phase(b: &Backup) -> Option<&str> {
+    b.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+fn restore_phase(r: &Restore) -> Option<&str> {
+    r.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+/// A fresh read of a Backup or Restore, when it is to run (None: gone, or nothing to do).
+/// Decided on a fresh read, never on the watch cache: our own last status write may not
+/// have reached the cache, and a stale InProgress would run the work twice.
+async fn to_run<K>(
+    api: &Api<K>,
+    what: &str,
+    ns: &str,
+    name: &str,
+    phase: fn(&K) -> Option<&str>,
+) -> Result<Option<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(obj) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read {what} {ns}/{name}"), e))?
+    else {
+        return Ok(None);
+    };
+    match step(phase(&obj)) {
+        Step::Nothing => return Ok(None),
+        Step::RunAgain => tracing::info!(
+            "{what} {ns}/{name} was InProgress when its server stopped: running it again"
+        ),
+        Step::Run => tracing::info!("{what} {ns}/{name}: starting"),
     }
+    Ok(Some(obj))
+}
+
+/// After a run ended in an error: whether the item is still to run. The run marks it
+/// Failed where it can; an error before it could (the API server unreachable) leaves the
+/// phase, and the error goes back for a retry.
+async fn still_to_run<K>(api: &Api<K>, name: &str, phase: fn(&K) -> Option<&str>) -> bool
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let now = api.get_opt(name).await.ok().flatten();
+    now.as_ref().is_none_or(|o| step(phase(o)) != Step::Nothing)
 }
 
 /// A pause point for kill -9 tests across processes: a process started with
@@ -257,28 +297,11 @@ async fn restores(ctx: Arc<Ctx>) {
 async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
-    // Decided on a fresh read, never on the watch cache: our own last status write may
-    // not have reached the cache, and a stale InProgress would run the backup twice.
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(b) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?
-    else {
+    let Some(b) = to_run(&api, "backup", ns, &name, backup_phase).await? else {
         return Ok(Action::await_change());
     };
-    let step = backup_step(b.status.as_ref().and_then(|s| s.phase.as_deref()));
-    if step == Step::Nothing {
-        return Ok(Action::await_change());
-    }
     let schedule = schedule_of(&b);
-    if step == Step::RunAgain {
-        tracing::info!(
-            "backup {ns}/{name} was InProgress when its server stopped: running it again"
-        );
-    } else {
-        tracing::info!("backup {ns}/{name}: starting");
-    }
     ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
         .await;
     let t0 = Instant::now();
@@ -311,15 +334,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             .await;
         }
         Err(e) => {
-            // run_backup marks the backup Failed where it can; an error before it could
-            // (the API server unreachable) leaves the phase for a retry.
-            let now = api.get_opt(&name).await.ok().flatten();
-            let phase = now
-                .as_ref()
-                .and_then(|b| b.status.as_ref())
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_default();
-            if backup_step(Some(&phase)) != Step::Nothing {
+            if still_to_run(&api, &name, backup_phase).await {
                 return Err(e);
             }
             ctx.metrics
@@ -351,24 +366,9 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(r) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("read restore {ns}/{name}"), e))?
-    else {
+    let Some(r) = to_run(&api, "restore", ns, &name, restore_phase).await? else {
         return Ok(Action::await_change());
     };
-    let step = restore_step(r.status.as_ref().and_then(|s| s.phase.as_deref()));
-    if step == Step::Nothing {
-        return Ok(Action::await_change());
-    }
-    if step == Step::RunAgain {
-        tracing::info!(
-            "restore {ns}/{name} was InProgress when its server stopped: running it again"
-        );
-    } else {
-        tracing::info!("restore {ns}/{name}: starting");
-    }
     let schedule = restore_schedule(&ctx, &r).await;
     ctx.metrics.restore_started(&schedule);
     ctx.event(
@@ -412,13 +412,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
             .await;
         }
         Err(e) => {
-            let now = api.get_opt(&name).await.ok().flatten();
-            let phase = now
-                .as_ref()
-                .and_then(|r| r.status.as_ref())
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_default();
-            if restore_step(Some(&phase)) != Step::Nothing {
+            if still_to_run(&api, &name, restore_phase).await {
                 return Err(e);
             }
             ctx.metrics.restore_ended(&schedule, End::Failure);
@@ -441,7 +435,7 @@ mod tests {
 
     #[test]
     fn new_runs_inprogress_runs_again_the_rest_is_left() {
-        for step in [backup_step, restore_step] {
+        {
             assert_eq!(step(None), Step::Run);
             assert_eq!(step(Some("")), Step::Run);
             assert_eq!(step(Some("New")), Step::Run);
