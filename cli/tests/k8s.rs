@@ -3751,6 +3751,121 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     );
 }
 
+/// A location's record of a backup is never shadowed, overwritten or deleted by a Backup
+/// of the same name that did not store it (Velero: "backup already exists in object
+/// storage"; its deletion would take the other's data too). And a Backup the sync is
+/// creating from a record is never run as a new one, even when the sync is killed between
+/// its create and its status write (the status subresource drops a create's status): seen
+/// in CI as a second cluster's server overwriting a migrated backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("namesake");
+    arca.install(&a);
+    let app = format!("namesake-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "kept", &[], "1"))).await;
+    arca.ok(
+        &a,
+        &["backup", "create", "orig", "--include-namespaces", &app],
+    );
+    let want = format!("configmaps:{app}/kept");
+    assert!(arca.items(&a, "orig").contains(&want));
+
+    // The resource goes (as if deleted with kubectl); a new Backup of that name, of
+    // another namespace, is refused and stores nothing.
+    delete_namespaced(&a, "arca.dev/v1", "Backup", "backups", &arca.ns, "orig").await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: orig, namespace: {}}}\nspec:\n  includedNamespaces: [kube-system]\n",
+            arca.ns
+        ),
+    )
+    .await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "orig",
+            &["Failed", "Completed", "PartiallyFailed"]
+        )
+        .await,
+        "Failed"
+    );
+    let b = get(
+        &a,
+        "arca.dev/v1",
+        "Backup",
+        "backups",
+        Some(&arca.ns),
+        "orig",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b["status"]["failureReason"], "backup already exists in object storage",
+        "{b:#}"
+    );
+    assert!(
+        arca.items(&a, "orig").contains(&want),
+        "the record is the original's"
+    );
+
+    // Deleting the refused Backup removes it, not the record: the sync brings the
+    // original back.
+    arca.ok(&a, &["backup", "delete", "orig", "--confirm"]);
+    let list = arca.json(&a, &["backup", "get"]);
+    assert_eq!(list[0]["metadata"]["name"], "orig", "{list:#}");
+    assert_eq!(list[0]["status"]["phase"], "Completed", "{list:#}");
+    assert!(arca.items(&a, "orig").contains(&want));
+
+    // A sync killed right after its create: the Backup stands with no status; the
+    // server leaves it; the next sync writes its status.
+    delete_namespaced(&a, "arca.dev/v1", "Backup", "backups", &arca.ns, "orig").await;
+    let mut sync = arca.cmd(&a);
+    sync.args(["backup", "get"])
+        .env("ARCA_TEST_PAUSE_AT", "sync-created")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = sync.spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused at sync-created") {
+        line.clear();
+        use std::io::BufRead;
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the sync ended unpaused"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let b = get(
+        &a,
+        "arca.dev/v1",
+        "Backup",
+        "backups",
+        Some(&arca.ns),
+        "orig",
+    )
+    .await
+    .unwrap();
+    assert!(b["status"]["phase"].is_null(), "{b:#}");
+    let list = arca.json(&a, &["backup", "get"]);
+    assert_eq!(list[0]["status"]["phase"], "Completed", "{list:#}");
+    assert!(arca.items(&a, "orig").contains(&want));
+    let servers = arca.servers.lock().unwrap();
+    let log = servers[0].1.log();
+    assert_eq!(
+        log.matches(&format!("backup {}/orig: starting", arca.ns))
+            .count(),
+        2,
+        "the server ran the original and the refused one, never a synced one:\n{log}"
+    );
+}
+
 /// The arca image of this build, `localhost/arca:<hash of the binary and recipe>`, made
 /// by scripts/make-image (the binary, the libraries it links, the CA roots) once per
 /// binary, and imported into cluster `c`'s node.

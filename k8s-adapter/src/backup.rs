@@ -673,6 +673,73 @@ async fn failed_validation(
     })
 }
 
+/// A run that ends before it started: phase Failed with the reason, nothing stored.
+async fn failed(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    mut status: BackupStatus,
+    reason: String,
+) -> Result<BackupOutcome> {
+    status.phase = Some("Failed".into());
+    status.completion_timestamp = Some(now());
+    status.failure_reason = Some(reason.clone());
+    set_status(client, ns, name, &status).await?;
+    let mut log = Log::default();
+    log.line("error", reason);
+    Ok(BackupOutcome {
+        status,
+        results: Results::default(),
+        log: log.text(),
+    })
+}
+
+/// Whether a location already holds a backup of this name, and whose.
+enum Stored {
+    No,
+    /// This Backup's own record (same UID), and its stored status.
+    This(arca_format::SnapshotId, BackupStatus),
+    /// Another backup's.
+    Other,
+}
+
+async fn stored_as(repo: &arca_engine::Indexed, name: &str, backup: &Backup) -> Result<Stored> {
+    let Some((id, _)) = crate::manage::stored_backups(repo).await?.remove(name) else {
+        return Ok(Stored::No);
+    };
+    let stored: Backup = crate::restore::read_json(repo, &id, "backup.json").await?;
+    Ok(match (&stored.metadata.uid, &backup.metadata.uid) {
+        (Some(a), Some(b)) if a == b => Stored::This(id, stored.status.unwrap_or_default()),
+        _ => Stored::Other,
+    })
+}
+
+/// This Backup's record was stored by a server that stopped before writing the status:
+/// the stored status is the truth.
+async fn adopt(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    id: arca_format::SnapshotId,
+    mut status: BackupStatus,
+    log: &mut Log,
+) -> Result<BackupOutcome> {
+    status.snapshot_id = Some(id.to_hex());
+    set_status(client, ns, name, &status).await?;
+    log.line(
+        "info",
+        format!(
+            "backup {ns}/{name} had been stored (record {}) by a server that stopped: its status is taken from the record",
+            id.short()
+        ),
+    );
+    Ok(BackupOutcome {
+        status,
+        results: Results::default(),
+        log: log.text(),
+    })
+}
+
 /// The outcome of a backup.
 #[derive(Debug)]
 pub struct BackupOutcome {
@@ -777,6 +844,34 @@ pub async fn run_backup(
     let (Some(filters), Some(location), true) = (filters, location, errs.is_empty()) else {
         return failed_validation(client, ns, name, status, errs).await;
     };
+    // Velero's runBackup refuses a name its location already holds ("backup already exists
+    // in object storage"): another cluster's backup of that name, or one synced into this
+    // cluster, must never be shadowed by a new record. The one exception is this very
+    // Backup (same UID), stored by a server that stopped before it wrote the status: its
+    // record is adopted, not written twice.
+    let who = crate::location::writer(ns);
+    let repo = match location
+        .open(&location.resources_url(), cache_root, &who)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("error checking if backup already exists in object storage: {e}");
+            return failed(client, ns, name, status, reason).await;
+        }
+    };
+    match stored_as(&repo, name, &backup).await {
+        Ok(Stored::No) => {}
+        Ok(Stored::This(id, st)) => return adopt(client, ns, name, id, st, &mut log).await,
+        Ok(Stored::Other) => {
+            let reason = "backup already exists in object storage".to_string();
+            return failed(client, ns, name, status, reason).await;
+        }
+        Err(e) => {
+            let reason = format!("error checking if backup already exists in object storage: {e}");
+            return failed(client, ns, name, status, reason).await;
+        }
+    }
     for n in &label_excluded {
         log.line(
             "info",
@@ -860,11 +955,14 @@ pub async fn run_backup(
     set_status(client, ns, name, &status).await?;
 
     // Store: the record as one snapshot of the location's resource repository.
-    let who = crate::location::writer(ns);
     let store = async {
-        let repo = location
-            .open(&location.resources_url(), cache_root, &who)
-            .await?;
+        // Checked again: collecting can take minutes, and another cluster sharing the
+        // bucket may have stored this name meanwhile.
+        if !matches!(stored_as(&repo, name, &backup).await?, Stored::No) {
+            return Err(Error::Invalid(
+                "backup already exists in object storage (stored by someone else while this one ran)".into(),
+            ));
+        }
         let staging = tempfile::Builder::new()
             .prefix("arca-backup-")
             .tempdir()

@@ -575,7 +575,16 @@ pub async fn sync_backups(
         let here: BTreeMap<String, &Backup> =
             existing.items.iter().map(|b| (b.name_any(), b)).collect();
         for (name, (id, _)) in &list {
-            if here.contains_key(name) {
+            // A Backup this sync (or one that was killed) created, its status not yet
+            // written: written now. Any other Backup of the name is left alone.
+            let unfinished = here.get(name).map(|b| {
+                b.annotations().contains_key(SYNCED_ANNOTATION)
+                    && b.status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .is_none_or(str::is_empty)
+            });
+            if unfinished == Some(false) {
                 continue;
             }
             let stored: Backup = match read_json(&repo, id, "backup.json").await {
@@ -590,12 +599,21 @@ pub async fn sync_backups(
             let mut labels = stored.metadata.labels.clone().unwrap_or_default();
             labels.insert(STORAGE_LOCATION_LABEL.into(), label_value(&bsl_name));
             b.metadata.labels = Some(labels);
+            b.metadata.annotations = Some(BTreeMap::from([(
+                SYNCED_ANNOTATION.to_string(),
+                bsl_name.clone(),
+            )]));
             b.metadata.namespace = Some(ns.to_string());
-            match backups.create(&PostParams::default(), &b).await {
-                Ok(_) => {}
-                // Another sync (or a create) got there first.
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(Error::kube(format!("create synced backup {ns}/{name}"), e)),
+            if unfinished.is_none() {
+                match backups.create(&PostParams::default(), &b).await {
+                    Ok(_) => {}
+                    // Another sync (or a create) got there first.
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => {
+                        return Err(Error::kube(format!("create synced backup {ns}/{name}"), e));
+                    }
+                }
+                crate::server::pause_point("sync-created").await;
             }
             let mut status = stored.status.clone().unwrap_or_default();
             status.snapshot_id = Some(id.to_hex());
@@ -796,8 +814,16 @@ pub async fn delete_backup(
         // Velero's deletion controller refuses a backup still running: the run would
         // store its record after the deletion, and the next sync would bring it back.
         let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
-        if let Ok(Some(b)) = bapi.get_opt(backup).await {
-            let phase = b.status.and_then(|s| s.phase).unwrap_or_default();
+        let resource = bapi
+            .get_opt(backup)
+            .await
+            .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
+        if let Some(b) = &resource {
+            let phase = b
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
             if matches!(phase.as_str(), "" | "New" | "InProgress") {
                 return Err(Error::Invalid(format!(
                     "backup {backup} is still {}: it can be deleted once it has ended",
@@ -822,6 +848,26 @@ pub async fn delete_backup(
             .filter(|(_, s)| s.tags.iter().any(|t| t == BACKUP_TAG || t == RESTORE_TAG))
             .map(|(id, _)| *id)
             .collect();
+        // A Backup that stored nothing (refused because its location already held that
+        // name: another cluster's backup) must not take that backup's record with it. The
+        // records go when the Backup stands for them: synced from them, or the one that
+        // stored them (same UID), or no Backup resource at all (deleted by name).
+        let owns = match &resource {
+            None => true,
+            Some(b) if b.annotations().contains_key(SYNCED_ANNOTATION) => true,
+            Some(b) => {
+                let mut owns = false;
+                for (id, s) in &snaps {
+                    if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
+                        let stored: Backup = read_json(&repo, id, "backup.json").await?;
+                        owns |=
+                            stored.metadata.uid.is_some() && stored.metadata.uid == b.metadata.uid;
+                    }
+                }
+                owns
+            }
+        };
+        let mine = if owns { mine } else { Vec::new() };
         if cr.is_none() && mine.is_empty() {
             return Err(Error::NotFound(format!(
                 "no backup {backup:?} in namespace {ns} or in location {}",

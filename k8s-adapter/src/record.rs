@@ -33,6 +33,10 @@ pub const PHASE_LABEL: &str = "arca.dev/phase";
 pub const STORAGE_LOCATION_LABEL: &str = "arca.dev/storage-location";
 /// Label: the namespace of the Backup resource.
 pub const NAMESPACE_LABEL: &str = "arca.dev/namespace";
+/// Annotation on a Backup that the sync created from a stored record (value: the
+/// location). Its status is written just after the create (the status subresource drops
+/// it from a create), and no controller may take it for a New backup in between.
+pub const SYNCED_ANNOTATION: &str = "arca.dev/synced-from-location";
 
 /// What a restore did with one item (`items.json` of a restore record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

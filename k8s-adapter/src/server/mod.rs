@@ -30,7 +30,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{Backup, Restore};
-use crate::record::SCHEDULE_NAME_LABEL;
+use crate::record::{SCHEDULE_NAME_LABEL, SYNCED_ANNOTATION};
 use crate::restore::RestoreSettings;
 use crate::{Error, Result};
 use metrics::{End, Metrics};
@@ -84,12 +84,18 @@ pub fn step(phase: Option<&str>) -> Step {
     }
 }
 
-fn backup_phase(b: &Backup) -> Option<&str> {
-    b.status.as_ref().and_then(|s| s.phase.as_deref())
+fn backup_step(b: &Backup) -> Step {
+    let phase = b.status.as_ref().and_then(|s| s.phase.as_deref());
+    // A Backup the sync created from a stored record, its status not written yet: the
+    // sync's, never to be run (running it would store a second record of that name).
+    if phase.is_none_or(str::is_empty) && b.annotations().contains_key(SYNCED_ANNOTATION) {
+        return Step::Nothing;
+    }
+    step(phase)
 }
 
-fn restore_phase(r: &Restore) -> Option<&str> {
-    r.status.as_ref().and_then(|s| s.phase.as_deref())
+fn restore_step(r: &Restore) -> Step {
+    step(r.status.as_ref().and_then(|s| s.phase.as_deref()))
 }
 
 /// A fresh read of a Backup or Restore, when it is to run (None: gone, or nothing to do).
@@ -100,7 +106,7 @@ async fn to_run<K>(
     what: &str,
     ns: &str,
     name: &str,
-    phase: fn(&K) -> Option<&str>,
+    step_of: fn(&K) -> Step,
 ) -> Result<Option<K>>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -112,7 +118,7 @@ where
     else {
         return Ok(None);
     };
-    match step(phase(&obj)) {
+    match step_of(&obj) {
         Step::Nothing => return Ok(None),
         Step::RunAgain => tracing::info!(
             "{what} {ns}/{name} was InProgress when its server stopped: running it again"
@@ -125,12 +131,12 @@ where
 /// After a run ended in an error: whether the item is still to run. The run marks it
 /// Failed where it can; an error before it could (the API server unreachable) leaves the
 /// phase, and the error goes back for a retry.
-async fn still_to_run<K>(api: &Api<K>, name: &str, phase: fn(&K) -> Option<&str>) -> bool
+async fn still_to_run<K>(api: &Api<K>, name: &str, step_of: fn(&K) -> Step) -> bool
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let now = api.get_opt(name).await.ok().flatten();
-    now.as_ref().is_none_or(|o| step(phase(o)) != Step::Nothing)
+    now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
 /// A pause point for kill -9 tests across processes: a process started with
@@ -298,7 +304,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(b) = to_run(&api, "backup", ns, &name, backup_phase).await? else {
+    let Some(b) = to_run(&api, "backup", ns, &name, backup_step).await? else {
         return Ok(Action::await_change());
     };
     let schedule = schedule_of(&b);
@@ -334,7 +340,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             .await;
         }
         Err(e) => {
-            if still_to_run(&api, &name, backup_phase).await {
+            if still_to_run(&api, &name, backup_step).await {
                 return Err(e);
             }
             ctx.metrics
@@ -366,7 +372,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(r) = to_run(&api, "restore", ns, &name, restore_phase).await? else {
+    let Some(r) = to_run(&api, "restore", ns, &name, restore_step).await? else {
         return Ok(Action::await_change());
     };
     let schedule = restore_schedule(&ctx, &r).await;
@@ -412,7 +418,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
             .await;
         }
         Err(e) => {
-            if still_to_run(&api, &name, restore_phase).await {
+            if still_to_run(&api, &name, restore_step).await {
                 return Err(e);
             }
             ctx.metrics.restore_ended(&schedule, End::Failure);
@@ -452,6 +458,27 @@ mod tests {
                 assert_eq!(step(Some(ended)), Step::Nothing, "{ended}");
             }
         }
+    }
+
+    #[test]
+    fn a_backup_the_sync_is_creating_is_not_run() {
+        let mut b = Backup::new("b", Default::default());
+        assert_eq!(backup_step(&b), Step::Run);
+        b.metadata.annotations =
+            Some([(SYNCED_ANNOTATION.to_string(), "default".to_string())].into());
+        assert_eq!(
+            backup_step(&b),
+            Step::Nothing,
+            "created by the sync, status not yet written"
+        );
+        b.status = Some(crate::crd::BackupStatus {
+            phase: Some("Completed".into()),
+            ..Default::default()
+        });
+        assert_eq!(backup_step(&b), Step::Nothing);
+        // Whoever wrote the phase owns it: an InProgress synced backup is a run to resume.
+        b.status.as_mut().unwrap().phase = Some("InProgress".into());
+        assert_eq!(backup_step(&b), Step::RunAgain);
     }
 
     #[test]
