@@ -59,7 +59,7 @@ impl KubeOpts {
     }
 
     /// A client of a cluster where Arca is installed.
-    async fn installed(&self) -> Result<Client> {
+    pub(crate) async fn installed(&self) -> Result<Client> {
         let (client, url) =
             manage::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         manage::check_installed(&client, &url).await?;
@@ -163,12 +163,6 @@ struct CommonFilters {
     /// Labels of the new resource, key=value pairs.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-
-    /// Wait for the operation to end, showing its progress; exit 0 when it completed, 3
-    /// when it partially failed, 1 otherwise. Without it the command returns once the
-    /// resource is created, and the arca server runs it.
-    #[arg(long, short = 'w')]
-    wait: bool,
 }
 
 impl CommonFilters {
@@ -239,6 +233,23 @@ pub struct BackupCreate {
     name: Option<String>,
 
     #[command(flatten)]
+    template: BackupTemplate,
+
+    /// Take the spec from this schedule's template.
+    #[arg(long)]
+    from_schedule: Option<String>,
+
+    /// Wait for the backup to end, showing its progress; exit 0 when it completed, 3
+    /// when it partially failed, 1 otherwise. Without it the command returns once the
+    /// Backup is created, and the arca server runs it.
+    #[arg(long, short = 'w')]
+    wait: bool,
+}
+
+/// What a backup takes: `backup create`'s and `schedule create`'s flags.
+#[derive(Args, Debug)]
+pub(crate) struct BackupTemplate {
+    #[command(flatten)]
     filters: CommonFilters,
 
     /// Cluster-scoped resources to include (new-style filter; not with the old ones).
@@ -269,10 +280,6 @@ pub struct BackupCreate {
     #[arg(long)]
     storage_location: Option<String>,
 
-    /// Take the spec from this schedule's template.
-    #[arg(long)]
-    from_schedule: Option<String>,
-
     /// Snapshot volumes (recorded in the spec; volume data moves with a later release).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     snapshot_volumes: Option<bool>,
@@ -280,6 +287,59 @@ pub struct BackupCreate {
     /// Back up pod volumes with the file-system mover by default (recorded in the spec).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     default_volumes_to_fs_backup: Option<bool>,
+}
+
+impl BackupTemplate {
+    /// The spec the flags say, and the labels of the new resource.
+    pub(crate) fn spec(&self) -> Result<(BackupSpec, BTreeMap<String, String>)> {
+        let mut spec = BackupSpec::default();
+        let f = &self.filters;
+        let set = |slot: &mut Option<Vec<String>>, v: &[String]| {
+            if !v.is_empty() {
+                *slot = Some(v.to_vec());
+            }
+        };
+        set(&mut spec.included_namespaces, &f.include_namespaces);
+        set(&mut spec.excluded_namespaces, &f.exclude_namespaces);
+        set(&mut spec.included_resources, &f.include_resources);
+        set(&mut spec.excluded_resources, &f.exclude_resources);
+        set(
+            &mut spec.included_cluster_scoped_resources,
+            &self.include_cluster_scoped_resources,
+        );
+        set(
+            &mut spec.excluded_cluster_scoped_resources,
+            &self.exclude_cluster_scoped_resources,
+        );
+        set(
+            &mut spec.included_namespace_scoped_resources,
+            &self.include_namespace_scoped_resources,
+        );
+        set(
+            &mut spec.excluded_namespace_scoped_resources,
+            &self.exclude_namespace_scoped_resources,
+        );
+        spec.include_cluster_resources = f.include_cluster_resources;
+        let (sel, or) = f.selectors()?;
+        spec.label_selector = sel;
+        spec.or_label_selectors = or;
+        if let Some(o) = &self.ordered_resources {
+            let map = pairs(
+                &o.split(';').map(str::to_string).collect::<Vec<_>>(),
+                '=',
+                "--ordered-resources",
+            )?;
+            spec.ordered_resources = Some(map);
+        }
+        if let Some(t) = &self.ttl {
+            arca_k8s::backup::parse_go_duration(t)?;
+            spec.ttl = Some(t.clone());
+        }
+        spec.storage_location = self.storage_location.clone();
+        spec.snapshot_volumes = self.snapshot_volumes;
+        spec.default_volumes_to_fs_backup = self.default_volumes_to_fs_backup;
+        Ok((spec, f.labels()?))
+    }
 }
 
 /// How `get` and `describe` print.
@@ -295,7 +355,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn of(ctx: &Ctx, o: Option<Format>) -> Self {
+    pub(crate) fn of(ctx: &Ctx, o: Option<Format>) -> Self {
         match o {
             Some(f) => f,
             None if ctx.json => Format::Json,
@@ -304,7 +364,7 @@ impl Format {
     }
 
     /// Print structured output; false for the table (the caller prints it).
-    fn print<T: serde::Serialize>(self, v: &T) -> Result<bool> {
+    pub(crate) fn print<T: serde::Serialize>(self, v: &T) -> Result<bool> {
         match self {
             Format::Table => Ok(false),
             Format::Json => print_json(v).map(|_| true),
@@ -319,43 +379,43 @@ impl Format {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     /// Names to show [default: all].
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 
     /// Output format: table, json or yaml [default: table, or json with --json].
     #[arg(long, short = 'o', value_enum)]
-    output: Option<Format>,
+    pub(crate) output: Option<Format>,
 
     /// Only those whose labels match this selector.
     #[arg(long, short = 'l')]
-    selector: Option<String>,
+    pub(crate) selector: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
     /// Names to describe [default: all].
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 
     /// Output format: text, json or yaml [default: text, or json with --json].
     #[arg(long, short = 'o', value_enum)]
-    output: Option<Format>,
+    pub(crate) output: Option<Format>,
 
     /// Also list every item.
     #[arg(long)]
-    details: bool,
+    pub(crate) details: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
     /// Names to delete.
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 
     /// Delete all of them.
     #[arg(long, conflicts_with = "names")]
-    all: bool,
+    pub(crate) all: bool,
 
     /// Do not ask.
     #[arg(long)]
-    confirm: bool,
+    pub(crate) confirm: bool,
 }
 
 #[derive(Args, Debug)]
@@ -427,6 +487,12 @@ pub struct RestoreCreate {
     #[command(flatten)]
     filters: CommonFilters,
 
+    /// Wait for the restore to end, showing its progress; exit 0 when it completed, 3
+    /// when it partially failed, 1 otherwise. Without it the command returns once the
+    /// Restore is created, and the arca server runs it.
+    #[arg(long, short = 'w')]
+    wait: bool,
+
     /// Restore into other namespaces: `src1:dst1,src2:dst2`.
     #[arg(long, value_delimiter = ',')]
     namespace_mappings: Vec<String>,
@@ -455,14 +521,14 @@ pub struct RestoreCreate {
     status_exclude_resources: Vec<String>,
 }
 
-fn k8s_time(t: &Time) -> String {
+pub(crate) fn k8s_time(t: &Time) -> String {
     crate::output::time(arca_format::Timestamp {
         seconds: t.0.as_second(),
         nanos: 0,
     })
 }
 
-fn opt_time(t: Option<&Time>) -> String {
+pub(crate) fn opt_time(t: Option<&Time>) -> String {
     t.map(k8s_time).unwrap_or_else(|| "<none>".into())
 }
 
@@ -492,7 +558,7 @@ fn list_or_all(v: Option<&Vec<String>>) -> String {
     }
 }
 
-fn selector_text(s: Option<&LabelSelector>) -> String {
+pub(crate) fn selector_text(s: Option<&LabelSelector>) -> String {
     let Some(s) = s else { return "<none>".into() };
     let mut parts: Vec<String> = s
         .match_labels
@@ -783,7 +849,7 @@ async fn sync(ctx: &Ctx, client: &Client, ns: &str) -> Result<()> {
 
 /// The resources `get` shows: named ones (all named must exist) or all, matching the
 /// selector, newest first.
-async fn listed<K>(api: &Api<K>, g: &GetArgs, what: &str) -> Result<Vec<K>>
+pub(crate) async fn listed<K>(api: &Api<K>, g: &GetArgs, what: &str) -> Result<Vec<K>>
 where
     K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -811,7 +877,7 @@ where
     Ok(list)
 }
 
-async fn names_or_all<K>(api: &Api<K>, names: &[String]) -> Result<Vec<String>>
+pub(crate) async fn names_or_all<K>(api: &Api<K>, names: &[String]) -> Result<Vec<String>>
 where
     K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -830,7 +896,11 @@ where
 }
 
 /// The names a delete acts on, confirmed; `None` when there is nothing to do.
-async fn to_delete<K>(api: &Api<K>, d: &DeleteArgs, what: &str) -> Result<Option<Vec<String>>>
+pub(crate) async fn to_delete<K>(
+    api: &Api<K>,
+    d: &DeleteArgs,
+    what: &str,
+) -> Result<Option<Vec<String>>>
 where
     K: arca_k8s::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -869,71 +939,12 @@ fn confirm(given: bool, question: &str) -> Result<()> {
 }
 
 async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) -> Result<u8> {
-    let mut spec = BackupSpec::default();
-    let mut labels = BTreeMap::new();
     let name = match (&c.name, &c.from_schedule) {
         (Some(n), _) => n.clone(),
         (None, Some(s)) => manage::scheduled_backup_name(s, chrono::Utc::now()),
         (None, None) => bail!("name the backup: arca backup create NAME"),
     };
-    let f = &c.filters;
-    let set = |slot: &mut Option<Vec<String>>, v: &[String]| {
-        if !v.is_empty() {
-            *slot = Some(v.to_vec());
-        }
-    };
-    set(&mut spec.included_namespaces, &f.include_namespaces);
-    set(&mut spec.excluded_namespaces, &f.exclude_namespaces);
-    set(&mut spec.included_resources, &f.include_resources);
-    set(&mut spec.excluded_resources, &f.exclude_resources);
-    set(
-        &mut spec.included_cluster_scoped_resources,
-        &c.include_cluster_scoped_resources,
-    );
-    set(
-        &mut spec.excluded_cluster_scoped_resources,
-        &c.exclude_cluster_scoped_resources,
-    );
-    set(
-        &mut spec.included_namespace_scoped_resources,
-        &c.include_namespace_scoped_resources,
-    );
-    set(
-        &mut spec.excluded_namespace_scoped_resources,
-        &c.exclude_namespace_scoped_resources,
-    );
-    if f.include_cluster_resources.is_some() {
-        spec.include_cluster_resources = f.include_cluster_resources;
-    }
-    let (sel, or) = f.selectors()?;
-    if sel.is_some() {
-        spec.label_selector = sel;
-    }
-    if or.is_some() {
-        spec.or_label_selectors = or;
-    }
-    if let Some(o) = &c.ordered_resources {
-        let map = pairs(
-            &o.split(';').map(str::to_string).collect::<Vec<_>>(),
-            '=',
-            "--ordered-resources",
-        )?;
-        spec.ordered_resources = Some(map);
-    }
-    if let Some(t) = &c.ttl {
-        arca_k8s::backup::parse_go_duration(t)?;
-        spec.ttl = Some(t.clone());
-    }
-    if c.storage_location.is_some() {
-        spec.storage_location = c.storage_location.clone();
-    }
-    if c.snapshot_volumes.is_some() {
-        spec.snapshot_volumes = c.snapshot_volumes;
-    }
-    if c.default_volumes_to_fs_backup.is_some() {
-        spec.default_volumes_to_fs_backup = c.default_volumes_to_fs_backup;
-    }
-    labels.extend(f.labels()?);
+    let (spec, labels) = c.template.spec()?;
     match &c.from_schedule {
         // Velero's rule: the schedule's template exactly, whatever else was given.
         Some(s) => {
@@ -952,8 +963,8 @@ async fn backup_create(ctx: &Ctx, client: &Client, ns: &str, c: BackupCreate) ->
             manage::create_backup(client, ns, &name, spec, labels).await?;
         }
     }
-    submitted(ctx, client, ns, "backup", &name, c.filters.wait).await?;
-    if !c.filters.wait {
+    submitted(ctx, client, ns, "backup", &name, c.wait).await?;
+    if !c.wait {
         return Ok(0);
     }
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
@@ -1189,16 +1200,16 @@ fn print_messages(title: &str, m: Option<&Messages>) {
     }
 }
 
-fn describe_backup(
-    b: &Backup,
-    results: Option<&Results>,
-    items: Option<&[arca_k8s::record::ItemRef]>,
+/// The first lines of every `describe`: name, namespace, labels, phase and why it failed.
+pub(crate) fn describe_header<K: ResourceExt>(
+    o: &K,
+    phase: Option<&str>,
+    validation_errors: Option<&Vec<String>>,
+    failure_reason: Option<&str>,
 ) {
-    let st = b.status.clone().unwrap_or_default();
-    let s = &b.spec;
-    println!("Name:         {}", b.name_any());
-    println!("Namespace:    {}", b.namespace().unwrap_or_default());
-    let labels: Vec<String> = b.labels().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("Name:         {}", o.name_any());
+    println!("Namespace:    {}", o.namespace().unwrap_or_default());
+    let labels: Vec<String> = o.labels().iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "Labels:       {}",
         if labels.is_empty() {
@@ -1208,13 +1219,17 @@ fn describe_backup(
         }
     );
     println!();
-    println!("Phase:  {}", st.phase.as_deref().unwrap_or("New"));
-    if let Some(v) = &st.validation_errors {
+    println!("Phase:  {}", phase.unwrap_or("New"));
+    if let Some(v) = validation_errors {
         println!("Validation errors:  {}", v.join("; "));
     }
-    if let Some(f) = &st.failure_reason {
+    if let Some(f) = failure_reason {
         println!("Failure reason:  {f}");
     }
+}
+
+/// A backup spec, as `backup describe` and `schedule describe` print it.
+pub(crate) fn describe_backup_spec(s: &BackupSpec) {
     println!();
     println!("Namespaces:");
     println!(
@@ -1292,6 +1307,21 @@ fn describe_backup(
             println!("  {k}: {v}");
         }
     }
+}
+
+fn describe_backup(
+    b: &Backup,
+    results: Option<&Results>,
+    items: Option<&[arca_k8s::record::ItemRef]>,
+) {
+    let st = b.status.clone().unwrap_or_default();
+    describe_header(
+        b,
+        st.phase.as_deref(),
+        st.validation_errors.as_ref(),
+        st.failure_reason.as_deref(),
+    );
+    describe_backup_spec(&b.spec);
     println!();
     println!("Started:    {}", opt_time(st.start_timestamp.as_ref()));
     println!("Completed:  {}", opt_time(st.completion_timestamp.as_ref()));
@@ -1495,8 +1525,8 @@ async fn restore_create(ctx: &Ctx, client: &Client, ns: &str, c: RestoreCreate) 
     let name = c.name.clone().unwrap_or_else(|| format!("{base}-{stamp}"));
     // A backup known only to object storage is fine: the restore finds it there.
     manage::create_restore(client, ns, &name, spec, f.labels()?).await?;
-    submitted(ctx, client, ns, "restore", &name, f.wait).await?;
-    if !f.wait {
+    submitted(ctx, client, ns, "restore", &name, c.wait).await?;
+    if !c.wait {
         return Ok(0);
     }
     let api: Api<Restore> = Api::namespaced(client.clone(), ns);
@@ -1540,25 +1570,12 @@ fn describe_restore(
 ) {
     let st = r.status.clone().unwrap_or_default();
     let s = &r.spec;
-    println!("Name:         {}", r.name_any());
-    println!("Namespace:    {}", r.namespace().unwrap_or_default());
-    let labels: Vec<String> = r.labels().iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!(
-        "Labels:       {}",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(",")
-        }
+    describe_header(
+        r,
+        st.phase.as_deref(),
+        st.validation_errors.as_ref(),
+        st.failure_reason.as_deref(),
     );
-    println!();
-    println!("Phase:  {}", st.phase.as_deref().unwrap_or("New"));
-    if let Some(v) = &st.validation_errors {
-        println!("Validation errors:  {}", v.join("; "));
-    }
-    if let Some(f) = &st.failure_reason {
-        println!("Failure reason:  {f}");
-    }
     if let Some(p) = &st.progress {
         println!(
             "Total items to be restored:  {}",

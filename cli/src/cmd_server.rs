@@ -58,6 +58,11 @@ pub struct ServerArgs {
     /// Items a restore creates at once within one priority tier.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     restore_parallel_items: u16,
+
+    /// Schedules skip the run due when they are created or unpaused, unless their
+    /// `skipImmediately` says otherwise (Velero's flag; default: they back up at once).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    schedule_skip_immediately: bool,
 }
 
 fn duration(s: &str, flag: &str) -> Result<Duration> {
@@ -109,6 +114,7 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
         timings,
         cache_root: ctx.cache_root(),
         restore,
+        schedule_skip_immediately: a.schedule_skip_immediately,
     };
     // SIGTERM (the kubelet stopping the pod) and Ctrl-C end it cleanly: the Lease is
     // released so another replica takes over at once; work in flight is run again there.

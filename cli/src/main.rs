@@ -7,6 +7,7 @@
 mod cmd_k8s;
 mod cmd_maint;
 mod cmd_repo;
+mod cmd_schedule;
 mod cmd_server;
 mod cmd_snapshot;
 mod output;
@@ -100,6 +101,9 @@ enum Command {
     Backup(cmd_k8s::BackupArgs),
     /// Restore Kubernetes resources from a backup (Velero's `restore` verbs and flags).
     Restore(cmd_k8s::RestoreArgs),
+    /// Back up on a schedule: cron expressions the server runs (Velero's `schedule`).
+    #[command(subcommand)]
+    Schedule(cmd_schedule::ScheduleCmd),
     /// Run the operator: reconcile backups and restores in the namespace (-n), leading
     /// through a Lease so that of several replicas only one works. What the installed
     /// Deployment runs.
@@ -269,6 +273,7 @@ fn main() -> ExitCode {
             Command::Install(a) => cmd_k8s::install(&ctx, &cli.kube, a).await,
             Command::Backup(a) => cmd_k8s::backup(&ctx, &cli.kube, a).await,
             Command::Restore(a) => cmd_k8s::restore(&ctx, &cli.kube, a).await,
+            Command::Schedule(c) => cmd_schedule::schedule(&ctx, &cli.kube, c).await,
             Command::Server(a) => cmd_server::run(&ctx, &cli.kube, a).await,
         }
     });

@@ -1626,9 +1626,10 @@ async fn backups_from_a_schedule_and_a_restore_of_its_newest() {
     arca.install(&a);
     apply(&a, &(ns("sch-ns") + &cm("sch-ns", "c", &[], "first"))).await;
     let schedule = format!(
-        "apiVersion: arca.dev/v1\nkind: Schedule\nmetadata: {{name: nightly, namespace: {}}}\nspec:\n  schedule: \"0 1 * * *\"\n  template:\n    includedNamespaces: [sch-ns]\n    ttl: 24h0m0s\n---\n",
+        "apiVersion: arca.dev/v1\nkind: Schedule\nmetadata: {{name: nightly, namespace: {}}}\nspec:\n  schedule: \"0 1 * * *\"\n  paused: true\n  template:\n    includedNamespaces: [sch-ns]\n    ttl: 24h0m0s\n---\n",
         arca.ns
     );
+    // Paused: the server makes no backups of it; these tests make them by hand.
     apply(&a, &schedule).await;
     // No backup yet: the restore fails validation and says why.
     let out = arca.run(
@@ -1677,6 +1678,225 @@ async fn backups_from_a_schedule_and_a_restore_of_its_newest() {
         .expect("backupName recorded");
     assert!(chosen.starts_with("nightly-"), "{r}");
     arca.ok(&a, &["restore", "logs", "latest"]);
+}
+
+/// A Schedule once `done` holds of it (the server writes its status), or as it is after
+/// ten seconds.
+async fn schedule_when(c: &Cluster, ns: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut s = Value::Null;
+    for _ in 0..100 {
+        s = get(c, "arca.dev/v1", "Schedule", "schedules", Some(ns), name)
+            .await
+            .unwrap();
+        if done(&s) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s
+}
+
+/// The Schedule controller: a new schedule backs up at once, then on its expression
+/// (`@every`), with names `<schedule>-<UTC timestamp>` and the template's spec; paused, it
+/// makes none; unpaused with --skip-immediately it records the skip; an invalid
+/// expression is FailedValidation (by the API) or refused (by the CLI); a schedule whose
+/// backup is still running makes no second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("cron");
+    arca.install(&a);
+    let app = format!("cron-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "c", &[], "1"))).await;
+    let out = arca.ok(
+        &a,
+        &[
+            "schedule",
+            "create",
+            "often",
+            "--schedule",
+            "@every 3s",
+            "--include-namespaces",
+            &app,
+            "--ttl",
+            "2h0m0s",
+        ],
+    );
+    assert!(out.contains("Schedule \"often\" created"), "{out}");
+    let backups = |min: usize| {
+        let arca = &arca;
+        let a = &a;
+        async move {
+            for _ in 0..600 {
+                let l = arca.json(a, &["backup", "get", "-l", "arca.dev/schedule-name=often"]);
+                let done: Vec<Value> = l
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|b| b["status"]["phase"] == "Completed")
+                    .cloned()
+                    .collect();
+                if done.len() >= min {
+                    return done;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            panic!("the schedule never made {min} backups")
+        }
+    };
+    let two = backups(2).await;
+    let names: Vec<&str> = two
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap())
+        .collect();
+    for (b, n) in two.iter().zip(&names) {
+        assert!(
+            n.starts_with("often-") && n.len() == "often-".len() + 14,
+            "{n}"
+        );
+        assert_eq!(b["spec"]["ttl"], "2h0m0s", "the template's spec");
+        assert_eq!(b["spec"]["includedNamespaces"][0], app.as_str());
+    }
+    // Newest first; three seconds apart at least (names are UTC seconds).
+    let secs = |n: &str| n["often-".len()..].parse::<u64>().unwrap();
+    assert!(secs(names[0]) - secs(names[1]) >= 3, "{names:?}");
+    assert!(
+        arca.items(&a, names[0])
+            .contains(&format!("configmaps:{app}/c"))
+    );
+    let s = arca.json(&a, &["schedule", "get", "often"]);
+    assert_eq!(s[0]["status"]["phase"], "Enabled", "{s:#}");
+    assert!(s[0]["status"]["lastBackup"].is_string(), "{s:#}");
+    let d = arca.ok(&a, &["schedule", "describe", "often"]);
+    assert!(
+        d.contains("Schedule:  @every 3s") && d.contains("Next run:"),
+        "{d}"
+    );
+
+    // Paused: no backup in a window longer than the interval.
+    arca.ok(&a, &["schedule", "pause", "often"]);
+    let before = get(
+        &a,
+        "arca.dev/v1",
+        "Schedule",
+        "schedules",
+        Some(&arca.ns),
+        "often",
+    )
+    .await
+    .unwrap()["status"]["lastBackup"]
+        .clone();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let s = get(
+        &a,
+        "arca.dev/v1",
+        "Schedule",
+        "schedules",
+        Some(&arca.ns),
+        "often",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s["status"]["lastBackup"], before, "paused");
+    assert_eq!(s["spec"]["paused"], true);
+    // Unpaused skipping the due run: the skip is recorded, the flag consumed.
+    arca.ok(&a, &["schedule", "unpause", "often", "--skip-immediately"]);
+    let s = schedule_when(&a, &arca.ns, "often", |s| {
+        s["status"]["lastSkipped"].is_string()
+    })
+    .await;
+    assert!(s["status"]["lastSkipped"].is_string(), "{s:#}");
+    assert_eq!(s["spec"]["skipImmediately"], false, "{s:#}");
+    arca.ok(&a, &["schedule", "delete", "often", "--confirm"]);
+
+    // A schedule created to skip its first run makes none now.
+    arca.ok(
+        &a,
+        &[
+            "schedule",
+            "create",
+            "yearly",
+            "--schedule",
+            "CRON_TZ=Europe/Paris @yearly",
+            "--skip-immediately",
+        ],
+    );
+    // Invalid: refused by the CLI, FailedValidation through the API.
+    let out = arca.run(
+        &a,
+        &["schedule", "create", "bad", "--schedule", "61 * * * *"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--schedule: invalid schedule"));
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Schedule\nmetadata: {{name: bad, namespace: {}}}\nspec:\n  schedule: every day\n  template: {{}}\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let bad = schedule_when(&a, &arca.ns, "bad", |bad| {
+        bad["status"]["phase"].is_string()
+    })
+    .await;
+    assert_eq!(bad["status"]["phase"], "FailedValidation", "{bad:#}");
+    assert!(
+        bad["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("expected exactly 5 fields, found 2"),
+        "{bad:#}"
+    );
+    let y = get(
+        &a,
+        "arca.dev/v1",
+        "Schedule",
+        "schedules",
+        Some(&arca.ns),
+        "yearly",
+    )
+    .await
+    .unwrap();
+    assert_eq!(y["status"]["phase"], "Enabled", "{y:#}");
+    assert!(
+        y["status"]["lastSkipped"].is_string() && y["status"]["lastBackup"].is_null(),
+        "{y:#}"
+    );
+    let yaml = arca.ok(&a, &["schedule", "get", "-o", "yaml"]);
+    assert!(
+        yaml.contains("name: yearly") && yaml.contains("name: bad"),
+        "{yaml}"
+    );
+
+    // No overlap: the server hangs in the first backup (a pause point); the schedule,
+    // due every second, makes no second one meanwhile.
+    let solo = Arca {
+        auto_server: false,
+        ..Arca::new("cron-solo")
+    };
+    solo.install(&a);
+    let server = solo.server_with(&a, "15s", &[("ARCA_TEST_PAUSE_AT", "backup-collected")]);
+    server.wait_log("leading").await;
+    solo.ok(
+        &a,
+        &[
+            "schedule",
+            "create",
+            "hung",
+            "--schedule",
+            "@every 1s",
+            "--include-namespaces",
+            &app,
+        ],
+    );
+    server.wait_log("paused at backup-collected").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let l = solo.json(&a, &["backup", "get", "-l", "arca.dev/schedule-name=hung"]);
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l:#}");
+    assert_eq!(l[0]["status"]["phase"], "InProgress");
 }
 
 /// A volume the cluster provisioned (reclaim policy Delete) is not restored elsewhere: its

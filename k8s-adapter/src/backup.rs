@@ -698,7 +698,7 @@ async fn failed(
 enum Stored {
     No,
     /// This Backup's own record (same UID), and its stored status.
-    This(arca_format::SnapshotId, BackupStatus),
+    This(arca_format::SnapshotId, Box<BackupStatus>),
     /// Another backup's.
     Other,
 }
@@ -709,7 +709,9 @@ async fn stored_as(repo: &arca_engine::Indexed, name: &str, backup: &Backup) -> 
     };
     let stored: Backup = crate::restore::read_json(repo, &id, "backup.json").await?;
     Ok(match (&stored.metadata.uid, &backup.metadata.uid) {
-        (Some(a), Some(b)) if a == b => Stored::This(id, stored.status.unwrap_or_default()),
+        (Some(a), Some(b)) if a == b => {
+            Stored::This(id, Box::new(stored.status.unwrap_or_default()))
+        }
         _ => Stored::Other,
     })
 }
@@ -862,7 +864,7 @@ pub async fn run_backup(
     };
     match stored_as(&repo, name, &backup).await {
         Ok(Stored::No) => {}
-        Ok(Stored::This(id, st)) => return adopt(client, ns, name, id, st, &mut log).await,
+        Ok(Stored::This(id, st)) => return adopt(client, ns, name, id, *st, &mut log).await,
         Ok(Stored::Other) => {
             let reason = "backup already exists in object storage".to_string();
             return failed(client, ns, name, status, reason).await;

@@ -18,6 +18,7 @@ pub mod manage;
 pub mod record;
 pub mod restore;
 pub mod restore_actions;
+pub mod schedule;
 pub mod server;
 
 pub use error::{Error, Result};

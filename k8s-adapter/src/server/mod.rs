@@ -14,6 +14,7 @@
 pub mod http;
 pub mod leader;
 pub mod metrics;
+mod schedules;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,9 @@ pub struct Options {
     pub cache_root: Option<PathBuf>,
     /// Restore settings (priorities, parallelism, waits).
     pub restore: RestoreSettings,
+    /// Schedules skip the run due at their creation or unpausing unless their spec says
+    /// otherwise (Velero's `--schedule-skip-immediately`).
+    pub schedule_skip_immediately: bool,
 }
 
 /// What a controller does with a Backup or Restore in a phase.
@@ -231,7 +235,7 @@ pub async fn run(
     }
     health.leading.store(true, Ordering::Relaxed);
     tracing::info!(
-        "leading: reconciling backups and restores in namespace {}",
+        "leading: reconciling backups, restores and schedules in namespace {}",
         opts.namespace
     );
     let recorder = Recorder::new(
@@ -247,7 +251,11 @@ pub async fn run(
         metrics,
         recorder,
     });
-    let controllers = futures::future::join(backups(ctx.clone()), restores(ctx.clone()));
+    let controllers = futures::future::join3(
+        backups(ctx.clone()),
+        restores(ctx.clone()),
+        schedules::run(ctx.clone()),
+    );
     let lost = async {
         match elector.as_mut() {
             Some(e) => e.hold().await,
