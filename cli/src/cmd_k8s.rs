@@ -416,6 +416,11 @@ pub struct DeleteArgs {
     /// Do not ask.
     #[arg(long)]
     pub(crate) confirm: bool,
+
+    /// Wait until the server has deleted it (or says why it could not): exit 0 when
+    /// everything was deleted, 1 otherwise.
+    #[arg(long, short = 'w')]
+    pub(crate) wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -756,27 +761,36 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             let mut failed = 0;
             let mut out = Vec::new();
             for name in &names {
-                match manage::delete_backup(&client, ns, name, cache.as_deref()).await {
-                    Ok(r) => {
+                let req = manage::request_deletion(&client, ns, name).await?;
+                if !ctx.json && !ctx.quiet {
+                    println!(
+                        "Request to delete backup \"{name}\" submitted successfully.\nThe backup will be fully deleted after all associated data (stored records, restores) are removed."
+                    );
+                }
+                if !d.wait {
+                    out.push(serde_json::json!({ "backup": name, "request": req.name_any() }));
+                    continue;
+                }
+                match deletion_result(ctx, &client, ns, &req.name_any()).await? {
+                    None => {
                         if !ctx.json && !ctx.quiet {
-                            println!(
-                                "Backup {name} deleted ({} stored records forgotten{}).",
-                                r.records_forgotten,
-                                if r.restores_deleted.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(", restores {} deleted", r.restores_deleted.join(", "))
-                                }
-                            );
+                            println!("Backup {name} deleted.");
                         }
-                        out.push(serde_json::json!({ "backup": name, "deleted": true, "recordsForgotten": r.records_forgotten, "restoresDeleted": r.restores_deleted }));
+                        out.push(serde_json::json!({ "backup": name, "deleted": true }));
                     }
-                    Err(e) => {
-                        eprintln!("error: backup {name}: {e}");
-                        out.push(serde_json::json!({ "backup": name, "deleted": false, "error": e.to_string() }));
+                    Some(errors) => {
+                        for e in &errors {
+                            eprintln!("error: backup {name}: {e}");
+                        }
+                        out.push(serde_json::json!({ "backup": name, "deleted": false, "errors": errors }));
                         failed += 1;
                     }
                 }
+            }
+            if !manage::server_running(&client, ns).await {
+                eprintln!(
+                    "warning: no arca server is running in namespace {ns} (its Lease arca-server is missing or not renewed): deletions wait until one runs. `arca install` deploys it; `arca server -n {ns}` runs one here."
+                );
             }
             if ctx.json {
                 print_json(&out)?;
@@ -1104,6 +1118,50 @@ where
         pb.finish_and_clear();
     }
     result
+}
+
+/// Follow a DeleteBackupRequest: None when it went (the server removes the requests of a
+/// backup it deleted), or the errors it was processed with.
+async fn deletion_result(
+    ctx: &Ctx,
+    client: &Client,
+    ns: &str,
+    req: &str,
+) -> Result<Option<Vec<String>>> {
+    use arca_k8s::kube::runtime::watcher::{self, Event};
+    use futures::StreamExt;
+    let api: Api<arca_k8s::crd::DeleteBackupRequest> = Api::namespaced(client.clone(), ns);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={req}"));
+    let mut stream = std::pin::pin!(watcher::watcher(api, cfg));
+    let mut seen = false;
+    loop {
+        let ev = tokio::select! {
+            e = stream.next() => e,
+            _ = stopped(ctx) => {
+                eprintln!("stopped waiting: the deletion goes on in the cluster (request {req})");
+                return Ok(Some(vec!["not waited for".into()]));
+            }
+        };
+        let Some(ev) = ev else {
+            bail!("the watch of delete request {req} ended");
+        };
+        match ev.with_context(|| format!("watch delete request {req}"))? {
+            Event::Delete(_) => return Ok(None),
+            Event::Apply(r) | Event::InitApply(r) => {
+                seen = true;
+                let st = r.status.unwrap_or_default();
+                if st.phase.as_deref() == Some("Processed")
+                    && let Some(errors) = st.errors.filter(|e| !e.is_empty())
+                {
+                    return Ok(Some(errors));
+                }
+            }
+            Event::Init => seen = false,
+            // Gone before the watch began: deleted.
+            Event::InitDone if !seen => return Ok(None),
+            Event::InitDone => {}
+        }
+    }
 }
 
 /// Resolves when the user pressed Ctrl-C.

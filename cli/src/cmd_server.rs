@@ -63,11 +63,33 @@ pub struct ServerArgs {
     /// `skipImmediately` says otherwise (Velero's flag; default: they back up at once).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     schedule_skip_immediately: bool,
+
+    /// The location of backups that name none when no location is marked default.
+    #[arg(long, default_value = "default")]
+    default_backup_storage_location: String,
+
+    /// How often expired backups are looked for and deleted (Go-style duration).
+    #[arg(long, default_value = "1h")]
+    garbage_collection_frequency: String,
+
+    /// How often backups stored in the locations are synced into the cluster ("0": never).
+    #[arg(long, default_value = "1m")]
+    backup_sync_period: String,
+
+    /// How often a location is validated when its spec does not say ("0": once).
+    #[arg(long, default_value = "1m")]
+    store_validation_frequency: String,
 }
 
 fn duration(s: &str, flag: &str) -> Result<Duration> {
     let secs = arca_k8s::backup::parse_go_duration(s).with_context(|| format!("{flag} {s:?}"))?;
     anyhow::ensure!(secs > 0, "{flag} must be positive, not {s:?}");
+    Ok(Duration::from_secs(secs as u64))
+}
+
+fn duration_or_zero(s: &str, flag: &str) -> Result<Duration> {
+    let secs = arca_k8s::backup::parse_go_duration(s).with_context(|| format!("{flag} {s:?}"))?;
+    anyhow::ensure!(secs >= 0, "{flag} must not be negative, not {s:?}");
     Ok(Duration::from_secs(secs as u64))
 }
 
@@ -104,18 +126,26 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
     if let Some(p) = &a.restore_resource_priorities {
         restore.priorities = Priorities::parse(p);
     }
-    let opts = server::Options {
-        namespace: kube.namespace().to_string(),
-        concurrent_backups: a.concurrent_backups,
-        metrics_address: Some(a.metrics_address),
-        leader_elect: a.leader_elect,
-        lease_name: server::LEASE.into(),
-        identity: identity(),
-        timings,
-        cache_root: ctx.cache_root(),
-        restore,
-        schedule_skip_immediately: a.schedule_skip_immediately,
-    };
+    let mut opts = server::Options::new(kube.namespace());
+    opts.concurrent_backups = a.concurrent_backups;
+    opts.metrics_address = Some(a.metrics_address);
+    opts.leader_elect = a.leader_elect;
+    opts.identity = identity();
+    opts.timings = timings;
+    opts.cache_root = ctx.cache_root();
+    opts.restore = restore;
+    opts.schedule_skip_immediately = a.schedule_skip_immediately;
+    opts.default_location = a.default_backup_storage_location.clone();
+    opts.gc_frequency = duration(
+        &a.garbage_collection_frequency,
+        "--garbage-collection-frequency",
+    )?;
+    let sync = duration_or_zero(&a.backup_sync_period, "--backup-sync-period")?;
+    opts.sync_period = (!sync.is_zero()).then_some(sync);
+    opts.validation_frequency = duration_or_zero(
+        &a.store_validation_frequency,
+        "--store-validation-frequency",
+    )?;
     // SIGTERM (the kubelet stopping the pod) and Ctrl-C end it cleanly: the Lease is
     // released so another replica takes over at once; work in flight is run again there.
     let shutdown = async {

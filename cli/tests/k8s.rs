@@ -66,6 +66,8 @@ struct Arca {
     ns: String,
     dir: tempfile::TempDir,
     auto_server: bool,
+    /// More flags for the automatic servers.
+    server_flags: Vec<&'static str>,
     servers: std::sync::Mutex<Vec<(PathBuf, Server)>>,
 }
 
@@ -80,6 +82,7 @@ impl Arca {
             ns: format!("arca-{name}-{:x}", t & 0xfffff),
             dir: tempfile::tempdir().unwrap(),
             auto_server: true,
+            server_flags: Vec::new(),
             servers: Default::default(),
         }
     }
@@ -106,11 +109,11 @@ impl Arca {
 
     fn run(&self, c: &Cluster, args: &[&str]) -> Output {
         let mut args = args.to_vec();
-        // The CLI creates a backup or restore and returns; the tests follow each to its
-        // end, as `--wait` does.
+        // The CLI creates a backup or restore (or asks for a backup's deletion) and
+        // returns; the tests follow each to its end, as `--wait` does.
         let create = args
             .windows(2)
-            .any(|w| matches!(w, ["backup" | "restore", "create"]));
+            .any(|w| matches!(w, ["backup" | "restore", "create"] | ["backup", "delete"]));
         if create && !args.contains(&"--wait") {
             args.push("--wait");
         }
@@ -150,7 +153,7 @@ impl Arca {
         if servers.iter().any(|(k, _)| *k == c.kubeconfig) {
             return;
         }
-        let s = self.server_with(c, "15s", &[]);
+        let s = self.server_args(c, "15s", &[], &self.server_flags);
         for _ in 0..600 {
             if s.log().contains("leading") {
                 servers.push((c.kubeconfig.clone(), s));
@@ -1362,7 +1365,11 @@ async fn migration_to_a_second_cluster_through_s3_alone() {
     let Some((a, b)) = clusters().await else {
         return;
     };
-    let arca = Arca::new("migrate");
+    // Cluster B's server syncs every second: the backup shows up there by itself.
+    let arca = Arca {
+        server_flags: vec!["--backup-sync-period", "1s"],
+        ..Arca::new("migrate")
+    };
     let creds = arca.dir.path().join("credentials");
     std::fs::write(
         &creds,
@@ -1411,6 +1418,16 @@ async fn migration_to_a_second_cluster_through_s3_alone() {
 
     // Cluster B knows nothing but the bucket: the backup shows up, and restores.
     install(&b);
+    let synced = until(&b, BACKUP, &arca.ns, "move", "synced", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Completed")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        synced["metadata"]["annotations"]["arca.dev/synced-from-location"],
+        "default"
+    );
     let list = arca.json(&b, &["backup", "get"]);
     let names: Vec<&str> = list
         .as_array()
@@ -3742,6 +3759,11 @@ impl Arca {
     /// make takeovers quick; a loaded machine may miss their renewals), with extra
     /// environment.
     fn server_with(&self, c: &Cluster, lease: &str, env: &[(&str, &str)]) -> Server {
+        self.server_args(c, lease, env, &[])
+    }
+
+    /// The same with more flags.
+    fn server_args(&self, c: &Cluster, lease: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = self.cmd(c);
         cmd.args([
             "server",
@@ -3750,6 +3772,7 @@ impl Arca {
             "--leader-elect-lease-duration",
             lease,
         ])
+        .args(args)
         .env("ARCA_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -4084,6 +4107,245 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
         2,
         "the server ran the original and the refused one, never a synced one:\n{log}"
     );
+}
+
+/// A resource as JSON once `done` holds of it (the server writes it), else a failure
+/// that shows it as it is.
+async fn until(
+    c: &Cluster,
+    (api_version, kind, plural): (&str, &str, &str),
+    ns: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Option<Value>) -> bool,
+) -> Option<Value> {
+    let mut o = None;
+    for _ in 0..300 {
+        o = get(c, api_version, kind, plural, Some(ns), name).await;
+        if done(&o) {
+            return o;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{kind} {ns}/{name}: never {what}: {o:#?}")
+}
+
+const BACKUP: (&str, &str, &str) = ("arca.dev/v1", "Backup", "backups");
+const BSL: (&str, &str, &str) = (
+    "arca.dev/v1",
+    "BackupStorageLocation",
+    "backupstoragelocations",
+);
+
+/// The server's housekeeping: locations validated (Available, or Unavailable with the
+/// reason, and no backup goes to one); an expired backup deleted through a
+/// DeleteBackupRequest, its record with it; an expired backup in a read-only location
+/// kept and labelled; a backup removed from the cluster alone brought back by the
+/// periodic sync; of two default locations the newer stays; a request for a backup that
+/// does not exist says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("keeper")
+    };
+    arca.install(&a);
+    let server = arca.server_args(
+        &a,
+        "15s",
+        &[],
+        &[
+            "--garbage-collection-frequency",
+            "1s",
+            "--backup-sync-period",
+            "1s",
+            "--store-validation-frequency",
+            "1s",
+        ],
+    );
+    server.wait_log("leading").await;
+    let ins = arca.ns.clone();
+    let app = format!("keeper-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "c", &[], "1"))).await;
+    let phase_is = |p: &'static str| {
+        move |o: &Option<Value>| o.as_ref().is_some_and(|o| o["status"]["phase"] == p)
+    };
+    let v = until(&a, BSL, &ins, "default", "Available", phase_is("Available"))
+        .await
+        .unwrap();
+    assert!(v["status"]["lastValidationTime"].is_string(), "{v:#}");
+
+    // A location whose store cannot be reached: Unavailable, and no backup goes there.
+    let bsl = |name: &str, bucket: &str, extra: &str| {
+        format!(
+            "apiVersion: arca.dev/v1\nkind: BackupStorageLocation\nmetadata: {{name: {name}, namespace: {ins}}}\nspec:\n  provider: local\n  objectStorage: {{bucket: \"{bucket}\"}}\n{extra}"
+        )
+    };
+    apply(&a, &bsl("broken", "/proc/arca-cannot-be-here", "")).await;
+    let v = until(
+        &a,
+        BSL,
+        &ins,
+        "broken",
+        "Unavailable",
+        phase_is("Unavailable"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        v["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"broken\" is unavailable"),
+        "{v:#}"
+    );
+    let out = arca.run(
+        &a,
+        &[
+            "backup",
+            "create",
+            "nowhere",
+            "--storage-location",
+            "broken",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "nowhere")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "FailedValidation");
+    assert!(
+        b["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("Unavailable status"),
+        "{b:#}"
+    );
+
+    // Expired (its expiration moved into the past): deleted, record and all.
+    arca.ok(
+        &a,
+        &["backup", "create", "old", "--include-namespaces", &app],
+    );
+    let past = json!({ "status": { "expiration": "2020-01-01T00:00:00Z" } });
+    let backups: Api<DynamicObject> = Api::namespaced_with(
+        a.client.clone(),
+        &ins,
+        &resource(BACKUP.0, BACKUP.1, BACKUP.2),
+    );
+    backups
+        .patch_status("old", &PatchParams::default(), &Patch::Merge(&past))
+        .await
+        .unwrap();
+    until(&a, BACKUP, &ins, "old", "deleted", |o| o.is_none()).await;
+    let out = arca.run(&a, &["backup", "logs", "old"]);
+    assert_eq!(out.status.code(), Some(1), "the record went too");
+    server
+        .wait_log(&format!(
+            "backup {ins}/old has expired: asking for its deletion"
+        ))
+        .await;
+
+    // Expired in a read-only location: kept, labelled BSLReadOnly.
+    let ro_dir = arca.dir.path().join("ro");
+    apply(&a, &bsl("ro", ro_dir.to_str().unwrap(), "")).await;
+    until(&a, BSL, &ins, "ro", "Available", phase_is("Available")).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "kept",
+            "--include-namespaces",
+            &app,
+            "--storage-location",
+            "ro",
+        ],
+    );
+    apply(
+        &a,
+        &bsl("ro", ro_dir.to_str().unwrap(), "  accessMode: ReadOnly\n"),
+    )
+    .await;
+    backups
+        .patch_status("kept", &PatchParams::default(), &Patch::Merge(&past))
+        .await
+        .unwrap();
+    let k = until(&a, BACKUP, &ins, "kept", "labelled", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["metadata"]["labels"]["arca.dev/gc-failure"] == "BSLReadOnly")
+    })
+    .await
+    .unwrap();
+    assert_eq!(k["status"]["phase"], "Completed");
+
+    // Removed from the cluster alone: the sync brings it back, no CLI involved.
+    arca.ok(
+        &a,
+        &["backup", "create", "synced", "--include-namespaces", &app],
+    );
+    delete_namespaced(&a, BACKUP.0, BACKUP.1, BACKUP.2, &ins, "synced").await;
+    let s = until(
+        &a,
+        BACKUP,
+        &ins,
+        "synced",
+        "synced back",
+        phase_is("Completed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s["metadata"]["annotations"]["arca.dev/synced-from-location"], "default",
+        "{s:#}"
+    );
+    let l = until(&a, BSL, &ins, "default", "synced", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["lastSyncedTime"].is_string())
+    })
+    .await;
+    assert!(l.is_some());
+
+    // Deleting a backup that does not exist: the request says so.
+    let out = arca.run(&a, &["backup", "delete", "never-was", "--confirm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backup \"never-was\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Two defaults: the newer stays.
+    apply(
+        &a,
+        &bsl(
+            "newer",
+            arca.dir.path().join("newer").to_str().unwrap(),
+            "  default: true\n",
+        ),
+    )
+    .await;
+    until(&a, BSL, &ins, "default", "no longer the default", |o| {
+        o.as_ref().is_some_and(|o| o["spec"]["default"] == false)
+    })
+    .await;
+    let n = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "newer")
+        .await
+        .unwrap();
+    assert_eq!(n["spec"]["default"], true);
+
+    let url = server.metrics_url().await;
+    let m = http_get(&format!("{url}/metrics")).1;
+    for line in [
+        "arca_backup_deletion_success_total{schedule=\"\"} 1",
+        "arca_backup_location_status_gauge{backup_location_name=\"broken\"} 0",
+        "arca_backup_location_status_gauge{backup_location_name=\"default\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in:\n{m}");
+    }
 }
 
 /// The arca image of this build, `localhost/arca:<hash of the binary and recipe>`, made

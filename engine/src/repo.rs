@@ -10,7 +10,7 @@ use arca_format::{
 use bytes::Bytes;
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreErrorKind};
 use crate::pause::PausePoints;
 use crate::store::{Store, WriteMode};
 
@@ -213,13 +213,31 @@ impl Repository {
                 WriteMode::CreateNew,
             )
             .await?;
-        store
+        let put = store
             .put(
                 layout::CONFIG,
                 Bytes::from(config.encode(&keys)?),
                 WriteMode::CreateNew,
             )
-            .await?;
+            .await;
+        match put {
+            Ok(_) => {}
+            // Another writer initialised the location since it was listed empty: its
+            // repository stands; this one's key file (for another repository ID, which
+            // `open` ignores) is taken back, and the caller is told as for a non-empty
+            // location, so that it opens the other's.
+            Err(Error::Store {
+                kind: StoreErrorKind::AlreadyExists,
+                ..
+            }) => {
+                let _ = store.delete(&layout::key(&key_id)).await;
+                return Err(Error::NotEmpty {
+                    location: store.location().to_string(),
+                    found: layout::CONFIG.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
         Ok(Self {
             store,
             keys: Arc::new(keys),

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use arca_engine::store::clocked::ClockedBackend;
 use arca_engine::{
-    Clock, Error, Indexed, MaintenanceOptions, ManualClock, PausePoints, Repository, SessionGuard,
-    Store, Writer,
+    Clock, Error, Indexed, InitOptions, MaintenanceOptions, ManualClock, PausePoints, Repository,
+    SessionGuard, Store, Writer,
 };
+use arca_format::KdfParams;
 use arca_format::{BlobType, SessionKind, layout};
 use bytes::Bytes;
 use support::*;
@@ -706,4 +707,35 @@ async fn superseded_index_files_wait_for_the_cleanup_margin() {
     assert_eq!(r.index_files_deleted, 3, "{r:?}");
     assert_eq!(w.store.list(layout::INDEX).await.unwrap().len(), 1);
     assert_clean(&w.process().await, true).await;
+}
+
+/// Two writers initialising one empty location at once (two clusters' servers on a new
+/// bucket): one repository results, the other writer is told it is not empty (so it
+/// opens that one), and its key file, of a repository that never was, is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_inits_of_one_location_make_one_repository() {
+    let store = memory();
+    let opts = || InitOptions {
+        kdf: KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..Default::default()
+    };
+    // Both list the location empty before either writes: the key derivation runs on a
+    // blocking thread, so the two interleave there.
+    let me = who();
+    let (a, b) = tokio::join!(
+        Repository::init(store.clone(), PW, opts(), &me),
+        Repository::init(store.clone(), PW, opts(), &me),
+    );
+    let lost = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        _ => panic!("exactly one init wins: {:?} / {:?}", a.is_ok(), b.is_ok()),
+    };
+    assert!(matches!(lost, Error::NotEmpty { .. }), "{lost}");
+    let keys = store.list(layout::KEYS).await.unwrap();
+    assert_eq!(keys.len(), 1, "the loser's key file is gone: {keys:?}");
+    open(store.clone()).await.unwrap();
 }

@@ -760,6 +760,7 @@ pub async fn run_backup(
     ns: &str,
     name: &str,
     cache_root: Option<&Path>,
+    default_location: &str,
 ) -> Result<BackupOutcome> {
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     let mut backup = api
@@ -804,23 +805,37 @@ pub async fn run_backup(
     {
         backup.spec.ttl = Some(DEFAULT_TTL.to_string());
     }
-    let location =
-        match Location::resolve(client, ns, backup.spec.storage_location.as_deref()).await {
-            Ok(l) => {
-                if l.read_only {
-                    errs.push(format!(
-                        "backup storage location {} is in read-only mode: it takes no new backups",
+    let location = match Location::resolve(
+        client,
+        ns,
+        backup.spec.storage_location.as_deref(),
+        default_location,
+    )
+    .await
+    {
+        Ok(l) => {
+            // Velero's prepareBackupRequest: not to a location its validation found
+            // unusable (a location not yet validated is tried).
+            if l.phase.as_deref() == Some("Unavailable") {
+                errs.push(format!(
+                        "backup can't be created because BackupStorageLocation {} is in Unavailable status",
                         l.name
                     ));
-                }
-                backup.spec.storage_location = Some(l.name.clone());
-                Some(l)
             }
-            Err(e) => {
-                errs.push(e.to_string());
-                None
+            if l.read_only {
+                errs.push(format!(
+                    "backup storage location {} is in read-only mode: it takes no new backups",
+                    l.name
+                ));
             }
-        };
+            backup.spec.storage_location = Some(l.name.clone());
+            Some(l)
+        }
+        Err(e) => {
+            errs.push(e.to_string());
+            None
+        }
+    };
     let mut labels = backup.labels().clone();
     if let Some(l) = &location {
         labels.insert(STORAGE_LOCATION_LABEL.to_string(), label_value(&l.name));

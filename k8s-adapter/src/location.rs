@@ -32,6 +32,8 @@ pub struct Location {
     pub password: Vec<u8>,
     /// ReadOnly locations take no new backups and lose none.
     pub read_only: bool,
+    /// The server's last validation: Available, Unavailable, or None (not yet).
+    pub phase: Option<String>,
 }
 
 /// Who writes the records of install namespace `ns` (snapshot host and user).
@@ -80,8 +82,15 @@ async fn secret_key(client: &Client, ns: &str, name: &str, key: &str) -> Result<
 }
 
 impl Location {
-    /// The BackupStorageLocation named `name`, or the default one, in namespace `ns`.
-    pub async fn resolve(client: &Client, ns: &str, name: Option<&str>) -> Result<Self> {
+    /// The BackupStorageLocation named `name`, or the default one, in namespace `ns`: the
+    /// one marked `default: true`, else the one named `fallback` (the server's
+    /// `--default-backup-storage-location`), else the only one.
+    pub async fn resolve(
+        client: &Client,
+        ns: &str,
+        name: Option<&str>,
+        fallback: &str,
+    ) -> Result<Self> {
         let api: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
         let bsl = match name {
             Some(n) => api
@@ -97,7 +106,14 @@ impl Location {
                     .await
                     .map_err(|e| Error::kube(format!("list BackupStorageLocations in {ns}"), e))?;
                 let mut items = all.items;
-                let default = items.iter().position(|b| b.spec.default == Some(true));
+                let default = items
+                    .iter()
+                    .position(|b| b.spec.default == Some(true))
+                    .or_else(|| {
+                        items
+                            .iter()
+                            .position(|b| b.metadata.name.as_deref() == Some(fallback))
+                    });
                 match (default, items.len()) {
                     (Some(i), _) => items.swap_remove(i),
                     (None, 1) => items.remove(0),
@@ -134,7 +150,7 @@ impl Location {
             .await
             .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
         if let Some(n) = b.as_ref().and_then(|b| b.spec.storage_location.clone()) {
-            return Ok((Self::resolve(client, ns, Some(&n)).await?, b));
+            return Ok((Self::resolve(client, ns, Some(&n), "").await?, b));
         }
         let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
         let mut all = bsls
@@ -179,7 +195,7 @@ impl Location {
         }
         match first {
             Some(l) => Ok((l, b)),
-            None => Ok((Self::resolve(client, ns, None).await?, b)),
+            None => Ok((Self::resolve(client, ns, None, "default").await?, b)),
         }
     }
 
@@ -247,6 +263,7 @@ impl Location {
             store,
             password,
             read_only: spec.access_mode.as_deref() == Some("ReadOnly"),
+            phase: bsl.status.as_ref().and_then(|s| s.phase.clone()),
         })
     }
 
@@ -258,6 +275,16 @@ impl Location {
     /// Where one namespace's volume data lives.
     pub fn volumes_url(&self, namespace: &str) -> String {
         join(&join(&self.root, "volumes"), namespace)
+    }
+
+    /// Whether the location can be used, read-only (the server's validation): its store
+    /// answers, and the resource repository there (if any) opens with the password.
+    pub async fn check(&self) -> Result<()> {
+        let store = open_store(&self.resources_url(), &self.store)?;
+        match Repository::open_with(store, &self.password, None).await {
+            Ok(_) | Err(arca_engine::Error::NoRepository { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Open a repository under this location, creating it on first use.

@@ -760,15 +760,13 @@ pub struct DeleteReport {
     pub restores_deleted: Vec<String>,
 }
 
-/// Delete a backup the way Velero does: through a DeleteBackupRequest, which removes the
-/// stored record and the restores of the backup, then the Backup resource. A failure
-/// leaves the request with its errors for `kubectl get deletebackuprequests` to show.
-pub async fn delete_backup(
+/// Ask for a backup's deletion, the way Velero does: a DeleteBackupRequest, which the
+/// server's deletion controller processes ([`process_deletion`]).
+pub async fn request_deletion(
     client: &Client,
     ns: &str,
     backup: &str,
-    cache_root: Option<&Path>,
-) -> Result<DeleteReport> {
+) -> Result<DeleteBackupRequest> {
     let dbrs: Api<DeleteBackupRequest> = Api::namespaced(client.clone(), ns);
     let mut req = DeleteBackupRequest::new(
         "",
@@ -778,20 +776,39 @@ pub async fn delete_backup(
     );
     req.metadata.name = None;
     req.metadata.generate_name = Some(format!("{backup}-"));
-    req.metadata.labels = Some(BTreeMap::from([(
-        BACKUP_NAME_LABEL.to_string(),
-        label_value(backup),
-    )]));
-    let req = dbrs
-        .create(&PostParams::default(), &req)
+    let mut labels = BTreeMap::from([(BACKUP_NAME_LABEL.to_string(), label_value(backup))]);
+    let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
+    if let Ok(Some(b)) = bapi.get_opt(backup).await
+        && let Some(uid) = b.metadata.uid
+    {
+        labels.insert(BACKUP_UID_LABEL.to_string(), uid);
+    }
+    req.metadata.labels = Some(labels);
+    dbrs.create(&PostParams::default(), &req)
         .await
         .map_err(|e| {
             Error::kube(
                 format!("create a delete request for backup {ns}/{backup}"),
                 e,
             )
-        })?;
+        })
+}
+
+/// Process a DeleteBackupRequest (Velero's backup deletion controller): refused while the
+/// backup runs or when its location is read-only; the Backup goes to phase Deleting; its
+/// stored records (when it stands for them), its restores and the Backup are removed.
+/// The request ends Processed, with the errors if any; on success every request of the
+/// backup is removed (nothing is left to say). Running it again after a kill is safe:
+/// what is gone is not looked for.
+pub async fn process_deletion(
+    client: &Client,
+    ns: &str,
+    req: &DeleteBackupRequest,
+    cache_root: Option<&Path>,
+) -> Result<DeleteReport> {
+    let dbrs: Api<DeleteBackupRequest> = Api::namespaced(client.clone(), ns);
     let req_name = req.name_any();
+    let backup = req.spec.backup_name.as_str();
     let set = |phase: &str, errors: Vec<String>| {
         let st = DeleteBackupRequestStatus {
             phase: Some(phase.into()),
@@ -809,6 +826,11 @@ pub async fn delete_backup(
             .map_err(|e| Error::kube(format!("update delete request {ns}/{req_name}"), e))
         }
     };
+    if backup.is_empty() {
+        let e = Error::Invalid("spec.backupName is required".into());
+        set("Processed", vec![e.to_string()]).await?;
+        return Err(e);
+    }
     set("InProgress", vec![]).await?;
     let work = async {
         // Velero's deletion controller refuses a backup still running: the run would
@@ -837,6 +859,15 @@ pub async fn delete_backup(
                 "backup {backup} is in storage location {}, which is read-only: nothing was deleted",
                 loc.name
             )));
+        }
+        if resource.is_some() {
+            bapi.patch_status(
+                backup,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "status": { "phase": "Deleting" } })),
+            )
+            .await
+            .map_err(|e| Error::kube(format!("mark backup {ns}/{backup} Deleting"), e))?;
         }
         let repo = loc
             .open(&loc.resources_url(), cache_root, &writer(ns))
@@ -909,8 +940,14 @@ pub async fn delete_backup(
     match work.await {
         Ok(report) => {
             set("Processed", vec![]).await?;
-            // Done: the request has nothing more to say.
-            let _ = dbrs.delete(&req_name, &DeleteParams::default()).await;
+            // Done: the requests of this backup have nothing more to say.
+            let _ = dbrs
+                .delete_collection(
+                    &DeleteParams::default(),
+                    &ListParams::default()
+                        .labels(&format!("{BACKUP_NAME_LABEL}={}", label_value(backup))),
+                )
+                .await;
             Ok(report)
         }
         Err(e) => {

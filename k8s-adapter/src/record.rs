@@ -23,6 +23,8 @@ pub const BACKUP_TAG: &str = "arca-backup";
 pub const RESTORE_TAG: &str = "arca-restore";
 /// Label: the backup's name.
 pub const BACKUP_NAME_LABEL: &str = "arca.dev/backup-name";
+/// Label: the UID of the backup a DeleteBackupRequest is for.
+pub const BACKUP_UID_LABEL: &str = "arca.dev/backup-uid";
 /// Label: the restore's name.
 pub const RESTORE_NAME_LABEL: &str = "arca.dev/restore-name";
 /// Label: the schedule that made the backup.

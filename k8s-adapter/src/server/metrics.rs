@@ -28,6 +28,10 @@ pub struct Metrics {
     restore_partial_failure: IntCounterVec,
     restore_failed: IntCounterVec,
     restore_validation_failed: IntCounterVec,
+    deletion_attempt: IntCounterVec,
+    deletion_success: IntCounterVec,
+    deletion_failure: IntCounterVec,
+    location_available: GaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounterVec {
@@ -165,6 +169,34 @@ impl Metrics {
                 "restore_validation_failed_total",
                 "Total number of failed restores failing validations",
             ),
+            deletion_attempt: counter(
+                &r,
+                "backup_deletion_attempt_total",
+                "Total number of attempted backup deletions",
+            ),
+            deletion_success: counter(
+                &r,
+                "backup_deletion_success_total",
+                "Total number of successful backup deletions",
+            ),
+            deletion_failure: counter(
+                &r,
+                "backup_deletion_failure_total",
+                "Total number of failed backup deletions",
+            ),
+            location_available: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "backup_location_status_gauge",
+                        "The status of backup storage locations. 1 is available, 0 is unavailable",
+                    )
+                    .namespace(NS),
+                    &["backup_location_name"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
         }
     }
@@ -185,6 +217,9 @@ impl Metrics {
             &self.restore_partial_failure,
             &self.restore_failed,
             &self.restore_validation_failed,
+            &self.deletion_attempt,
+            &self.deletion_success,
+            &self.deletion_failure,
         ] {
             c.with_label_values(l).inc_by(0);
         }
@@ -252,6 +287,28 @@ impl Metrics {
             End::Failure => self.restore_failed.with_label_values(l).inc(),
             End::Validation => self.restore_validation_failed.with_label_values(l).inc(),
         }
+    }
+
+    /// A deletion of a backup of `schedule` starts.
+    pub fn deletion_attempt(&self, schedule: &str) {
+        self.deletion_attempt.with_label_values(&[schedule]).inc();
+    }
+
+    /// A deletion ended.
+    pub fn deletion_ended(&self, schedule: &str, ok: bool) {
+        let c = if ok {
+            &self.deletion_success
+        } else {
+            &self.deletion_failure
+        };
+        c.with_label_values(&[schedule]).inc();
+    }
+
+    /// A location's validation said whether it is available.
+    pub fn location_available(&self, location: &str, available: bool) {
+        self.location_available
+            .with_label_values(&[location])
+            .set(if available { 1.0 } else { 0.0 });
     }
 
     /// The text exposition format.

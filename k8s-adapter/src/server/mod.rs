@@ -11,8 +11,11 @@
 //! safe: a backup's record is written once, at its end, as a new repository snapshot;
 //! a restore's items are created or left as the existing-resource policy says.
 
+pub mod deletion;
+pub mod gc;
 pub mod http;
 pub mod leader;
+pub mod locations;
 pub mod metrics;
 mod schedules;
 
@@ -64,6 +67,40 @@ pub struct Options {
     /// Schedules skip the run due at their creation or unpausing unless their spec says
     /// otherwise (Velero's `--schedule-skip-immediately`).
     pub schedule_skip_immediately: bool,
+    /// The location of backups that name none when no location is marked default
+    /// (Velero's `--default-backup-storage-location`).
+    pub default_location: String,
+    /// How often expired backups are looked for (Velero's
+    /// `--garbage-collection-frequency`, 1 h).
+    pub gc_frequency: Duration,
+    /// How often stored backups are synced into the cluster (`--backup-sync-period`,
+    /// 1 min); None: never.
+    pub sync_period: Option<Duration>,
+    /// How often a location is validated when its spec does not say
+    /// (`--store-validation-frequency`, 1 min; zero: once).
+    pub validation_frequency: Duration,
+}
+
+impl Options {
+    /// Velero's defaults, for namespace `ns`, working alone (no Lease).
+    pub fn new(ns: &str) -> Self {
+        Self {
+            namespace: ns.to_string(),
+            concurrent_backups: 1,
+            metrics_address: None,
+            leader_elect: false,
+            lease_name: LEASE.into(),
+            identity: "arca".into(),
+            timings: leader::Timings::default(),
+            cache_root: None,
+            restore: RestoreSettings::new(),
+            schedule_skip_immediately: false,
+            default_location: "default".into(),
+            gc_frequency: Duration::from_secs(3600),
+            sync_period: Some(Duration::from_secs(60)),
+            validation_frequency: Duration::from_secs(60),
+        }
+    }
 }
 
 /// What a controller does with a Backup or Restore in a phase.
@@ -235,7 +272,7 @@ pub async fn run(
     }
     health.leading.store(true, Ordering::Relaxed);
     tracing::info!(
-        "leading: reconciling backups, restores and schedules in namespace {}",
+        "leading: reconciling backups, restores, schedules, deletions and locations in namespace {}",
         opts.namespace
     );
     let recorder = Recorder::new(
@@ -251,10 +288,26 @@ pub async fn run(
         metrics,
         recorder,
     });
+    let sync = {
+        let ctx = ctx.clone();
+        async move {
+            match ctx.opts.sync_period {
+                Some(p) => locations::sync(ctx.clone(), p).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let controllers = futures::future::join3(
-        backups(ctx.clone()),
-        restores(ctx.clone()),
-        schedules::run(ctx.clone()),
+        futures::future::join3(
+            backups(ctx.clone()),
+            restores(ctx.clone()),
+            schedules::run(ctx.clone()),
+        ),
+        futures::future::join(
+            deletion::run(ctx.clone()),
+            locations::validation(ctx.clone()),
+        ),
+        futures::future::join(gc::run(ctx.clone(), ctx.opts.gc_frequency), sync),
     );
     let lost = async {
         match elector.as_mut() {
@@ -277,6 +330,23 @@ pub async fn run(
     result
 }
 
+/// Run a controller until it ends; failed reconciles are retried (`error_policy`).
+async fn drive<K, R, F>(c: Controller<K>, what: &'static str, reconcile: R, ctx: Arc<Ctx>)
+where
+    K: Clone + Resource<DynamicType = ()> + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+    R: FnMut(Arc<K>, Arc<Ctx>) -> F,
+    F: Future<Output = Result<Action>> + Send + 'static,
+{
+    c.run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("{what} controller: {e}");
+            }
+        })
+        .await;
+}
+
 fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!("{e}; retrying in 10 s");
     Action::requeue(Duration::from_secs(10))
@@ -284,28 +354,16 @@ fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
 
 async fn backups(ctx: Arc<Ctx>) {
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
-    Controller::new(api, watcher::Config::default())
-        .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1)))
-        .run(reconcile_backup, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("backup controller: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default())
+        .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1)));
+    drive(c, "backup", reconcile_backup, ctx).await;
 }
 
 async fn restores(ctx: Arc<Ctx>) {
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
-    Controller::new(api, watcher::Config::default())
-        .with_config(Config::default().concurrency(1))
-        .run(reconcile_restore, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("restore controller: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default())
+        .with_config(Config::default().concurrency(1));
+    drive(c, "restore", reconcile_restore, ctx).await;
 }
 
 async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> {
@@ -319,8 +377,14 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
         .await;
     let t0 = Instant::now();
-    let out =
-        crate::backup::run_backup(&ctx.client, ns, &name, ctx.opts.cache_root.as_deref()).await;
+    let out = crate::backup::run_backup(
+        &ctx.client,
+        ns,
+        &name,
+        ctx.opts.cache_root.as_deref(),
+        &ctx.opts.default_location,
+    )
+    .await;
     let secs = t0.elapsed().as_secs_f64();
     match out {
         Ok(o) => {

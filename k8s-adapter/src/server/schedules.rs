@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -22,19 +21,13 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
     let ns = &ctx.opts.namespace;
     let api: Api<Schedule> = Api::namespaced(ctx.client.clone(), ns);
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
-    Controller::new(api, watcher::Config::default())
+    let c = Controller::new(api, watcher::Config::default())
         // A schedule's backup that ends may free a run that was held back.
         .watches(backups, watcher::Config::default(), |b: Backup| {
             let name = b.labels().get(SCHEDULE_NAME_LABEL)?.clone();
             Some(ObjectRef::new(&name).within(&b.namespace()?))
-        })
-        .run(reconcile, super::error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("schedule controller: {e}");
-            }
-        })
-        .await;
+        });
+    super::drive(c, "schedule", reconcile, ctx).await;
 }
 
 /// What the schedule's backups say: one still to end, and the newest made by a run
