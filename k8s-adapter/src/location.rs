@@ -295,21 +295,26 @@ impl Location {
         who: &Identity,
     ) -> Result<Indexed> {
         let store = open_store(url, &self.store)?;
-        let repo = match Repository::open_with(store.clone(), &self.password, cache_root).await {
-            Ok(r) => r,
-            Err(arca_engine::Error::NoRepository { .. }) => {
-                match Repository::init(store.clone(), &self.password, InitOptions::default(), who)
-                    .await
-                {
-                    Ok(r) => r,
-                    // Another writer created it first.
-                    Err(arca_engine::Error::NotEmpty { .. }) => {
-                        Repository::open_with(store, &self.password, cache_root).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        // Several writers may find a new location empty at once (a backup, the sync, the
+        // repository maintenance; another cluster's server): one init wins, the others
+        // see it not empty, and open it once its config is written (the key file comes
+        // first, so "not empty" can precede "a repository" by a moment).
+        let mut tries = 0;
+        let repo = loop {
+            match Repository::open_with(store.clone(), &self.password, cache_root).await {
+                Ok(r) => break r,
+                Err(arca_engine::Error::NoRepository { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+            match Repository::init(store.clone(), &self.password, InitOptions::default(), who).await
+            {
+                Ok(r) => break r,
+                Err(arca_engine::Error::NotEmpty { .. }) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         Ok(repo.indexed(cache_root).await?.0)
     }
