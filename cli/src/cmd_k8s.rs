@@ -215,6 +215,8 @@ pub enum BackupCmd {
     Delete(DeleteArgs),
     /// Print a backup's log.
     Logs(LogsArgs),
+    /// Cancel backups: the server stops them and they end Canceled, storing nothing.
+    Cancel(CancelArgs),
     /// Download a backup's items as Velero's tarball (`<name>-data.tar.gz`): the objects
     /// as stored, for reading or for tools that take Velero's layout.
     Download(DownloadArgs),
@@ -443,6 +445,17 @@ pub struct LogsArgs {
     name: String,
 }
 
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// Names to cancel.
+    #[arg(required = true)]
+    names: Vec<String>,
+
+    /// Wait until each has stopped.
+    #[arg(long, short = 'w')]
+    wait: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RestoreCmd {
     /// Restore cluster resources from a backup, now.
@@ -459,6 +472,9 @@ pub enum RestoreCmd {
     Delete(DeleteArgs),
     /// Print a restore's log.
     Logs(LogsArgs),
+    /// Cancel restores: no further item is restored (those restored stay); they end
+    /// Canceled.
+    Cancel(CancelArgs),
 }
 
 /// `arca restore ...`.
@@ -685,6 +701,52 @@ pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `arca uninstall`.
+#[derive(Args, Debug)]
+pub struct UninstallArgs {
+    /// Do not ask.
+    #[arg(long, alias = "confirm")]
+    force: bool,
+
+    /// Wait until the namespace is gone.
+    #[arg(long)]
+    wait: bool,
+
+    /// Keep Arca's CustomResourceDefinitions (other namespaces use them).
+    #[arg(long)]
+    keep_crds: bool,
+}
+
+/// `arca uninstall`.
+pub async fn uninstall(ctx: &Ctx, kube: &KubeOpts, a: UninstallArgs) -> Result<u8> {
+    let ns = kube.namespace();
+    confirm(
+        a.force,
+        &format!(
+            "Remove Arca from namespace {ns}{}? Backups in object storage stay.",
+            if a.keep_crds {
+                ""
+            } else {
+                ", and its CRDs with every Arca resource in every namespace"
+            }
+        ),
+    )?;
+    let client = kube.client().await?;
+    let wait = a.wait.then_some(Duration::from_secs(600));
+    let done = manage::uninstall(&client, ns, !a.keep_crds, wait).await?;
+    if ctx.json {
+        print_json(&done)?;
+    } else if !ctx.quiet {
+        for d in &done {
+            println!("deleted {d}");
+        }
+        println!(
+            "Arca is uninstalled from namespace {ns}. The backups in object storage are kept: `arca install` with the same bucket lists them again."
+        );
+    }
+    Ok(0)
+}
+
 /// `arca backup ...`.
 pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
     let client = kube.installed().await?;
@@ -841,7 +903,92 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             print!("{}", manage::record_log(&repo, &id).await?);
             Ok(0)
         }
+        BackupCmd::Cancel(c) => {
+            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+            cancel(ctx, &api, "backup", &c, |b: &Backup| {
+                b.status.as_ref().and_then(|s| s.phase.clone())
+            })
+            .await
+        }
     }
+}
+
+/// What `follow` and `cancel` watch: Arca's resources.
+trait Watched:
+    arca_k8s::kube::Resource
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: arca_k8s::kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Ask the server to cancel backups or restores (`spec.cancel`); with --wait, follow each
+/// until it stopped. Ended ones are named and left alone.
+async fn cancel<K>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    what: &str,
+    c: &CancelArgs,
+    phase: fn(&K) -> Option<String>,
+) -> Result<u8>
+where
+    K: Watched,
+{
+    let mut failed = 0;
+    for name in &c.names {
+        let Some(o) = api.get_opt(name).await? else {
+            eprintln!("error: no {what} named {name}");
+            failed += 1;
+            continue;
+        };
+        let p = phase(&o).unwrap_or_else(|| "New".into());
+        if !matches!(p.as_str(), "New" | "Queued" | "InProgress" | "") {
+            eprintln!("error: {what} {name} has ended ({p}): nothing to cancel");
+            failed += 1;
+            continue;
+        }
+        api.patch(
+            name,
+            &arca_k8s::kube::api::PatchParams::default(),
+            &arca_k8s::kube::api::Patch::Merge(&serde_json::json!({ "spec": { "cancel": true } })),
+        )
+        .await
+        .with_context(|| format!("cancel {what} {name}"))?;
+        if !ctx.quiet && !ctx.json {
+            println!("Request to cancel {what} {name:?} submitted successfully.");
+        }
+        if c.wait
+            && let Some(o) =
+                follow(ctx, api, what, name, move |o: &K| (phase(o), None, None)).await?
+        {
+            let p = phase(&o).unwrap_or_default();
+            if !ctx.quiet && !ctx.json {
+                println!(
+                    "{} {name}: {p}",
+                    if what == "backup" {
+                        "Backup"
+                    } else {
+                        "Restore"
+                    }
+                );
+            }
+        }
+    }
+    Ok(u8::from(failed > 0))
 }
 
 /// Sync stored backups into the cluster; unreadable locations are named on stderr.
@@ -1064,17 +1211,17 @@ async fn follow<K>(
     state: impl Fn(&K) -> (Option<String>, Option<i64>, Option<i64>) + Send + Sync + 'static,
 ) -> Result<Option<K>>
 where
-    K: arca_k8s::kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     use arca_k8s::kube::runtime::{WatchStreamExt, watcher};
     use futures::StreamExt;
-    const ENDED: [&str; 4] = ["Completed", "PartiallyFailed", "Failed", "FailedValidation"];
+    const ENDED: [&str; 5] = [
+        "Completed",
+        "PartiallyFailed",
+        "Failed",
+        "FailedValidation",
+        "Canceled",
+    ];
     let pb = ctx.show_progress().then(|| {
         let pb = indicatif::ProgressBar::new(0);
         pb.set_style(
@@ -1532,6 +1679,13 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
             let (repo, id) = manage::restore_record(&client, ns, &l.name, cache.as_deref()).await?;
             print!("{}", manage::record_log(&repo, &id).await?);
             Ok(0)
+        }
+        RestoreCmd::Cancel(c) => {
+            let api: Api<Restore> = Api::namespaced(client.clone(), ns);
+            cancel(ctx, &api, "restore", &c, |r: &Restore| {
+                r.status.as_ref().and_then(|s| s.phase.clone())
+            })
+            .await
         }
     }
 }

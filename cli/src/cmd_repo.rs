@@ -13,6 +13,9 @@ use crate::{Ctx, read_password_file};
 pub enum RepoCmd {
     /// Create a repository at an empty location.
     Init(InitArgs),
+    /// List the BackupRepository resources of the cluster's namespace (-n): each
+    /// location's records and each namespace's volume data, with their maintenance.
+    Get(crate::cmd_k8s::GetArgs),
     /// Show the format version, sizes and counts.
     Status,
     /// Manage the passwords (key files) that open the repository.
@@ -182,6 +185,8 @@ pub async fn run(ctx: &Ctx, cmd: RepoCmd) -> Result<u8> {
             }
             Ok(0)
         }
+        // Dispatched with the cluster's options in main.
+        RepoCmd::Get(_) => anyhow::bail!("arca repo get lists the cluster's BackupRepositories"),
         RepoCmd::Status => {
             let repo = ctx.open().await?;
             let s = repo.status().await?;

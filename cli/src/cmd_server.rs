@@ -79,6 +79,15 @@ pub struct ServerArgs {
     /// How often a location is validated when its spec does not say ("0": once).
     #[arg(long, default_value = "1m")]
     store_validation_frequency: String,
+
+    /// How often a repository gets quick maintenance when its BackupRepository does not
+    /// say.
+    #[arg(long, default_value = "1h")]
+    default_repo_maintain_frequency: String,
+
+    /// How often a repository gets full maintenance (unreferenced data collected).
+    #[arg(long, default_value = "24h")]
+    full_repo_maintain_frequency: String,
 }
 
 fn duration(s: &str, flag: &str) -> Result<Duration> {
@@ -145,6 +154,14 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
     opts.validation_frequency = duration_or_zero(
         &a.store_validation_frequency,
         "--store-validation-frequency",
+    )?;
+    opts.repo_maintenance_frequency = duration(
+        &a.default_repo_maintain_frequency,
+        "--default-repo-maintain-frequency",
+    )?;
+    opts.repo_full_maintenance_frequency = duration(
+        &a.full_repo_maintain_frequency,
+        "--full-repo-maintain-frequency",
     )?;
     // SIGTERM (the kubelet stopping the pod) and Ctrl-C end it cleanly: the Lease is
     // released so another replica takes over at once; work in flight is run again there.

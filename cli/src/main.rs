@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod cmd_k8s;
+mod cmd_location;
 mod cmd_maint;
 mod cmd_repo;
 mod cmd_schedule;
@@ -104,7 +105,14 @@ enum Command {
     /// Back up on a schedule: cron expressions the server runs (Velero's `schedule`).
     #[command(subcommand)]
     Schedule(cmd_schedule::ScheduleCmd),
-    /// Run the operator: reconcile backups and restores in the namespace (-n), leading
+    /// Manage backup storage locations (Velero's `backup-location`).
+    #[command(subcommand)]
+    BackupLocation(cmd_location::LocationCmd),
+    /// Remove Arca from a cluster: its namespace, binding and CRDs (never the data in
+    /// object storage).
+    Uninstall(cmd_k8s::UninstallArgs),
+    /// Run the operator: reconcile backups, restores, schedules, deletions and locations
+    /// in the namespace (-n), leading
     /// through a Lease so that of several replicas only one works. What the installed
     /// Deployment runs.
     Server(cmd_server::ServerArgs),
@@ -267,6 +275,9 @@ fn main() -> ExitCode {
             }
         });
         match cli.command {
+            Command::Repo(cmd_repo::RepoCmd::Get(g)) => {
+                cmd_location::repositories(&ctx, &cli.kube, g).await
+            }
             Command::Repo(c) => cmd_repo::run(&ctx, c).await,
             Command::Snapshot(c) => cmd_snapshot::run(&ctx, c).await,
             Command::Maintenance(c) => cmd_maint::maintenance(&ctx, c).await,
@@ -274,6 +285,8 @@ fn main() -> ExitCode {
             Command::Backup(a) => cmd_k8s::backup(&ctx, &cli.kube, a).await,
             Command::Restore(a) => cmd_k8s::restore(&ctx, &cli.kube, a).await,
             Command::Schedule(c) => cmd_schedule::schedule(&ctx, &cli.kube, c).await,
+            Command::BackupLocation(c) => cmd_location::location(&ctx, &cli.kube, c).await,
+            Command::Uninstall(a) => cmd_k8s::uninstall(&ctx, &cli.kube, a).await,
             Command::Server(a) => cmd_server::run(&ctx, &cli.kube, a).await,
         }
     });

@@ -117,8 +117,10 @@ impl Arca {
         if create && !args.contains(&"--wait") {
             args.push("--wait");
         }
-        // The test's own server process stands in for the Deployment.
-        if self.auto_server && args.contains(&"install") && !args.contains(&"--dry-run") {
+        // The test's own server processes stand in for the Deployment (with or without
+        // `auto_server`), unless the test names the image it deploys: a Deployment of an
+        // image that is not there would hold a pending pod's CPU request on the node.
+        if args.contains(&"install") && !args.contains(&"--dry-run") && !args.contains(&"--image") {
             args.push("--no-deployment");
         }
         // Bounded: a run that waits for a server that has gone fails the test (exit 124)
@@ -4164,6 +4166,8 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
             "1s",
             "--store-validation-frequency",
             "1s",
+            "--default-repo-maintain-frequency",
+            "1s",
         ],
     );
     server.wait_log("leading").await;
@@ -4337,6 +4341,46 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         .unwrap();
     assert_eq!(n["spec"]["default"], true);
 
+    // Each location's records are maintained, and a namespace's volume repository on its
+    // own frequency: its last maintenance moves on.
+    const REPO: (&str, &str, &str) = ("arca.dev/v1", "BackupRepository", "backuprepositories");
+    let ready = |o: &Option<Value>| {
+        o.as_ref().is_some_and(|o| {
+            o["status"]["phase"] == "Ready" && o["status"]["lastFullMaintenanceTime"].is_string()
+        })
+    };
+    until(&a, REPO, &ins, "default-resources", "maintained", ready).await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: BackupRepository\nmetadata: {{name: vol-app, namespace: {ins}}}\nspec:\n  volumeNamespace: {app}\n  backupStorageLocation: default\n  maintenanceFrequency: 1s\n"
+        ),
+    )
+    .await;
+    let first = until(&a, REPO, &ins, "vol-app", "maintained", ready)
+        .await
+        .unwrap();
+    let t0 = first["status"]["lastMaintenanceTime"].clone();
+    until(&a, REPO, &ins, "vol-app", "maintained again", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["lastMaintenanceTime"] != t0)
+    })
+    .await;
+    assert!(
+        arca.dir
+            .path()
+            .join("bsl")
+            .join("volumes")
+            .join(&app)
+            .join("config")
+            .exists()
+    );
+    let table = arca.ok(&a, &["repo", "get"]);
+    assert!(
+        table.contains("default-resources") && table.contains("vol-app"),
+        "{table}"
+    );
+
     let url = server.metrics_url().await;
     let m = http_get(&format!("{url}/metrics")).1;
     for line in [
@@ -4346,6 +4390,266 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     ] {
         assert!(m.contains(line), "{line} in:\n{m}");
     }
+}
+
+/// Velero's `backup-location` verbs and `uninstall`: a second location made the default
+/// takes the next backup; `set` moves the default back and makes a location read-only
+/// (no backup goes in); deleting a location removes its Backup resources, not its data,
+/// which come back when it is created again; `uninstall` removes the namespace and keeps
+/// the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_locations_and_uninstall_from_the_cli() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("bsl");
+    arca.install(&a);
+    let app = format!("bsl-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "c", &[], "1"))).await;
+    let dir2 = arca.dir.path().join("second");
+    let out = arca.ok(
+        &a,
+        &[
+            "backup-location",
+            "create",
+            "second",
+            "--provider",
+            "local",
+            "--bucket",
+            dir2.to_str().unwrap(),
+            "--default",
+        ],
+    );
+    assert!(out.contains("\"second\" configured successfully"), "{out}");
+    let l = arca.json(&a, &["backup-location", "get"]);
+    let default_of = |l: &Value, n: &str| {
+        l.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["metadata"]["name"] == n)
+            .unwrap()["spec"]["default"]
+            .clone()
+    };
+    assert_eq!(default_of(&l, "second"), true);
+    assert_eq!(default_of(&l, "default"), false, "the mark moved");
+    until(&a, BSL, &arca.ns, "second", "Available", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Available")
+    })
+    .await;
+    arca.ok(&a, &["backup", "create", "x", "--include-namespaces", &app]);
+    let b = arca.json(&a, &["backup", "get", "x"]);
+    assert_eq!(b[0]["spec"]["storageLocation"], "second");
+
+    arca.ok(&a, &["backup-location", "set", "default", "--default"]);
+    let d = arca.json(&a, &["backup-location", "get", "--default"]);
+    assert_eq!(d.as_array().unwrap().len(), 1, "{d:#}");
+    assert_eq!(d[0]["metadata"]["name"], "default");
+    let table = arca.ok(&a, &["backup-location", "get"]);
+    assert!(
+        table.contains("ACCESS MODE") && table.contains("second"),
+        "{table}"
+    );
+
+    arca.ok(
+        &a,
+        &[
+            "backup-location",
+            "set",
+            "second",
+            "--access-mode",
+            "ReadOnly",
+        ],
+    );
+    let out = arca.run(
+        &a,
+        &["backup", "create", "y", "--storage-location", "second"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let y = arca.json(&a, &["backup", "describe", "y"]);
+    assert!(
+        y[0]["backup"]["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{y:#}"
+    );
+    arca.ok(
+        &a,
+        &[
+            "backup-location",
+            "set",
+            "second",
+            "--access-mode",
+            "ReadWrite",
+        ],
+    );
+
+    // Deleted with its Backup resources; the data stays and comes back.
+    let out = arca.ok(&a, &["backup-location", "delete", "second", "--confirm"]);
+    assert!(out.contains("with 2 Backup resource(s)"), "{out}");
+    assert!(
+        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "x")
+            .await
+            .is_none()
+    );
+    arca.ok(
+        &a,
+        &[
+            "backup-location",
+            "create",
+            "second",
+            "--provider",
+            "local",
+            "--bucket",
+            dir2.to_str().unwrap(),
+        ],
+    );
+    let l = arca.json(&a, &["backup", "get", "x"]);
+    assert_eq!(l[0]["status"]["phase"], "Completed", "synced back: {l:#}");
+    assert!(arca.items(&a, "x").contains(&format!("configmaps:{app}/c")));
+
+    // Uninstall: asks first; then the namespace goes, the data stays.
+    let out = arca.run(&a, &["uninstall", "--keep-crds"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm"));
+    let out = arca.ok(&a, &["uninstall", "--force", "--keep-crds", "--wait"]);
+    assert!(
+        out.contains(&format!("deleted Namespace/{}", arca.ns)),
+        "{out}"
+    );
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    assert!(nss.get_opt(&arca.ns).await.unwrap().is_none());
+    assert!(
+        dir2.join("resources").join("config").exists(),
+        "the data stays"
+    );
+}
+
+/// Cancel: a backup held InProgress (a pause point stands for a long one) is stopped by
+/// `backup cancel` and ends Canceled with no record stored; a restore held InProgress
+/// likewise; an ended one is not cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_backup_and_restore() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("cancel")
+    };
+    arca.install(&a);
+    let app = format!("cancel-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "c", &[], "1"))).await;
+    let kind = |k: &str, name: &str, spec: &str| {
+        format!(
+            "apiVersion: arca.dev/v1\nkind: {k}\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n{spec}",
+            arca.ns
+        )
+    };
+    let mut first = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-collected")]);
+    first.wait_log("leading").await;
+    apply(
+        &a,
+        &kind(
+            "Backup",
+            "long",
+            &format!("  includedNamespaces: [{app}]\n"),
+        ),
+    )
+    .await;
+    first.wait_log("paused at backup-collected").await;
+    // Two more wait for the one slot (--concurrent-backups 1), in order.
+    apply(
+        &a,
+        &kind("Backup", "q1", &format!("  includedNamespaces: [{app}]\n")),
+    )
+    .await;
+    apply(
+        &a,
+        &kind("Backup", "q2", &format!("  includedNamespaces: [{app}]\n")),
+    )
+    .await;
+    let queued_at = |n: i64| {
+        move |o: &Option<Value>| {
+            o.as_ref().is_some_and(|o| {
+                o["status"]["phase"] == "Queued" && o["status"]["queuePosition"] == n
+            })
+        }
+    };
+    until(&a, BACKUP, &arca.ns, "q1", "Queued first", queued_at(1)).await;
+    until(&a, BACKUP, &arca.ns, "q2", "Queued second", queued_at(2)).await;
+    let out = arca.ok(&a, &["backup", "cancel", "long", "--wait"]);
+    assert!(out.contains("Backup long: Canceled"), "{out}");
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "long")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Canceled", "{b:#}");
+    assert!(
+        b["status"]["failureReason"]
+            .as_str()
+            .unwrap()
+            .contains("canceled"),
+        "{b:#}"
+    );
+    assert!(b["status"]["snapshotId"].is_null(), "nothing stored: {b:#}");
+    assert_eq!(
+        arca.run(&a, &["backup", "logs", "long"]).status.code(),
+        Some(1)
+    );
+    first
+        .wait_log(&format!("backup {}/long: Canceled", arca.ns))
+        .await;
+    let out = arca.run(&a, &["backup", "cancel", "long"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has ended (Canceled)"));
+    // The slot freed: the next in the queue starts, the other moves up; cancelled while
+    // queued, a backup never starts.
+    until(&a, BACKUP, &arca.ns, "q1", "started", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "InProgress")
+    })
+    .await;
+    until(&a, BACKUP, &arca.ns, "q2", "next", queued_at(1)).await;
+    let out = arca.ok(&a, &["backup", "cancel", "q2", "--wait"]);
+    assert!(out.contains("Backup q2: Canceled"), "{out}");
+    arca.ok(&a, &["backup", "cancel", "q1", "--wait"]);
+
+    // The restore: a server that holds restores once they started.
+    first.kill();
+    let second = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "restore-started")]);
+    second.wait_log("leading").await;
+    arca.ok(
+        &a,
+        &["backup", "create", "done", "--include-namespaces", &app],
+    );
+    apply(
+        &a,
+        &kind(
+            "Restore",
+            "r",
+            &format!("  backupName: done\n  namespaceMapping: {{{app}: {app}-copy}}\n"),
+        ),
+    )
+    .await;
+    second.wait_log("paused at restore-started").await;
+    let out = arca.ok(&a, &["restore", "cancel", "r", "--wait"]);
+    assert!(out.contains("Restore r: Canceled"), "{out}");
+    let r = get(
+        &a,
+        "arca.dev/v1",
+        "Restore",
+        "restores",
+        Some(&arca.ns),
+        "r",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["status"]["phase"], "Canceled", "{r:#}");
+    assert!(
+        configmap(&a, &format!("{app}-copy"), "c").await.is_none(),
+        "stopped before any item"
+    );
 }
 
 /// The arca image of this build, `localhost/arca:<hash of the binary and recipe>`, made

@@ -673,6 +673,15 @@ async fn failed_validation(
     })
 }
 
+/// A task aborted when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A run that ends before it started: phase Failed with the reason, nothing stored.
 async fn failed(
     client: &Client,
@@ -915,7 +924,9 @@ pub async fn run_backup(
 
     // Progress while collecting, written at most once a second (as Velero's ticker).
     let (tx, mut rx) = tokio::sync::watch::channel(0usize);
-    let reporter = {
+    // Aborted if this run is dropped (a cancelled backup): no progress write may land
+    // after the Canceled status.
+    let mut reporter = AbortOnDrop({
         let (client, ns, name, mut st) = (
             client.clone(),
             ns.to_string(),
@@ -937,7 +948,7 @@ pub async fn run_backup(
                 let _ = set_status(&client, &ns, &name, &st).await;
             }
         })
-    };
+    });
     let mut on_progress = move |n: usize| {
         let _ = tx.send(n);
     };
@@ -952,7 +963,7 @@ pub async fn run_backup(
     .await;
     drop(on_progress);
     // Let the last progress write land before the statuses that follow it.
-    let _ = reporter.await;
+    let _ = (&mut reporter.0).await;
     let mut c = match collected {
         Ok(c) => c,
         Err(e) => {

@@ -94,6 +94,10 @@ pub struct BackupSpec {
     /// Items to back up first, per resource: `ns1/pod1,ns1/pod2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordered_resources: Option<BTreeMap<String, String>>,
+    /// Stop it (`arca backup cancel`): the server ends it in phase Canceled, storing
+    /// nothing (Arca's; Velero has no such field, issue 2098).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
     /// Timeout of CSI snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csi_snapshot_timeout: Option<String>,
@@ -148,9 +152,13 @@ pub struct BackupStatus {
     /// When the backup expires (start + ttl).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Time>,
-    /// New, FailedValidation, InProgress, Finalizing, Completed, PartiallyFailed, Failed, Deleting.
+    /// New, Queued, FailedValidation, InProgress, Finalizing, Completed, PartiallyFailed,
+    /// Failed, Canceled, Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Queued: its place among the backups waiting for a slot (1: next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
     /// Why validation failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_errors: Option<Vec<String>>,
@@ -263,6 +271,10 @@ pub struct RestoreSpec {
     /// Timeout of asynchronous item operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item_operation_timeout: Option<String>,
+    /// Stop it (`arca restore cancel`): no further item is restored, phase Canceled;
+    /// items restored already stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
     /// Downloader settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploader_config: Option<UploaderConfig>,
@@ -448,7 +460,9 @@ pub struct BackupRepositorySpec {
     pub volume_namespace: String,
     /// The storage location.
     pub backup_storage_location: String,
-    /// Repository type (`arca`; `kopia` is accepted from Velero manifests).
+    /// Repository type: `arca` (a namespace's volume data; `kopia` is accepted from
+    /// Velero manifests), or `resources` (the location's backup records, made by the
+    /// server for each location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_type: Option<String>,
     /// How often maintenance runs, e.g. `1h`.
@@ -469,6 +483,9 @@ pub struct BackupRepositoryStatus {
     /// Last maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_maintenance_time: Option<Time>,
+    /// Last full maintenance (garbage collected and repacked; Arca's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_full_maintenance_time: Option<Time>,
 }
 
 /// A CSI snapshot to move.

@@ -314,6 +314,64 @@ pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>>
     Ok(done)
 }
 
+/// Remove what `arca install` made (Velero's `uninstall`): the ClusterRoleBinding, the
+/// namespace (the server, its secrets, locations and every Arca resource in it) and, when
+/// `crds`, Arca's CustomResourceDefinitions (every Arca resource in every namespace). Data
+/// in object storage is never touched: installing again with the same bucket syncs the
+/// backups back. With `wait`, returns once the namespace is gone (up to `limit`).
+pub async fn uninstall(
+    client: &Client,
+    ns: &str,
+    crds: bool,
+    wait: Option<std::time::Duration>,
+) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let gone = |r: std::result::Result<(), kube::Error>, what: String| match r {
+        Ok(()) => Ok(Some(what)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube(format!("delete {what}"), e)),
+    };
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    let name = format!("arca-{ns}");
+    let r = crbs
+        .delete(&name, &DeleteParams::default())
+        .await
+        .map(|_| ());
+    done.extend(gone(r, format!("ClusterRoleBinding/{name}"))?);
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let r = nss
+        .delete(ns, &DeleteParams::foreground())
+        .await
+        .map(|_| ());
+    done.extend(gone(r, format!("Namespace/{ns}"))?);
+    if crds {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crate::crd::all() {
+            let n = crd.name_any();
+            let r = api.delete(&n, &DeleteParams::default()).await.map(|_| ());
+            done.extend(gone(r, format!("CustomResourceDefinition/{n}"))?);
+        }
+    }
+    if let Some(limit) = wait {
+        let until = std::time::Instant::now() + limit;
+        while nss
+            .get_opt(ns)
+            .await
+            .map_err(|e| Error::kube(format!("read namespace {ns}"), e))?
+            .is_some()
+        {
+            if std::time::Instant::now() > until {
+                return Err(Error::Invalid(format!(
+                    "namespace {ns} is still terminating after {}s: `kubectl get namespace {ns} -o yaml` says what holds it",
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    Ok(done)
+}
+
 /// Wait until the operator's Deployment has an available replica (its readiness probe
 /// passed), up to `limit`; the error says where to look.
 pub async fn wait_server_available(
@@ -846,7 +904,7 @@ pub async fn process_deletion(
                 .as_ref()
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_default();
-            if matches!(phase.as_str(), "" | "New" | "InProgress") {
+            if matches!(phase.as_str(), "" | "New" | "Queued" | "InProgress") {
                 return Err(Error::Invalid(format!(
                     "backup {backup} is still {}: it can be deleted once it has ended",
                     if phase.is_empty() { "New" } else { &phase }

@@ -534,6 +534,7 @@ pub async fn run_restore(
     status.phase = Some("InProgress".into());
     status.start_timestamp = Some(now());
     set_status(client, ns, name, &status).await?;
+    crate::server::pause_point("restore-started").await;
 
     // The record's items, read from a local copy of the snapshot.
     let staging = stage_record(&repo, &record).await?;

@@ -150,6 +150,12 @@ async fn reconcile(cached: Arc<BackupStorageLocation>, ctx: Arc<Ctx>) -> Result<
     )
     .await
     .map_err(|e| Error::kube(format!("update the status of location {ns}/{name}"), e))?;
+    // Its records repository is maintained (not when read-only: the controller checks).
+    if checked.is_ok()
+        && let Err(e) = super::repositories::ensure_resources(&ctx, &name).await
+    {
+        tracing::warn!("location {ns}/{name}: {e}");
+    }
     Ok(
         match validation_due(
             go_duration(bsl.spec.validation_frequency.as_deref()),

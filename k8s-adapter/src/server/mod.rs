@@ -17,6 +17,7 @@ pub mod http;
 pub mod leader;
 pub mod locations;
 pub mod metrics;
+pub mod repositories;
 mod schedules;
 
 use std::future::Future;
@@ -79,6 +80,11 @@ pub struct Options {
     /// How often a location is validated when its spec does not say
     /// (`--store-validation-frequency`, 1 min; zero: once).
     pub validation_frequency: Duration,
+    /// How often a repository gets quick maintenance when its spec does not say
+    /// (`--default-repo-maintain-frequency`, 1 h).
+    pub repo_maintenance_frequency: Duration,
+    /// How often it gets full maintenance (`--full-repo-maintain-frequency`, 24 h).
+    pub repo_full_maintenance_frequency: Duration,
 }
 
 impl Options {
@@ -99,6 +105,8 @@ impl Options {
             gc_frequency: Duration::from_secs(3600),
             sync_period: Some(Duration::from_secs(60)),
             validation_frequency: Duration::from_secs(60),
+            repo_maintenance_frequency: Duration::from_secs(3600),
+            repo_full_maintenance_frequency: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -119,7 +127,7 @@ pub enum Step {
 /// (WaitingForPluginOperations and Finalizing belong to the volume-data work).
 pub fn step(phase: Option<&str>) -> Step {
     match phase.unwrap_or("") {
-        "" | "New" => Step::Run,
+        "" | "New" | "Queued" => Step::Run,
         "InProgress" => Step::RunAgain,
         _ => Step::Nothing,
     }
@@ -180,6 +188,148 @@ where
     now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
+/// Where a waiting backup stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Among the oldest `free` waiting: it may start.
+    Start,
+    /// Its place in the queue behind the free slots (1: next).
+    Wait(i64),
+}
+
+/// The queue rule: the backups waiting to start (New, Queued, no phase yet; not one the
+/// sync is creating, not one asked to cancel) in creation order (then name); the first
+/// `free` start. Pure, unit-tested.
+pub fn queue_place(list: &[Backup], name: &str, free: usize) -> Place {
+    let mut waiting: Vec<&Backup> = list
+        .iter()
+        .filter(|b| backup_step(b) == Step::Run && b.spec.cancel != Some(true))
+        .collect();
+    waiting.sort_by_key(|b| {
+        (
+            b.metadata.creation_timestamp.clone().map(|t| t.0),
+            b.name_any(),
+        )
+    });
+    let i = waiting
+        .iter()
+        .position(|b| b.name_any() == name)
+        .unwrap_or(waiting.len());
+    if i < free {
+        Place::Start
+    } else {
+        Place::Wait((i - free + 1) as i64)
+    }
+}
+
+async fn set_queue(api: &Api<Backup>, name: &str, position: Option<i64>) -> Result<()> {
+    let phase = if position.is_some() {
+        Some("Queued")
+    } else {
+        None
+    };
+    let mut st = serde_json::json!({ "queuePosition": position });
+    if let Some(p) = phase {
+        st["phase"] = p.into();
+    }
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&serde_json::json!({ "status": st })),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("queue backup {name}"), e))?;
+    Ok(())
+}
+
+/// Mark a backup Queued at `n` (if that changed) and look again soon: a slot frees when
+/// a backup ends.
+async fn queued(api: &Api<Backup>, b: &Backup, n: i64) -> Result<Action> {
+    let st = b.status.clone().unwrap_or_default();
+    if st.phase.as_deref() != Some("Queued") || st.queue_position != Some(n) {
+        set_queue(api, &b.name_any(), Some(n)).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Resolves once the object's spec asks for it to be cancelled (`flag`), or at once if
+/// it does already. Watched, not polled; a watch that ends (the API server away) never
+/// resolves, and the work goes on.
+pub(crate) async fn cancel_requested<K>(api: Api<K>, name: &str, flag: fn(&K) -> bool)
+where
+    K: Clone + Resource + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut s = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+    while let Some(o) = s.next().await {
+        if o.as_ref().is_ok_and(flag) {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+fn backup_phase(b: &Backup) -> Option<String> {
+    b.status.as_ref().and_then(|s| s.phase.clone())
+}
+
+fn restore_phase(r: &Restore) -> Option<String> {
+    r.status.as_ref().and_then(|s| s.phase.clone())
+}
+
+/// A cancelled Backup or Restore ended ([`canceled`]), logged and told in an Event.
+async fn end_canceled<K>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    obj: &K,
+    what: &str,
+    phase: fn(&K) -> Option<String>,
+) -> Result<Action>
+where
+    K: Clone + Resource<DynamicType = ()> + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    let was = canceled(api, &name, phase).await?;
+    tracing::info!("{what} {}/{name}: Canceled", ctx.opts.namespace);
+    let reason = if what == "backup" {
+        "BackupCanceled"
+    } else {
+        "RestoreCanceled"
+    };
+    ctx.event(obj, true, reason, format!("{what} {name} canceled ({was})"))
+        .await;
+    Ok(Action::await_change())
+}
+
+/// End a cancelled Backup or Restore: phase Canceled, completion time, and why. The run
+/// was dropped before this, with every write of its own (the backup's progress writer
+/// aborts with it). Returns the phase it had.
+async fn canceled<K>(api: &Api<K>, name: &str, phase: fn(&K) -> Option<String>) -> Result<String>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let before = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read {name}"), e))?
+        .and_then(|o| phase(&o))
+        .unwrap_or_else(|| "New".into());
+    let patch = serde_json::json!({ "status": {
+        "phase": "Canceled",
+        "failureReason": "canceled by request (spec.cancel)",
+        "completionTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }});
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("mark {name} Canceled"), e))?;
+    Ok(format!("was {before}"))
+}
+
 /// A pause point for kill -9 tests across processes: a process started with
 /// `ARCA_TEST_PAUSE_AT=<point>` stops there for good (until it is killed), after saying
 /// so on stderr. Unset, it costs an environment lookup.
@@ -204,6 +354,8 @@ struct Ctx {
     opts: Options,
     metrics: Arc<Metrics>,
     recorder: Recorder,
+    /// Backups running at once (`--concurrent-backups`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ctx {
@@ -272,7 +424,7 @@ pub async fn run(
     }
     health.leading.store(true, Ordering::Relaxed);
     tracing::info!(
-        "leading: reconciling backups, restores, schedules, deletions and locations in namespace {}",
+        "leading: reconciling backups, restores, schedules, deletions, locations and repositories in namespace {}",
         opts.namespace
     );
     let recorder = Recorder::new(
@@ -287,6 +439,9 @@ pub async fn run(
         opts: opts.clone(),
         metrics,
         recorder,
+        slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
+            opts.concurrent_backups.max(1),
+        ))),
     });
     let sync = {
         let ctx = ctx.clone();
@@ -303,9 +458,10 @@ pub async fn run(
             restores(ctx.clone()),
             schedules::run(ctx.clone()),
         ),
-        futures::future::join(
+        futures::future::join3(
             deletion::run(ctx.clone()),
             locations::validation(ctx.clone()),
+            repositories::run(ctx.clone()),
         ),
         futures::future::join(gc::run(ctx.clone(), ctx.opts.gc_frequency), sync),
     );
@@ -355,7 +511,8 @@ fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
 async fn backups(ctx: Arc<Ctx>) {
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
     let c = Controller::new(api, watcher::Config::default())
-        .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1)));
+        // Waiting backups return at once (Queued): the slots bound the work, not this.
+        .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1) + 16));
     drive(c, "backup", reconcile_backup, ctx).await;
 }
 
@@ -373,18 +530,70 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let Some(b) = to_run(&api, "backup", ns, &name, backup_step).await? else {
         return Ok(Action::await_change());
     };
+    let run_again = backup_step(&b) == Step::RunAgain;
+    // Cancelled before it started: it never takes a slot.
+    if !run_again && b.spec.cancel == Some(true) {
+        return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
+    }
+    // A slot, in creation order (Velero's backup queue): the oldest waiting backups take
+    // the free slots; the others say where they stand.
+    let permit = match ctx.slots.clone().try_acquire_owned() {
+        // Started before (by a server that stopped): it keeps its phase, and the next slot.
+        Ok(p) if run_again => p,
+        Err(_) if run_again => return Ok(Action::requeue(Duration::from_secs(1))),
+        Ok(p) => {
+            let list = api
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
+            // This one's own slot counts as free.
+            match queue_place(&list.items, &name, ctx.slots.available_permits() + 1) {
+                Place::Start => p,
+                Place::Wait(n) => {
+                    drop(p);
+                    return queued(&api, &b, n).await;
+                }
+            }
+        }
+        Err(_) => {
+            let list = api
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
+            let n = match queue_place(&list.items, &name, 0) {
+                Place::Wait(n) => n,
+                Place::Start => 1,
+            };
+            return queued(&api, &b, n).await;
+        }
+    };
+    if b.status
+        .as_ref()
+        .is_some_and(|s| s.queue_position.is_some())
+    {
+        set_queue(&api, &name, None).await?;
+    }
+    let _permit = permit;
     let schedule = schedule_of(&b);
     ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
         .await;
     let t0 = Instant::now();
-    let out = crate::backup::run_backup(
+    let run = crate::backup::run_backup(
         &ctx.client,
         ns,
         &name,
         ctx.opts.cache_root.as_deref(),
         &ctx.opts.default_location,
-    )
-    .await;
+    );
+    // Cancelled: the run is dropped where it is. Its record is written in one step at
+    // its end, so nothing half-made is stored; data uploaded by then is unreferenced,
+    // and the repository's GC takes it.
+    let out = tokio::select! {
+        o = run => o,
+        _ = cancel_requested(api.clone(), &name, |b: &Backup| b.spec.cancel == Some(true)) => {
+            return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
     match out {
         Ok(o) => {
@@ -463,17 +672,21 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
         let (client, ns, rname) = (ctx.client.clone(), ns.clone(), name.clone());
         let (settings, cache) = (ctx.opts.restore.clone(), ctx.opts.cache_root.clone());
         let handle = tokio::runtime::Handle::current();
+        let rapi = api.clone();
         tokio::task::spawn_blocking(move || {
-            handle.block_on(crate::restore::run_restore(
-                &client,
-                &ns,
-                &rname,
-                settings,
-                cache.as_deref(),
-            ))
+            handle.block_on(async {
+                // Cancelled: no further item; those restored already stay.
+                tokio::select! {
+                    o = crate::restore::run_restore(&client, &ns, &rname, settings, cache.as_deref()) => Some(o),
+                    _ = cancel_requested(rapi, &rname, |r: &Restore| r.spec.cancel == Some(true)) => None,
+                }
+            })
         })
         .await
         .map_err(|e| Error::Invalid(format!("restore {name} panicked: {e}")))?
+    };
+    let Some(out) = out else {
+        return end_canceled(&ctx, &api, &r, "restore", restore_phase).await;
     };
     match out {
         Ok(o) => {
@@ -530,6 +743,38 @@ mod tests {
                 assert_eq!(step(Some(ended)), Step::Nothing, "{ended}");
             }
         }
+    }
+
+    #[test]
+    fn waiting_backups_start_oldest_first_and_the_rest_know_their_place() {
+        let at = |name: &str, secs: i64, phase: Option<&str>| {
+            let mut b = Backup::new(name, Default::default());
+            b.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+                ));
+            b.status = phase.map(|p| crate::crd::BackupStatus {
+                phase: Some(p.into()),
+                ..Default::default()
+            });
+            b
+        };
+        let mut cancelled = at("cancelled", 0, None);
+        cancelled.spec.cancel = Some(true);
+        let list = vec![
+            at("running", 1, Some("InProgress")),
+            at("c", 30, Some("New")),
+            at("a", 10, Some("Queued")),
+            at("b", 20, None),
+            at("done", 5, Some("Completed")),
+            cancelled,
+        ];
+        assert_eq!(queue_place(&list, "a", 1), Place::Start);
+        assert_eq!(queue_place(&list, "b", 1), Place::Wait(1));
+        assert_eq!(queue_place(&list, "c", 1), Place::Wait(2));
+        assert_eq!(queue_place(&list, "a", 0), Place::Wait(1));
+        assert_eq!(queue_place(&list, "c", 3), Place::Start);
+        assert_eq!(step(Some("Queued")), Step::Run);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) fn backups_of(list: &[Backup]) -> Backups {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("");
-        out.running |= matches!(phase, "" | "New" | "InProgress");
+        out.running |= matches!(phase, "" | "New" | "Queued" | "InProgress");
         let created = b
             .metadata
             .creation_timestamp
