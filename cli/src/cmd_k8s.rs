@@ -70,9 +70,13 @@ impl KubeOpts {
 /// `arca install`.
 #[derive(Args, Debug)]
 pub struct InstallArgs {
-    /// Print what would be applied, as YAML (or JSON with --json), and change nothing.
+    /// Print what would be applied, as YAML (or JSON with -o json), and change nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// With --dry-run: yaml (the default) or json.
+    #[arg(long, short = 'o', value_enum, requires = "dry_run")]
+    output: Option<Format>,
 
     /// Create a default backup storage location with this provider: aws (S3 and
     /// S3-compatible), gcp, azure, or local (a directory the client can reach).
@@ -654,14 +658,14 @@ pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
                     .with_context(|| format!("cannot read the secret file {}", f.display()))?,
             );
         }
-        // The repositories' password goes into the cluster, where backups and restores
-        // (from any client) find it.
-        plan.repository_password =
-            Some(ctx.password("password for the location's repositories: ")?);
     }
+    // The repositories' password goes into the cluster, where the server finds it: the
+    // one given (ARCA_PASSWORD, --password-file), else the one stored there, else a
+    // random one made at install.
+    plan.repository_password = ctx.password_given()?;
     if a.dry_run {
         let objects = plan.objects();
-        if ctx.json {
+        if a.output == Some(Format::Json) || (a.output.is_none() && ctx.json) {
             return print_json(&objects).map(|_| 0);
         }
         for o in objects {

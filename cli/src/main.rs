@@ -156,6 +156,17 @@ impl Ctx {
         Ok(p.into_bytes())
     }
 
+    /// The password if one was given (ARCA_PASSWORD, a password file), without asking.
+    pub fn password_given(&self) -> Result<Option<Vec<u8>>> {
+        if let Ok(p) = std::env::var("ARCA_PASSWORD") {
+            return Ok(Some(p.into_bytes()));
+        }
+        self.password_file
+            .as_ref()
+            .map(read_password_file)
+            .transpose()
+    }
+
     /// Open the repository.
     pub async fn open(&self) -> Result<Repository> {
         let store = self.store()?;

@@ -4650,6 +4650,126 @@ async fn cancel_stops_a_running_backup_and_restore() {
         configmap(&a, &format!("{app}-copy"), "c").await.is_none(),
         "stopped before any item"
     );
+
+    // A restore whose server is killed (-9) in the middle is run again by the next
+    // leader, to the end (Velero issue 4503: not Failed for the restart).
+    apply(
+        &a,
+        &kind(
+            "Restore",
+            "r2",
+            &format!("  backupName: done\n  namespaceMapping: {{{app}: {app}-again}}\n"),
+        ),
+    )
+    .await;
+    let mut second = second;
+    until(
+        &a,
+        ("arca.dev/v1", "Restore", "restores"),
+        &arca.ns,
+        "r2",
+        "InProgress",
+        |o| {
+            o.as_ref()
+                .is_some_and(|o| o["status"]["phase"] == "InProgress")
+        },
+    )
+    .await;
+    second.kill();
+    let third = arca.server_with(&a, "3s", &[]);
+    third
+        .wait_log(&format!(
+            "restore {}/r2 was InProgress when its server stopped",
+            arca.ns
+        ))
+        .await;
+    until(
+        &a,
+        ("arca.dev/v1", "Restore", "restores"),
+        &arca.ns,
+        "r2",
+        "Completed",
+        |o| {
+            o.as_ref()
+                .is_some_and(|o| o["status"]["phase"] == "Completed")
+        },
+    )
+    .await;
+    assert_eq!(
+        configmap(&a, &format!("{app}-again"), "c").await.unwrap()["data"]["v"],
+        "1"
+    );
+}
+
+/// `arca install` with no password given makes a random one, stored in the namespace's
+/// secret; it is never replaced: another password is refused (the repositories made
+/// with the first open only with it), none keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_makes_a_random_password_and_never_replaces_it() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca::new("pw");
+    let bucket = arca.dir.path().join("bsl");
+    let install = |password: Option<&str>| {
+        let mut c = arca.cmd(&a);
+        c.env_remove("ARCA_PASSWORD");
+        if let Some(p) = password {
+            c.env("ARCA_PASSWORD", p);
+        }
+        c.args([
+            "install",
+            "--provider",
+            "local",
+            "--bucket",
+            bucket.to_str().unwrap(),
+            "--no-deployment",
+        ])
+        .output()
+        .unwrap()
+    };
+    let out = install(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a random repository password"));
+    let secrets: Api<arca_k8s::k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    let stored = || async {
+        secrets
+            .get("arca-repo-credentials")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["repository-password"]
+            .0
+            .clone()
+    };
+    let first = stored().await;
+    assert_eq!(first.len(), 48, "24 random bytes, hex");
+    let out = install(Some("something else"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another was given"));
+    let out = install(None);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("random"),
+        "kept, not made again"
+    );
+    assert_eq!(stored().await, first);
+    let pw = String::from_utf8(first).unwrap();
+    assert!(install(Some(&pw)).status.success(), "the same one is fine");
+    let dry = arca.ok(&a, &["install", "--dry-run", "-o", "json"]);
+    let objects: Value = serde_json::from_str(&dry).unwrap();
+    assert!(
+        objects
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "CustomResourceDefinition")
+    );
 }
 
 /// The arca image of this build, `localhost/arca:<hash of the binary and recipe>`, made

@@ -69,7 +69,12 @@ fn aws_credentials(text: &str) -> Option<(String, String)> {
     ))
 }
 
-async fn secret_key(client: &Client, ns: &str, name: &str, key: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) async fn secret_key(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     match api
         .get_opt(name)

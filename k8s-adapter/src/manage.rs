@@ -279,6 +279,28 @@ pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>>
     done.push(format!("Namespace/{ns}"));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
+    // The repositories' password is never replaced: what was stored with it opens only
+    // with it. None given and none stored: a random one (as Velero's install makes one).
+    let stored = crate::location::secret_key(client, ns, CREDENTIALS_SECRET, PASSWORD_KEY).await?;
+    let mut plan = plan.clone();
+    match (&plan.repository_password, &stored) {
+        (Some(given), Some(s)) if given != s => {
+            return Err(Error::Invalid(format!(
+                "namespace {ns} already holds the repositories' password (secret {CREDENTIALS_SECRET}), and another was given: \
+                 the repositories made with it open only with it. Give that one, or none to keep it"
+            )));
+        }
+        (None, None) => {
+            let mut raw = [0u8; 24];
+            getrandom::fill(&mut raw)
+                .map_err(|e| Error::Invalid(format!("no randomness for a password: {e}")))?;
+            plan.repository_password = Some(hex::encode(raw).into_bytes());
+            done.push(format!(
+                "Secret/{CREDENTIALS_SECRET} (a random repository password, generated: keep a copy, a cluster reading these backups elsewhere needs it)"
+            ));
+        }
+        _ => {}
+    }
     for o in plan.objects() {
         let kind = o["kind"].as_str().unwrap_or_default().to_string();
         let name = o["metadata"]["name"]
