@@ -719,6 +719,11 @@ pub struct UninstallArgs {
     /// Keep Arca's CustomResourceDefinitions (other namespaces use them).
     #[arg(long)]
     keep_crds: bool,
+
+    /// Where the repositories' password is saved before its namespace goes (a file
+    /// `arca-repository-password-<namespace>`, mode 0600) [default: here].
+    #[arg(long)]
+    password_dir: Option<PathBuf>,
 }
 
 /// `arca uninstall`.
@@ -737,12 +742,16 @@ pub async fn uninstall(ctx: &Ctx, kube: &KubeOpts, a: UninstallArgs) -> Result<u
     )?;
     let client = kube.client().await?;
     let wait = a.wait.then_some(Duration::from_secs(600));
-    let done = manage::uninstall(&client, ns, !a.keep_crds, wait).await?;
+    let done =
+        manage::uninstall(&client, ns, !a.keep_crds, wait, a.password_dir.as_deref()).await?;
     if ctx.json {
         print_json(&done)?;
     } else if !ctx.quiet {
         for d in &done {
-            println!("deleted {d}");
+            match d.strip_prefix("(kept) ") {
+                Some(k) => println!("kept {k}"),
+                None => println!("deleted {d}"),
+            }
         }
         println!(
             "Arca is uninstalled from namespace {ns}. The backups in object storage are kept: `arca install` with the same bucket lists them again."
@@ -824,9 +833,22 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             let Some(names) = to_delete(&api, &d, "backup").await? else {
                 return Ok(0);
             };
+            if d.wait && !manage::server_running(&client, ns).await {
+                eprintln!(
+                    "warning: no arca server is running in namespace {ns} (its Lease arca-server is missing or not renewed): deletions wait until one runs. `arca install` deploys it; `arca server -n {ns}` runs one here."
+                );
+            }
             let mut failed = 0;
             let mut out = Vec::new();
             for name in &names {
+                // As Velero's: a backup this cluster does not have is not found (`backup
+                // get` syncs those stored in the locations first).
+                if api.get_opt(name).await?.is_none() {
+                    eprintln!("error: backup {name} not found in namespace {ns}");
+                    out.push(serde_json::json!({ "backup": name, "deleted": false, "error": "not found" }));
+                    failed += 1;
+                    continue;
+                }
                 let req = manage::request_deletion(&client, ns, name).await?;
                 if !ctx.json && !ctx.quiet {
                     println!(
@@ -853,7 +875,7 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
                     }
                 }
             }
-            if !manage::server_running(&client, ns).await {
+            if !d.wait && !manage::server_running(&client, ns).await {
                 eprintln!(
                     "warning: no arca server is running in namespace {ns} (its Lease arca-server is missing or not renewed): deletions wait until one runs. `arca install` deploys it; `arca server -n {ns}` runs one here."
                 );
@@ -1301,10 +1323,9 @@ async fn deletion_result(
             Event::Apply(r) | Event::InitApply(r) => {
                 seen = true;
                 let st = r.status.unwrap_or_default();
-                if st.phase.as_deref() == Some("Processed")
-                    && let Some(errors) = st.errors.filter(|e| !e.is_empty())
-                {
-                    return Ok(Some(errors));
+                if st.phase.as_deref() == Some("Processed") {
+                    // Without errors the server removes it next; with, it stays.
+                    return Ok(st.errors.filter(|e| !e.is_empty()));
                 }
             }
             Event::Init => seen = false,

@@ -299,6 +299,19 @@ async fn delete(
     api.delete(name, &DeleteParams::default())
         .await
         .with_context(|| format!("delete location {ns}/{name}"))?;
+    // Its repositories' resources go too (as Velero's); their data stays.
+    let repos: Api<arca_k8s::crd::BackupRepository> = Api::namespaced(client.clone(), ns);
+    for r in repos.list(&ListParams::default()).await?.items {
+        if r.spec.backup_storage_location == name {
+            match repos.delete(&r.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(arca_k8s::kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    return Err(e).context(format!("delete repository {ns}/{}", r.name_any()));
+                }
+            }
+        }
+    }
     let backups: Api<arca_k8s::crd::Backup> = Api::namespaced(client.clone(), ns);
     let sel = format!("{STORAGE_LOCATION_LABEL}={}", label_value(name));
     let list = backups.list(&ListParams::default().labels(&sel)).await?;

@@ -213,8 +213,14 @@ async fn pause(ctx: &Ctx, api: &Api<Schedule>, ns: &str, p: PauseArgs, paused: b
         p.names.clone()
     };
     let mut spec = BTreeMap::from([("paused", serde_json::Value::Bool(paused))]);
-    if let (false, Some(skip)) = (paused, p.skip_immediately) {
-        spec.insert("skipImmediately", skip.into());
+    // Velero's unpause sets skipImmediately to the flag, or clears it (the server's
+    // default then applies).
+    if !paused {
+        spec.insert(
+            "skipImmediately",
+            p.skip_immediately
+                .map_or(serde_json::Value::Null, Into::into),
+        );
     }
     let mut failed = 0;
     for n in &names {

@@ -4057,6 +4057,40 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
         arca.items(&a, "orig").contains(&want),
         "the record is the original's"
     );
+    // Nor is the original restored through it.
+    let out = arca.run(
+        &a,
+        &[
+            "restore",
+            "create",
+            "through-namesake",
+            "--from-backup",
+            "orig",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let r = arca.json(&a, &["restore", "describe", "through-namesake"]);
+    assert!(
+        r[0]["restore"]["status"]["validationErrors"][0]
+            .as_str()
+            .unwrap()
+            .contains("stored nothing"),
+        "{r:#}"
+    );
+    let b = get(
+        &a,
+        "arca.dev/v1",
+        "Backup",
+        "backups",
+        Some(&arca.ns),
+        "orig",
+    )
+    .await
+    .unwrap();
+    assert!(
+        b["status"]["expiration"].is_string(),
+        "a failed backup expires too: {b:#}"
+    );
 
     // Deleting the refused Backup removes it, not the record: the sync brings the
     // original back.
@@ -4313,13 +4347,41 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     .await;
     assert!(l.is_some());
 
-    // Deleting a backup that does not exist: the request says so.
+    // Deleting a backup that does not exist: the CLI says so; a request made with the
+    // API is Processed with Velero's error, deleting nothing.
     let out = arca.run(&a, &["backup", "delete", "never-was", "--confirm"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no backup \"never-was\""),
+        String::from_utf8_lossy(&out.stderr).contains("backup never-was not found"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: DeleteBackupRequest\nmetadata: {{name: never-was-1, namespace: {ins}}}\nspec:\n  backupName: never-was\n"
+        ),
+    )
+    .await;
+    let r = until(
+        &a,
+        ("arca.dev/v1", "DeleteBackupRequest", "deletebackuprequests"),
+        &ins,
+        "never-was-1",
+        "Processed",
+        |o| {
+            o.as_ref()
+                .is_some_and(|o| o["status"]["phase"] == "Processed")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        r["status"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("backup not found"),
+        "{r:#}"
     );
 
     // Two defaults: the newer stays.
@@ -4513,7 +4575,25 @@ async fn backup_locations_and_uninstall_from_the_cli() {
     let out = arca.run(&a, &["uninstall", "--keep-crds"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--confirm"));
-    let out = arca.ok(&a, &["uninstall", "--force", "--keep-crds", "--wait"]);
+    let pwdir = arca.dir.path().join("pw");
+    std::fs::create_dir_all(&pwdir).unwrap();
+    let out = arca.ok(
+        &a,
+        &[
+            "uninstall",
+            "--force",
+            "--keep-crds",
+            "--wait",
+            "--password-dir",
+            pwdir.to_str().unwrap(),
+        ],
+    );
+    let saved = pwdir.join(format!("arca-repository-password-{}", arca.ns));
+    assert_eq!(
+        std::fs::read_to_string(&saved).unwrap(),
+        PASSWORD,
+        "the password is kept"
+    );
     assert!(
         out.contains(&format!("deleted Namespace/{}", arca.ns)),
         "{out}"
@@ -4761,6 +4841,44 @@ async fn install_makes_a_random_password_and_never_replaces_it() {
     assert_eq!(stored().await, first);
     let pw = String::from_utf8(first).unwrap();
     assert!(install(Some(&pw)).status.success(), "the same one is fine");
+    // A bucket already holding Arca's repositories: a new random password would not
+    // open them, so an install there without the password is refused.
+    let init = Command::new(env!("CARGO_BIN_EXE_arca"))
+        .env("ARCA_PASSWORD", "the first cluster's")
+        .env("ARCA_CACHE_DIR", arca.dir.path().join("cache"))
+        .args([
+            "--repo",
+            bucket.join("resources").to_str().unwrap(),
+            "repo",
+            "init",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let other = Arca::new("pw-b");
+    let mut c = other.cmd(&a);
+    c.env_remove("ARCA_PASSWORD");
+    let out = c
+        .args([
+            "install",
+            "--provider",
+            "local",
+            "--bucket",
+            bucket.to_str().unwrap(),
+            "--no-deployment",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds Arca repositories"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dry = arca.ok(&a, &["install", "--dry-run", "-o", "json"]);
     let objects: Value = serde_json::from_str(&dry).unwrap();
     assert!(

@@ -751,6 +751,44 @@ async fn adopt(
     })
 }
 
+/// After a run was dropped for a cancel: whether its record had been stored already (the
+/// cancel came after the commit); if so the record's status is written (adopted) and
+/// the backup stands as it ended.
+pub async fn adopt_if_stored(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    cache_root: Option<&Path>,
+) -> Result<bool> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let Some(b) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?
+    else {
+        return Ok(false);
+    };
+    // The location is written into the spec before anything is collected.
+    let Some(loc) = b.spec.storage_location.clone() else {
+        return Ok(false);
+    };
+    let location = Location::resolve(client, ns, Some(&loc), "").await?;
+    let repo = location
+        .open(
+            &location.resources_url(),
+            cache_root,
+            &crate::location::writer(ns),
+        )
+        .await?;
+    match stored_as(&repo, name, &b).await? {
+        Stored::This(id, st) => {
+            adopt(client, ns, name, id, *st, &mut Log::default()).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// The outcome of a backup.
 #[derive(Debug)]
 pub struct BackupOutcome {
@@ -813,6 +851,15 @@ pub async fn run_backup(
         .is_none_or(|t| parse_go_duration(t).is_ok_and(|s| s == 0))
     {
         backup.spec.ttl = Some(DEFAULT_TTL.to_string());
+    }
+    // Velero sets the expiration before validating: a backup that fails validation (or
+    // before it starts) expires too, and the GC takes it.
+    if let Ok(ttl) = parse_go_duration(backup.spec.ttl.as_deref().unwrap_or(DEFAULT_TTL)) {
+        status.expiration = now()
+            .0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl))
+            .ok()
+            .map(Time);
     }
     let location = match Location::resolve(
         client,

@@ -206,6 +206,17 @@ impl Location {
 
     /// Resolve a BackupStorageLocation object.
     pub async fn from_bsl(client: &Client, ns: &str, bsl: &BackupStorageLocation) -> Result<Self> {
+        Self::from_bsl_with(client, ns, bsl, None).await
+    }
+
+    /// The same, with the repositories' password given (else the namespace's secret,
+    /// else ARCA_PASSWORD).
+    pub async fn from_bsl_with(
+        client: &Client,
+        ns: &str,
+        bsl: &BackupStorageLocation,
+        password: Option<Vec<u8>>,
+    ) -> Result<Self> {
         let name = bsl.metadata.name.clone().unwrap_or_default();
         let spec = &bsl.spec;
         let cfg = spec.config.clone().unwrap_or_default();
@@ -254,7 +265,11 @@ impl Location {
                 })?;
             store.s3_credentials = aws_credentials(&String::from_utf8_lossy(&text));
         }
-        let password = match secret_key(client, ns, CREDENTIALS_SECRET, PASSWORD_KEY).await? {
+        let stored = match password {
+            Some(p) => Some(p),
+            None => secret_key(client, ns, CREDENTIALS_SECRET, PASSWORD_KEY).await?,
+        };
+        let password = match stored {
             Some(p) => p,
             None => std::env::var("ARCA_PASSWORD").map(String::into_bytes).map_err(|_| {
                 Error::NotFound(format!(

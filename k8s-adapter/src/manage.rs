@@ -294,10 +294,26 @@ pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>>
             let mut raw = [0u8; 24];
             getrandom::fill(&mut raw)
                 .map_err(|e| Error::Invalid(format!("no randomness for a password: {e}")))?;
-            plan.repository_password = Some(hex::encode(raw).into_bytes());
+            let pw = hex::encode(raw);
+            // A bucket that already holds Arca's repositories (another cluster's, a
+            // reinstall's) opens only with their password: a new one would hide them.
+            if let Some(l) = &plan.location {
+                let loc =
+                    Location::from_bsl_with(client, ns, l, Some(pw.clone().into_bytes())).await?;
+                if let Err(Error::Engine(arca_engine::Error::Format(
+                    arca_format::Error::WrongPassword,
+                ))) = loc.check().await
+                {
+                    return Err(Error::Invalid(format!(
+                        "location {} already holds Arca repositories: give their password (ARCA_PASSWORD or --password-file), a new one would not open them",
+                        loc.name
+                    )));
+                }
+            }
             done.push(format!(
-                "Secret/{CREDENTIALS_SECRET} (a random repository password, generated: keep a copy, a cluster reading these backups elsewhere needs it)"
+                "Secret/{CREDENTIALS_SECRET}: a random repository password was generated: {pw}\n  keep it: a reinstall or another cluster reading these backups needs it (ARCA_PASSWORD)"
             ));
+            plan.repository_password = Some(pw.into_bytes());
         }
         _ => {}
     }
@@ -346,6 +362,7 @@ pub async fn uninstall(
     ns: &str,
     crds: bool,
     wait: Option<std::time::Duration>,
+    save_to: Option<&Path>,
 ) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let gone = |r: std::result::Result<(), kube::Error>, what: String| match r {
@@ -360,6 +377,41 @@ pub async fn uninstall(
         .await
         .map(|_| ());
     done.extend(gone(r, format!("ClusterRoleBinding/{name}"))?);
+    // The repositories' password lives only in the namespace: kept in a file first
+    // (0600, never overwriting one), or the backups could not be read after.
+    if let Some(pw) =
+        crate::location::secret_key(client, ns, CREDENTIALS_SECRET, PASSWORD_KEY).await?
+    {
+        let dir = save_to.unwrap_or_else(|| Path::new("."));
+        let mut path = dir.join(format!("arca-repository-password-{ns}"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = dir.join(format!("arca-repository-password-{ns}.{n}"));
+        }
+        let io = |e: std::io::Error| Error::Io {
+            what: format!(
+                "save the repositories' password to {} (nothing was deleted)",
+                path.display()
+            ),
+            source: e,
+        };
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            f.write_all(&pw).and_then(|()| f.sync_all()).map_err(io)?;
+        }
+        done.push(format!(
+            "(kept) the repositories' password, in {}: a reinstall reading these backups needs it (ARCA_PASSWORD_FILE)",
+            path.display()
+        ));
+    }
     let nss: Api<Namespace> = Api::all(client.clone());
     let r = nss
         .delete(ns, &DeleteParams::foreground())
@@ -920,7 +972,25 @@ pub async fn process_deletion(
             .get_opt(backup)
             .await
             .map_err(|e| Error::kube(format!("read backup {ns}/{backup}"), e))?;
-        if let Some(b) = &resource {
+        // Velero's rule: a request is for one Backup (its UID, when it existed). Gone: a
+        // request made for it was processed already (a replay after a kill) or it never
+        // was; nothing is deleted by name alone, so a namesake stored since (another
+        // cluster's) is never touched.
+        let for_uid = req.labels().get(BACKUP_UID_LABEL).cloned();
+        let Some(b) = &resource else {
+            return match for_uid {
+                Some(_) => Ok(DeleteReport::default()),
+                None => Err(Error::NotFound(format!(
+                    "backup not found: no Backup {backup:?} in namespace {ns} (`arca backup get` syncs those stored in the locations)"
+                ))),
+            };
+        };
+        if for_uid.is_some() && for_uid != b.metadata.uid {
+            return Err(Error::Invalid(format!(
+                "backup {backup} was made again since this request: ask again to delete the new one"
+            )));
+        }
+        {
             let phase = b
                 .status
                 .as_ref()
@@ -933,14 +1003,20 @@ pub async fn process_deletion(
                 )));
             }
         }
-        let (loc, cr) = Location::of_backup(client, ns, backup, cache_root).await?;
+        let (loc, _) = Location::of_backup(client, ns, backup, cache_root).await?;
         if loc.read_only {
             return Err(Error::Invalid(format!(
                 "backup {backup} is in storage location {}, which is read-only: nothing was deleted",
                 loc.name
             )));
         }
-        if resource.is_some() {
+        if loc.phase.as_deref() == Some("Unavailable") {
+            return Err(Error::Invalid(format!(
+                "cannot delete backup {backup}: its storage location {} is Unavailable (see `arca backup-location get`)",
+                loc.name
+            )));
+        }
+        {
             bapi.patch_status(
                 backup,
                 &PatchParams::default(),
@@ -962,29 +1038,18 @@ pub async fn process_deletion(
         // A Backup that stored nothing (refused because its location already held that
         // name: another cluster's backup) must not take that backup's record with it. The
         // records go when the Backup stands for them: synced from them, or the one that
-        // stored them (same UID), or no Backup resource at all (deleted by name).
-        let owns = match &resource {
-            None => true,
-            Some(b) if b.annotations().contains_key(SYNCED_ANNOTATION) => true,
-            Some(b) => {
-                let mut owns = false;
-                for (id, s) in &snaps {
-                    if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
-                        let stored: Backup = read_json(&repo, id, "backup.json").await?;
-                        owns |=
-                            stored.metadata.uid.is_some() && stored.metadata.uid == b.metadata.uid;
-                    }
+        // stored them (same UID).
+        let owns = b.annotations().contains_key(SYNCED_ANNOTATION) || {
+            let mut owns = false;
+            for (id, s) in &snaps {
+                if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
+                    let stored: Backup = read_json(&repo, id, "backup.json").await?;
+                    owns |= stored.metadata.uid.is_some() && stored.metadata.uid == b.metadata.uid;
                 }
-                owns
             }
+            owns
         };
         let mine = if owns { mine } else { Vec::new() };
-        if cr.is_none() && mine.is_empty() {
-            return Err(Error::NotFound(format!(
-                "no backup {backup:?} in namespace {ns} or in location {}",
-                loc.name
-            )));
-        }
         let mut report = DeleteReport::default();
         for id in &mine {
             repo.repo().delete_snapshot(id).await?;
@@ -1007,25 +1072,26 @@ pub async fn process_deletion(
                 Err(e) => return Err(Error::kube(format!("delete restore {ns}/{n}"), e)),
             }
         }
-        if cr.is_some() {
-            let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-            match api.delete(backup, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(Error::kube(format!("delete backup {ns}/{backup}"), e)),
-            }
+        match bapi.delete(backup, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("delete backup {ns}/{backup}"), e)),
         }
         Ok(report)
     };
     match work.await {
         Ok(report) => {
             set("Processed", vec![]).await?;
-            // Done: the requests of this backup have nothing more to say.
+            // Done: the requests of this backup (this one: its name and UID) have nothing
+            // more to say.
+            let mut sel = format!("{BACKUP_NAME_LABEL}={}", label_value(backup));
+            if let Some(uid) = req.labels().get(BACKUP_UID_LABEL) {
+                sel.push_str(&format!(",{BACKUP_UID_LABEL}={uid}"));
+            }
             let _ = dbrs
                 .delete_collection(
                     &DeleteParams::default(),
-                    &ListParams::default()
-                        .labels(&format!("{BACKUP_NAME_LABEL}={}", label_value(backup))),
+                    &ListParams::default().labels(&sel),
                 )
                 .await;
             Ok(report)

@@ -514,6 +514,39 @@ pub async fn run_restore(
             return failed_validation(client, ns, name, vec![e.to_string()]).await;
         }
     };
+    // The Backup of this cluster, if it has one, must be the one stored under that name
+    // (synced from it, or the same UID: a Backup refused because another cluster had
+    // stored its name stands for nothing), and ended well (Velero checks the Backup's own
+    // phase: not Deleting, not Failed).
+    let bapi: Api<crate::crd::Backup> = Api::namespaced(client.clone(), ns);
+    if let Some(b) = bapi
+        .get_opt(&backup_name)
+        .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{backup_name}"), e))?
+    {
+        let mine = b
+            .annotations()
+            .contains_key(crate::record::SYNCED_ANNOTATION)
+            || (b.metadata.uid.is_some() && b.metadata.uid == stored.metadata.uid)
+            || b.status.as_ref().and_then(|s| s.snapshot_id.as_deref())
+                == Some(record.to_hex().as_str());
+        let bphase = b.status.and_then(|s| s.phase).unwrap_or_default();
+        let why = if !mine {
+            Some(format!(
+                "backup {backup_name} of this cluster stored nothing; the record of that name in its location is another backup's"
+            ))
+        } else if bphase != "Completed" && bphase != "PartiallyFailed" {
+            Some(format!(
+                "backup {backup_name} is {}, not Completed or PartiallyFailed",
+                if bphase.is_empty() { "New" } else { &bphase }
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return failed_validation(client, ns, name, vec![why]).await;
+        }
+    }
     let phase = stored
         .status
         .as_ref()

@@ -112,6 +112,17 @@ async fn reconcile(cached: Arc<DeleteBackupRequest>, ctx: Arc<Ctx>) -> Result<Ac
             .await;
         }
         Err(e) => {
+            // Not even recorded as Processed (the API server away): retried soon, not in
+            // a day.
+            let processed = api
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|r| r.status.and_then(|s| s.phase).as_deref() == Some("Processed"));
+            if !processed {
+                return Err(e);
+            }
             ctx.metrics.deletion_ended(&schedule, false);
             tracing::warn!("backup {ns}/{backup} not deleted: {e}");
             ctx.event(

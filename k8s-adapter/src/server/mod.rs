@@ -591,6 +591,12 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let out = tokio::select! {
         o = run => o,
         _ = cancel_requested(api.clone(), &name, |b: &Backup| b.spec.cancel == Some(true)) => {
+            // Dropped after its record was committed: it ended, whatever the cancel says.
+            let cache = ctx.opts.cache_root.as_deref();
+            if crate::backup::adopt_if_stored(&ctx.client, ns, &name, cache).await? {
+                tracing::info!("backup {ns}/{name}: stored before the cancel took effect");
+                return Ok(Action::await_change());
+            }
             return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
         }
     };

@@ -82,15 +82,6 @@ async fn reconcile(cached: Arc<Schedule>, ctx: Arc<Ctx>) -> Result<Action> {
     );
     let ts = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
-    if p.skipped.is_some() && s.spec.skip_immediately != Some(false) {
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "spec": { "skipImmediately": false } })),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("clear skipImmediately of schedule {ns}/{name}"), e))?;
-    }
     let st = s.status.clone().unwrap_or_default();
     let mut status = serde_json::Map::new();
     if let Some(phase) = p.phase {
@@ -136,6 +127,17 @@ async fn reconcile(cached: Arc<Schedule>, ctx: Arc<Ctx>) -> Result<Action> {
         )
         .await
         .map_err(|e| Error::kube(format!("update the status of schedule {ns}/{name}"), e))?;
+    }
+    // The skip is recorded before the flag is cleared: a kill in between skips again
+    // (harmless), never backs up at once against the flag.
+    if p.skipped.is_some() && s.spec.skip_immediately != Some(false) {
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": { "skipImmediately": false } })),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("clear skipImmediately of schedule {ns}/{name}"), e))?;
     }
     Ok(match p.requeue {
         Some(d) => Action::requeue(d),
