@@ -261,7 +261,7 @@ fn describe(s: &Schedule) {
         let from = [st.last_backup.as_ref(), st.last_skipped.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
+            .filter_map(arca_k8s::crd::utc)
             .max();
         let next = match from {
             Some(f) => cron.next(f),

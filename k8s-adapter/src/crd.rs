@@ -708,3 +708,8 @@ pub fn all()
         DeleteBackupRequest::crd(),
     ]
 }
+
+/// A Kubernetes time as chrono's, to the second (what the API server keeps).
+pub fn utc(t: &Time) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), 0)
+}

@@ -167,13 +167,10 @@ pub fn plan(s: &Schedule, now: DateTime<Utc>, backups: &Backups, skip_default: b
     };
     p.phase = Some("Enabled");
     let status = s.status.clone().unwrap_or_default();
-    let time = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        t.and_then(|t| DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32))
-    };
     let last = [
-        time(status.last_backup.as_ref()),
+        status.last_backup.as_ref().and_then(crate::crd::utc),
         backups.newest,
-        time(status.last_skipped.as_ref()),
+        status.last_skipped.as_ref().and_then(crate::crd::utc),
         p.skipped,
     ]
     .into_iter()

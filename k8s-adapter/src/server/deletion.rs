@@ -44,7 +44,7 @@ pub fn step(r: &DeleteBackupRequest, now: DateTime<Utc>) -> Step {
         .metadata
         .creation_timestamp
         .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+        .and_then(crate::crd::utc)
         .unwrap_or(now);
     let age = (now - created).to_std().unwrap_or_default();
     match PROCESSED_MAX_AGE.checked_sub(age) {

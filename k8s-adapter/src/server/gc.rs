@@ -53,7 +53,7 @@ pub fn gc(b: &Backup, now: DateTime<Utc>, loc: &Loc, requests: &[&str]) -> Gc {
     let Some(exp) = b.status.as_ref().and_then(|s| s.expiration.as_ref()) else {
         return Gc::Keep;
     };
-    let Some(exp) = DateTime::from_timestamp(exp.0.as_second(), 0) else {
+    let Some(exp) = crate::crd::utc(exp) else {
         return Gc::Keep;
     };
     if exp > now {

@@ -54,11 +54,6 @@ pub fn extra_defaults(list: &[BackupStorageLocation]) -> Vec<String> {
     defaults.iter().map(|b| b.name_any()).collect()
 }
 
-fn go_duration(s: Option<&str>) -> Option<Duration> {
-    let secs = crate::backup::parse_go_duration(s?).ok()?;
-    Some(Duration::from_secs(secs.max(0) as u64))
-}
-
 pub(super) async fn validation(ctx: Arc<Ctx>) {
     let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
     super::drive(
@@ -94,13 +89,13 @@ async fn reconcile(cached: Arc<BackupStorageLocation>, ctx: Arc<Ctx>) -> Result<
         return Ok(Action::await_change());
     };
     let st = bsl.status.clone().unwrap_or_default();
-    let last = st
-        .last_validation_time
-        .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    let last = st.last_validation_time.as_ref().and_then(crate::crd::utc);
     let now = Utc::now();
     match validation_due(
-        go_duration(bsl.spec.validation_frequency.as_deref()),
+        bsl.spec
+            .validation_frequency
+            .as_deref()
+            .and_then(crate::backup::parse_go_std),
         last,
         ctx.opts.validation_frequency,
         now,
@@ -158,7 +153,10 @@ async fn reconcile(cached: Arc<BackupStorageLocation>, ctx: Arc<Ctx>) -> Result<
     }
     Ok(
         match validation_due(
-            go_duration(bsl.spec.validation_frequency.as_deref()),
+            bsl.spec
+                .validation_frequency
+                .as_deref()
+                .and_then(crate::backup::parse_go_std),
             Some(now),
             ctx.opts.validation_frequency,
             now,

@@ -537,34 +537,25 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     }
     // A slot, in creation order (Velero's backup queue): the oldest waiting backups take
     // the free slots; the others say where they stand.
-    let permit = match ctx.slots.clone().try_acquire_owned() {
+    let permit = ctx.slots.clone().try_acquire_owned().ok();
+    let permit = match permit {
         // Started before (by a server that stopped): it keeps its phase, and the next slot.
-        Ok(p) if run_again => p,
-        Err(_) if run_again => return Ok(Action::requeue(Duration::from_secs(1))),
-        Ok(p) => {
+        Some(p) if run_again => p,
+        None if run_again => return Ok(Action::requeue(Duration::from_secs(1))),
+        permit => {
             let list = api
                 .list(&kube::api::ListParams::default())
                 .await
                 .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
-            // This one's own slot counts as free.
-            match queue_place(&list.items, &name, ctx.slots.available_permits() + 1) {
-                Place::Start => p,
-                Place::Wait(n) => {
-                    drop(p);
-                    return queued(&api, &b, n).await;
-                }
+            // This one's own slot, if it got one, counts as free.
+            let free = permit
+                .as_ref()
+                .map_or(0, |_| ctx.slots.available_permits() + 1);
+            match (queue_place(&list.items, &name, free), permit) {
+                (Place::Start, Some(p)) => p,
+                (Place::Wait(n), _) => return queued(&api, &b, n).await,
+                (Place::Start, None) => return queued(&api, &b, 1).await,
             }
-        }
-        Err(_) => {
-            let list = api
-                .list(&kube::api::ListParams::default())
-                .await
-                .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
-            let n = match queue_place(&list.items, &name, 0) {
-                Place::Wait(n) => n,
-                Place::Start => 1,
-            };
-            return queued(&api, &b, n).await;
         }
     };
     if b.status

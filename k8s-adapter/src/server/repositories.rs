@@ -102,10 +102,6 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
     .await;
 }
 
-fn time(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
-}
-
 async fn reconcile(cached: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = ctx.opts.namespace.clone();
     let name = cached.name_any();
@@ -122,17 +118,18 @@ async fn reconcile(cached: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Result<Actio
         .spec
         .maintenance_frequency
         .as_deref()
-        .and_then(|f| crate::backup::parse_go_duration(f).ok())
-        .filter(|s| *s > 0)
-        .map(|s| Duration::from_secs(s as u64))
+        .and_then(crate::backup::parse_go_std)
+        .filter(|d| !d.is_zero())
         .unwrap_or(ctx.opts.repo_maintenance_frequency);
     let full_every = ctx.opts.repo_full_maintenance_frequency.max(every);
     let now = Utc::now();
     let kind = match due(
         every,
         full_every,
-        time(st.last_maintenance_time.as_ref()),
-        time(st.last_full_maintenance_time.as_ref()),
+        st.last_maintenance_time.as_ref().and_then(crate::crd::utc),
+        st.last_full_maintenance_time
+            .as_ref()
+            .and_then(crate::crd::utc),
         now,
     ) {
         Due::Wait(d) if st.phase.as_deref() == Some("Ready") => return Ok(Action::requeue(d)),

@@ -48,7 +48,7 @@ pub(crate) fn backups_of(list: &[Backup]) -> Backups {
             .metadata
             .creation_timestamp
             .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0));
+            .and_then(crate::crd::utc);
         out.newest = out.newest.max(created);
     }
     out
