@@ -293,6 +293,22 @@ pub(crate) struct BackupTemplate {
     /// Back up pod volumes with the file-system mover by default (recorded in the spec).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     default_volumes_to_fs_backup: Option<bool>,
+
+    /// Move each bound claim's data into its namespace's repository: a CSI snapshot of
+    /// the claim, read by the node agent (needs `install --use-node-agent`), then
+    /// removed. A restore of the backup writes the data into new volumes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    snapshot_move_data: Option<bool>,
+
+    /// How long a claim's snapshot may take to become ready (Go-style duration)
+    /// [default: 10m].
+    #[arg(long)]
+    csi_snapshot_timeout: Option<String>,
+
+    /// How long the backup waits for its data movements before canceling the rest
+    /// [default: 4h].
+    #[arg(long)]
+    item_operation_timeout: Option<String>,
 }
 
 impl BackupTemplate {
@@ -344,6 +360,25 @@ impl BackupTemplate {
         spec.storage_location = self.storage_location.clone();
         spec.snapshot_volumes = self.snapshot_volumes;
         spec.default_volumes_to_fs_backup = self.default_volumes_to_fs_backup;
+        spec.snapshot_move_data = self.snapshot_move_data;
+        for (flag, v, slot) in [
+            (
+                "--csi-snapshot-timeout",
+                &self.csi_snapshot_timeout,
+                &mut spec.csi_snapshot_timeout,
+            ),
+            (
+                "--item-operation-timeout",
+                &self.item_operation_timeout,
+                &mut spec.item_operation_timeout,
+            ),
+        ] {
+            if let Some(t) = v {
+                arca_k8s::backup::parse_go_duration(t)
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+                *slot = Some(t.clone());
+            }
+        }
         Ok((spec, f.labels()?))
     }
 }
@@ -801,28 +836,34 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             for name in names {
                 let b = api.get_opt(&name).await?;
                 let record = manage::backup_record(&client, ns, &name, cache.as_deref()).await;
-                let (b, results, items) = match (b, record) {
+                let (b, results, items, volumes) = match (b, record) {
                     (b, Ok((repo, id, stored))) => {
                         let results = manage::backup_results(&repo, &id).await.ok();
-                        let items = if d.details {
-                            manage::backup_items(&repo, &id).await.ok()
+                        let (items, volumes) = if d.details {
+                            (
+                                manage::backup_items(&repo, &id).await.ok(),
+                                manage::backup_volumes(&repo, &id).await.ok(),
+                            )
                         } else {
-                            None
+                            (None, None)
                         };
-                        (b.unwrap_or(stored), results, items)
+                        (b.unwrap_or(stored), results, items, volumes)
                     }
                     (Some(b), Err(e)) => {
                         tracing::info!("backup {name}: no stored record: {e}");
-                        (b, None, None)
+                        (b, None, None, None)
                     }
                     (None, Err(e)) => return Err(e.into()),
                 };
                 if Format::of(ctx, d.output) == Format::Table {
                     describe_backup(&b, results.as_ref(), items.as_deref());
+                    if let Some(v) = &volumes {
+                        describe_volumes(v);
+                    }
                 } else {
-                    views.push(
-                        serde_json::json!({ "backup": b, "results": results, "items": items }),
-                    );
+                    views.push(serde_json::json!({
+                        "backup": b, "results": results, "items": items, "volumes": volumes,
+                    }));
                 }
             }
             Format::of(ctx, d.output).print(&views)?;
@@ -1537,6 +1578,44 @@ pub(crate) fn describe_backup_spec(s: &BackupSpec) {
             println!("  {k}: {v}");
         }
     }
+}
+
+/// The claims whose data the backup moved: phase, node, bytes, duration, snapshot.
+fn describe_volumes(v: &[arca_k8s::datamover::MovedVolume]) {
+    if v.is_empty() {
+        return;
+    }
+    println!("Volume data (CSI snapshot data movement):");
+    for m in v {
+        let took = match (&m.started, &m.completed) {
+            (Some(a), Some(b)) => match (
+                a.parse::<chrono::DateTime<chrono::Utc>>(),
+                b.parse::<chrono::DateTime<chrono::Utc>>(),
+            ) {
+                (Ok(a), Ok(b)) => format!("{}s", (b - a).num_seconds()),
+                _ => "-".into(),
+            },
+            _ => "-".into(),
+        };
+        println!(
+            "  {}/{}: {} on {}, {} bytes ({} new) in {took}, DataUpload {}, snapshot {}{}",
+            m.namespace,
+            m.pvc,
+            m.phase,
+            m.node.as_deref().unwrap_or("-"),
+            m.bytes.unwrap_or(0),
+            m.incremental_bytes.unwrap_or(0),
+            m.data_upload,
+            m.snapshot_id
+                .as_deref()
+                .map_or("-", |s| &s[..s.len().min(16)]),
+            m.message
+                .as_deref()
+                .map(|x| format!(" ({x})"))
+                .unwrap_or_default(),
+        );
+    }
+    println!();
 }
 
 fn describe_backup(

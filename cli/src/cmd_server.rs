@@ -177,3 +177,86 @@ pub async fn run(ctx: &Ctx, kube: &KubeOpts, a: ServerArgs) -> Result<u8> {
     server::run(client, opts, shutdown).await?;
     Ok(0)
 }
+
+/// `arca node-agent`.
+#[derive(Args, Debug)]
+pub struct NodeAgentArgs {
+    #[command(subcommand)]
+    hold: Option<NodeAgentCmd>,
+
+    /// Log format (logs go to stderr; ARCA_LOG sets the filter, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// This node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME", required = false)]
+    node_name: Option<String>,
+
+    /// The kubelet's pods directory as this process sees it (the DaemonSet mounts the
+    /// host's /var/lib/kubelet/pods here).
+    #[arg(long, default_value = "/host_pods")]
+    host_pods_dir: std::path::PathBuf,
+
+    /// The image of the pods that hold a volume in place while its data moves [default:
+    /// this pod's own image].
+    #[arg(long, env = "ARCA_IMAGE")]
+    image: Option<String>,
+
+    /// How long exposing a volume (a claim from its snapshot, a pod that mounts it) may
+    /// take before the DataUpload or DataDownload fails. Waiting for a slot on the node
+    /// does not count.
+    #[arg(long, default_value = "30m")]
+    data_mover_prepare_timeout: String,
+
+    /// ConfigMap (in the namespace) with the node agent's configuration, Velero's shape:
+    /// `{"loadConcurrency": {"globalConfig": N, "perNodeConfig": [{"nodeSelector": …,
+    /// "number": M}]}}` [default: one move at a time].
+    #[arg(long)]
+    node_agent_configmap: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum NodeAgentCmd {
+    /// Hold a volume in place until terminated (the command of the exposer pods).
+    Hold,
+}
+
+pub async fn node_agent(ctx: &Ctx, kube: &KubeOpts, a: NodeAgentArgs) -> Result<u8> {
+    use arca_k8s::datamover::agent;
+    if a.hold.is_some() {
+        agent::hold().await;
+        return Ok(0);
+    }
+    let node = a
+        .node_name
+        .context("give --node-name (or NODE_NAME): the node this agent serves")?;
+    let client = kube.client().await?;
+    let ns = kube.namespace();
+    let image = match a.image {
+        Some(i) => i,
+        None => agent::own_image(&client, ns).await.context(
+            "cannot tell the image of the exposer pods: run in the DaemonSet, or give --image",
+        )?,
+    };
+    let opts = agent::Options {
+        namespace: ns.to_string(),
+        node,
+        pods_dir: a.host_pods_dir,
+        image,
+        cache_root: ctx.cache_root(),
+        prepare_timeout: duration(
+            &a.data_mover_prepare_timeout,
+            "--data-mover-prepare-timeout",
+        )?,
+        config_map: a.node_agent_configmap,
+    };
+    tokio::select! {
+        r = agent::run(client, opts) => r?,
+        _ = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
+            tokio::select! { _ = term.recv() => {} _ = tokio::signal::ctrl_c() => {} }
+        } => tracing::info!("shutting down"),
+    }
+    Ok(0)
+}

@@ -116,6 +116,9 @@ enum Command {
     /// through a Lease so that of several replicas only one works. What the installed
     /// Deployment runs.
     Server(cmd_server::ServerArgs),
+    /// Run the node agent of one node (what the installed DaemonSet runs): it moves the
+    /// data of DataUploads and DataDownloads whose volumes are exposed on this node.
+    NodeAgent(cmd_server::NodeAgentArgs),
 }
 
 /// Everything a command needs from the global options.
@@ -239,6 +242,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_log = match &cli.command {
         Command::Server(a) => Some(a.log_format),
+        Command::NodeAgent(a) => Some(a.log_format),
         _ => None,
     };
     init_logging(cli.verbose, server_log);
@@ -299,6 +303,7 @@ fn main() -> ExitCode {
             Command::BackupLocation(c) => cmd_location::location(&ctx, &cli.kube, c).await,
             Command::Uninstall(a) => cmd_k8s::uninstall(&ctx, &cli.kube, a).await,
             Command::Server(a) => cmd_server::run(&ctx, &cli.kube, a).await,
+            Command::NodeAgent(a) => cmd_server::node_agent(&ctx, &cli.kube, a).await,
         }
     });
     // Do not wait for background tasks (heartbeats) at exit.

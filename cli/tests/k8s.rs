@@ -3781,6 +3781,13 @@ impl Arca {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::spawn(cmd)
+    }
+}
+
+impl Server {
+    /// Start a process with its stderr gathered as its log.
+    fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd.spawn().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (err, l) = (child.stderr.take().unwrap(), log.clone());
@@ -3795,9 +3802,7 @@ impl Arca {
         });
         Server { child, log }
     }
-}
 
-impl Server {
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -5098,4 +5103,297 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
         .delete("arca", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+impl Arca {
+    /// `arca node-agent` for this test's namespace, as the DaemonSet's pod on the node
+    /// `localhost` would run it, reading pod volumes from the node's pods directory.
+    fn node_agent(&self, c: &Cluster, image: &str, env: &[(&str, &str)]) -> Server {
+        let node = c.kubeconfig.parent().unwrap().join("node");
+        let pods = node.join("kubelet/pods");
+        // The node's kubelet mounts pod volumes in the node's own mount namespace
+        // (scripts/test-node): the agent runs there, as the DaemonSet's pod would.
+        let pid = std::fs::read_to_string(node.join("namespace.pid")).unwrap();
+        let base = self.cmd(c);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--mount=/proc/{}/ns/mnt", pid.trim()))
+            .arg(base.get_program())
+            .args(base.get_args());
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.args(["node-agent", "--node-name", "localhost", "--image", image])
+            .arg("--host-pods-dir")
+            .arg(&pods)
+            .env("ARCA_CACHE_DIR", self.dir.path().join("agent-cache"))
+            .env("ARCA_LOG", "info,arca_k8s::datamover=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd)
+    }
+}
+
+/// Poll `get` until `done`, for up to `secs` seconds (data moves take longer than the
+/// API's own changes that `until` waits for).
+async fn until_long(
+    c: &Cluster,
+    (api_version, kind, plural): (&str, &str, &str),
+    ns: Option<&str>,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&Option<Value>) -> bool,
+) -> Option<Value> {
+    let mut o = None;
+    for _ in 0..secs * 4 {
+        o = get(c, api_version, kind, plural, ns, name).await;
+        if done(&o) {
+            return o;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!(
+        "{kind} {}/{name}: not as waited for: {o:#?}",
+        ns.unwrap_or("")
+    )
+}
+
+async fn list_json(
+    c: &Cluster,
+    ar: (&str, &str, &str),
+    ns: Option<&str>,
+    labels: &str,
+) -> Vec<Value> {
+    let r = resource(ar.0, ar.1, ar.2);
+    let api: Api<DynamicObject> = match ns {
+        Some(n) => Api::namespaced_with(c.client.clone(), n, &r),
+        None => Api::all_with(c.client.clone(), &r),
+    };
+    api.list(&ListParams::default().labels(labels))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect()
+}
+
+const DATA_UPLOAD: (&str, &str, &str) = ("arca.dev/v1", "DataUpload", "datauploads");
+const DATA_DOWNLOAD: (&str, &str, &str) = ("arca.dev/v1", "DataDownload", "datadownloads");
+const VOLUME_SNAPSHOT: (&str, &str, &str) = (
+    "snapshot.storage.k8s.io/v1",
+    "VolumeSnapshot",
+    "volumesnapshots",
+);
+const VOLUME_SNAPSHOT_CONTENT: (&str, &str, &str) = (
+    "snapshot.storage.k8s.io/v1",
+    "VolumeSnapshotContent",
+    "volumesnapshotcontents",
+);
+
+/// CSI snapshot data movement on the real node, through the storage stand-in: a pod
+/// writes files into a claim; `backup create --snapshot-move-data` takes a snapshot, the
+/// node agent reads it through the pods directory of the exposer pod into the namespace's
+/// repository, and every snapshot and intermediate object goes; the namespace deleted, a
+/// restore writes the data into a new volume, hands it to the restored claim, and the
+/// restored pod reads the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_data_moves_through_the_node_agent_and_back() {
+    use arca_k8s::k8s_openapi::api::core::v1::{Namespace, Pod};
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let Some(_root) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
+    let image = arca_image(&a);
+    let arca = Arca::new("move");
+    arca.install(&a);
+    let agent = arca.node_agent(&a, &image, &[]);
+    let sfx = arca.suffix().to_string();
+    let app = format!("move-{sfx}");
+    let class = storage::CLASS;
+    // The script writes once (a restored pod finds the data there) and prints the
+    // checksums of what the volume holds.
+    let script = "[ -f /data/done ] || { mkdir -p /data/d && dd if=/dev/urandom of=/data/d/big bs=1M count=6 2>/dev/null && for i in 1 2 3 4 5; do echo file-$i > /data/d/f$i; done && ln -s d/f1 /data/link && touch /data/done; }; echo sum:$(cat /data/d/* | md5sum | cut -c1-32):$(readlink /data/link); exec sleep 3600";
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 64Mi}}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: writer, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    let log = pod_log_with(&pods, "writer", "sum:").await;
+    let sum = log
+        .lines()
+        .find(|l| l.starts_with("sum:"))
+        .unwrap()
+        .to_string();
+
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "moved",
+            "--include-namespaces",
+            &app,
+            "--snapshot-move-data",
+        ],
+    );
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "moved")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
+    assert_eq!(b["status"]["backupItemOperationsAttempted"], 1);
+    assert_eq!(b["status"]["backupItemOperationsCompleted"], 1);
+    let dus = list_json(
+        &a,
+        DATA_UPLOAD,
+        Some(&arca.ns),
+        "arca.dev/backup-name=moved",
+    )
+    .await;
+    assert_eq!(dus.len(), 1, "{dus:#?}");
+    let du = &dus[0];
+    assert_eq!(du["status"]["phase"], "Completed", "{du:#}");
+    assert_eq!(du["spec"]["sourcePvc"], "data");
+    assert_eq!(du["status"]["node"], "localhost");
+    assert!(
+        du["status"]["snapshotId"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64),
+        "{du:#}"
+    );
+    let total = du["status"]["progress"]["totalBytes"].as_i64().unwrap();
+    assert!(total >= 6 << 20, "the volume's bytes: {total}");
+    // Everything the move made goes: the snapshots (in the app's namespace and the
+    // install namespace), their contents, the exposer's pod and claim.
+    let du_name = du["metadata"]["name"].as_str().unwrap().to_string();
+    until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
+    })
+    .await;
+    for n in [&app, &arca.ns] {
+        let left = list_json(&a, VOLUME_SNAPSHOT, Some(n), "").await;
+        assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
+    }
+    until_long(
+        &a,
+        VOLUME_SNAPSHOT_CONTENT,
+        None,
+        &du_name,
+        30,
+        Option::is_none,
+    )
+    .await;
+    let contents = list_json(&a, VOLUME_SNAPSHOT_CONTENT, None, "").await;
+    assert!(
+        !contents.iter().any(
+            |c| c["spec"]["volumeSnapshotRef"]["namespace"] == json!(app)
+                || c["spec"]["volumeSnapshotRef"]["namespace"] == json!(arca.ns)
+        ),
+        "contents left: {contents:#?}"
+    );
+    let exposer_pods: Api<Pod> = Api::namespaced(a.client.clone(), &arca.ns);
+    for _ in 0..120 {
+        if exposer_pods
+            .list(&ListParams::default().labels("arca.dev/exposed-for"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let claims = list_json(
+        &a,
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some(&arca.ns),
+        "arca.dev/exposed-for",
+    )
+    .await;
+    assert!(claims.is_empty(), "exposer claims left: {claims:#?}");
+    // The record keeps the upload's result.
+    let d = arca.json(&a, &["backup", "describe", "moved", "--details"]);
+    let text = d.to_string();
+    assert!(
+        text.contains(du["status"]["snapshotId"].as_str().unwrap()),
+        "{d:#}"
+    );
+
+    // The namespace goes; the restore brings claim, data and pod back.
+    let nss: Api<Namespace> = Api::all(a.client.clone());
+    nss.delete(&app, &DeleteParams::default()).await.unwrap();
+    for _ in 0..600 {
+        if nss.get_opt(&app).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    arca.ok(&a, &["restore", "create", "back", "--from-backup", "moved"]);
+    let r = get(
+        &a,
+        "arca.dev/v1",
+        "Restore",
+        "restores",
+        Some(&arca.ns),
+        "back",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
+    assert_eq!(r["status"]["restoreItemOperationsCompleted"], 1);
+    let dds = list_json(
+        &a,
+        DATA_DOWNLOAD,
+        Some(&arca.ns),
+        "arca.dev/restore-name=back",
+    )
+    .await;
+    assert_eq!(dds.len(), 1);
+    assert_eq!(dds[0]["status"]["phase"], "Completed", "{:#}", dds[0]);
+    let claim = until_long(
+        &a,
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some(&app),
+        "data",
+        60,
+        |o| o.as_ref().is_some_and(|o| o["status"]["phase"] == "Bound"),
+    )
+    .await
+    .unwrap();
+    let pv = get(
+        &a,
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        None,
+        claim["spec"]["volumeName"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+        "the reclaim policy is put back: {pv:#}"
+    );
+    let log = pod_log_with(&pods, "writer", "sum:").await;
+    assert!(
+        log.lines().any(|l| l == sum),
+        "the restored pod reads the backed-up data: {log} (want {sum})"
+    );
+    drop(agent);
+    nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }

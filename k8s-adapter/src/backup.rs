@@ -249,6 +249,8 @@ pub struct Collected {
     pub items: Vec<Item>,
     /// Warnings and errors.
     pub results: Results,
+    /// The claims whose data moved (or failed to), with `snapshotMoveData`.
+    pub volumes: Vec<crate::datamover::MovedVolume>,
 }
 
 fn to_item(r: &ApiRes, o: &DynamicObject) -> Result<Item> {
@@ -639,6 +641,13 @@ pub fn write_record(dir: &Path, backup: &Backup, c: &Collected, log: &Log) -> Re
     )
     .map_err(io("write backup.json".into()))?;
     std::fs::write(dir.join("log.txt"), log.text()).map_err(io("write log.txt".into()))?;
+    if !c.volumes.is_empty() {
+        std::fs::write(
+            dir.join(crate::datamover::VOLUMES_FILE),
+            serde_json::to_vec_pretty(&c.volumes).expect("serializes"),
+        )
+        .map_err(io(format!("write {}", crate::datamover::VOLUMES_FILE)))?;
+    }
     Ok(())
 }
 
@@ -804,6 +813,97 @@ pub struct BackupOutcome {
     pub results: Results,
     /// The log.
     pub log: String,
+}
+
+/// Take a snapshot of each bound claim, start its DataUpload, wait for all of them, and
+/// keep the outcome in `c` (a failed upload is an error of the backup: PartiallyFailed).
+async fn move_volume_data(
+    client: &Client,
+    ns: &str,
+    backup: &Backup,
+    c: &mut Collected,
+    status: &mut BackupStatus,
+    log: &mut Log,
+) -> Result<()> {
+    use crate::datamover::{BACKUP_UID, csi};
+    let name = backup.name_any();
+    let claims = csi::claims(&c.items);
+    let mut moved = csi::Moved::default();
+    let started = csi::start_uploads(client, ns, backup, &claims, &mut moved).await?;
+    for line in moved.info.drain(..) {
+        log.line("info", line);
+    }
+    for (cns, e) in moved.errors.drain(..) {
+        log.line("error", e.clone());
+        c.results.errors.add(Some(&cns), false, e);
+    }
+    if started.is_empty() {
+        return Ok(());
+    }
+    status.phase = Some("WaitingForPluginOperations".into());
+    status.backup_item_operations_attempted = Some(started.len() as i64);
+    set_status(client, ns, &name, status).await?;
+    let timeout = backup
+        .spec
+        .item_operation_timeout
+        .as_deref()
+        .and_then(parse_go_std)
+        .unwrap_or(std::time::Duration::from_secs(4 * 3600));
+    let selector = format!("{BACKUP_UID}={}", backup.uid().unwrap_or_default());
+    let st = std::sync::Mutex::new(status.clone());
+    let uploads: Vec<crate::crd::DataUpload> = csi::wait_all(
+        client,
+        ns,
+        &selector,
+        started.len(),
+        timeout,
+        |done, failed| {
+            let s = {
+                let mut s = st.lock().expect("lock");
+                s.backup_item_operations_completed = Some(done);
+                s.backup_item_operations_failed = Some(failed);
+                s.clone()
+            };
+            let name = name.clone();
+            async move {
+                // Advisory: the next change writes again.
+                let _ = set_status(client, ns, &name, &s).await;
+            }
+        },
+    )
+    .await?;
+    *status = st.into_inner().expect("lock");
+    c.volumes = csi::results(&started, &uploads);
+    for v in &c.volumes {
+        let what = format!(
+            "claim {}/{} (DataUpload {})",
+            v.namespace, v.pvc, v.data_upload
+        );
+        if v.restorable() {
+            log.line(
+                "info",
+                format!(
+                    "{what}: {} bytes moved to snapshot {}",
+                    v.bytes.unwrap_or(0),
+                    v.snapshot_id.as_deref().unwrap_or_default()
+                ),
+            );
+        } else {
+            let e = format!(
+                "{what}: data movement {}: {}",
+                v.phase,
+                v.message.as_deref().unwrap_or("no reason given")
+            );
+            log.line("error", e.clone());
+            c.results.errors.add(Some(&v.namespace), false, e);
+        }
+    }
+    let (done, failed, _) = csi::tally(c.volumes.iter().map(|v| v.phase.as_str()));
+    status.backup_item_operations_completed = Some(done);
+    status.backup_item_operations_failed = Some(failed + (c.volumes.len() as i64 - done - failed));
+    status.phase = Some("Finalizing".into());
+    set_status(client, ns, &name, status).await?;
+    Ok(())
 }
 
 /// Run a Backup resource that exists in the cluster (phase New): validate, collect, store
@@ -1034,6 +1134,24 @@ pub async fn run_backup(
         items_backed_up: Some(0),
     });
     set_status(client, ns, name, &status).await?;
+
+    // Volume data (Velero's CSI snapshot data movement): a snapshot and a DataUpload per
+    // bound claim taken, waited on in phase WaitingForPluginOperations.
+    if backup.spec.snapshot_move_data == Some(true) {
+        let backup_now = api
+            .get(name)
+            .await
+            .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+        if let Err(e) =
+            move_volume_data(client, ns, &backup_now, &mut c, &mut status, &mut log).await
+        {
+            status.phase = Some("Failed".into());
+            status.failure_reason = Some(format!("moving volume data failed: {e}"));
+            status.completion_timestamp = Some(now());
+            set_status(client, ns, name, &status).await?;
+            return Err(e);
+        }
+    }
 
     // Store: the record as one snapshot of the location's resource repository.
     let store = async {

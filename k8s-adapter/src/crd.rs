@@ -320,6 +320,15 @@ pub struct RestoreStatus {
     /// Progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<RestoreProgress>,
+    /// Data movements (DataDownloads) attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_item_operations_attempted: Option<i64>,
+    /// Completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_item_operations_completed: Option<i64>,
+    /// Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_item_operations_failed: Option<i64>,
 }
 
 /// A Schedule: a backup template and a cron expression.
@@ -584,6 +593,9 @@ pub struct DataUploadStatus {
     /// The node that accepted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_by_node: Option<String>,
+    /// When it was accepted (the prepare timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_timestamp: Option<Time>,
     /// Bytes new since the parent snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental_bytes: Option<i64>,
@@ -663,6 +675,9 @@ pub struct DataDownloadStatus {
     /// The node that accepted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_by_node: Option<String>,
+    /// When it was accepted (the prepare timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_timestamp: Option<Time>,
 }
 
 /// A DeleteBackupRequest: delete a backup and what it stored.

@@ -10,6 +10,7 @@
 pub mod backup;
 pub mod backup_actions;
 pub mod crd;
+pub mod datamover;
 pub mod discovery;
 mod error;
 pub mod filter;

@@ -854,6 +854,18 @@ pub async fn download_backup(
     Ok(items.len())
 }
 
+/// The claims whose data a backup moved (empty for a backup that moved none).
+pub async fn backup_volumes(
+    repo: &Indexed,
+    id: &SnapshotId,
+) -> Result<Vec<crate::datamover::MovedVolume>> {
+    match read_json(repo, id, crate::datamover::VOLUMES_FILE).await {
+        Ok(v) => Ok(v),
+        Err(crate::Error::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A backup's item list.
 pub async fn backup_items(repo: &Indexed, id: &SnapshotId) -> Result<Vec<ItemRef>> {
     read_json(repo, id, "items.json").await

@@ -728,7 +728,33 @@ pub async fn run_restore(
         }
     }
 
-    let ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
+    // Volume data moved by the backup (`volumes.json`), unless the restore says no
+    // volumes (restorePVs: false): each restorable claim restored gets a DataDownload.
+    let moved: Vec<crate::datamover::MovedVolume> =
+        match std::fs::read(staging.path().join(crate::datamover::VOLUMES_FILE)) {
+            Ok(b) if spec.restore_p_vs != Some(false) => {
+                serde_json::from_slice(&b).map_err(|e| Error::Json {
+                    what: crate::datamover::VOLUMES_FILE.into(),
+                    source: e,
+                })?
+            }
+            _ => Vec::new(),
+        };
+    let moved: Vec<_> = moved.into_iter().filter(|v| v.restorable()).collect();
+    let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
+    let ruid = restore.metadata.uid.clone().unwrap_or_default();
+    for v in &moved {
+        let target = ctx.target_ns(&v.namespace);
+        ctx.moved_claims.insert(
+            (target.clone(), v.pvc.clone()),
+            crate::datamover::csi::restore_selector(&ruid, &target, &v.pvc),
+        );
+        // Its volume is made anew and written by the data mover, never restored as an
+        // object (Velero's hasSnapshotDataUpload).
+        if let Some(pv) = &v.pv {
+            ctx.pvs_to_provision.insert(pv.clone());
+        }
+    }
     let run = Arc::new(Run {
         client: client.clone(),
         spec: spec.clone(),
@@ -810,6 +836,21 @@ pub async fn run_restore(
             items_restored: Some(run.restored.load(std::sync::atomic::Ordering::Relaxed)),
         });
         set_status(client, ns, name, &status).await?;
+    }
+
+    if !moved.is_empty() {
+        restore_volume_data(
+            client,
+            ns,
+            &restore,
+            &backup_name,
+            &stored,
+            &run,
+            &moved,
+            &mut status,
+            cache_root,
+        )
+        .await?;
     }
 
     let results = run.results.lock().expect("lock").clone();
@@ -1392,6 +1433,129 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
 }
 
 /// Restore one item and note what became of it, for `restore describe --details`.
+/// A DataDownload for each moved claim the restore created, waited on in phase
+/// WaitingForPluginOperations; a failed one is an error of the restore.
+#[allow(clippy::too_many_arguments)]
+async fn restore_volume_data(
+    client: &Client,
+    ns: &str,
+    restore: &Restore,
+    backup_name: &str,
+    stored: &crate::crd::Backup,
+    run: &Run,
+    moved: &[crate::datamover::MovedVolume],
+    status: &mut RestoreStatus,
+    cache_root: Option<&Path>,
+) -> Result<()> {
+    use crate::datamover::{RESTORE_UID, csi};
+    let name = restore.name_any();
+    let created: BTreeSet<(String, String)> = run
+        .items
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|i| {
+            i.item.group_resource() == "persistentvolumeclaims" && i.outcome == Outcome::Created
+        })
+        .map(|i| {
+            (
+                i.item.namespace.clone().unwrap_or_default(),
+                i.item.name.clone(),
+            )
+        })
+        .collect();
+    let location = match Location::of_backup(client, ns, backup_name, cache_root).await {
+        Ok((l, _)) => l.name,
+        Err(_) => stored.spec.storage_location.clone().unwrap_or_default(),
+    };
+    let mut started = 0;
+    for v in moved {
+        let target = run.target_ns(&v.namespace);
+        if !created.contains(&(target.clone(), v.pvc.clone())) {
+            run.info(format!(
+                "claim {target}/{}: not created by this restore, its data is not restored",
+                v.pvc
+            ));
+            continue;
+        }
+        let dd = csi::download(ns, restore, &location, v, &target);
+        csi::create_download(client, &dd).await?;
+        run.info(format!(
+            "claim {target}/{}: DataDownload {} of snapshot {}",
+            v.pvc,
+            dd.name_any(),
+            v.snapshot_id.as_deref().unwrap_or_default()
+        ));
+        started += 1;
+    }
+    if started == 0 {
+        return Ok(());
+    }
+    status.phase = Some("WaitingForPluginOperations".into());
+    status.restore_item_operations_attempted = Some(started);
+    set_status(client, ns, &name, status).await?;
+    let timeout = restore
+        .spec
+        .item_operation_timeout
+        .as_deref()
+        .and_then(crate::backup::parse_go_std)
+        .unwrap_or(std::time::Duration::from_secs(4 * 3600));
+    let selector = format!(
+        "{RESTORE_UID}={}",
+        restore.metadata.uid.clone().unwrap_or_default()
+    );
+    let st = Mutex::new(status.clone());
+    let downloads: Vec<crate::crd::DataDownload> = csi::wait_all(
+        client,
+        ns,
+        &selector,
+        started as usize,
+        timeout,
+        |done, failed| {
+            let s = {
+                let mut s = st.lock().expect("lock");
+                s.restore_item_operations_completed = Some(done);
+                s.restore_item_operations_failed = Some(failed);
+                s.clone()
+            };
+            let name = name.clone();
+            async move {
+                let _ = set_status(client, ns, &name, &s).await;
+            }
+        },
+    )
+    .await?;
+    *status = st.into_inner().expect("lock");
+    for d in &downloads {
+        let st = d.status.clone().unwrap_or_default();
+        let t = &d.spec.target_volume;
+        let phase = st.phase.unwrap_or_default();
+        if phase == crate::datamover::phase::COMPLETED {
+            run.info(format!(
+                "claim {}/{}: data restored (DataDownload {})",
+                t.namespace,
+                t.pvc,
+                d.name_any()
+            ));
+        } else {
+            run.error(
+                Some(&t.namespace),
+                false,
+                format!(
+                    "claim {}/{}: data restore {phase} (DataDownload {}): {}",
+                    t.namespace,
+                    t.pvc,
+                    d.name_any(),
+                    st.message.unwrap_or_else(|| "no reason given".into())
+                ),
+            );
+        }
+    }
+    status.phase = Some("Finalizing".into());
+    set_status(client, ns, &name, status).await?;
+    Ok(())
+}
+
 async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, obj: Value) {
     let outcome = restore_one(run, d, &r, obj).await;
     let namespace = r.namespace.as_deref().map(|n| run.target_ns(n));

@@ -19,7 +19,12 @@
 //!   Delete) free their storage.
 //!
 //! Arca's code never sees this module: it meets the same objects as with a real driver.
-//! Not played: pre-provisioned snapshot contents, claim clones, volume expansion.
+//! - a pre-provisioned content (`source.snapshotHandle`) naming a snapshot the storage
+//!   holds is set ready, and a VolumeSnapshot bound to it statically
+//!   (`source.volumeSnapshotContentName`) is bound and ready with it;
+//! - a claim with a selector is not provisioned (it waits for a matching volume).
+//!
+//! Not played: claim clones, volume expansion.
 
 #![allow(unreachable_pub)]
 
@@ -325,6 +330,11 @@ impl Standin {
         {
             return Ok(());
         }
+        // As the external-provisioner: a claim with a selector is not provisioned (it
+        // waits for a volume that matches it).
+        if !claim["spec"]["selector"].is_null() {
+            return Ok(());
+        }
         let node = s(meta, &["annotations", SELECTED_NODE]);
         if node.is_empty() {
             return Ok(()); // WaitForFirstConsumer: no pod scheduled yet
@@ -427,6 +437,10 @@ impl Standin {
         Ok(())
     }
 
+    fn size_path(&self, handle: &str) -> PathBuf {
+        self.root.join("snapshots").join(format!("{handle}.size"))
+    }
+
     fn snapshot_path(&self, handle: &str, block: bool) -> PathBuf {
         let dir = self.root.join("snapshots");
         if block {
@@ -519,8 +533,9 @@ impl Standin {
             return Ok(());
         }
         let claim_name = s(v, &["spec", "source", "persistentVolumeClaimName"]);
-        if claim_name.is_empty() {
-            return Ok(()); // pre-provisioned contents are not played
+        let static_content = s(v, &["spec", "source", "volumeSnapshotContentName"]);
+        if claim_name.is_empty() && static_content.is_empty() {
+            return Ok(());
         }
         if !finalizers.contains(&VS_FINALIZER) {
             let mut all = finalizers.clone();
@@ -532,6 +547,46 @@ impl Standin {
                     &Patch::Merge(json!({"metadata": {"finalizers": all}})),
                 )
                 .await?;
+        }
+        if !static_content.is_empty() {
+            // Statically bound (the snapshot-controller's rule): to a content whose
+            // volumeSnapshotRef names this snapshot, once that content is ready.
+            let Some(c) = vscs.get(static_content) else {
+                return Ok(());
+            };
+            let r = &c["spec"]["volumeSnapshotRef"];
+            if s(r, &["namespace"]) != ns || s(r, &["name"]) != name {
+                return Err(
+                    format!("content {static_content} is bound to another snapshot").into(),
+                );
+            }
+            if s(r, &["uid"]).is_empty() {
+                self.all(&self.vsc)
+                    .patch(
+                        static_content,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"volumeSnapshotRef": {"uid": uid}}})),
+                    )
+                    .await?;
+            }
+            if c["status"]["readyToUse"] != true {
+                return Ok(());
+            }
+            let size = c["status"]["restoreSize"].as_u64().unwrap_or(0);
+            let created = arca_k8s::k8s_openapi::jiff::Timestamp::now().to_string();
+            vs_api
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "boundVolumeSnapshotContentName": static_content,
+                        "creationTime": created,
+                        "readyToUse": true,
+                        "restoreSize": size.to_string(),
+                    }})),
+                )
+                .await?;
+            return Ok(());
         }
         let (size, handle) = if let Some(c) = vscs.get(content_name.as_str()) {
             // Taken by an earlier pass that stopped before the snapshot's status.
@@ -567,6 +622,8 @@ impl Standin {
                 run("btrfs", &["subvolume", "snapshot", "-r", backing, c])?;
                 quantity_bytes(s(pv, &["spec", "capacity", "storage"])).unwrap_or(0)
             };
+            // What the storage knows of its snapshot, for contents made for it later.
+            std::fs::write(self.size_path(&content_name), size.to_string())?;
             let content = json!({
                 "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
                 "metadata": {"name": content_name, "finalizers": [VSC_FINALIZER]},
@@ -627,12 +684,49 @@ impl Standin {
     /// csi-snapshotter does), then its finalizer removed.
     async fn content(&self, c: &Value) -> Result<()> {
         let meta = &c["metadata"];
-        if s(c, &["spec", "driver"]) != DRIVER || meta["deletionTimestamp"].is_null() {
+        if s(c, &["spec", "driver"]) != DRIVER {
+            return Ok(());
+        }
+        let pre = s(c, &["spec", "source", "snapshotHandle"]);
+        if meta["deletionTimestamp"].is_null() {
+            // A pre-provisioned content (made for a snapshot the storage has): ready
+            // once that snapshot is found, as the csi-snapshotter checks it.
+            if !pre.is_empty() && c["status"]["readyToUse"] != true {
+                let Ok(size) = std::fs::read_to_string(self.size_path(pre)) else {
+                    return Err(format!("no snapshot {pre} in the storage").into());
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let name = s(meta, &["name"]);
+                if !meta["finalizers"].is_array() {
+                    self.all(&self.vsc)
+                        .patch(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"finalizers": [VSC_FINALIZER]}})),
+                        )
+                        .await?;
+                }
+                self.all(&self.vsc)
+                    .patch_status(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {
+                            "snapshotHandle": pre,
+                            "readyToUse": true,
+                            "creationTime": now.as_nanos() as i64,
+                            "restoreSize": size.trim().parse::<u64>().unwrap_or(0),
+                        }})),
+                    )
+                    .await?;
+            }
             return Ok(());
         }
         let name = s(meta, &["name"]);
         let handle = s(c, &["status", "snapshotHandle"]);
         if s(c, &["spec", "deletionPolicy"]) == "Delete" && !handle.is_empty() {
+            let _ = std::fs::remove_file(self.size_path(handle));
             for block in [true, false] {
                 let p = self.snapshot_path(handle, block);
                 if p.exists() {

@@ -36,6 +36,9 @@ pub struct Context {
     /// is Delete and whose data no volume backup restores. They are not restored; their
     /// claims lose `volumeName`.
     pub pvs_to_provision: BTreeSet<String>,
+    /// Claims whose data a DataDownload restores, by (target namespace, name): the label
+    /// value of their selector (their new volume binds to them alone).
+    pub moved_claims: BTreeMap<(String, String), String>,
     /// Volumes restored under a new name (the rename rule), old name to new.
     pub renamed_pvs: BTreeMap<String, String>,
     /// Service accounts in each target namespace once the restore is done: those already

@@ -38,6 +38,22 @@ pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
             pvc["spec"]["volumeName"] = json!(new);
         }
     }
+    // Its data comes from a DataDownload (Velero's restoreFromDataUploadResult): no
+    // volume name, and a selector that only the volume written for it will match, so
+    // that no provisioner makes it an empty one meanwhile.
+    let key = (
+        str_at(pvc, "/metadata/namespace")
+            .unwrap_or_default()
+            .to_string(),
+        str_at(pvc, "/metadata/name")
+            .unwrap_or_default()
+            .to_string(),
+    );
+    if let Some(value) = ctx.moved_claims.get(&key) {
+        super::remove_at(pvc, "/spec", "volumeName");
+        pvc["spec"]["selector"] =
+            json!({"matchLabels": {crate::datamover::DYNAMIC_PV_RESTORE: value}});
+    }
     ctx.map_storage_class(pvc.pointer_mut("/spec/storageClassName"));
     Verdict::Restore
 }
@@ -101,6 +117,21 @@ mod tests {
         let mut c = claim("static-1");
         transform(&mut c, &ctx);
         assert_eq!(c["spec"]["volumeName"], "arca-clone-1");
+    }
+
+    #[test]
+    fn a_claim_whose_data_moves_waits_for_its_written_volume() {
+        let mut ctx = Context::default();
+        ctx.moved_claims
+            .insert(("app".into(), "data".into()), "sel-1".into());
+        let mut c = claim("pvc-123");
+        c["spec"]["selector"] = json!({"matchLabels": {"a": "b"}});
+        transform(&mut c, &ctx);
+        assert!(c["spec"].get("volumeName").is_none());
+        assert_eq!(
+            c["spec"]["selector"],
+            json!({"matchLabels": {"arca.dev/dynamic-pv-restore": "sel-1"}})
+        );
     }
 
     #[test]

@@ -123,12 +123,14 @@ pub enum Step {
 }
 
 /// The Backup and Restore controllers' rule: New (or no phase yet) runs; InProgress, seen
-/// by a leader that is not running it, runs again; every other phase is left alone
-/// (WaitingForPluginOperations and Finalizing belong to the volume-data work).
+/// (or waiting for its volume data, or finalizing), seen by a leader that is not running
+/// it, runs again; every other phase is left alone.
 pub fn step(phase: Option<&str>) -> Step {
     match phase.unwrap_or("") {
         "" | "New" | "Queued" => Step::Run,
-        "InProgress" => Step::RunAgain,
+        // Waiting for its data movements, or finalizing: the run that waited is gone; a
+        // new one finds the movements it started (stable names) and waits on.
+        "InProgress" | "WaitingForPluginOperations" | "Finalizing" => Step::RunAgain,
         _ => Step::Nothing,
     }
 }
@@ -291,6 +293,27 @@ where
 {
     let name = obj.name_any();
     let was = canceled(api, &name, phase).await?;
+    // Its volume data stops moving too (Velero cancels the backup's DataUploads).
+    let ns = &ctx.opts.namespace;
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let stopped = if what == "backup" {
+        crate::datamover::csi::cancel_all::<crate::crd::DataUpload>(
+            &ctx.client,
+            ns,
+            &format!("{}={uid}", crate::datamover::BACKUP_UID),
+        )
+        .await
+    } else {
+        crate::datamover::csi::cancel_all::<crate::crd::DataDownload>(
+            &ctx.client,
+            ns,
+            &format!("{}={uid}", crate::datamover::RESTORE_UID),
+        )
+        .await
+    };
+    if let Err(e) = stopped {
+        tracing::warn!("{what} {ns}/{name}: canceling its data movements: {e}");
+    }
     tracing::info!("{what} {}/{name}: Canceled", ctx.opts.namespace);
     let reason = if what == "backup" {
         "BackupCanceled"
@@ -728,14 +751,14 @@ mod tests {
             assert_eq!(step(Some("")), Step::Run);
             assert_eq!(step(Some("New")), Step::Run);
             assert_eq!(step(Some("InProgress")), Step::RunAgain);
+            assert_eq!(step(Some("WaitingForPluginOperations")), Step::RunAgain);
+            assert_eq!(step(Some("Finalizing")), Step::RunAgain);
             for ended in [
                 "Completed",
                 "PartiallyFailed",
                 "Failed",
                 "FailedValidation",
                 "Deleting",
-                "WaitingForPluginOperations",
-                "Finalizing",
             ] {
                 assert_eq!(step(Some(ended)), Step::Nothing, "{ended}");
             }

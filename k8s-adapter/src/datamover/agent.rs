@@ -1,0 +1,1012 @@
+//! `arca node-agent`: the DataUpload and DataDownload controllers of one node (Velero's
+//! pkg/controller/data_upload_controller.go and data_download_controller.go).
+//!
+//! Any node agent accepts new work (a conditional status write: one wins) and exposes
+//! it; the agent of the node where the exposer pod runs prepares it, waits for one of
+//! its node's slots (queued work is Prepared and never times out for the wait), and moves
+//! the data with `arca-movers`. Unlike Velero's, an agent restarted mid-move does not
+//! cancel: it runs the move again, which finds in the repository what the killed run had
+//! stored by its last checkpoint and uploads only the rest.
+//!
+//! The decisions are [`step`], a pure function of what the agent sees.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arca_movers::{BackupRequest, Cancel, RestoreRequest, Source, Target};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::expose::{self, Exposure, Owner};
+use super::{EXPOSED_FOR, phase};
+use crate::crd::{DataDownload, DataMoveProgress, DataUpload};
+use crate::error::{Error, Result};
+use crate::location::Location;
+
+/// Annotation on a finished DataUpload or DataDownload: the exposer's objects are gone.
+pub const CLEANED: &str = "arca.dev/cleaned-up";
+
+/// The node agent's settings (its flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The install namespace (where DataUploads, DataDownloads and exposer objects live).
+    pub namespace: String,
+    /// This node's name.
+    pub node: String,
+    /// The host's pods directory as this process sees it.
+    pub pods_dir: PathBuf,
+    /// The image of the exposer pods.
+    pub image: String,
+    /// The repository cache directory.
+    pub cache_root: Option<PathBuf>,
+    /// How long exposing may take (`--data-mover-prepare-timeout`, 30 min).
+    pub prepare_timeout: Duration,
+    /// The ConfigMap with `loadConcurrency` (Velero's node-agent configuration).
+    pub config_map: Option<String>,
+}
+
+/// What to do with a DataUpload or DataDownload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Take it (New).
+    Accept,
+    /// Expose its data (this node accepted it).
+    Expose,
+    /// Its pod runs on this node: mark it Prepared here.
+    Prepare,
+    /// Move its data here (Prepared here, or InProgress here with no mover running: an
+    /// agent restarted mid-move).
+    Start,
+    /// Stop the mover running here (cancel asked).
+    Stop,
+    /// End it as Canceled (cancel asked, nothing running).
+    Cancel,
+    /// End it as Failed.
+    Fail(String),
+    /// Remove what exposing made (it ended).
+    Clean,
+    /// Nothing for this node now.
+    Idle,
+}
+
+/// What the agent sees of one DataUpload or DataDownload.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// Its phase ("" for New).
+    pub phase: String,
+    /// `spec.cancel`.
+    pub cancel: bool,
+    /// The node that accepted it.
+    pub accepted_by: Option<String>,
+    /// The node that moves it.
+    pub node: Option<String>,
+    /// When it was accepted.
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// Whether its exposer objects were removed.
+    pub cleaned: bool,
+    /// The node its exposer pod runs on (running, claim bound).
+    pub pod_node: Option<String>,
+    /// Whether this agent runs its mover.
+    pub running_here: bool,
+}
+
+/// The node agent's rule for one DataUpload or DataDownload.
+pub fn step(v: &View, me: &str, now: DateTime<Utc>, prepare_timeout: Duration) -> Step {
+    let mine = |n: &Option<String>| n.as_deref() == Some(me);
+    if phase::terminal(&v.phase) {
+        return if !v.cleaned && (mine(&v.accepted_by) || mine(&v.node)) {
+            Step::Clean
+        } else {
+            Step::Idle
+        };
+    }
+    if v.cancel {
+        if v.running_here {
+            return Step::Stop;
+        }
+        return match v.phase.as_str() {
+            "" | phase::NEW => Step::Cancel,
+            phase::ACCEPTED if mine(&v.accepted_by) => Step::Cancel,
+            phase::PREPARED | phase::IN_PROGRESS | phase::CANCELING if mine(&v.node) => {
+                Step::Cancel
+            }
+            _ => Step::Idle,
+        };
+    }
+    match v.phase.as_str() {
+        "" | phase::NEW => Step::Accept,
+        phase::ACCEPTED => {
+            if v.pod_node.as_deref() == Some(me) {
+                Step::Prepare
+            } else if mine(&v.accepted_by) {
+                let waited = v
+                    .accepted_at
+                    .map(|t| (now - t).to_std().unwrap_or_default())
+                    .unwrap_or_default();
+                if waited >= prepare_timeout {
+                    Step::Fail(format!(
+                        "timed out after {}s preparing the data (see the events of its pod and claim in the install namespace)",
+                        prepare_timeout.as_secs()
+                    ))
+                } else {
+                    Step::Expose
+                }
+            } else {
+                Step::Idle
+            }
+        }
+        phase::PREPARED | phase::IN_PROGRESS if mine(&v.node) && !v.running_here => Step::Start,
+        phase::CANCELING if mine(&v.node) && !v.running_here => Step::Cancel,
+        _ => Step::Idle,
+    }
+}
+
+/// The number of moves a node runs at once, from the node agent's configuration
+/// (Velero's `loadConcurrency`): the smallest `number` of the per-node rules whose
+/// `nodeSelector` matches the node's labels, else `globalConfig`, else 1.
+pub fn concurrency(config: &serde_json::Value, node_labels: &BTreeMap<String, String>) -> usize {
+    let lc = &config["loadConcurrency"];
+    let matches = |sel: &serde_json::Value| {
+        let labels_ok = sel["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .all(|(k, v)| node_labels.get(k).map(String::as_str) == v.as_str())
+            })
+            .unwrap_or(true);
+        let exprs_ok = sel["matchExpressions"]
+            .as_array()
+            .map(|a| {
+                a.iter().all(|e| {
+                    let key = e["key"].as_str().unwrap_or_default();
+                    let values: Vec<&str> = e["values"]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(|s| s.as_str()).collect())
+                        .unwrap_or_default();
+                    let have = node_labels.get(key);
+                    match e["operator"].as_str().unwrap_or_default() {
+                        "In" => have.is_some_and(|h| values.contains(&h.as_str())),
+                        "NotIn" => !have.is_some_and(|h| values.contains(&h.as_str())),
+                        "Exists" => have.is_some(),
+                        "DoesNotExist" => have.is_none(),
+                        _ => false,
+                    }
+                })
+            })
+            .unwrap_or(true);
+        labels_ok && exprs_ok
+    };
+    let per_node = lc["perNodeConfig"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| matches(&r["nodeSelector"]))
+        .filter_map(|r| r["number"].as_u64())
+        .filter(|n| *n > 0)
+        .min();
+    per_node
+        .or_else(|| lc["globalConfig"].as_u64().filter(|n| *n > 0))
+        .unwrap_or(1) as usize
+}
+
+struct Ctx {
+    client: Client,
+    opts: Options,
+    slots: Arc<tokio::sync::Semaphore>,
+    running: Mutex<HashMap<String, Cancel>>,
+}
+
+impl Ctx {
+    fn running(&self, key: &str) -> bool {
+        self.running.lock().expect("lock").contains_key(key)
+    }
+}
+
+/// Run the node agent until the process ends.
+pub async fn run(client: Client, opts: Options) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let labels = nodes
+        .get_opt(&opts.node)
+        .await
+        .map_err(|e| Error::kube(format!("read node {}", opts.node), e))?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no node named {:?} in the cluster: set --node-name (NODE_NAME) to this node's name",
+                opts.node
+            ))
+        })?
+        .labels()
+        .clone();
+    let mut slots = 1;
+    if let Some(cm) = &opts.config_map {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.namespace);
+        if let Some(c) = api
+            .get_opt(cm)
+            .await
+            .map_err(|e| Error::kube(format!("read ConfigMap {}/{cm}", opts.namespace), e))?
+        {
+            // Velero's node-agent ConfigMap holds one JSON document under any key.
+            let doc = c
+                .data
+                .unwrap_or_default()
+                .into_values()
+                .next()
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| Error::Json {
+                what: format!("ConfigMap {}/{cm}", opts.namespace),
+                source: e,
+            })?;
+            slots = concurrency(&v, &labels);
+        }
+    }
+    tracing::info!(
+        node = %opts.node,
+        concurrency = slots,
+        pods_dir = %opts.pods_dir.display(),
+        "node agent started"
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        running: Mutex::new(HashMap::new()),
+        opts,
+    });
+    let ns = ctx.opts.namespace.clone();
+    let pods = || {
+        (
+            Api::<Pod>::namespaced(client.clone(), &ns),
+            watcher::Config::default().labels(EXPOSED_FOR),
+        )
+    };
+    let (pa, pc) = pods();
+    let uploads = Controller::new(
+        Api::<DataUpload>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .owns(pa, pc)
+    .with_config(Config::default().concurrency(4))
+    .run(reconcile::<DataUpload>, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    let (pa, pc) = pods();
+    let downloads = Controller::new(
+        Api::<DataDownload>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .owns(pa, pc)
+    .with_config(Config::default().concurrency(4))
+    .run(reconcile::<DataDownload>, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    futures::future::join(uploads, downloads).await;
+    Ok(())
+}
+
+fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!("{e}; retrying in 5 s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("update the status of {name}"), e))?;
+    Ok(())
+}
+
+/// Accept: a status replace carrying the resource version, so that of several agents
+/// exactly one wins; the others see a conflict and leave it.
+async fn accept<K>(api: &Api<K>, obj: &K, me: &str) -> Result<bool>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut v = serde_json::to_value(obj).expect("serializes");
+    v["status"]["phase"] = json!(phase::ACCEPTED);
+    v["status"]["acceptedByNode"] = json!(me);
+    v["status"]["acceptedTimestamp"] = json!(now());
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let obj: K = serde_json::from_value(v).map_err(|e| Error::Json {
+        what: format!("status of {name}"),
+        source: e,
+    })?;
+    match api
+        .replace_status(&name, &PostParams::default(), &obj)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("accept {name}"), e)),
+    }
+}
+
+async fn mark_cleaned<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {CLEANED: "true"}}})),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("mark {name} cleaned up"), e))?;
+    Ok(())
+}
+
+fn utc(t: &Option<Time>) -> Option<DateTime<Utc>> {
+    t.as_ref().and_then(crate::crd::utc)
+}
+
+/// Progress goes to the status at most once a second.
+fn progress_writer<K>(
+    api: Api<K>,
+    name: String,
+) -> (
+    impl FnMut(arca_movers::Progress) + Send + 'static,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<arca_movers::Progress>);
+    let task = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(p) = *rx.borrow_and_update() else {
+                continue;
+            };
+            let prog = DataMoveProgress {
+                total_bytes: Some(p.bytes_total as i64),
+                bytes_done: Some(p.bytes_done as i64),
+            };
+            // Advisory: a lost write is made good by the next.
+            let _ = patch_status(&api, &name, json!({ "progress": prog })).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    (
+        move |p| {
+            let _ = tx.send(Some(p));
+        },
+        task,
+    )
+}
+
+/// What differs between a DataUpload and a DataDownload for the node agent.
+trait Work:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Prefix of its key among the running moves.
+    const KEY: &'static str;
+    /// Its kind, for owner references.
+    const KIND: &'static str;
+    /// Phase, accepting node, moving node, acceptance time.
+    fn seen(&self) -> (String, Option<String>, Option<String>, Option<Time>);
+    /// `spec.cancel`.
+    fn canceled(&self) -> bool;
+    /// Whether it may be accepted now.
+    fn acceptable(&self, ctx: &Ctx) -> impl std::future::Future<Output = Result<bool>> + Send;
+    /// Expose its data.
+    fn expose(
+        &self,
+        ctx: &Ctx,
+        owner: &Owner,
+    ) -> impl std::future::Future<Output = Result<Exposure>> + Send;
+    /// Start its mover (the pod, if it still runs).
+    fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String);
+    /// Remove what exposing made.
+    fn clean(&self, ctx: &Ctx) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+impl Work for DataUpload {
+    const KEY: &'static str = "du";
+    const KIND: &'static str = "DataUpload";
+    fn seen(&self) -> (String, Option<String>, Option<String>, Option<Time>) {
+        let st = self.status.clone().unwrap_or_default();
+        let p = st.phase.unwrap_or_default();
+        (p, st.accepted_by_node, st.node, st.accepted_timestamp)
+    }
+    fn canceled(&self) -> bool {
+        self.spec.cancel == Some(true)
+    }
+    async fn acceptable(&self, _: &Ctx) -> Result<bool> {
+        Ok(true)
+    }
+    async fn expose(&self, ctx: &Ctx, owner: &Owner) -> Result<Exposure> {
+        let vs = self
+            .spec
+            .csi_snapshot
+            .as_ref()
+            .map(|c| c.volume_snapshot.as_str());
+        expose::expose_snapshot(
+            &ctx.client,
+            &ctx.opts.namespace,
+            owner,
+            &self.spec.source_namespace,
+            vs.unwrap_or_default(),
+            &self.spec.source_pvc,
+            &ctx.opts.image,
+        )
+        .await
+    }
+    fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String) {
+        if let Some(e) = exposed {
+            start_upload(ctx, self, e, key);
+        }
+    }
+    async fn clean(&self, ctx: &Ctx) -> Result<()> {
+        let vs = self
+            .spec
+            .csi_snapshot
+            .as_ref()
+            .map(|c| c.volume_snapshot.as_str());
+        expose::clean_snapshot(
+            &ctx.client,
+            &ctx.opts.namespace,
+            &self.name_any(),
+            &self.spec.source_namespace,
+            vs.unwrap_or_default(),
+        )
+        .await
+    }
+}
+
+impl Work for DataDownload {
+    const KEY: &'static str = "dd";
+    const KIND: &'static str = "DataDownload";
+    fn seen(&self) -> (String, Option<String>, Option<String>, Option<Time>) {
+        let st = self.status.clone().unwrap_or_default();
+        let p = st.phase.unwrap_or_default();
+        (p, st.accepted_by_node, st.node, st.accepted_timestamp)
+    }
+    fn canceled(&self) -> bool {
+        self.spec.cancel == Some(true)
+    }
+    /// Velero's rule: not before the target claim exists.
+    async fn acceptable(&self, ctx: &Ctx) -> Result<bool> {
+        let t = &self.spec.target_volume;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &t.namespace);
+        Ok(claims
+            .get_opt(&t.pvc)
+            .await
+            .map_err(|e| Error::kube(format!("read claim {}/{}", t.namespace, t.pvc), e))?
+            .is_some())
+    }
+    async fn expose(&self, ctx: &Ctx, owner: &Owner) -> Result<Exposure> {
+        let t = &self.spec.target_volume;
+        expose::expose_new_volume(
+            &ctx.client,
+            &ctx.opts.namespace,
+            owner,
+            &t.namespace,
+            &t.pvc,
+            &ctx.opts.image,
+        )
+        .await
+    }
+    fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String) {
+        // Written, and the pod already gone: only the rebinding is left.
+        if exposed.is_some() || self.annotations().contains_key(WRITTEN) {
+            start_download(ctx, self, exposed, key);
+        }
+    }
+    async fn clean(&self, ctx: &Ctx) -> Result<()> {
+        // A volume written and handed over is the target's now; any other is freed.
+        let st = self.status.clone().unwrap_or_default();
+        let free = st.phase.as_deref() != Some(phase::COMPLETED);
+        expose::clean_pod_and_claim(&ctx.client, &ctx.opts.namespace, &self.name_any(), free).await
+    }
+}
+
+/// The node agent's reconciler of either kind: [`step`] on a fresh read, carried out.
+async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
+    let ns = &ctx.opts.namespace;
+    let name = cached.name_any();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(w) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("read {} {ns}/{name}", K::KIND), e))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let (phase_now, accepted_by, node, accepted_at) = w.seen();
+    let key = format!("{}/{name}", K::KEY);
+    let pod = match expose::exposed(&ctx.client, ns, &name).await {
+        Ok(p) => p,
+        Err(Error::Invalid(why)) if !phase::terminal(&phase_now) => {
+            if !ctx.running(&key) {
+                fail(&api, &name, &why).await?;
+            }
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        Err(Error::Invalid(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let view = View {
+        phase: phase_now,
+        cancel: w.canceled(),
+        accepted_by,
+        node,
+        accepted_at: utc(&accepted_at),
+        cleaned: w.annotations().contains_key(CLEANED),
+        pod_node: pod.as_ref().map(|p| p.node.clone()),
+        running_here: ctx.running(&key),
+    };
+    let me = ctx.opts.node.clone();
+    let s = step(&view, &me, Utc::now(), ctx.opts.prepare_timeout);
+    tracing::debug!(kind = K::KIND, %name, ?s, phase = %view.phase, "reconcile");
+    match s {
+        Step::Idle => {}
+        Step::Accept => {
+            if !w.acceptable(&ctx).await? {
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            if accept(&api, &w, &me).await? {
+                tracing::info!(kind = K::KIND, %name, "accepted");
+            }
+        }
+        Step::Expose => {
+            let owner = Owner {
+                kind: K::KIND,
+                name: name.clone(),
+                uid: w.uid().unwrap_or_default(),
+            };
+            match w.expose(&ctx, &owner).await {
+                Ok(Exposure::Exposed) => {}
+                Ok(Exposure::Waiting(why)) => {
+                    tracing::debug!(kind = K::KIND, %name, "{why}");
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                }
+                Err(e @ (Error::NotFound(_) | Error::Invalid(_))) => {
+                    fail(&api, &name, &e.to_string()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+            // The pod's progress wakes this up (it is owned); the timeout needs a clock.
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        Step::Prepare => {
+            patch_status(&api, &name, json!({"phase": phase::PREPARED, "node": me})).await?;
+        }
+        Step::Start => {
+            let waiting = pod.is_none();
+            w.start(ctx.clone(), pod, key);
+            if waiting {
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+        }
+        Step::Stop => {
+            if let Some(c) = ctx.running.lock().expect("lock").get(&key) {
+                c.cancel();
+            }
+            patch_status(&api, &name, json!({"phase": phase::CANCELING})).await?;
+        }
+        Step::Cancel => {
+            patch_status(
+                &api,
+                &name,
+                json!({"phase": phase::CANCELED, "completionTimestamp": now(), "message": "canceled"}),
+            )
+            .await?;
+        }
+        Step::Fail(why) => fail(&api, &name, &why).await?,
+        Step::Clean => {
+            w.clean(&ctx).await?;
+            mark_cleaned(&api, &name).await?;
+            tracing::info!(kind = K::KIND, %name, "exposer objects removed");
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn fail<K>(api: &Api<K>, name: &str, why: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    tracing::warn!(%name, "failed: {why}");
+    patch_status(
+        api,
+        name,
+        json!({"phase": phase::FAILED, "message": why, "completionTimestamp": now()}),
+    )
+    .await
+}
+
+/// Write how a move ended: the final status given, Canceled, or Failed saying why.
+async fn end<K>(api: &Api<K>, name: &str, result: Result<serde_json::Value>, doing: &str)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let written = match result {
+        Ok(st) => patch_status(api, name, st).await,
+        Err(Error::Engine(arca_engine::Error::Cancelled)) => patch_status(
+            api,
+            name,
+            json!({"phase": phase::CANCELED, "message": "canceled", "completionTimestamp": now()}),
+        )
+        .await,
+        Err(e) => fail(api, name, &format!("{doing} failed: {e}")).await,
+    };
+    if let Err(e) = written {
+        tracing::warn!(%name, "{e}");
+    }
+}
+
+/// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then
+/// moves the volume's data and writes the outcome.
+fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: String) {
+    let cancel = Cancel::new();
+    ctx.running
+        .lock()
+        .expect("lock")
+        .insert(key.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let ns = ctx.opts.namespace.clone();
+        let name = du.name_any();
+        let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ns);
+        let _slot = ctx.slots.clone().acquire_owned().await;
+        let result = async {
+            let st = du.status.clone().unwrap_or_default();
+            let started = st.start_timestamp.clone().unwrap_or_else(now);
+            patch_status(
+                &api,
+                &name,
+                json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
+            )
+            .await?;
+            let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
+            let location =
+                Location::resolve(&ctx.client, &ns, Some(&du.spec.backup_storage_location), "")
+                    .await?;
+            let src_ns = &du.spec.source_namespace;
+            let url = location.volumes_url(src_ns);
+            let who = crate::location::writer(&ns);
+            let repo = location
+                .open(&url, ctx.opts.cache_root.as_deref(), &who)
+                .await?;
+            let mut labels = BTreeMap::from([
+                ("arca.dev/data-upload".to_string(), name.clone()),
+                ("arca.dev/namespace".to_string(), src_ns.clone()),
+                ("arca.dev/pvc".to_string(), du.spec.source_pvc.clone()),
+            ]);
+            if let Some(b) = du.labels().get(super::BACKUP_NAME) {
+                labels.insert(super::BACKUP_NAME.to_string(), b.clone());
+            }
+            let req = BackupRequest {
+                source: if exposed.block {
+                    Source::Block(path.clone())
+                } else {
+                    Source::Tree(path.clone())
+                },
+                volume: format!("{src_ns}/{}", du.spec.source_pvc),
+                identity: who,
+                tags: vec!["arca-volume".into()],
+                labels,
+            };
+            let (report, writer) = progress_writer(api.clone(), name.clone());
+            let r = arca_movers::backup(&repo, req, &cancel, Duration::from_secs(1), report).await;
+            writer.abort();
+            Ok::<_, Error>((r?, path))
+        }
+        .await;
+        let outcome = match result {
+            Ok((r, path)) => {
+                tracing::info!(
+                    upload = %name,
+                    snapshot = %r.snapshot.short(),
+                    bytes = r.bytes_total,
+                    new = r.bytes_new,
+                    "completed"
+                );
+                let mut st = json!({
+                    "phase": phase::COMPLETED,
+                    "snapshotId": r.snapshot.to_hex(),
+                    "path": path.display().to_string(),
+                    "progress": {"totalBytes": r.bytes_total, "bytesDone": r.bytes_total},
+                    "incrementalBytes": r.bytes_new,
+                    "completionTimestamp": now(),
+                });
+                if r.bytes_total == 0 {
+                    st["message"] = json!("volume was empty so no data was uploaded");
+                }
+                Ok(st)
+            }
+            Err(e) => Err(e),
+        };
+        end(&api, &name, outcome, "moving the data").await;
+        ctx.running.lock().expect("lock").remove(&key);
+    });
+}
+
+/// Annotation on a DataDownload: its data is written into this volume; only the
+/// rebinding is left.
+pub const WRITTEN: &str = "arca.dev/written-volume";
+
+fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Exposed>, key: String) {
+    let cancel = Cancel::new();
+    ctx.running
+        .lock()
+        .expect("lock")
+        .insert(key.clone(), cancel.clone());
+    // The engine's restore future is Send, but the compiler cannot show it through
+    // tokio::spawn's higher-ranked bounds; on a blocking thread of its own it needs not be.
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+        let ns = ctx.opts.namespace.clone();
+        let name = dd.name_any();
+        let api: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ns);
+        let _slot = ctx.slots.clone().acquire_owned().await;
+        let target = dd.spec.target_volume.clone();
+        let result = async {
+            let written = dd.annotations().get(WRITTEN).cloned();
+            let pv = match (written, exposed) {
+                (Some(pv), _) => pv,
+                (None, None) => {
+                    return Err(Error::NotFound("the restore pod is gone".into()));
+                }
+                (None, Some(exposed)) => {
+                    let st = dd.status.clone().unwrap_or_default();
+                    let started = st.start_timestamp.clone().unwrap_or_else(now);
+                    patch_status(
+                        &api,
+                        &name,
+                        json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
+                    )
+                    .await?;
+                    let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
+                    let location = Location::resolve(
+                        &ctx.client,
+                        &ns,
+                        Some(&dd.spec.backup_storage_location),
+                        "",
+                    )
+                    .await?;
+                    let url = location.volumes_url(&dd.spec.source_namespace);
+                    let who = crate::location::writer(&ns);
+                    let repo = location
+                        .open(&url, ctx.opts.cache_root.as_deref(), &who)
+                        .await?;
+                    let snapshot = dd.spec.snapshot_id.parse().map_err(|_| {
+                        Error::Invalid(format!(
+                            "DataDownload {name}: {:?} is not a snapshot ID",
+                            dd.spec.snapshot_id
+                        ))
+                    })?;
+                    let req = RestoreRequest {
+                        snapshot,
+                        target: if exposed.block {
+                            Target::Block {
+                                path: path.clone(),
+                                fresh: false,
+                                overwrite: true,
+                            }
+                        } else {
+                            Target::Tree(path.clone())
+                        },
+                    };
+                    let (report, writer) = progress_writer(api.clone(), name.clone());
+                    let r = arca_movers::restore(&repo, req, &cancel, Duration::from_secs(1), report)
+                        .await;
+                    writer.abort();
+                    let r = r?;
+                    tracing::info!(download = %name, bytes = r.bytes_written, "written");
+                    api.patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({
+                            "metadata": {"annotations": {WRITTEN: exposed.pv}},
+                        })),
+                    )
+                    .await
+                    .map_err(|e| Error::kube(format!("record the volume of {name}"), e))?;
+                    patch_status(
+                        &api,
+                        &name,
+                        json!({"progress": {"totalBytes": r.bytes_written, "bytesDone": r.bytes_written}}),
+                    )
+                    .await?;
+                    exposed.pv
+                }
+            };
+            // The rebinding: polled, since it waits on the API server's volume binder.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+            loop {
+                if expose::rebind(&ctx.client, &ns, &name, &target.namespace, &target.pvc, &pv)
+                    .await?
+                {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::Invalid(format!(
+                        "volume {pv} did not bind to claim {}/{} within 5 minutes",
+                        target.namespace, target.pvc
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        .await;
+        let outcome = result.map(|()| {
+            tracing::info!(download = %name, "completed");
+            json!({"phase": phase::COMPLETED, "completionTimestamp": now()})
+        });
+        end(&api, &name, outcome, "restoring the data").await;
+        ctx.running.lock().expect("lock").remove(&key);
+    })
+    });
+}
+
+/// The image of this process's own pod (the exposer pods run it too), when it runs in one.
+pub async fn own_image(client: &Client, ns: &str) -> Option<String> {
+    let pod = std::env::var("POD_NAME").ok()?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let p = api.get_opt(&pod).await.ok()??;
+    p.spec?.containers.first()?.image.clone()
+}
+
+/// Hold a volume in place (the exposer pod's command): sleep until terminated.
+pub async fn hold() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Every DataUpload of a backup, or DataDownload of a restore, by label.
+pub async fn list<K>(client: &Client, ns: &str, selector: &str) -> Result<Vec<K>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| Error::kube(format!("list {} in {ns}", K::plural(&())), e))?
+        .items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: &str = "n1";
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn v(phase: &str) -> View {
+        View {
+            phase: phase.into(),
+            ..Default::default()
+        }
+    }
+
+    const T: Duration = Duration::from_secs(1800);
+
+    #[test]
+    fn new_work_is_accepted_by_any_node_and_exposed_by_the_acceptor() {
+        assert_eq!(step(&v(""), ME, at(0), T), Step::Accept);
+        assert_eq!(step(&v("New"), ME, at(0), T), Step::Accept);
+        let mut a = v("Accepted");
+        a.accepted_by = Some(ME.into());
+        a.accepted_at = Some(at(0));
+        assert_eq!(step(&a, ME, at(10), T), Step::Expose);
+        assert_eq!(step(&a, "n2", at(10), T), Step::Idle, "not the acceptor");
+    }
+
+    #[test]
+    fn the_node_of_the_pod_prepares_and_moves() {
+        let mut a = v("Accepted");
+        a.accepted_by = Some("n2".into());
+        a.pod_node = Some(ME.into());
+        assert_eq!(step(&a, ME, at(0), T), Step::Prepare);
+        // The acceptor keeps watch (exposing again is a no-op) for the timeout.
+        assert_eq!(step(&a, "n2", at(0), T), Step::Expose);
+        assert_eq!(step(&a, "n3", at(0), T), Step::Idle);
+        let mut p = v("Prepared");
+        p.node = Some(ME.into());
+        assert_eq!(step(&p, ME, at(0), T), Step::Start);
+        assert_eq!(step(&p, "n2", at(0), T), Step::Idle);
+        p.running_here = true;
+        assert_eq!(step(&p, ME, at(0), T), Step::Idle, "queued for a slot");
+    }
+
+    #[test]
+    fn a_restarted_agent_resumes_rather_than_cancels() {
+        let mut i = v("InProgress");
+        i.node = Some(ME.into());
+        assert_eq!(step(&i, ME, at(0), T), Step::Start);
+        i.running_here = true;
+        assert_eq!(step(&i, ME, at(0), T), Step::Idle);
+    }
+
+    #[test]
+    fn preparing_times_out_but_waiting_for_a_slot_does_not() {
+        let mut a = v("Accepted");
+        a.accepted_by = Some(ME.into());
+        a.accepted_at = Some(at(0));
+        assert!(matches!(step(&a, ME, at(1800), T), Step::Fail(m) if m.contains("1800s")));
+        let mut p = v("Prepared");
+        p.node = Some(ME.into());
+        p.accepted_at = Some(at(0));
+        p.running_here = true;
+        assert_eq!(step(&p, ME, at(100_000), T), Step::Idle);
+    }
+
+    #[test]
+    fn cancel_stops_the_mover_or_ends_the_work() {
+        let mut r = v("InProgress");
+        r.node = Some(ME.into());
+        r.cancel = true;
+        r.running_here = true;
+        assert_eq!(step(&r, ME, at(0), T), Step::Stop);
+        r.running_here = false;
+        assert_eq!(step(&r, ME, at(0), T), Step::Cancel);
+        assert_eq!(step(&r, "n2", at(0), T), Step::Idle);
+        let mut n = v("New");
+        n.cancel = true;
+        assert_eq!(step(&n, ME, at(0), T), Step::Cancel);
+    }
+
+    #[test]
+    fn finished_work_is_cleaned_once_by_its_nodes() {
+        let mut c = v("Completed");
+        c.node = Some(ME.into());
+        assert_eq!(step(&c, ME, at(0), T), Step::Clean);
+        assert_eq!(step(&c, "n2", at(0), T), Step::Idle);
+        c.cleaned = true;
+        assert_eq!(step(&c, ME, at(0), T), Step::Idle);
+        let mut f = v("Failed");
+        f.accepted_by = Some(ME.into());
+        assert_eq!(step(&f, ME, at(0), T), Step::Clean);
+    }
+
+    #[test]
+    fn concurrency_follows_velero_load_concurrency() {
+        let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
+        assert_eq!(concurrency(&json!({}), &labels), 1);
+        let c = json!({"loadConcurrency": {"globalConfig": 3, "perNodeConfig": [
+            {"nodeSelector": {"matchLabels": {"zone": "a"}}, "number": 5},
+            {"nodeSelector": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}, "number": 2},
+            {"nodeSelector": {"matchLabels": {"zone": "b"}}, "number": 1},
+        ]}});
+        assert_eq!(concurrency(&c, &labels), 2, "the smallest matching rule");
+        let other = BTreeMap::from([("zone".to_string(), "c".to_string())]);
+        assert_eq!(concurrency(&c, &other), 3, "the global number");
+    }
+}
