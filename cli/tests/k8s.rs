@@ -5218,16 +5218,24 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     let sfx = arca.suffix().to_string();
     let app = format!("move-{sfx}");
     let class = storage::CLASS;
-    // The script writes once (a restored pod finds the data there) and prints the
-    // checksums of what the volume holds.
-    let script = "[ -f /data/done ] || { mkdir -p /data/d && dd if=/dev/urandom of=/data/d/big bs=1M count=6 2>/dev/null && for i in 1 2 3 4 5; do echo file-$i > /data/d/f$i; done && ln -s d/f1 /data/link && touch /data/done; }; echo sum:$(cat /data/d/* | md5sum | cut -c1-32):$(readlink /data/link); exec sleep 3600";
+    // The script writes once (a restored pod finds the data there: the marker is on the
+    // file system) and prints the checksums of what both volumes hold.
+    let script = "[ -f /data/done ] || { mkdir -p /data/d && dd if=/dev/urandom of=/data/d/big bs=1M count=48 2>/dev/null && for i in 1 2 3 4 5; do echo file-$i > /data/d/f$i; done && ln -s d/f1 /data/link && dd if=/dev/urandom of=/dev/xvda bs=1M count=8 conv=fsync 2>/dev/null && touch /data/done; }; echo sum:$(cat /data/d/* | md5sum | cut -c1-32):$(readlink /data/link):$(head -c 8388608 /dev/xvda | md5sum | cut -c1-32); exec sleep 3600";
+    let claim = |name: &str, mode: &str, size: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: {mode}\n  storageClassName: {class}\n  resources: {{requests: {{storage: {size}}}}}\n---\n"
+        )
+    };
     apply(
         &a,
         &(ns(&app)
             + &format!(
-                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
-                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 64Mi}}}}\n---\n\
-                 apiVersion: v1\nkind: Pod\nmetadata: {{name: writer, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n"
+            )
+            + &claim("data", "Filesystem", "128Mi")
+            + &claim("disk", "Block", "16Mi")
+            + &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: writer, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n    volumeDevices: [{{name: disk, devicePath: /dev/xvda}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n  - {{name: disk, persistentVolumeClaim: {{claimName: disk}}}}\n"
             )),
     )
     .await;
@@ -5254,49 +5262,71 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         .await
         .unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
-    assert_eq!(b["status"]["backupItemOperationsAttempted"], 1);
-    assert_eq!(b["status"]["backupItemOperationsCompleted"], 1);
-    let dus = list_json(
-        &a,
-        DATA_UPLOAD,
-        Some(&arca.ns),
-        "arca.dev/backup-name=moved",
-    )
-    .await;
-    assert_eq!(dus.len(), 1, "{dus:#?}");
-    let du = &dus[0];
-    assert_eq!(du["status"]["phase"], "Completed", "{du:#}");
-    assert_eq!(du["spec"]["sourcePvc"], "data");
-    assert_eq!(du["status"]["node"], "localhost");
-    assert!(
-        du["status"]["snapshotId"]
-            .as_str()
-            .is_some_and(|s| s.len() == 64),
-        "{du:#}"
+    assert_eq!(b["status"]["backupItemOperationsAttempted"], 2);
+    assert_eq!(b["status"]["backupItemOperationsCompleted"], 2);
+    let uploads = |backup: &'static str| {
+        let (a, ns) = (&a, arca.ns.clone());
+        async move {
+            let dus = list_json(
+                a,
+                DATA_UPLOAD,
+                Some(&ns),
+                &format!("arca.dev/backup-name={backup}"),
+            )
+            .await;
+            assert_eq!(dus.len(), 2, "{dus:#?}");
+            for du in &dus {
+                assert_eq!(du["status"]["phase"], "Completed", "{du:#}");
+                assert_eq!(du["status"]["node"], "localhost");
+                assert!(
+                    du["status"]["snapshotId"]
+                        .as_str()
+                        .is_some_and(|s| s.len() == 64),
+                    "{du:#}"
+                );
+            }
+            let of = |pvc: &str| {
+                dus.iter()
+                    .find(|d| d["spec"]["sourcePvc"] == pvc)
+                    .unwrap()
+                    .clone()
+            };
+            (of("data"), of("disk"))
+        }
+    };
+    let (data_du, disk_du) = uploads("moved").await;
+    let total = data_du["status"]["progress"]["totalBytes"]
+        .as_i64()
+        .unwrap();
+    assert!(total >= 48 << 20, "the file system's bytes: {total}");
+    assert_eq!(
+        disk_du["status"]["progress"]["totalBytes"].as_i64(),
+        Some(16 << 20),
+        "the block volume's size"
     );
-    let total = du["status"]["progress"]["totalBytes"].as_i64().unwrap();
-    assert!(total >= 6 << 20, "the volume's bytes: {total}");
     // Everything the move made goes: the snapshots (in the app's namespace and the
-    // install namespace), their contents, the exposer's pod and claim.
-    let du_name = du["metadata"]["name"].as_str().unwrap().to_string();
-    until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
-        o.as_ref()
-            .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
-    })
-    .await;
+    // install namespace), their contents, the exposer's pods and claims.
+    for du in [&data_du, &disk_du] {
+        let du_name = du["metadata"]["name"].as_str().unwrap().to_string();
+        until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
+            o.as_ref()
+                .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
+        })
+        .await;
+        until_long(
+            &a,
+            VOLUME_SNAPSHOT_CONTENT,
+            None,
+            &du_name,
+            30,
+            Option::is_none,
+        )
+        .await;
+    }
     for n in [&app, &arca.ns] {
         let left = list_json(&a, VOLUME_SNAPSHOT, Some(n), "").await;
         assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
     }
-    until_long(
-        &a,
-        VOLUME_SNAPSHOT_CONTENT,
-        None,
-        &du_name,
-        30,
-        Option::is_none,
-    )
-    .await;
     let contents = list_json(&a, VOLUME_SNAPSHOT_CONTENT, None, "").await;
     assert!(
         !contents.iter().any(
@@ -5326,6 +5356,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     )
     .await;
     assert!(claims.is_empty(), "exposer claims left: {claims:#?}");
+    let du = &data_du;
     // The record keeps the upload's result.
     let d = arca.json(&a, &["backup", "describe", "moved", "--details"]);
     let text = d.to_string();
@@ -5334,7 +5365,51 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         "{d:#}"
     );
 
-    // The namespace goes; the restore brings claim, data and pod back.
+    // Incremental: 1 % of the file system and of the device changed, the next backup's
+    // uploads store little (FastCDC's 1 MiB chunks around each change, not the volume).
+    let ap = arca_k8s::kube::api::AttachParams::default()
+        .stdout(true)
+        .stderr(false);
+    let mut ex = pods
+        .exec(
+            "writer",
+            [
+                "sh",
+                "-c",
+                "dd if=/dev/urandom of=/data/d/big bs=4k count=128 seek=4000 conv=notrunc 2>/dev/null && dd if=/dev/urandom of=/dev/xvda bs=4k count=40 seek=100 conv=notrunc,fsync 2>/dev/null && sync && echo changed",
+            ],
+            &ap,
+        )
+        .await
+        .unwrap();
+    let mut got = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut ex.stdout().unwrap(), &mut got)
+        .await
+        .unwrap();
+    ex.join().await.unwrap();
+    assert_eq!(got.trim(), "changed");
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "moved2",
+            "--include-namespaces",
+            &app,
+            "--snapshot-move-data",
+        ],
+    );
+    let (data2, disk2) = uploads("moved2").await;
+    for (du, size) in [(&data2, 48i64 << 20), (&disk2, 16 << 20)] {
+        let new = du["status"]["incrementalBytes"].as_i64().unwrap();
+        assert!(
+            new > 0 && new <= size / 8,
+            "a 1 % change stores {new} of {size} bytes: {du:#}"
+        );
+    }
+
+    // The namespace goes; the restore (of the first backup) brings claims, data and pod
+    // back as they were then.
     let nss: Api<Namespace> = Api::all(a.client.clone());
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
     for _ in 0..600 {
@@ -5355,7 +5430,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     .await
     .unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
-    assert_eq!(r["status"]["restoreItemOperationsCompleted"], 1);
+    assert_eq!(r["status"]["restoreItemOperationsCompleted"], 2);
     let dds = list_json(
         &a,
         DATA_DOWNLOAD,
@@ -5363,8 +5438,10 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         "arca.dev/restore-name=back",
     )
     .await;
-    assert_eq!(dds.len(), 1);
-    assert_eq!(dds[0]["status"]["phase"], "Completed", "{:#}", dds[0]);
+    assert_eq!(dds.len(), 2);
+    for dd in &dds {
+        assert_eq!(dd["status"]["phase"], "Completed", "{dd:#}");
+    }
     let claim = until_long(
         &a,
         ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
