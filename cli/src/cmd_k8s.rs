@@ -127,6 +127,28 @@ pub struct InstallArgs {
     #[arg(long, default_value = "512Mi")]
     server_pod_mem_limit: String,
 
+    /// Deploy the node agent (a DaemonSet running `arca node-agent` on every node): it
+    /// moves volume data for `backup create --snapshot-move-data` and its restores.
+    #[arg(long, conflicts_with = "no_deployment")]
+    use_node_agent: bool,
+
+    /// The kubelet's pods directory on the nodes, which the node agent mounts (another
+    /// path on RancherOS, Nutanix, TKGI and some others).
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/pods",
+        requires = "use_node_agent"
+    )]
+    host_pods_dir: String,
+
+    /// Run the node agent privileged: needed to read and write block-mode volumes.
+    #[arg(long, requires = "use_node_agent")]
+    privileged_node_agent: bool,
+
+    /// ConfigMap (in the namespace) the node agent reads its `loadConcurrency` from.
+    #[arg(long, requires = "use_node_agent")]
+    node_agent_configmap: Option<String>,
+
     /// Wait until the server's Deployment is available (at most 5 minutes).
     #[arg(long, conflicts_with = "no_deployment")]
     wait: bool,
@@ -661,6 +683,13 @@ pub async fn install(ctx: &Ctx, kube: &KubeOpts, a: InstallArgs) -> Result<u8> {
             memory_request: a.server_pod_mem_request.clone(),
             cpu_limit: a.server_pod_cpu_limit.clone(),
             memory_limit: a.server_pod_mem_limit.clone(),
+        }),
+        node_agent: a.use_node_agent.then(|| manage::NodeAgentDaemonSet {
+            image: a.image.clone(),
+            pull_policy: a.image_pull_policy.clone(),
+            host_pods_dir: a.host_pods_dir.clone(),
+            privileged: a.privileged_node_agent,
+            config_map: a.node_agent_configmap.clone(),
         }),
         ..Default::default()
     };

@@ -447,6 +447,53 @@ fn install_dry_run_prints_every_crd() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(kinds, want);
+    assert!(
+        !text.contains("kind: DaemonSet"),
+        "no node agent unless asked"
+    );
+
+    // --use-node-agent: the DaemonSet, with the host's pods directory and privileges asked.
+    let out = Command::new(env!("CARGO_BIN_EXE_arca"))
+        .args([
+            "install",
+            "--dry-run",
+            "--use-node-agent",
+            "--host-pods-dir",
+            "/opt/rke/var/lib/kubelet/pods",
+            "--privileged-node-agent",
+            "--node-agent-configmap",
+            "agent-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ds: Value = text
+        .split("---\n")
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
+        .find(|v| v["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["hostPath"]["path"],
+        "/opt/rke/var/lib/kubelet/pods"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/host_pods");
+    assert_eq!(c["volumeMounts"][0]["mountPropagation"], "HostToContainer");
+    assert_eq!(
+        c["args"],
+        json!(["node-agent", "--node-agent-configmap", "agent-config"])
+    );
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -4987,7 +5034,11 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
             let _ = api.delete("arca", &DeleteParams::default()).await;
         }
     }
+    let Some(_storage) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
     let image = arca_image(&a);
+    let pods_dir = a.kubeconfig.parent().unwrap().join("node/kubelet/pods");
     let creds = arca.dir.path().join("credentials");
     std::fs::write(
         &creds,
@@ -5011,6 +5062,10 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
             creds.to_str().unwrap(),
             "--image",
             &image,
+            "--use-node-agent",
+            "--privileged-node-agent",
+            "--host-pods-dir",
+            pods_dir.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         arca.ok(&a, &args)
@@ -5042,6 +5097,23 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
         )
         .await
         .unwrap();
+    let daemonsets: Api<arca_k8s::k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    daemonsets
+        .patch(
+            "node-agent",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {
+                "hostNetwork": true,
+                "dnsPolicy": "ClusterFirstWithHostNet",
+                "containers": [{"name": "node-agent", "env": [
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+                ]}],
+            }}}})),
+        )
+        .await
+        .unwrap();
     // Applied again, as a user reruns install: the additions stay; --wait returns once
     // the server is available (its readiness probe passed).
     install(&["--wait"]);
@@ -5064,8 +5136,44 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
     let pod = running.name_any();
     pod_log_with(&pods, &pod, "leading").await;
 
+    // The node agent's pod (of the patched template) runs on the node.
+    let agent_pod = {
+        let mut found = None;
+        for _ in 0..600 {
+            found = pods
+                .list(&ListParams::default().labels("name=node-agent"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|p| {
+                    p.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        found.expect("a running node-agent pod").name_any()
+    };
+    pod_log_with(&pods, &agent_pod, "node agent started").await;
+
     let app = format!("incl-app-{}", arca.suffix());
-    apply(&a, &(ns(&app) + &cm(&app, "cfg", &[], "v"))).await;
+    let class = storage::CLASS;
+    apply(
+        &a,
+        &(ns(&app)
+            + &cm(&app, "cfg", &[], "v")
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 16Mi}}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo in-cluster-data > /data/f && echo written && exec sleep 3600']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
+            )),
+    )
+    .await;
+    let app_pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_log_with(&app_pods, "app", "written").await;
     arca.ok(
         &a,
         &[
@@ -5074,8 +5182,29 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
             "in-cluster",
             "--include-namespaces",
             &app,
+            "--snapshot-move-data",
         ],
     );
+    // The DaemonSet's pod moved the claim's data, reading it through the host's pods
+    // directory it mounts, with the exposer pod of its own image.
+    let dus = list_json(
+        &a,
+        DATA_UPLOAD,
+        Some(&arca.ns),
+        "arca.dev/backup-name=in-cluster",
+    )
+    .await;
+    assert_eq!(dus.len(), 1, "{dus:#?}");
+    assert_eq!(dus[0]["status"]["phase"], "Completed", "{:#}", dus[0]);
+    assert!(
+        dus[0]["status"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/host_pods/")),
+        "{:#}",
+        dus[0]
+    );
+    let agent_log = pods.logs(&agent_pod, &Default::default()).await.unwrap();
+    assert!(agent_log.contains("completed"), "{agent_log}");
     let items = arca.items(&a, "in-cluster");
     assert!(
         items.contains(&format!("configmaps:{app}/cfg")),
@@ -5103,6 +5232,12 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
         .delete("arca", &DeleteParams::default())
         .await
         .unwrap();
+    daemonsets
+        .delete("node-agent", &DeleteParams::default())
+        .await
+        .unwrap();
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let _ = nss.delete(&app, &DeleteParams::default()).await;
 }
 
 impl Arca {

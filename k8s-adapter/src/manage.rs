@@ -82,6 +82,75 @@ pub struct InstallPlan {
     pub repository_password: Option<Vec<u8>>,
     /// The operator's Deployment; None: no Deployment (`arca server` runs elsewhere).
     pub server: Option<ServerDeployment>,
+    /// The node agent's DaemonSet (`--use-node-agent`).
+    pub node_agent: Option<NodeAgentDaemonSet>,
+}
+
+/// The node agent's DaemonSet: `arca node-agent` on every node, with the kubelet's pods
+/// directory of the host mounted at `/host_pods` (Velero's node-agent).
+#[derive(Clone, Debug)]
+pub struct NodeAgentDaemonSet {
+    /// The image holding `/usr/bin/arca` (the exposer pods run it too).
+    pub image: String,
+    /// Pull policy.
+    pub pull_policy: String,
+    /// The kubelet's pods directory on the hosts (`/var/lib/kubelet/pods`; elsewhere on
+    /// RancherOS, Nutanix, TKGI...).
+    pub host_pods_dir: String,
+    /// Run privileged: needed to read block volumes (their device nodes).
+    pub privileged: bool,
+    /// The ConfigMap with `loadConcurrency`, if any.
+    pub config_map: Option<String>,
+}
+
+/// Name of the node agent's DaemonSet.
+pub const NODE_AGENT_NAME: &str = "node-agent";
+
+impl NodeAgentDaemonSet {
+    /// The DaemonSet, for namespace `ns` (it runs as the server's service account).
+    pub fn object(&self, ns: &str) -> serde_json::Value {
+        let field = |path: &str| serde_json::json!({ "fieldRef": { "fieldPath": path } });
+        let mut args = vec!["node-agent".to_string()];
+        if let Some(c) = &self.config_map {
+            args.extend(["--node-agent-configmap".into(), c.clone()]);
+        }
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": NODE_AGENT_NAME, "namespace": ns, "labels": { "component": "arca" } },
+            "spec": {
+                "selector": { "matchLabels": { "name": NODE_AGENT_NAME } },
+                "template": {
+                    "metadata": { "labels": { "component": "arca", "name": NODE_AGENT_NAME, "role": "node-agent" } },
+                    "spec": {
+                        "serviceAccountName": SERVER_NAME,
+                        "securityContext": { "runAsUser": 0 },
+                        "containers": [{
+                            "name": NODE_AGENT_NAME,
+                            "image": self.image,
+                            "imagePullPolicy": self.pull_policy,
+                            "command": ["/usr/bin/arca"],
+                            "args": args,
+                            "env": [
+                                { "name": "NODE_NAME", "valueFrom": field("spec.nodeName") },
+                                { "name": "POD_NAME", "valueFrom": field("metadata.name") },
+                                { "name": "ARCA_NAMESPACE", "valueFrom": field("metadata.namespace") },
+                                { "name": "ARCA_CACHE_DIR", "value": "/scratch/cache" },
+                            ],
+                            "securityContext": { "privileged": self.privileged },
+                            "volumeMounts": [
+                                { "name": "host-pods", "mountPath": "/host_pods", "mountPropagation": "HostToContainer" },
+                                { "name": "scratch", "mountPath": "/scratch" },
+                            ],
+                        }],
+                        "volumes": [
+                            { "name": "host-pods", "hostPath": { "path": self.host_pods_dir } },
+                            { "name": "scratch", "emptyDir": {} },
+                        ],
+                    },
+                },
+            },
+        })
+    }
 }
 
 /// The operator's Deployment (`arca server` in the install namespace), with its service
@@ -241,6 +310,9 @@ impl InstallPlan {
         if let Some(s) = &self.server {
             out.extend(s.objects(&self.namespace));
         }
+        if let Some(n) = &self.node_agent {
+            out.push(n.object(&self.namespace));
+        }
         out
     }
 }
@@ -341,6 +413,11 @@ pub async fn install(client: &Client, plan: &InstallPlan) -> Result<Vec<String>>
             }
             "Deployment" => {
                 let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+                    Api::namespaced(client.clone(), ns);
+                api.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ())
+            }
+            "DaemonSet" => {
+                let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
                     Api::namespaced(client.clone(), ns);
                 api.patch(&name, &pp, &Patch::Apply(&o)).await.map(|_| ())
             }
