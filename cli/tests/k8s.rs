@@ -5080,21 +5080,20 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
         .and_then(|u| u.rsplit(':').next())
         .unwrap()
         .to_string();
+    let on_host_network = |container: &str| {
+        Patch::Strategic(json!({"spec": {"template": {"spec": {
+            "hostNetwork": true,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "containers": [{"name": container, "env": [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+            ]}],
+        }}}}))
+    };
     let deployments: Api<arca_k8s::k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(a.client.clone(), &arca.ns);
     deployments
-        .patch(
-            "arca",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"spec": {"template": {"spec": {
-                "hostNetwork": true,
-                "dnsPolicy": "ClusterFirstWithHostNet",
-                "containers": [{"name": "arca", "env": [
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": port},
-                ]}],
-            }}}})),
-        )
+        .patch("arca", &PatchParams::default(), &on_host_network("arca"))
         .await
         .unwrap();
     let daemonsets: Api<arca_k8s::k8s_openapi::api::apps::v1::DaemonSet> =
@@ -5103,14 +5102,7 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
         .patch(
             "node-agent",
             &PatchParams::default(),
-            &Patch::Strategic(json!({"spec": {"template": {"spec": {
-                "hostNetwork": true,
-                "dnsPolicy": "ClusterFirstWithHostNet",
-                "containers": [{"name": "node-agent", "env": [
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": port},
-                ]}],
-            }}}})),
+            &on_host_network("node-agent"),
         )
         .await
         .unwrap();
