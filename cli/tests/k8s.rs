@@ -5601,3 +5601,81 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     drop(agent);
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }
+
+/// A node agent killed (kill -9) while its upload is InProgress: Velero cancels such an
+/// upload (issue 7919); the restarted agent of the node runs it again to completion, and
+/// the backup completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let Some(_root) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
+    let image = arca_image(&a);
+    let arca = Arca::new("resume");
+    arca.install(&a);
+    let mut first = arca.node_agent(&a, &image, &[("ARCA_TEST_PAUSE_AT", "upload-in-progress")]);
+    let app = format!("resume-{}", arca.suffix());
+    let class = storage::CLASS;
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 32Mi}}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'dd if=/dev/urandom of=/data/f bs=1M count=8 2>/dev/null && echo written && exec sleep 3600']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_log_with(&pods, "app", "written").await;
+    // Created through the API (the CLI would wait for it).
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: resumed, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n",
+            arca.ns
+        ),
+    )
+    .await;
+    first.wait_log("paused at upload-in-progress").await;
+    let dus = list_json(
+        &a,
+        DATA_UPLOAD,
+        Some(&arca.ns),
+        "arca.dev/backup-name=resumed",
+    )
+    .await;
+    assert_eq!(dus.len(), 1);
+    assert_eq!(dus[0]["status"]["phase"], "InProgress", "{:#}", dus[0]);
+    first.kill();
+    let second = arca.node_agent(&a, &image, &[]);
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "resumed", 120, |o| {
+        o.as_ref().is_some_and(|o| {
+            ["Completed", "PartiallyFailed", "Failed"]
+                .contains(&o["status"]["phase"].as_str().unwrap_or(""))
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
+    let dus = list_json(
+        &a,
+        DATA_UPLOAD,
+        Some(&arca.ns),
+        "arca.dev/backup-name=resumed",
+    )
+    .await;
+    assert_eq!(dus[0]["status"]["phase"], "Completed", "{:#}", dus[0]);
+    assert!(
+        dus[0]["status"]["progress"]["totalBytes"].as_i64() >= Some(8 << 20),
+        "{:#}",
+        dus[0]
+    );
+    assert!(second.log().contains("completed"), "{}", second.log());
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let _ = nss.delete(&app, &DeleteParams::default()).await;
+}

@@ -679,6 +679,7 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
                 json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
             )
             .await?;
+            crate::server::pause_point("upload-in-progress").await;
             let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
             let location =
                 Location::resolve(&ctx.client, &ns, Some(&du.spec.backup_storage_location), "")
