@@ -824,6 +824,7 @@ async fn move_volume_data(
     c: &mut Collected,
     status: &mut BackupStatus,
     log: &mut Log,
+    on_waiting: impl FnOnce(),
 ) -> Result<()> {
     use crate::datamover::{BACKUP_UID, csi};
     let name = backup.name_any();
@@ -843,6 +844,7 @@ async fn move_volume_data(
     status.phase = Some("WaitingForPluginOperations".into());
     status.backup_item_operations_attempted = Some(started.len() as i64);
     set_status(client, ns, &name, status).await?;
+    on_waiting();
     let timeout = backup
         .spec
         .item_operation_timeout
@@ -914,6 +916,7 @@ pub async fn run_backup(
     name: &str,
     cache_root: Option<&Path>,
     default_location: &str,
+    on_waiting: impl FnOnce() + Send,
 ) -> Result<BackupOutcome> {
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     let mut backup = api
@@ -1142,8 +1145,16 @@ pub async fn run_backup(
             .get(name)
             .await
             .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
-        if let Err(e) =
-            move_volume_data(client, ns, &backup_now, &mut c, &mut status, &mut log).await
+        if let Err(e) = move_volume_data(
+            client,
+            ns,
+            &backup_now,
+            &mut c,
+            &mut status,
+            &mut log,
+            on_waiting,
+        )
+        .await
         {
             status.phase = Some("Failed".into());
             status.failure_reason = Some(format!("moving volume data failed: {e}"));

@@ -1085,7 +1085,11 @@ pub async fn process_deletion(
                 .as_ref()
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_default();
-            if matches!(phase.as_str(), "" | "New" | "Queued" | "InProgress") {
+            // Waiting for its data movements or finalizing, it is still running.
+            if matches!(
+                phase.as_str(),
+                "" | "New" | "Queued" | "InProgress" | "WaitingForPluginOperations" | "Finalizing"
+            ) {
                 return Err(Error::Invalid(format!(
                     "backup {backup} is still {}: it can be deleted once it has ended",
                     if phase.is_empty() { "New" } else { &phase }

@@ -1464,6 +1464,26 @@ async fn restore_volume_data(
             )
         })
         .collect();
+    // A claim this restore made is its too when a killed run of it made it (the rerun
+    // finds it existing): its selector carries this restore's value.
+    let mut created = created;
+    let ruid = restore.metadata.uid.clone().unwrap_or_default();
+    for v in moved {
+        let target = run.target_ns(&v.namespace);
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(client.clone(), &target);
+        if let Ok(Some(c)) = claims.get_opt(&v.pvc).await {
+            let ours = c
+                .spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.match_labels)
+                .and_then(|l| l.get(crate::datamover::DYNAMIC_PV_RESTORE).cloned())
+                == Some(csi::restore_selector(&ruid, &target, &v.pvc));
+            if ours {
+                created.insert((target, v.pvc.clone()));
+            }
+        }
+    }
     let location = match Location::of_backup(client, ns, backup_name, cache_root).await {
         Ok((l, _)) => l.name,
         Err(_) => stored.spec.storage_location.clone().unwrap_or_default(),

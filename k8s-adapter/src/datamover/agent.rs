@@ -103,7 +103,9 @@ pub struct View {
 pub fn step(v: &View, me: &str, now: DateTime<Utc>, prepare_timeout: Duration) -> Step {
     let mine = |n: &Option<String>| n.as_deref() == Some(me);
     if phase::terminal(&v.phase) {
-        return if !v.cleaned && (mine(&v.accepted_by) || mine(&v.node)) {
+        // Ended before anyone accepted it (canceled while New): any agent cleans up.
+        let unowned = v.accepted_by.is_none() && v.node.is_none();
+        return if !v.cleaned && (mine(&v.accepted_by) || mine(&v.node) || unowned) {
             Step::Clean
         } else {
             Step::Idle
@@ -312,6 +314,48 @@ where
     Ok(())
 }
 
+/// A phase change, made only while the phase is not final, by a status replace carrying
+/// the resource version: a final phase another agent wrote (a prepare timeout, a failed
+/// pod) is never overwritten. False when it was not made.
+async fn advance<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<bool>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..5 {
+        let Some(cur) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("read {name}"), e))?
+        else {
+            return Ok(false);
+        };
+        let mut v = serde_json::to_value(&cur).expect("serializes");
+        let p = v
+            .pointer("/status/phase")
+            .and_then(serde_json::Value::as_str);
+        if phase::terminal(p.unwrap_or("")) {
+            return Ok(false);
+        }
+        if !v["status"].is_object() {
+            v["status"] = json!({});
+        }
+        for (k, x) in status.as_object().into_iter().flatten() {
+            v["status"][k] = x.clone();
+        }
+        let obj: K = serde_json::from_value(v).map_err(|e| Error::Json {
+            what: format!("status of {name}"),
+            source: e,
+        })?;
+        match api.replace_status(name, &PostParams::default(), &obj).await {
+            Ok(_) => return Ok(true),
+            // A progress write came in between: read again.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(Error::kube(format!("update the status of {name}"), e)),
+        }
+    }
+    Ok(false)
+}
+
 /// Accept: a status replace carrying the resource version, so that of several agents
 /// exactly one wins; the others see a conflict and leave it.
 async fn accept<K>(api: &Api<K>, obj: &K, me: &str) -> Result<bool>
@@ -416,6 +460,9 @@ trait Work:
         ctx: &Ctx,
         owner: &Owner,
     ) -> impl std::future::Future<Output = Result<Exposure>> + Send;
+    /// Whether its mover needs the exposer pod (a download whose data is written needs
+    /// only the rebinding).
+    fn needs_pod(&self) -> bool;
     /// Start its mover (the pod, if it still runs).
     fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String);
     /// Remove what exposing made.
@@ -442,7 +489,7 @@ impl Work for DataUpload {
             .csi_snapshot
             .as_ref()
             .map(|c| c.volume_snapshot.as_str());
-        expose::expose_snapshot(
+        let r = expose::expose_snapshot(
             &ctx.client,
             &ctx.opts.namespace,
             owner,
@@ -451,7 +498,32 @@ impl Work for DataUpload {
             &self.spec.source_pvc,
             &ctx.opts.image,
         )
-        .await
+        .await?;
+        // The snapshot's own deadline (the backup's csiSnapshotTimeout), from the upload's
+        // creation, within the prepare timeout.
+        let limit = self
+            .spec
+            .operation_timeout
+            .as_deref()
+            .and_then(crate::backup::parse_go_std);
+        let age = self
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(crate::crd::utc)
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
+        if let (Exposure::Waiting(why), Some(limit), Some(age)) = (&r, limit, age)
+            && age > limit
+        {
+            return Err(Error::Invalid(format!(
+                "{why} after {}s (csiSnapshotTimeout)",
+                limit.as_secs()
+            )));
+        }
+        Ok(r)
+    }
+    fn needs_pod(&self) -> bool {
+        true
     }
     fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String) {
         if let Some(e) = exposed {
@@ -508,6 +580,9 @@ impl Work for DataDownload {
         )
         .await
     }
+    fn needs_pod(&self) -> bool {
+        !self.annotations().contains_key(WRITTEN)
+    }
     fn start(self, ctx: Arc<Ctx>, exposed: Option<expose::Exposed>, key: String) {
         // Written, and the pod already gone: only the rebinding is left.
         if exposed.is_some() || self.annotations().contains_key(WRITTEN) {
@@ -518,6 +593,11 @@ impl Work for DataDownload {
         // A volume written and handed over is the target's now; any other is freed.
         let st = self.status.clone().unwrap_or_default();
         let free = st.phase.as_deref() != Some(phase::COMPLETED);
+        if free && let Some(pv) = self.annotations().get(WRITTEN) {
+            // Failed during the rebinding: the volume holds the restored data and may be
+            // pre-bound to the target; it keeps it, with its own reclaim policy back.
+            return expose::reset_reclaim_policy(&ctx.client, pv).await;
+        }
         expose::clean_pod_and_claim(&ctx.client, &ctx.opts.namespace, &self.name_any(), free).await
     }
 }
@@ -539,7 +619,13 @@ async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
     let pod = match expose::exposed(&ctx.client, ns, &name).await {
         Ok(p) => p,
         Err(Error::Invalid(why)) if !phase::terminal(&phase_now) => {
-            if !ctx.running(&key) {
+            // Failed by the agent concerned: the mover's, or the acceptor's before one.
+            let me = Some(ctx.opts.node.as_str());
+            let concerned = match node.as_deref() {
+                Some(n) => Some(n) == me,
+                None => accepted_by.as_deref() == me,
+            };
+            if concerned && !ctx.running(&key) {
                 fail(&api, &name, &why).await?;
             }
             return Ok(Action::requeue(Duration::from_secs(5)));
@@ -591,23 +677,24 @@ async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
         Step::Prepare => {
-            patch_status(&api, &name, json!({"phase": phase::PREPARED, "node": me})).await?;
+            advance(&api, &name, json!({"phase": phase::PREPARED, "node": me})).await?;
         }
         Step::Start => {
-            let waiting = pod.is_none();
-            w.start(ctx.clone(), pod, key);
-            if waiting {
-                return Ok(Action::requeue(Duration::from_secs(2)));
+            if pod.is_none() && w.needs_pod() {
+                // Prepared means its pod ran here; gone now, the volume is no longer held.
+                fail(&api, &name, "its exposer pod is gone (deleted or evicted)").await?;
+                return Ok(Action::requeue(Duration::from_secs(5)));
             }
+            w.start(ctx.clone(), pod, key);
         }
         Step::Stop => {
             if let Some(c) = ctx.running.lock().expect("lock").get(&key) {
                 c.cancel();
             }
-            patch_status(&api, &name, json!({"phase": phase::CANCELING})).await?;
+            advance(&api, &name, json!({"phase": phase::CANCELING})).await?;
         }
         Step::Cancel => {
-            patch_status(
+            advance(
                 &api,
                 &name,
                 json!({"phase": phase::CANCELED, "completionTimestamp": now(), "message": "canceled"}),
@@ -626,30 +713,32 @@ async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
 
 async fn fail<K>(api: &Api<K>, name: &str, why: &str) -> Result<()>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     tracing::warn!(%name, "failed: {why}");
-    patch_status(
+    advance(
         api,
         name,
         json!({"phase": phase::FAILED, "message": why, "completionTimestamp": now()}),
     )
     .await
+    .map(drop)
 }
 
 /// Write how a move ended: the final status given, Canceled, or Failed saying why.
 async fn end<K>(api: &Api<K>, name: &str, result: Result<serde_json::Value>, doing: &str)
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let written = match result {
-        Ok(st) => patch_status(api, name, st).await,
-        Err(Error::Engine(arca_engine::Error::Cancelled)) => patch_status(
+        Ok(st) => advance(api, name, st).await.map(drop),
+        Err(Error::Engine(arca_engine::Error::Cancelled)) => advance(
             api,
             name,
             json!({"phase": phase::CANCELED, "message": "canceled", "completionTimestamp": now()}),
         )
-        .await,
+        .await
+        .map(drop),
         Err(e) => fail(api, name, &format!("{doing} failed: {e}")).await,
     };
     if let Err(e) = written {
@@ -673,12 +762,16 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
         let result = async {
             let st = du.status.clone().unwrap_or_default();
             let started = st.start_timestamp.clone().unwrap_or_else(now);
-            patch_status(
+            if !advance(
                 &api,
                 &name,
                 json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
             )
-            .await?;
+            .await?
+            {
+                // Ended meanwhile (canceled while queued, failed by its acceptor).
+                return Err(Error::Engine(arca_engine::Error::Cancelled));
+            }
             crate::server::pause_point("upload-in-progress").await;
             let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
             let location =
@@ -774,12 +867,16 @@ fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Expos
                 (None, Some(exposed)) => {
                     let st = dd.status.clone().unwrap_or_default();
                     let started = st.start_timestamp.clone().unwrap_or_else(now);
-                    patch_status(
-                        &api,
-                        &name,
-                        json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
-                    )
-                    .await?;
+                    if !advance(
+                &api,
+                &name,
+                json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
+            )
+            .await?
+            {
+                // Ended meanwhile (canceled while queued, failed by its acceptor).
+                return Err(Error::Engine(arca_engine::Error::Cancelled));
+            }
                     let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
                     let location = Location::resolve(
                         &ctx.client,
@@ -995,6 +1092,12 @@ mod tests {
         let mut f = v("Failed");
         f.accepted_by = Some(ME.into());
         assert_eq!(step(&f, ME, at(0), T), Step::Clean);
+        assert_eq!(step(&f, "n2", at(0), T), Step::Idle);
+        assert_eq!(
+            step(&v("Canceled"), "n2", at(0), T),
+            Step::Clean,
+            "canceled while New: its snapshot is removed by any agent"
+        );
     }
 
     #[test]

@@ -453,6 +453,7 @@ where
     K: std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut failed = None;
     for k in api
         .list(&ListParams::default().labels(selector))
         .await
@@ -464,17 +465,20 @@ where
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if !phase::terminal(p) {
-            api.patch(
-                &k.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"cancel": true}})),
-            )
-            .await
-            .map_err(|e| Error::kube(format!("cancel {}", k.name_any()), e))?;
+        if !phase::terminal(p)
+            && let Err(e) = api
+                .patch(
+                    &k.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"cancel": true}})),
+                )
+                .await
+        {
+            // The others are canceled all the same; the first failure is reported.
+            failed.get_or_insert(Error::kube(format!("cancel {}", k.name_any()), e));
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// What the record keeps of each upload.

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use super::{EXPOSED_FOR, volume_snapshot, volume_snapshot_content};
 use crate::error::{Error, Result};
 
-/// Annotation on a DataUpload: the original snapshot content, recorded before the
-/// original VolumeSnapshot is deleted (so a rerun can still find and free it).
+/// Annotation on an exposed snapshot content: the original content it was made from (a
+/// rerun after a kill finds it there, to retain and delete it).
 pub const ORIGINAL_CONTENT: &str = "arca.dev/original-snapshot-content";
 /// Annotation on a volume being rebound: its reclaim policy before the rebinding.
 pub const RECLAIM_POLICY: &str = "arca.dev/original-reclaim-policy";
@@ -253,7 +253,10 @@ pub async fn expose_snapshot(
         // snapshot outlives it.
         let new_content = dynamic(json!({
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
-            "metadata": {"name": owner.name, "labels": {EXPOSED_FOR: owner.name}},
+            "metadata": {
+                "name": owner.name, "labels": {EXPOSED_FOR: owner.name},
+                "annotations": {ORIGINAL_CONTENT: content_name},
+            },
             "spec": {
                 "driver": content.data.pointer("/spec/driver"),
                 "deletionPolicy": "Delete",
@@ -280,14 +283,33 @@ pub async fn expose_snapshot(
             },
         }));
         create(&ours_api, &new_vs, "the exposed volume snapshot").await?;
-        vsc_api
+    }
+    // The original goes, its content retained first so that the storage snapshot stays:
+    // run again on every pass while the original is there (a kill between the steps
+    // leaves nothing behind), its content named by ours.
+    if let Some(ours_content) = vsc_api
+        .get_opt(&owner.name)
+        .await
+        .map_err(kerr(format!("read snapshot content {}", owner.name)))?
+        && let Some(orig_content) = ours_content.annotations().get(ORIGINAL_CONTENT)
+    {
+        match vsc_api
             .patch(
-                &content_name,
+                orig_content,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
             )
             .await
-            .map_err(kerr(format!("retain snapshot content {content_name}")))?;
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("retain snapshot content {orig_content}"),
+                    e,
+                ));
+            }
+        }
         delete(
             &vs_api,
             vs_name,
@@ -296,8 +318,8 @@ pub async fn expose_snapshot(
         .await?;
         delete(
             &vsc_api,
-            &content_name,
-            &format!("snapshot content {content_name}"),
+            orig_content,
+            &format!("snapshot content {orig_content}"),
         )
         .await?;
     }
@@ -608,6 +630,33 @@ pub async fn clean_pod_and_claim(
     Ok(())
 }
 
+/// Put back the reclaim policy a rebinding saved on a volume (a rebinding that failed).
+pub async fn reset_reclaim_policy(client: &Client, pv_name: &str) -> Result<()> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let Some(pv) = pvs
+        .get_opt(pv_name)
+        .await
+        .map_err(kerr(format!("read volume {pv_name}")))?
+    else {
+        return Ok(());
+    };
+    if let Some(p) = pv.annotations().get(RECLAIM_POLICY) {
+        pvs.patch(
+            pv_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {RECLAIM_POLICY: null}},
+                "spec": {"persistentVolumeReclaimPolicy": p},
+            })),
+        )
+        .await
+        .map_err(kerr(format!(
+            "reset the reclaim policy of volume {pv_name}"
+        )))?;
+    }
+    Ok(())
+}
+
 /// Hand the written volume of the restore claim `ns`/`name` to the target claim (Velero's
 /// GenericRestoreExposer.RebindVolume): the volume retained, the pod and the restore claim
 /// deleted, the volume pre-bound to the target (its claimRef without UID) and labelled with
@@ -685,20 +734,7 @@ pub async fn rebind(
     if !bound {
         return Ok(false);
     }
-    if let Some(p) = pv.annotations().get(RECLAIM_POLICY) {
-        pvs.patch(
-            pv_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {"annotations": {RECLAIM_POLICY: null}},
-                "spec": {"persistentVolumeReclaimPolicy": p},
-            })),
-        )
-        .await
-        .map_err(kerr(format!(
-            "reset the reclaim policy of volume {pv_name}"
-        )))?;
-    }
+    reset_reclaim_policy(client, pv_name).await?;
     Ok(true)
 }
 

@@ -587,7 +587,6 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     {
         set_queue(&api, &name, None).await?;
     }
-    let _permit = permit;
     let schedule = schedule_of(&b);
     ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
         .await;
@@ -598,6 +597,9 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
         &name,
         ctx.opts.cache_root.as_deref(),
         &ctx.opts.default_location,
+        // Its slot is freed once it only waits for its data movements (as Velero's
+        // worker is); dropped with the run otherwise.
+        move || drop(permit),
     );
     // Cancelled: the run is dropped where it is. Its record is written in one step at
     // its end, so nothing half-made is stored; data uploaded by then is unreferenced,
