@@ -1609,6 +1609,34 @@ pub(crate) fn describe_backup_spec(s: &BackupSpec) {
     }
 }
 
+/// A restore's DataDownloads: phase, node, bytes, duration, snapshot.
+fn describe_downloads(v: &[arca_k8s::crd::DataDownload]) {
+    if v.is_empty() {
+        return;
+    }
+    println!("Volume data (DataDownloads):");
+    for d in v {
+        let st = d.status.clone().unwrap_or_default();
+        let t = &d.spec.target_volume;
+        let took = match (&st.start_timestamp, &st.completion_timestamp) {
+            (Some(a), Some(b)) => format!("{}s", b.0.as_second() - a.0.as_second()),
+            _ => "-".into(),
+        };
+        println!(
+            "  {}/{}: {} on {}, {} bytes in {took}, DataDownload {}, snapshot {}{}",
+            t.namespace,
+            t.pvc,
+            st.phase.as_deref().unwrap_or("New"),
+            st.node.as_deref().unwrap_or("-"),
+            st.progress.and_then(|p| p.bytes_done).unwrap_or(0),
+            d.metadata.name.as_deref().unwrap_or_default(),
+            &d.spec.snapshot_id[..d.spec.snapshot_id.len().min(16)],
+            st.message.map(|x| format!(" ({x})")).unwrap_or_default(),
+        );
+    }
+    println!();
+}
+
 /// The claims whose data the backup moved: phase, node, bytes, duration, snapshot.
 fn describe_volumes(v: &[arca_k8s::datamover::MovedVolume]) {
     if v.is_empty() {
@@ -1776,12 +1804,25 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                         (None, None)
                     }
                 };
+                // Its DataDownloads, as the cluster has them.
+                let downloads: Vec<arca_k8s::crd::DataDownload> = if d.details {
+                    let uid = r.metadata.uid.clone().unwrap_or_default();
+                    arca_k8s::datamover::agent::list(
+                        &client,
+                        ns,
+                        &format!("{}={uid}", arca_k8s::datamover::RESTORE_UID),
+                    )
+                    .await?
+                } else {
+                    Vec::new()
+                };
                 if Format::of(ctx, d.output) == Format::Table {
                     describe_restore(&r, results.as_ref(), items.as_deref());
+                    describe_downloads(&downloads);
                 } else {
-                    views.push(
-                        serde_json::json!({ "restore": r, "results": results, "items": items }),
-                    );
+                    views.push(serde_json::json!({
+                        "restore": r, "results": results, "items": items, "downloads": downloads,
+                    }));
                 }
             }
             Format::of(ctx, d.output).print(&views)?;

@@ -430,7 +430,29 @@ fn install_dry_run_prints_every_crd() {
         let v: Value = serde_yaml_ng::from_str(doc).unwrap();
         if v["kind"] == "CustomResourceDefinition" {
             assert_eq!(v["spec"]["group"], "arca.dev");
-            kinds.insert(v["spec"]["names"]["kind"].as_str().unwrap().to_string());
+            let kind = v["spec"]["names"]["kind"].as_str().unwrap().to_string();
+            if kind == "DataUpload" || kind == "DataDownload" {
+                // `kubectl get datauploads -w` shows phase and progress, as Velero's.
+                let cols: Vec<&str> = v["spec"]["versions"][0]["additionalPrinterColumns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["name"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    cols,
+                    [
+                        "Status",
+                        "Started",
+                        "Bytes Done",
+                        "Total Bytes",
+                        "Storage Location",
+                        "Age",
+                        "Node"
+                    ]
+                );
+            }
+            kinds.insert(kind);
         }
     }
     let want: BTreeSet<String> = [
@@ -5422,6 +5444,22 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         }
     };
     let (data_du, disk_du) = uploads("moved").await;
+    // One move at a time on the node (loadConcurrency's default): the two did not overlap.
+    let span = |du: &Value| {
+        let t = |k: &str| {
+            du["status"][k]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        };
+        (t("startTimestamp"), t("completionTimestamp"))
+    };
+    let ((s1, e1), (s2, e2)) = (span(&data_du), span(&disk_du));
+    assert!(
+        s2 >= e1 || s1 >= e2,
+        "concurrency 1: {s1}..{e1} and {s2}..{e2} overlap"
+    );
     let total = data_du["status"]["progress"]["totalBytes"]
         .as_i64()
         .unwrap();
@@ -5485,6 +5523,8 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     assert!(claims.is_empty(), "exposer claims left: {claims:#?}");
     let du = &data_du;
     // The record keeps the upload's result.
+    let text = arca.ok(&a, &["backup", "describe", "moved", "--details"]);
+    assert!(text.contains(&format!("{app}/data: Completed on localhost")), "{text}");
     let d = arca.json(&a, &["backup", "describe", "moved", "--details"]);
     let text = d.to_string();
     assert!(
@@ -5569,6 +5609,13 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     for dd in &dds {
         assert_eq!(dd["status"]["phase"], "Completed", "{dd:#}");
     }
+    let d = arca.json(&a, &["restore", "describe", "back", "--details"]);
+    assert_eq!(d[0]["downloads"].as_array().map(Vec::len), Some(2), "{d:#}");
+    let text = arca.ok(&a, &["restore", "describe", "back", "--details"]);
+    assert!(
+        text.contains(&format!("{app}/disk: Completed on localhost")),
+        "{text}"
+    );
     let claim = until_long(
         &a,
         ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),

@@ -533,7 +533,14 @@ pub struct DataMoveProgress {
     version = "v1",
     kind = "DataUpload",
     namespaced,
-    status = "DataUploadStatus"
+    status = "DataUploadStatus",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Started","type":"date","jsonPath":".status.startTimestamp"}"#,
+    printcolumn = r#"{"name":"Bytes Done","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Total Bytes","type":"integer","jsonPath":".status.progress.totalBytes"}"#,
+    printcolumn = r#"{"name":"Storage Location","type":"string","jsonPath":".spec.backupStorageLocation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataUploadSpec {
@@ -621,7 +628,14 @@ pub struct TargetVolumeSpec {
     version = "v1",
     kind = "DataDownload",
     namespaced,
-    status = "DataDownloadStatus"
+    status = "DataDownloadStatus",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Started","type":"date","jsonPath":".status.startTimestamp"}"#,
+    printcolumn = r#"{"name":"Bytes Done","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Total Bytes","type":"integer","jsonPath":".status.progress.totalBytes"}"#,
+    printcolumn = r#"{"name":"Storage Location","type":"string","jsonPath":".spec.backupStorageLocation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataDownloadSpec {

@@ -746,6 +746,25 @@ where
     }
 }
 
+/// InProgress, now that it has a slot; Cancelled if it ended meanwhile (canceled while
+/// queued, failed by its acceptor). A rerun keeps the first start time.
+async fn begin<K, S>(api: &Api<K>, name: &str, status: Option<&S>) -> Result<()>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let started = status
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.get("startTimestamp").cloned())
+        .unwrap_or_else(|| json!(now()));
+    let st = json!({"phase": phase::IN_PROGRESS, "startTimestamp": started});
+    if advance(api, name, st).await? {
+        Ok(())
+    } else {
+        Err(Error::Engine(arca_engine::Error::Cancelled))
+    }
+}
+
 /// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then
 /// moves the volume's data and writes the outcome.
 fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: String) {
@@ -760,18 +779,7 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
         let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ns);
         let _slot = ctx.slots.clone().acquire_owned().await;
         let result = async {
-            let st = du.status.clone().unwrap_or_default();
-            let started = st.start_timestamp.clone().unwrap_or_else(now);
-            if !advance(
-                &api,
-                &name,
-                json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
-            )
-            .await?
-            {
-                // Ended meanwhile (canceled while queued, failed by its acceptor).
-                return Err(Error::Engine(arca_engine::Error::Cancelled));
-            }
+            begin(&api, &name, du.status.as_ref()).await?;
             crate::server::pause_point("upload-in-progress").await;
             let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
             let location =
@@ -865,18 +873,7 @@ fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Expos
                     return Err(Error::NotFound("the restore pod is gone".into()));
                 }
                 (None, Some(exposed)) => {
-                    let st = dd.status.clone().unwrap_or_default();
-                    let started = st.start_timestamp.clone().unwrap_or_else(now);
-                    if !advance(
-                &api,
-                &name,
-                json!({"phase": phase::IN_PROGRESS, "startTimestamp": started}),
-            )
-            .await?
-            {
-                // Ended meanwhile (canceled while queued, failed by its acceptor).
-                return Err(Error::Engine(arca_engine::Error::Cancelled));
-            }
+                    begin(&api, &name, dd.status.as_ref()).await?;
                     let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
                     let location = Location::resolve(
                         &ctx.client,
