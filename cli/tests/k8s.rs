@@ -5277,7 +5277,13 @@ impl Arca {
         cmd.args(["node-agent", "--node-name", "localhost", "--image", image])
             .arg("--host-pods-dir")
             .arg(&pods)
-            .env("ARCA_CACHE_DIR", self.dir.path().join("agent-cache"))
+            .env(
+                "ARCA_CACHE_DIR",
+                self.dir
+                    .path()
+                    .join("agent-cache")
+                    .join(node.parent().unwrap().file_name().unwrap()),
+            )
             .env("ARCA_LOG", "info,arca_k8s::datamover=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -5524,7 +5530,10 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     let du = &data_du;
     // The record keeps the upload's result.
     let text = arca.ok(&a, &["backup", "describe", "moved", "--details"]);
-    assert!(text.contains(&format!("{app}/data: Completed on localhost")), "{text}");
+    assert!(
+        text.contains(&format!("{app}/data: Completed on localhost")),
+        "{text}"
+    );
     let d = arca.json(&a, &["backup", "describe", "moved", "--details"]);
     let text = d.to_string();
     assert!(
@@ -5725,4 +5734,114 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     assert!(second.log().contains("completed"), "{}", second.log());
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     let _ = nss.delete(&app, &DeleteParams::default()).await;
+}
+
+/// A namespace with its volume data moves to cluster B through the bucket alone: backed
+/// up with `--snapshot-move-data` in A, synced into B, restored there by B's node agent
+/// into a volume of B's storage; B's pod reads the bytes A's pod wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
+    use arca_k8s::k8s_openapi::api::core::v1::{Namespace, Pod};
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let Some((a, b)) = clusters().await else {
+        return;
+    };
+    let (Some(_), Some(_)) = (storage::serve(&a.kubeconfig), storage::serve(&b.kubeconfig)) else {
+        return;
+    };
+    let (image_a, image_b) = (arca_image(&a), arca_image(&b));
+    let arca = Arca {
+        server_flags: vec!["--backup-sync-period", "1s"],
+        ..Arca::new("volmig")
+    };
+    let creds = arca.dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    let prefix = format!("volmig-{}", arca.suffix());
+    let config = format!("region=us-east-1,s3Url={endpoint}");
+    let install = |c: &Cluster| {
+        arca.ok(
+            c,
+            &[
+                "install",
+                "--provider",
+                "aws",
+                "--bucket",
+                "arca-test",
+                "--prefix",
+                &prefix,
+                "--backup-location-config",
+                &config,
+                "--secret-file",
+                creds.to_str().unwrap(),
+            ],
+        );
+    };
+    install(&a);
+    let _agent_a = arca.node_agent(&a, &image_a, &[]);
+    let app = format!("volmig-{}", arca.suffix());
+    let class = storage::CLASS;
+    let script = "[ -f /data/done ] || { dd if=/dev/urandom of=/data/f bs=1M count=8 2>/dev/null && touch /data/done; }; echo sum:$(md5sum /data/f | cut -c1-32); exec sleep 3600";
+    let y = ns(&app)
+        + &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 32Mi}}}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
+        );
+    apply(&a, &y).await;
+    let pods_a: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    let log = pod_log_with(&pods_a, "app", "sum:").await;
+    let sum = log
+        .lines()
+        .find(|l| l.starts_with("sum:"))
+        .unwrap()
+        .to_string();
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "vol",
+            "--include-namespaces",
+            &app,
+            "--snapshot-move-data",
+        ],
+    );
+
+    // Cluster B: the bucket, its own node agent and storage.
+    install(&b);
+    let _agent_b = arca.node_agent(&b, &image_b, &[]);
+    until_long(&b, BACKUP, Some(&arca.ns), "vol", 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Completed")
+    })
+    .await;
+    arca.ok(&b, &["restore", "create", "vol-r", "--from-backup", "vol"]);
+    let r = get(
+        &b,
+        "arca.dev/v1",
+        "Restore",
+        "restores",
+        Some(&arca.ns),
+        "vol-r",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["status"]["phase"], "Completed", "{r:#}");
+    assert_eq!(r["status"]["restoreItemOperationsCompleted"], 1);
+    let pods_b: Api<Pod> = Api::namespaced(b.client.clone(), &app);
+    let log = pod_log_with(&pods_b, "app", "sum:").await;
+    assert!(
+        log.lines().any(|l| l == sum),
+        "cluster B's pod reads cluster A's data: {log} (want {sum})"
+    );
+    for c in [&a, &b] {
+        let nss: Api<Namespace> = Api::all(c.client.clone());
+        let _ = nss.delete(&app, &DeleteParams::default()).await;
+    }
 }
