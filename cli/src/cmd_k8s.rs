@@ -1052,7 +1052,10 @@ where
             continue;
         };
         let p = phase(&o).unwrap_or_else(|| "New".into());
-        if !matches!(p.as_str(), "New" | "Queued" | "InProgress" | "") {
+        if !matches!(
+            p.as_str(),
+            "New" | "Queued" | "InProgress" | "WaitingForPluginOperations" | "Finalizing" | ""
+        ) {
             eprintln!("error: {what} {name} has ended ({p}): nothing to cancel");
             failed += 1;
             continue;

@@ -5845,3 +5845,108 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
         let _ = nss.delete(&app, &DeleteParams::default()).await;
     }
 }
+
+/// A backup canceled while its upload moves data: the node agent stops the mover
+/// (Canceling, then Canceled), the backup ends Canceled with nothing stored, and every
+/// snapshot and exposer object goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let Some(_root) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
+    let image = arca_image(&a);
+    let arca = Arca::new("cancelmove");
+    arca.install(&a);
+    let agent = arca.node_agent(&a, &image, &[]);
+    let app = format!("cancelmove-{}", arca.suffix());
+    let class = storage::CLASS;
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: disk, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: Block\n  storageClassName: {class}\n  resources: {{requests: {{storage: 1Gi}}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'dd if=/dev/urandom of=/dev/xvda bs=1M count=768 conv=fsync 2>/dev/null && echo written && exec sleep 3600']\n    volumeDevices: [{{name: disk, devicePath: /dev/xvda}}]\n  volumes:\n  - {{name: disk, persistentVolumeClaim: {{claimName: disk}}}}\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_log_with(&pods, "app", "written").await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: stopped, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n",
+            arca.ns
+        ),
+    )
+    .await;
+    // Canceled once data is moving.
+    let mut du_name = String::new();
+    for _ in 0..1200 {
+        let dus = list_json(
+            &a,
+            DATA_UPLOAD,
+            Some(&arca.ns),
+            "arca.dev/backup-name=stopped",
+        )
+        .await;
+        if let Some(du) = dus.first()
+            && du["status"]["phase"] == "InProgress"
+            && du["status"]["progress"]["bytesDone"].as_i64().unwrap_or(0) > 0
+        {
+            du_name = du["metadata"]["name"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !du_name.is_empty(),
+        "the upload never moved data:\n{}",
+        agent.log()
+    );
+    arca.ok(&a, &["backup", "cancel", "stopped"]);
+    let du = until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Canceled")
+    })
+    .await
+    .unwrap();
+    let done = du["status"]["progress"]["bytesDone"].as_i64().unwrap_or(0);
+    assert!(done < 768 << 20, "stopped before the end: {done}");
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "stopped", 30, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Canceled")
+    })
+    .await
+    .unwrap();
+    assert!(b["status"]["snapshotId"].is_null(), "nothing stored: {b:#}");
+    until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
+    })
+    .await;
+    until_long(
+        &a,
+        VOLUME_SNAPSHOT_CONTENT,
+        None,
+        &du_name,
+        30,
+        Option::is_none,
+    )
+    .await;
+    for n in [&app, &arca.ns] {
+        let left = list_json(&a, VOLUME_SNAPSHOT, Some(n), "").await;
+        assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
+    }
+    assert!(
+        agent.log().contains("Canceled") || agent.log().contains("canceled"),
+        "{}",
+        agent.log()
+    );
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let _ = nss.delete(&app, &DeleteParams::default()).await;
+}
