@@ -5675,15 +5675,15 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     arca.install(&a);
     let mut first = arca.node_agent(&a, &image, &[("ARCA_TEST_PAUSE_AT", "upload-in-progress")]);
     let app = format!("resume-{}", arca.suffix());
-    let class = storage::CLASS;
     apply(
         &a,
-        &(ns(&app)
-            + &format!(
-                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
-                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 32Mi}}}}\n---\n\
-                 apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'dd if=/dev/urandom of=/data/f bs=1M count=8 2>/dev/null && echo written && exec sleep 3600']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
-            )),
+        &app_with_claim(
+            &app,
+            "data",
+            "Filesystem",
+            "32Mi",
+            "dd if=/dev/urandom of=/data/f bs=1M count=8 2>/dev/null && echo written && exec sleep 3600",
+        ),
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
@@ -5785,14 +5785,8 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
     install(&a);
     let _agent_a = arca.node_agent(&a, &image_a, &[]);
     let app = format!("volmig-{}", arca.suffix());
-    let class = storage::CLASS;
     let script = "[ -f /data/done ] || { dd if=/dev/urandom of=/data/f bs=1M count=8 2>/dev/null && touch /data/done; }; echo sum:$(md5sum /data/f | cut -c1-32); exec sleep 3600";
-    let y = ns(&app)
-        + &format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
-             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 32Mi}}}}\n---\n\
-             apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n"
-        );
+    let y = app_with_claim(&app, "data", "Filesystem", "32Mi", script);
     apply(&a, &y).await;
     let pods_a: Api<Pod> = Api::namespaced(a.client.clone(), &app);
     let log = pod_log_with(&pods_a, "app", "sum:").await;
@@ -5863,15 +5857,15 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     arca.install(&a);
     let agent = arca.node_agent(&a, &image, &[]);
     let app = format!("cancelmove-{}", arca.suffix());
-    let class = storage::CLASS;
     apply(
         &a,
-        &(ns(&app)
-            + &format!(
-                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
-                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: disk, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: Block\n  storageClassName: {class}\n  resources: {{requests: {{storage: 1Gi}}}}\n---\n\
-                 apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'dd if=/dev/urandom of=/dev/xvda bs=1M count=768 conv=fsync 2>/dev/null && echo written && exec sleep 3600']\n    volumeDevices: [{{name: disk, devicePath: /dev/xvda}}]\n  volumes:\n  - {{name: disk, persistentVolumeClaim: {{claimName: disk}}}}\n"
-            )),
+        &app_with_claim(
+            &app,
+            "disk",
+            "Block",
+            "1Gi",
+            "dd if=/dev/urandom of=/dev/xvda bs=1M count=768 conv=fsync 2>/dev/null && echo written && exec sleep 3600",
+        ),
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
@@ -5949,4 +5943,21 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     );
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     let _ = nss.delete(&app, &DeleteParams::default()).await;
+}
+
+/// A namespace with one claim of the stand-in's class and a pod `app` running `script`
+/// with it at /data (Filesystem) or /dev/xvda (Block).
+fn app_with_claim(app: &str, claim: &str, mode: &str, size: &str, script: &str) -> String {
+    let class = storage::CLASS;
+    let attach = if mode == "Block" {
+        "volumeDevices: [{name: v, devicePath: /dev/xvda}]"
+    } else {
+        "volumeMounts: [{name: v, mountPath: /data}]"
+    };
+    ns(app)
+        + &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {claim}, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: {mode}\n  storageClassName: {class}\n  resources: {{requests: {{storage: {size}}}}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    {attach}\n  volumes:\n  - {{name: v, persistentVolumeClaim: {{claimName: {claim}}}}}\n"
+        )
 }
