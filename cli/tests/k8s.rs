@@ -5654,6 +5654,60 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         log.lines().any(|l| l == sum),
         "the restored pod reads the backed-up data: {log} (want {sum})"
     );
+
+    // The namespace's volume repository is known (the server maintains it), and deleting
+    // a backup forgets the volume snapshots it made, not the other backup's.
+    let repos = list_json(
+        &a,
+        ("arca.dev/v1", "BackupRepository", "backuprepositories"),
+        Some(&arca.ns),
+        "",
+    )
+    .await;
+    assert!(
+        repos
+            .iter()
+            .any(|r| r["spec"]["volumeNamespace"] == json!(app)
+                && r["spec"]["repositoryType"] == "arca"),
+        "{repos:#?}"
+    );
+    let volume_snapshots = || {
+        let v: Value = serde_json::from_str(
+            &arca.ok(
+                &a,
+                &[
+                    "--repo",
+                    arca.dir
+                        .path()
+                        .join("bsl/volumes")
+                        .join(&app)
+                        .to_str()
+                        .unwrap(),
+                    "snapshot",
+                    "list",
+                    "--json",
+                ],
+            ),
+        )
+        .unwrap();
+        let mut by_backup = BTreeSet::new();
+        for s in v.as_array().unwrap() {
+            by_backup.insert(format!(
+                "{}/{}",
+                s["labels"]["arca.dev/backup-name"].as_str().unwrap(),
+                s["labels"]["arca.dev/pvc"].as_str().unwrap()
+            ));
+        }
+        by_backup
+    };
+    assert_eq!(volume_snapshots().len(), 4, "two backups of two claims");
+    arca.ok(&a, &["backup", "delete", "moved2", "--confirm"]);
+    let left = volume_snapshots();
+    assert_eq!(
+        left,
+        BTreeSet::from(["moved/data".to_string(), "moved/disk".to_string()]),
+        "the deleted backup's volume snapshots are forgotten"
+    );
     drop(agent);
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }

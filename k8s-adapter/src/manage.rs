@@ -938,7 +938,9 @@ pub async fn backup_volumes(
 ) -> Result<Vec<crate::datamover::MovedVolume>> {
     match read_json(repo, id, crate::datamover::VOLUMES_FILE).await {
         Ok(v) => Ok(v),
-        Err(crate::Error::NotFound(_)) => Ok(Vec::new()),
+        Err(crate::Error::NotFound(_) | crate::Error::Engine(arca_engine::Error::NotFound(_))) => {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e),
     }
 }
@@ -979,6 +981,39 @@ pub struct DeleteReport {
     pub records_forgotten: usize,
     /// Restores of the backup removed from the cluster.
     pub restores_deleted: Vec<String>,
+    /// Volume snapshots forgotten (the data its DataUploads moved).
+    pub volume_snapshots_forgotten: usize,
+}
+
+/// Forget the volume snapshots a backup's DataUploads made, in each namespace's
+/// repository (their data is reclaimed by that repository's maintenance). Snapshots
+/// already gone (a deletion run again) are skipped.
+async fn forget_volumes(
+    loc: &Location,
+    volumes: &[crate::datamover::MovedVolume],
+    cache_root: Option<&Path>,
+    ns: &str,
+) -> Result<usize> {
+    let mut by_ns: BTreeMap<&str, Vec<SnapshotId>> = BTreeMap::new();
+    for v in volumes {
+        if let Some(id) = v.snapshot_id.as_deref().and_then(|s| s.parse().ok()) {
+            by_ns.entry(v.namespace.as_str()).or_default().push(id);
+        }
+    }
+    let mut n = 0;
+    for (vns, ids) in by_ns {
+        let repo = loc
+            .open(&loc.volumes_url(vns), cache_root, &writer(ns))
+            .await?;
+        let (snaps, _) = repo.repo().readable_snapshots().await?;
+        for id in ids {
+            if snaps.iter().any(|(s, _)| *s == id) {
+                repo.repo().delete_snapshot(&id).await?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Ask for a backup's deletion, the way Velero does: a DeleteBackupRequest, which the
@@ -1144,6 +1179,15 @@ pub async fn process_deletion(
         };
         let mine = if owns { mine } else { Vec::new() };
         let mut report = DeleteReport::default();
+        // Its volume data first: a deletion killed after the records went would leave
+        // the volume snapshots with nothing naming them.
+        for (id, s) in &snaps {
+            if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
+                let volumes = backup_volumes(&repo, id).await?;
+                report.volume_snapshots_forgotten +=
+                    forget_volumes(&loc, &volumes, cache_root, ns).await?;
+            }
+        }
         for id in &mine {
             repo.repo().delete_snapshot(id).await?;
             report.records_forgotten += 1;

@@ -765,6 +765,41 @@ where
     }
 }
 
+/// The namespace's volume repository made known as a BackupRepository (Velero's
+/// repository ensurer), so that the server maintains it (its deleted backups' data
+/// reclaimed).
+async fn ensure_repository(
+    client: &Client,
+    ns: &str,
+    location: &str,
+    volume_ns: &str,
+) -> Result<()> {
+    use crate::crd::{BackupRepository, BackupRepositorySpec};
+    let api: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
+    let name = super::stable_name(
+        &format!("{volume_ns}-{location}"),
+        &format!("{volume_ns}/{location}"),
+    );
+    let mut r = BackupRepository::new(
+        &name,
+        BackupRepositorySpec {
+            volume_namespace: volume_ns.to_string(),
+            backup_storage_location: location.to_string(),
+            repository_type: Some(super::DATAMOVER.into()),
+            maintenance_frequency: None,
+        },
+    );
+    r.metadata.namespace = Some(ns.to_string());
+    match api.create(&PostParams::default(), &r).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("create BackupRepository {ns}/{name}"),
+            e,
+        )),
+    }
+}
+
 /// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then
 /// moves the volume's data and writes the outcome.
 fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: String) {
@@ -786,6 +821,10 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
                 Location::resolve(&ctx.client, &ns, Some(&du.spec.backup_storage_location), "")
                     .await?;
             let src_ns = &du.spec.source_namespace;
+            if let Err(e) = ensure_repository(&ctx.client, &ns, &location.name, src_ns).await {
+                // Only its maintenance waits for it: the move goes on.
+                tracing::warn!(upload = %name, "{e}");
+            }
             let url = location.volumes_url(src_ns);
             let who = crate::location::writer(&ns);
             let repo = location
