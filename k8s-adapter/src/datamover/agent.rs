@@ -774,30 +774,12 @@ async fn ensure_repository(
     location: &str,
     volume_ns: &str,
 ) -> Result<()> {
-    use crate::crd::{BackupRepository, BackupRepositorySpec};
-    let api: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
     let name = super::stable_name(
         &format!("{volume_ns}-{location}"),
         &format!("{volume_ns}/{location}"),
     );
-    let mut r = BackupRepository::new(
-        &name,
-        BackupRepositorySpec {
-            volume_namespace: volume_ns.to_string(),
-            backup_storage_location: location.to_string(),
-            repository_type: Some(super::DATAMOVER.into()),
-            maintenance_frequency: None,
-        },
-    );
-    r.metadata.namespace = Some(ns.to_string());
-    match api.create(&PostParams::default(), &r).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube(
-            format!("create BackupRepository {ns}/{name}"),
-            e,
-        )),
-    }
+    crate::server::repositories::ensure(client, ns, &name, volume_ns, location, super::DATAMOVER)
+        .await
 }
 
 /// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then

@@ -68,19 +68,39 @@ pub fn resources_repository(location: &str) -> String {
 /// Make the records repository of a location known (once), for maintenance.
 pub(super) async fn ensure_resources(ctx: &Ctx, location: &str) -> Result<()> {
     let ns = &ctx.opts.namespace;
-    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), ns);
-    let name = resources_repository(location);
+    // Its "volume namespace" is the namespace of the Backups whose records it holds.
+    ensure(
+        &ctx.client,
+        ns,
+        &resources_repository(location),
+        ns,
+        location,
+        RESOURCES,
+    )
+    .await
+}
+
+/// Make a repository known as a BackupRepository `name` in namespace `ns` (once; one
+/// that exists is left as it is).
+pub(crate) async fn ensure(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    volume_namespace: &str,
+    location: &str,
+    kind: &str,
+) -> Result<()> {
+    let api: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
     let mut r = BackupRepository::new(
-        &name,
+        name,
         BackupRepositorySpec {
-            // The namespace of the Backups whose records it holds.
-            volume_namespace: ns.clone(),
+            volume_namespace: volume_namespace.to_string(),
             backup_storage_location: location.to_string(),
-            repository_type: Some(RESOURCES.into()),
+            repository_type: Some(kind.into()),
             maintenance_frequency: None,
         },
     );
-    r.metadata.namespace = Some(ns.clone());
+    r.metadata.namespace = Some(ns.to_string());
     match api.create(&PostParams::default(), &r).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
