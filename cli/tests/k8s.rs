@@ -5478,25 +5478,8 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     // Everything the move made goes: the snapshots (in the app's namespace and the
     // install namespace), their contents, the exposer's pods and claims.
     for du in [&data_du, &disk_du] {
-        let du_name = du["metadata"]["name"].as_str().unwrap().to_string();
-        until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
-            o.as_ref()
-                .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
-        })
-        .await;
-        until_long(
-            &a,
-            VOLUME_SNAPSHOT_CONTENT,
-            None,
-            &du_name,
-            30,
-            Option::is_none,
-        )
-        .await;
-    }
-    for n in [&app, &arca.ns] {
-        let left = list_json(&a, VOLUME_SNAPSHOT, Some(n), "").await;
-        assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
+        let du_name = du["metadata"]["name"].as_str().unwrap();
+        cleaned_up(&a, &arca.ns, &app, du_name).await;
     }
     let contents = list_json(&a, VOLUME_SNAPSHOT_CONTENT, None, "").await;
     assert!(
@@ -5972,24 +5955,7 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     .await
     .unwrap();
     assert!(b["status"]["snapshotId"].is_null(), "nothing stored: {b:#}");
-    until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
-        o.as_ref()
-            .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
-    })
-    .await;
-    until_long(
-        &a,
-        VOLUME_SNAPSHOT_CONTENT,
-        None,
-        &du_name,
-        30,
-        Option::is_none,
-    )
-    .await;
-    for n in [&app, &arca.ns] {
-        let left = list_json(&a, VOLUME_SNAPSHOT, Some(n), "").await;
-        assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
-    }
+    cleaned_up(&a, &arca.ns, &app, &du_name).await;
     assert!(
         agent.log().contains("Canceled") || agent.log().contains("canceled"),
         "{}",
@@ -6014,4 +5980,27 @@ fn app_with_claim(app: &str, claim: &str, mode: &str, size: &str, script: &str) 
              apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {claim}, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: {mode}\n  storageClassName: {class}\n  resources: {{requests: {{storage: {size}}}}}\n---\n\
              apiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: {app}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    {attach}\n  volumes:\n  - {{name: v, persistentVolumeClaim: {{claimName: {claim}}}}}\n"
         )
+}
+
+/// A DataUpload's exposer objects are gone: marked cleaned up, its snapshot content
+/// deleted, no VolumeSnapshot left in the app's or the install namespace.
+async fn cleaned_up(c: &Cluster, install_ns: &str, app: &str, du_name: &str) {
+    until_long(c, DATA_UPLOAD, Some(install_ns), du_name, 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["metadata"]["annotations"]["arca.dev/cleaned-up"] == "true")
+    })
+    .await;
+    until_long(
+        c,
+        VOLUME_SNAPSHOT_CONTENT,
+        None,
+        du_name,
+        30,
+        Option::is_none,
+    )
+    .await;
+    for n in [app, install_ns] {
+        let left = list_json(c, VOLUME_SNAPSHOT, Some(n), "").await;
+        assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
+    }
 }

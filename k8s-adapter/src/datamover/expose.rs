@@ -70,6 +70,21 @@ where
     }
 }
 
+/// A merge patch; gone already is fine.
+async fn patch_if_there<K>(api: &Api<K>, name: &str, patch: Value, what: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(Error::kube(what.to_string(), e)),
+    }
+}
+
 /// Delete; gone already is fine.
 async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
 where
@@ -293,23 +308,13 @@ pub async fn expose_snapshot(
         .map_err(kerr(format!("read snapshot content {}", owner.name)))?
         && let Some(orig_content) = ours_content.annotations().get(ORIGINAL_CONTENT)
     {
-        match vsc_api
-            .patch(
-                orig_content,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => {
-                return Err(Error::kube(
-                    format!("retain snapshot content {orig_content}"),
-                    e,
-                ));
-            }
-        }
+        patch_if_there(
+            &vsc_api,
+            orig_content,
+            json!({"spec": {"deletionPolicy": "Retain"}}),
+            &format!("retain snapshot content {orig_content}"),
+        )
+        .await?;
         delete(
             &vs_api,
             vs_name,
@@ -612,18 +617,13 @@ pub async fn clean_pod_and_claim(
     {
         if free_volume && let Some(pv) = c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) {
             let pvs: Api<PersistentVolume> = Api::all(client.clone());
-            match pvs
-                .patch(
-                    pv,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(Error::kube(format!("free volume {pv}"), e)),
-            }
+            patch_if_there(
+                &pvs,
+                pv,
+                json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}}),
+                &format!("free volume {pv}"),
+            )
+            .await?;
         }
         delete(&claims, name, &format!("claim {ns}/{name}")).await?;
     }
