@@ -4982,6 +4982,9 @@ fn arca_image(c: &Cluster) -> String {
         .join("images");
     std::fs::create_dir_all(&images).unwrap();
     let tar = images.join(format!("arca-{hash}.tar"));
+    // Tests of one process build it once: their temporary names would collide.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts");
     if !tar.exists() {
         // Images of earlier binaries go: one is kept.
