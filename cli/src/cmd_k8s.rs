@@ -312,7 +312,11 @@ pub(crate) struct BackupTemplate {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     snapshot_volumes: Option<bool>,
 
-    /// Back up pod volumes with the file-system mover by default (recorded in the spec).
+    /// Back up every pod volume by file system (read live by the node agent of the pod's
+    /// node; needs `install --use-node-agent`), but those a pod's
+    /// `backup.arca.dev/backup-volumes-excludes` annotation names; without it, only the
+    /// volumes named by `backup.arca.dev/backup-volumes` (Velero's annotations work too).
+    /// Host paths, secrets, config maps, projected and downward-API volumes never are.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     default_volumes_to_fs_backup: Option<bool>,
 
@@ -1612,6 +1616,17 @@ pub(crate) fn describe_backup_spec(s: &BackupSpec) {
     }
 }
 
+/// How long from `start` to `end`, or "-".
+fn took(
+    start: &Option<arca_k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    end: &Option<arca_k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> String {
+    match (start, end) {
+        (Some(a), Some(b)) => format!("{}s", b.0.as_second() - a.0.as_second()),
+        _ => "-".into(),
+    }
+}
+
 /// A restore's DataDownloads: phase, node, bytes, duration, snapshot.
 fn describe_downloads(v: &[arca_k8s::crd::DataDownload]) {
     if v.is_empty() {
@@ -1621,10 +1636,7 @@ fn describe_downloads(v: &[arca_k8s::crd::DataDownload]) {
     for d in v {
         let st = d.status.clone().unwrap_or_default();
         let t = &d.spec.target_volume;
-        let took = match (&st.start_timestamp, &st.completion_timestamp) {
-            (Some(a), Some(b)) => format!("{}s", b.0.as_second() - a.0.as_second()),
-            _ => "-".into(),
-        };
+        let took = took(&st.start_timestamp, &st.completion_timestamp);
         println!(
             "  {}/{}: {} on {}, {} bytes in {took}, DataDownload {}, snapshot {}{}",
             t.namespace,
@@ -1640,12 +1652,44 @@ fn describe_downloads(v: &[arca_k8s::crd::DataDownload]) {
     println!();
 }
 
-/// The claims whose data the backup moved: phase, node, bytes, duration, snapshot.
-fn describe_volumes(v: &[arca_k8s::datamover::MovedVolume]) {
+/// A restore's PodVolumeRestores: pod, volume, phase, node, bytes, duration.
+fn describe_pod_volume_restores(v: &[arca_k8s::crd::PodVolumeRestore]) {
     if v.is_empty() {
         return;
     }
-    println!("Volume data (CSI snapshot data movement):");
+    println!("Pod volumes (PodVolumeRestores):");
+    for r in v {
+        let st = r.status.clone().unwrap_or_default();
+        let took = took(&st.start_timestamp, &st.completion_timestamp);
+        println!(
+            "  volume {} of pod {}/{}: {} on {}, {} bytes in {took}, PodVolumeRestore {}, snapshot {}{}",
+            r.spec.volume,
+            r.spec.pod.namespace,
+            r.spec.pod.name,
+            st.phase.as_deref().unwrap_or("New"),
+            st.node.as_deref().unwrap_or("-"),
+            st.progress.and_then(|p| p.bytes_done).unwrap_or(0),
+            r.metadata.name.as_deref().unwrap_or_default(),
+            &r.spec.snapshot_id[..r.spec.snapshot_id.len().min(16)],
+            st.message.map(|x| format!(" ({x})")).unwrap_or_default(),
+        );
+    }
+    println!();
+}
+
+/// The volumes whose data the backup moved (CSI snapshot data movement, then file-system
+/// backup): phase, node, bytes, duration, snapshot.
+fn describe_volumes(all: &[arca_k8s::datamover::MovedVolume]) {
+    let (fs, moved): (Vec<_>, Vec<_>) = all.iter().partition(|m| m.by_pod_volume_backup());
+    describe_volume_list("Volume data (CSI snapshot data movement):", &moved);
+    describe_volume_list("Pod volumes (file-system backup):", &fs);
+}
+
+fn describe_volume_list(title: &str, v: &[&arca_k8s::datamover::MovedVolume]) {
+    if v.is_empty() {
+        return;
+    }
+    println!("{title}");
     for m in v {
         let took = match (&m.started, &m.completed) {
             (Some(a), Some(b)) => match (
@@ -1657,15 +1701,26 @@ fn describe_volumes(v: &[arca_k8s::datamover::MovedVolume]) {
             },
             _ => "-".into(),
         };
+        let (what, by) = if m.by_pod_volume_backup() {
+            (
+                m.what(),
+                format!(
+                    "PodVolumeBackup {}",
+                    m.pod_volume_backup.as_deref().unwrap_or_default()
+                ),
+            )
+        } else {
+            (
+                format!("{}/{}", m.namespace, m.pvc),
+                format!("DataUpload {}", m.data_upload),
+            )
+        };
         println!(
-            "  {}/{}: {} on {}, {} bytes ({} new) in {took}, DataUpload {}, snapshot {}{}",
-            m.namespace,
-            m.pvc,
+            "  {what}: {} on {}, {} bytes ({} new) in {took}, {by}, snapshot {}{}",
             m.phase,
             m.node.as_deref().unwrap_or("-"),
             m.bytes.unwrap_or(0),
             m.incremental_bytes.unwrap_or(0),
-            m.data_upload,
             m.snapshot_id
                 .as_deref()
                 .map_or("-", |s| &s[..s.len().min(16)]),
@@ -1819,12 +1874,26 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                 } else {
                     Vec::new()
                 };
+                // Its PodVolumeRestores.
+                let pod_volumes: Vec<arca_k8s::crd::PodVolumeRestore> = if d.details {
+                    let uid = r.metadata.uid.clone().unwrap_or_default();
+                    arca_k8s::datamover::agent::list(
+                        &client,
+                        ns,
+                        &format!("{}={uid}", arca_k8s::datamover::RESTORE_UID),
+                    )
+                    .await?
+                } else {
+                    Vec::new()
+                };
                 if Format::of(ctx, d.output) == Format::Table {
                     describe_restore(&r, results.as_ref(), items.as_deref());
                     describe_downloads(&downloads);
+                    describe_pod_volume_restores(&pod_volumes);
                 } else {
                     views.push(serde_json::json!({
                         "restore": r, "results": results, "items": items, "downloads": downloads,
+                        "podVolumeRestores": pod_volumes,
                     }));
                 }
             }

@@ -219,13 +219,29 @@ pub struct NodeAgentArgs {
 enum NodeAgentCmd {
     /// Hold a volume in place until terminated (the command of the exposer pods).
     Hold,
+    /// Wait until every volume under /restores holds its done file, then remove them (the
+    /// command of a restored pod's restore-wait init container; Velero's restore helper).
+    RestoreWait {
+        /// The restore's UID.
+        restore_uid: String,
+        /// Where the volumes are mounted.
+        #[arg(long, default_value = arca_k8s::datamover::podvolume::RESTORES_DIR)]
+        root: std::path::PathBuf,
+    },
 }
 
 pub async fn node_agent(ctx: &Ctx, kube: &KubeOpts, a: NodeAgentArgs) -> Result<u8> {
     use arca_k8s::datamover::agent;
-    if a.hold.is_some() {
-        agent::hold().await;
-        return Ok(0);
+    match a.hold {
+        Some(NodeAgentCmd::Hold) => {
+            agent::hold().await;
+            return Ok(0);
+        }
+        Some(NodeAgentCmd::RestoreWait { restore_uid, root }) => {
+            arca_k8s::datamover::podvolume::restore_wait(&root, &restore_uid).await;
+            return Ok(0);
+        }
+        None => {}
     }
     let node = a
         .node_name

@@ -463,6 +463,8 @@ fn install_dry_run_prints_every_crd() {
         "BackupRepository",
         "DataUpload",
         "DataDownload",
+        "PodVolumeBackup",
+        "PodVolumeRestore",
         "DeleteBackupRequest",
     ]
     .iter()
@@ -3876,6 +3878,18 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process's peak resident memory so far (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
     /// Wait until the log contains `want` (the server says what it does); the log.
     async fn wait_log(&self, want: &str) -> String {
         for _ in 0..600 {
@@ -5261,6 +5275,34 @@ impl Arca {
     /// `arca node-agent` for this test's namespace, as the DaemonSet's pod on the node
     /// `localhost` would run it, reading pod volumes from the node's pods directory.
     fn node_agent(&self, c: &Cluster, image: &str, env: &[(&str, &str)]) -> Server {
+        self.node_agent_with(c, image, env, &[])
+    }
+
+    /// The snapshots of `ns`'s volume repository in the test's local bucket, as
+    /// `snapshot list --json` prints them.
+    fn volume_snapshots(&self, c: &Cluster, ns: &str) -> Value {
+        let repo = self.dir.path().join("bsl/volumes").join(ns);
+        let out = self.ok(
+            c,
+            &[
+                "--repo",
+                repo.to_str().unwrap(),
+                "snapshot",
+                "list",
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// [`Arca::node_agent`] with more flags.
+    fn node_agent_with(
+        &self,
+        c: &Cluster,
+        image: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let node = c.kubeconfig.parent().unwrap().join("node");
         let pods = node.join("kubelet/pods");
         // The node's kubelet mounts pod volumes in the node's own mount namespace
@@ -5288,6 +5330,7 @@ impl Arca {
                     .join(node.parent().unwrap().file_name().unwrap()),
             )
             .env("ARCA_LOG", "info,arca_k8s::datamover=debug")
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -5658,24 +5701,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         "{repos:#?}"
     );
     let volume_snapshots = || {
-        let v: Value = serde_json::from_str(
-            &arca.ok(
-                &a,
-                &[
-                    "--repo",
-                    arca.dir
-                        .path()
-                        .join("bsl/volumes")
-                        .join(&app)
-                        .to_str()
-                        .unwrap(),
-                    "snapshot",
-                    "list",
-                    "--json",
-                ],
-            ),
-        )
-        .unwrap();
+        let v = arca.volume_snapshots(&a, &app);
         let mut by_backup = BTreeSet::new();
         for s in v.as_array().unwrap() {
             by_backup.insert(format!(
@@ -5687,6 +5713,11 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         by_backup
     };
     assert_eq!(volume_snapshots().len(), 4, "two backups of two claims");
+    // Four moves (48 MiB of files, a 16 MiB device): the agent stays far within the
+    // 512 MiB a running move may use.
+    let peak = agent.peak_rss_mib();
+    eprintln!("node agent peak RSS: {peak} MiB");
+    assert!(peak <= 512, "node agent peak RSS {peak} MiB");
     arca.ok(&a, &["backup", "delete", "moved2", "--confirm"]);
     let left = volume_snapshots();
     assert_eq!(
@@ -5970,6 +6001,447 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
 
 /// A namespace with one claim of the stand-in's class and a pod `app` running `script`
 /// with it at /data (Filesystem) or /dev/xvda (Block).
+/// A volume test's setting: cluster A with its storage stand-in served, the arca image,
+/// and Arca installed in a namespace of the test's own; None without a cluster.
+async fn volume_setting(name: &str) -> Option<(Cluster, String, Arca)> {
+    let a = cluster("ARCA_TEST_KUBECONFIG").await?;
+    storage::serve(&a.kubeconfig)?;
+    let image = arca_image(&a);
+    let arca = Arca::new(name);
+    arca.install(&a);
+    Some((a, image, arca))
+}
+
+/// Delete a namespace and wait until it is gone.
+async fn delete_namespace(c: &Cluster, name: &str) {
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
+    nss.delete(name, &DeleteParams::default()).await.unwrap();
+    for _ in 0..600 {
+        if nss.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("namespace {name} still there after a minute");
+}
+
+const POD_VOLUME_BACKUP: (&str, &str, &str) =
+    ("arca.dev/v1", "PodVolumeBackup", "podvolumebackups");
+const POD_VOLUME_RESTORE: (&str, &str, &str) =
+    ("arca.dev/v1", "PodVolumeRestore", "podvolumerestores");
+
+/// File-system backup: a running pod's claim and emptyDir read live by the node agent
+/// (`--default-volumes-to-fs-backup`, one volume excluded by annotation, a config map
+/// never), the namespace deleted, and the restore: the pod waits in its restore-wait init
+/// container until the node agent has written both volumes, then reads the same data.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_container() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some((a, image, arca)) = volume_setting("fsb").await else {
+        return;
+    };
+    let agent = arca.node_agent(&a, &image, &[]);
+    let app = format!("fsb-{}", arca.suffix());
+    let class = storage::CLASS;
+    // Writes once (a restored pod finds its data and does not write again), prints what
+    // the two backed-up volumes hold and whether the excluded one is empty.
+    let script = "[ -f /data/done ] || { mkdir -p /data/d /cache/c && dd if=/dev/urandom of=/data/d/big bs=1M count=6 2>/dev/null && echo hello > /cache/c/note && ln -s c/note /cache/link && echo tmp > /scratch/tmp && touch /data/done; }; echo sum:$(cat /data/d/big /cache/c/note | md5sum | cut -c1-32):$(readlink /cache/link):$(ls /scratch | wc -l):$(ls -a /data /cache | grep -c .arca); exec sleep 3600";
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: conf, namespace: {app}}}\ndata: {{a: b}}\n---\n\
+                 apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 64Mi}}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations: {{backup.velero.io/backup-volumes-excludes: scratch}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}, {{name: cache, mountPath: /cache}}, {{name: scratch, mountPath: /scratch}}, {{name: conf, mountPath: /conf}}]\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}\n  - {{name: cache, emptyDir: {{}}}}\n  - {{name: scratch, emptyDir: {{}}}}\n  - {{name: conf, configMap: {{name: conf}}}}\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    let log = pod_log_with(&pods, "app", "sum:").await;
+    let sum = log
+        .lines()
+        .find(|l| l.starts_with("sum:"))
+        .unwrap()
+        .to_string();
+    assert!(sum.ends_with(":c/note:1:0"), "{sum}");
+
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "fsb",
+            "--include-namespaces",
+            &app,
+            "--default-volumes-to-fs-backup",
+        ],
+    );
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "fsb")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
+    let pvbs = list_json(
+        &a,
+        POD_VOLUME_BACKUP,
+        Some(&arca.ns),
+        "arca.dev/backup-name=fsb",
+    )
+    .await;
+    let mut vols: Vec<&str> = pvbs
+        .iter()
+        .map(|p| p["spec"]["volume"].as_str().unwrap())
+        .collect();
+    vols.sort();
+    assert_eq!(
+        vols,
+        ["cache", "data"],
+        "neither the excluded nor the config map: {pvbs:#?}"
+    );
+    for p in &pvbs {
+        assert_eq!(p["status"]["phase"], "Completed", "{p:#}");
+        assert_eq!(p["spec"]["node"], "localhost");
+        assert!(
+            p["status"]["snapshotID"]
+                .as_str()
+                .is_some_and(|s| s.len() == 64),
+            "{p:#}"
+        );
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Backup");
+    }
+    let data = pvbs.iter().find(|p| p["spec"]["volume"] == "data").unwrap();
+    assert!(
+        data["status"]["progress"]["totalBytes"].as_i64().unwrap() >= 6 << 20,
+        "{data:#}"
+    );
+    assert_eq!(data["metadata"]["annotations"]["arca.dev/pvc-name"], "data");
+    let text = arca.ok(&a, &["backup", "describe", "fsb", "--details"]);
+    assert!(text.contains("Pod volumes (file-system backup):"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "volume cache of pod {app}/app: Completed on localhost"
+        )),
+        "{text}"
+    );
+    // The claim was read by file system: no CSI snapshot of it.
+    assert!(
+        list_json(&a, DATA_UPLOAD, Some(&arca.ns), "arca.dev/backup-name=fsb")
+            .await
+            .is_empty()
+    );
+
+    // The namespace goes; the restore brings the pod back with its volumes' data.
+    delete_namespace(&a, &app).await;
+    // The restore-wait image as Velero configures it: the plugin ConfigMap.
+    apply(
+        &a,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fs-restore-config\n  namespace: {}\n  labels: {{arca.dev/plugin-config: \"\", arca.dev/pod-volume-restore: RestoreItemAction}}\ndata: {{image: \"{image}\"}}\n",
+            arca.ns
+        ),
+    )
+    .await;
+    arca.ok(
+        &a,
+        &["restore", "create", "fsb-back", "--from-backup", "fsb"],
+    );
+    let r = get(
+        &a,
+        "arca.dev/v1",
+        "Restore",
+        "restores",
+        Some(&arca.ns),
+        "fsb-back",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
+    let pvrs = list_json(
+        &a,
+        POD_VOLUME_RESTORE,
+        Some(&arca.ns),
+        "arca.dev/restore-name=fsb-back",
+    )
+    .await;
+    assert_eq!(pvrs.len(), 2, "{pvrs:#?}");
+    let pod = pods.get("app").await.unwrap();
+    let inits = pod.spec.clone().unwrap().init_containers.unwrap();
+    assert_eq!(inits[0].name, "restore-wait");
+    for p in &pvrs {
+        assert_eq!(p["status"]["phase"], "Completed", "{p:#}");
+        assert_eq!(p["status"]["node"], "localhost");
+        assert_eq!(
+            p["spec"]["pod"]["uid"].as_str(),
+            pod.metadata.uid.as_deref()
+        );
+    }
+    let text = arca.ok(&a, &["restore", "describe", "fsb-back", "--details"]);
+    assert!(
+        text.contains(&format!(
+            "volume data of pod {app}/app: Completed on localhost"
+        )),
+        "{text}"
+    );
+    // The same data, the excluded volume empty, the done files gone.
+    let log = pod_log_with(&pods, "app", "sum:").await;
+    let want = sum.replace(":c/note:1:0", ":c/note:0:0");
+    assert!(
+        log.lines().any(|l| l == want),
+        "the restored pod reads the backed-up data: {log} (want {want})\n{}",
+        agent.log()
+    );
+
+    // Deleting the backup forgets its pod volume snapshots.
+    let snapshots = || arca.volume_snapshots(&a, &app).as_array().unwrap().len();
+    assert_eq!(snapshots(), 2);
+    arca.ok(&a, &["backup", "delete", "fsb", "--confirm"]);
+    assert_eq!(
+        snapshots(),
+        0,
+        "the deleted backup's pod volume snapshots are forgotten"
+    );
+    drop(agent);
+    delete_namespace(&a, &app).await;
+}
+
+/// Pod volumes two at a time (loadConcurrency 2 from the node agent's ConfigMap): both
+/// of a pod's PodVolumeBackups are InProgress at once on the node (the agent paused right
+/// after starting each, so neither can finish and free its slot); the agent killed there
+/// and a new one (one at a time) started: both are read again to completion (Velero
+/// cancels them), and the backup completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some((a, image, arca)) = volume_setting("fsconc").await else {
+        return;
+    };
+    apply(
+        &a,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: agent-config, namespace: {}}}\ndata:\n  node-agent-config.json: '{{\"loadConcurrency\": {{\"globalConfig\": 2}}}}'\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let mut first = arca.node_agent_with(
+        &a,
+        &image,
+        &[("ARCA_TEST_PAUSE_AT", "pod-volume-backup-in-progress")],
+        &["--node-agent-configmap", "agent-config"],
+    );
+    let app = format!("fsconc-{}", arca.suffix());
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations: {{backup.arca.dev/backup-volumes: \"a,b\"}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo one > /a/f && echo two > /b/f && echo written && exec sleep 3600']\n    volumeMounts: [{{name: a, mountPath: /a}}, {{name: b, mountPath: /b}}]\n  volumes:\n  - {{name: a, emptyDir: {{}}}}\n  - {{name: b, emptyDir: {{}}}}\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_log_with(&pods, "app", "written").await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: conc, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let mut both = Vec::new();
+    for _ in 0..600 {
+        both = list_json(
+            &a,
+            POD_VOLUME_BACKUP,
+            Some(&arca.ns),
+            "arca.dev/backup-name=conc",
+        )
+        .await;
+        if both.len() == 2 && both.iter().all(|p| p["status"]["phase"] == "InProgress") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        both.len() == 2 && both.iter().all(|p| p["status"]["phase"] == "InProgress"),
+        "two at once: {both:#?}\n{}",
+        first.log()
+    );
+    first.kill();
+    let second = arca.node_agent(&a, &image, &[]);
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "conc", 120, |o| {
+        o.as_ref().is_some_and(|o| {
+            ["Completed", "PartiallyFailed", "Failed"]
+                .contains(&o["status"]["phase"].as_str().unwrap_or(""))
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
+    for p in list_json(
+        &a,
+        POD_VOLUME_BACKUP,
+        Some(&arca.ns),
+        "arca.dev/backup-name=conc",
+    )
+    .await
+    {
+        assert_eq!(p["status"]["phase"], "Completed", "{p:#}");
+        assert_eq!(p["status"]["progress"]["totalBytes"], 4, "{p:#}");
+    }
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let _ = nss.delete(&app, &DeleteParams::default()).await;
+}
+
+/// Benchmark, not run by the test command (`cargo test --test k8s -- --ignored
+/// bench_volume_data`): volume data moved through the whole Kubernetes path (a backup with
+/// `--snapshot-move-data`: snapshot, exposer, node agent) versus the mover alone
+/// (`arca snapshot create`) on the same volume, for 200,000 small files and for a 4 GiB
+/// block volume, with the node agent's peak memory (a fresh agent for each). Prints
+/// BENCHMARKS.md's table rows.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn bench_volume_data() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some((a, image, arca)) = volume_setting("bench").await else {
+        return;
+    };
+    let secs = |du: &Value, a: &str, b: &str| {
+        let t = |k: &str| {
+            du["status"][k]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        };
+        (t(b) - t(a)).num_seconds().max(1) as f64
+    };
+    let mut rows = Vec::new();
+    for (what, mode, size, script) in [
+        (
+            "200,000 files of 1-20 bytes in 200 directories",
+            "Filesystem",
+            "4Gi",
+            "for d in $(seq 200); do mkdir -p /data/$d; cd /data/$d; i=0; while [ $i -lt 1000 ]; do echo $d-$i > $i; i=$((i+1)); done; done; sync; echo written; exec sleep 3600",
+        ),
+        (
+            "4 GiB block volume, random bytes",
+            "Block",
+            "4Gi",
+            "dd if=/dev/urandom of=/dev/xvda bs=4M count=1024 conv=fsync 2>/dev/null; echo written; exec sleep 3600",
+        ),
+    ] {
+        let app = format!("bench-{}-{}", mode.to_lowercase(), arca.suffix());
+        apply(&a, &app_with_claim(&app, "v", mode, size, script)).await;
+        let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+        pod_log_with(&pods, "app", "written").await;
+        let agent = arca.node_agent(&a, &image, &[]);
+        let backup = format!("b-{}", mode.to_lowercase());
+        let t0 = std::time::Instant::now();
+        arca.ok(
+            &a,
+            &[
+                "backup",
+                "create",
+                &backup,
+                "--include-namespaces",
+                &app,
+                "--snapshot-move-data",
+            ],
+        );
+        let whole = t0.elapsed().as_secs_f64();
+        let dus = list_json(
+            &a,
+            DATA_UPLOAD,
+            Some(&arca.ns),
+            &format!("arca.dev/backup-name={backup}"),
+        )
+        .await;
+        let du = &dus[0];
+        assert_eq!(du["status"]["phase"], "Completed", "{du:#}");
+        let bytes = du["status"]["progress"]["totalBytes"].as_f64().unwrap();
+        let moving = secs(du, "startTimestamp", "completionTimestamp");
+        let peak = agent.peak_rss_mib();
+        drop(agent);
+        // The mover alone, on the same volume (its backing file system or file).
+        let claim = get(
+            &a,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            Some(&app),
+            "v",
+        )
+        .await
+        .unwrap();
+        let pv = get(
+            &a,
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            None,
+            claim["spec"]["volumeName"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+        let backing = pv["metadata"]["annotations"]["standin.storage.arca.test/backing"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let repo = arca
+            .dir
+            .path()
+            .join(format!("alone-{}", mode.to_lowercase()));
+        let repo_s = repo.to_str().unwrap().to_string();
+        arca.ok(&a, &["--repo", &repo_s, "init"]);
+        let mut args = vec!["--repo", &repo_s, "snapshot", "create"];
+        if mode == "Block" {
+            args.push("--block");
+        }
+        args.push(&backing);
+        let t0 = std::time::Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg(env!("CARGO_BIN_EXE_arca"))
+            .args(&args)
+            .env("ARCA_PASSWORD", PASSWORD)
+            .env("ARCA_CACHE_DIR", arca.dir.path().join("alone-cache"))
+            .output()
+            .unwrap();
+        let alone = t0.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let alone_rss: f64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+            / 1024.0;
+        let mib = bytes / (1 << 20) as f64;
+        rows.push(format!(
+            "| {what} | {mib:.0} | {whole:.1} s | {moving:.0} s, {:.0} MiB/s | {peak} MiB | {alone:.1} s, {:.0} MiB/s | {alone_rss:.0} MiB | {:.2}x |",
+            mib / moving,
+            mib / alone,
+            whole / alone
+        ));
+        let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+        let _ = nss.delete(&app, &DeleteParams::default()).await;
+    }
+    eprintln!(
+        "| volume | MiB | backup, whole (CLI) | DataUpload InProgress | node agent peak RSS | mover alone | its peak RSS | whole / alone |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        eprintln!("{r}");
+    }
+}
+
 fn app_with_claim(app: &str, claim: &str, mode: &str, size: &str, script: &str) -> String {
     let class = storage::CLASS;
     let attach = if mode == "Block" {

@@ -815,8 +815,81 @@ pub struct BackupOutcome {
     pub log: String,
 }
 
+/// File-system backup of the pod volumes taken (Velero's BackupPodVolumes, then
+/// WaitAllPodVolumesProcessed): a PodVolumeBackup per chosen volume of each running pod,
+/// waited on while the backup is InProgress; the outcome kept in `c` (a failed one is an
+/// error of the backup). Returns the claims chosen, which take no CSI snapshot.
+async fn back_up_pod_volumes(
+    client: &Client,
+    ns: &str,
+    backup: &Backup,
+    c: &mut Collected,
+    log: &mut Log,
+    pvcs_included: bool,
+) -> Result<BTreeSet<(String, String)>> {
+    use crate::datamover::{BACKUP_UID, csi, podvolume};
+    let started = podvolume::start_backups(client, ns, backup, &c.items, pvcs_included).await?;
+    for line in &started.info {
+        log.line("info", line.clone());
+    }
+    for (wns, w) in &started.warnings {
+        log.line("warning", w.clone());
+        c.results.warnings.add(Some(wns), false, w.clone());
+    }
+    for (ens, e) in &started.errors {
+        log.line("error", e.clone());
+        c.results.errors.add(Some(ens), false, e.clone());
+    }
+    if started.backups.is_empty() {
+        return Ok(started.claims);
+    }
+    let timeout = podvolume::timeout(
+        backup.annotations(),
+        backup.spec.item_operation_timeout.as_deref(),
+    );
+    let selector = format!("{BACKUP_UID}={}", backup.uid().unwrap_or_default());
+    let done: Vec<crate::crd::PodVolumeBackup> = csi::wait_all(
+        client,
+        ns,
+        &selector,
+        started.backups.len(),
+        timeout,
+        |_, _| async {},
+    )
+    .await?;
+    let results = podvolume::results(&started, &done);
+    for v in &results {
+        let what = format!(
+            "{} (PodVolumeBackup {})",
+            v.what(),
+            v.pod_volume_backup.as_deref().unwrap_or_default()
+        );
+        if v.restorable() {
+            log.line(
+                "info",
+                format!(
+                    "{what}: {} bytes backed up to snapshot {}",
+                    v.bytes.unwrap_or(0),
+                    v.snapshot_id.as_deref().unwrap_or_default()
+                ),
+            );
+        } else {
+            let e = format!(
+                "{what}: file-system backup {}: {}",
+                v.phase,
+                v.message.as_deref().unwrap_or("no reason given")
+            );
+            log.line("error", e.clone());
+            c.results.errors.add(Some(&v.namespace), false, e);
+        }
+    }
+    c.volumes.extend(results);
+    Ok(started.claims)
+}
+
 /// Take a snapshot of each bound claim, start its DataUpload, wait for all of them, and
 /// keep the outcome in `c` (a failed upload is an error of the backup: PartiallyFailed).
+#[allow(clippy::too_many_arguments)]
 async fn move_volume_data(
     client: &Client,
     ns: &str,
@@ -824,11 +897,17 @@ async fn move_volume_data(
     c: &mut Collected,
     status: &mut BackupStatus,
     log: &mut Log,
+    by_fs: &BTreeSet<(String, String)>,
     on_waiting: impl FnOnce(),
 ) -> Result<()> {
     use crate::datamover::{BACKUP_UID, csi};
     let name = backup.name_any();
-    let claims = csi::claims(&c.items);
+    // A claim a pod's volumes take by file system takes no snapshot (Velero's
+    // ShouldPerformSnapshot).
+    let claims: Vec<_> = csi::claims(&c.items)
+        .into_iter()
+        .filter(|cl| !by_fs.contains(&(cl.namespace.clone(), cl.name.clone())))
+        .collect();
     let mut moved = csi::Moved::default();
     let started = csi::start_uploads(client, ns, backup, &claims, &mut moved).await?;
     for line in moved.info.drain(..) {
@@ -875,8 +954,8 @@ async fn move_volume_data(
     )
     .await?;
     *status = st.into_inner().expect("lock");
-    c.volumes = csi::results(&started, &uploads);
-    for v in &c.volumes {
+    let moved = csi::results(&started, &uploads);
+    for v in &moved {
         let what = format!(
             "claim {}/{} (DataUpload {})",
             v.namespace, v.pvc, v.data_upload
@@ -900,9 +979,10 @@ async fn move_volume_data(
             c.results.errors.add(Some(&v.namespace), false, e);
         }
     }
-    let (done, failed, _) = csi::tally(c.volumes.iter().map(|v| v.phase.as_str()));
+    let (done, failed, _) = csi::tally(moved.iter().map(|v| v.phase.as_str()));
     status.backup_item_operations_completed = Some(done);
-    status.backup_item_operations_failed = Some(failed + (c.volumes.len() as i64 - done - failed));
+    status.backup_item_operations_failed = Some(failed + (moved.len() as i64 - done - failed));
+    c.volumes.extend(moved);
     status.phase = Some("Finalizing".into());
     set_status(client, ns, &name, status).await?;
     Ok(())
@@ -1138,30 +1218,47 @@ pub async fn run_backup(
     });
     set_status(client, ns, name, &status).await?;
 
+    // Pod volumes by file system, read live while the backup is InProgress.
+    let backup_now = api
+        .get(name)
+        .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    let pvcs_included =
+        filters
+            .resources
+            .takes("persistentvolumeclaims", true, &filters.namespaces);
+    let by_fs =
+        match back_up_pod_volumes(client, ns, &backup_now, &mut c, &mut log, pvcs_included).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                status.phase = Some("Failed".into());
+                status.failure_reason = Some(format!("backing up pod volumes failed: {e}"));
+                status.completion_timestamp = Some(now());
+                set_status(client, ns, name, &status).await?;
+                return Err(e);
+            }
+        };
+
     // Volume data (Velero's CSI snapshot data movement): a snapshot and a DataUpload per
     // bound claim taken, waited on in phase WaitingForPluginOperations.
-    if backup.spec.snapshot_move_data == Some(true) {
-        let backup_now = api
-            .get(name)
-            .await
-            .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
-        if let Err(e) = move_volume_data(
+    if backup.spec.snapshot_move_data == Some(true)
+        && let Err(e) = move_volume_data(
             client,
             ns,
             &backup_now,
             &mut c,
             &mut status,
             &mut log,
+            &by_fs,
             on_waiting,
         )
         .await
-        {
-            status.phase = Some("Failed".into());
-            status.failure_reason = Some(format!("moving volume data failed: {e}"));
-            status.completion_timestamp = Some(now());
-            set_status(client, ns, name, &status).await?;
-            return Err(e);
-        }
+    {
+        status.phase = Some("Failed".into());
+        status.failure_reason = Some(format!("moving volume data failed: {e}"));
+        status.completion_timestamp = Some(now());
+        set_status(client, ns, name, &status).await?;
+        return Err(e);
     }
 
     // Store: the record as one snapshot of the location's resource repository.

@@ -694,6 +694,170 @@ pub struct DataDownloadStatus {
     pub accepted_timestamp: Option<Time>,
 }
 
+/// The pod a PodVolumeBackup or PodVolumeRestore reads or writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRef {
+    /// `Pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID (the pod's directory under the kubelet's pods directory).
+    pub uid: String,
+}
+
+/// A PodVolumeBackup: one volume of a running pod, read live from its node by the node
+/// agent there (Velero's file-system backup).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "arca.dev",
+    version = "v1",
+    kind = "PodVolumeBackup",
+    namespaced,
+    status = "PodVolumeBackupStatus",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Started","type":"date","jsonPath":".status.startTimestamp"}"#,
+    printcolumn = r#"{"name":"Bytes Done","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Total Bytes","type":"integer","jsonPath":".status.progress.totalBytes"}"#,
+    printcolumn = r#"{"name":"Storage Location","type":"string","jsonPath":".spec.backupStorageLocation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupSpec {
+    /// The node the pod runs on: its node agent does the work.
+    pub node: String,
+    /// The pod.
+    pub pod: PodRef,
+    /// The volume's name in the pod.
+    pub volume: String,
+    /// Storage location.
+    pub backup_storage_location: String,
+    /// Velero's (always empty, so left out); Arca's repository is
+    /// `<location>/volumes/<pod namespace>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_identifier: Option<String>,
+    /// `arca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader_type: Option<String>,
+    /// Backup, pod, volume and claim, as Velero tags them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Uploader settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader_settings: Option<BTreeMap<String, String>>,
+    /// Cancel it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+}
+
+/// Status of a PodVolumeBackup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupStatus {
+    /// New, InProgress, Canceling, Canceled, Completed, Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The volume's directory on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The repository snapshot.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "snapshotID"
+    )]
+    pub snapshot_id: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    /// Finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    /// Progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DataMoveProgress>,
+    /// Bytes new since the parent snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_bytes: Option<i64>,
+}
+
+/// A PodVolumeRestore: one volume of a restored pod, written by the node agent of the
+/// pod's node while the pod's `restore-wait` init container holds it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "arca.dev",
+    version = "v1",
+    kind = "PodVolumeRestore",
+    namespaced,
+    status = "PodVolumeRestoreStatus",
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.pod.namespace"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod.name"}"#,
+    printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Total Bytes","type":"integer","jsonPath":".status.progress.totalBytes"}"#,
+    printcolumn = r#"{"name":"Bytes Done","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeRestoreSpec {
+    /// The restored pod.
+    pub pod: PodRef,
+    /// The volume's name in the pod.
+    pub volume: String,
+    /// Storage location.
+    pub backup_storage_location: String,
+    /// Velero's (always empty, so left out); Arca's repository is
+    /// `<location>/volumes/<source namespace>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_identifier: Option<String>,
+    /// `arca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader_type: Option<String>,
+    /// The snapshot to restore.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// The namespace the volume was backed up in (its repository).
+    pub source_namespace: String,
+    /// Uploader settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader_settings: Option<BTreeMap<String, String>>,
+    /// Cancel it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+}
+
+/// Status of a PodVolumeRestore.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeRestoreStatus {
+    /// New, InProgress, Canceling, Canceled, Completed, Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    /// Finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    /// Progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DataMoveProgress>,
+    /// The node that writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
 /// A DeleteBackupRequest: delete a backup and what it stored.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -734,6 +898,8 @@ pub fn all()
         Schedule::crd(),
         DataUpload::crd(),
         DataDownload::crd(),
+        PodVolumeBackup::crd(),
+        PodVolumeRestore::crd(),
         DeleteBackupRequest::crd(),
     ]
 }

@@ -286,6 +286,8 @@ struct Run {
     restored: std::sync::atomic::AtomicI64,
     /// What became of each item.
     items: Mutex<Vec<RestoredItem>>,
+    /// Pods created, with their UIDs (their PodVolumeRestores name them).
+    created_pods: Mutex<Vec<crate::crd::PodRef>>,
 }
 
 impl Run {
@@ -728,21 +730,68 @@ pub async fn run_restore(
         }
     }
 
-    // Volume data moved by the backup (`volumes.json`), unless the restore says no
-    // volumes (restorePVs: false): each restorable claim restored gets a DataDownload.
-    let moved: Vec<crate::datamover::MovedVolume> =
+    // Volume data of the backup (`volumes.json`): each restorable claim restored whose
+    // data moved gets a DataDownload, unless the restore says no volumes (restorePVs:
+    // false); each restored pod whose volumes were backed up by file system gets a
+    // PodVolumeRestore per volume, when claims and volumes are restored (Velero's rule:
+    // the restore-wait container is added only then, so that it never waits forever).
+    let recorded: Vec<crate::datamover::MovedVolume> =
         match std::fs::read(staging.path().join(crate::datamover::VOLUMES_FILE)) {
-            Ok(b) if spec.restore_p_vs != Some(false) => {
-                serde_json::from_slice(&b).map_err(|e| Error::Json {
-                    what: crate::datamover::VOLUMES_FILE.into(),
-                    source: e,
-                })?
-            }
-            _ => Vec::new(),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Json {
+                what: crate::datamover::VOLUMES_FILE.into(),
+                source: e,
+            })?,
+            Err(_) => Vec::new(),
         };
-    let moved: Vec<_> = moved.into_iter().filter(|v| v.restorable()).collect();
+    let (pod_volumes, moved): (Vec<_>, Vec<_>) = recorded
+        .into_iter()
+        .filter(|v| v.restorable())
+        .partition(|v| v.by_pod_volume_backup());
+    let moved: Vec<_> = if spec.restore_p_vs == Some(false) {
+        Vec::new()
+    } else {
+        moved
+    };
+    let pod_volumes = if resources.includes("persistentvolumeclaims")
+        && resources.includes("persistentvolumes")
+    {
+        crate::datamover::podvolume::by_pod(&pod_volumes)
+    } else {
+        BTreeMap::new()
+    };
     let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
     let ruid = restore.metadata.uid.clone().unwrap_or_default();
+    if !pod_volumes.is_empty() {
+        let image = if crate::datamover::agent::agent_running(client, ns, None).await? {
+            crate::datamover::podvolume::restore_wait_image(client, ns).await?
+        } else {
+            None
+        };
+        match image {
+            Some(image) => {
+                ctx.restore_wait_image = image;
+                ctx.restore_uid = ruid.clone();
+                for ((pns, pod), vols) in &pod_volumes {
+                    ctx.pod_volumes.insert(
+                        (ctx.target_ns(pns), pod.clone()),
+                        vols.keys().cloned().collect(),
+                    );
+                    // A claim's volume read by file system is provisioned anew and
+                    // written (Velero's hasPodVolumeBackup).
+                    for v in vols.values() {
+                        if let Some(pv) = &v.pv {
+                            ctx.pvs_to_provision.insert(pv.clone());
+                        }
+                    }
+                }
+            }
+            None => {
+                let msg = "pod volumes backed up by file system are not restored: no node agent runs, or no image for the restore-wait init container is known (install the node agent: arca install --use-node-agent)".to_string();
+                log.line("error", msg.clone());
+                results.errors.add(None, true, msg);
+            }
+        }
+    }
     for v in &moved {
         let target = ctx.target_ns(&v.namespace);
         ctx.moved_claims.insert(
@@ -767,6 +816,7 @@ pub async fn run_restore(
         log: Mutex::new(log),
         restored: std::sync::atomic::AtomicI64::new(0),
         items: Mutex::new(Vec::new()),
+        created_pods: Mutex::new(Vec::new()),
     });
     run.info(format!(
         "restore {ns}/{name} of backup {backup_name} started"
@@ -838,6 +888,24 @@ pub async fn run_restore(
         set_status(client, ns, name, &status).await?;
     }
 
+    // PodVolumeRestores first, waited on after the downloads: a pod may mount both a
+    // moved claim (bound only once its download ends) and a volume written under its
+    // restore-wait container (which runs only once the pod is placed).
+    let pod_volume_restores = if run.ctx.pod_volumes.is_empty() {
+        0
+    } else {
+        start_pod_volume_restores(
+            client,
+            ns,
+            &restore,
+            &backup_name,
+            &stored,
+            &run,
+            &pod_volumes,
+            cache_root,
+        )
+        .await?
+    };
     if !moved.is_empty() {
         restore_volume_data(
             client,
@@ -851,6 +919,9 @@ pub async fn run_restore(
             cache_root,
         )
         .await?;
+    }
+    if pod_volume_restores > 0 {
+        wait_pod_volume_restores(client, ns, &restore, &run, pod_volume_restores).await?;
     }
 
     let results = run.results.lock().expect("lock").clone();
@@ -1282,6 +1353,17 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             Ok(created) => {
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if gr == "pods" {
+                    run.created_pods
+                        .lock()
+                        .expect("lock")
+                        .push(crate::crd::PodRef {
+                            kind: Some("Pod".into()),
+                            namespace: created.namespace().unwrap_or_default(),
+                            name: created.name_any(),
+                            uid: created.uid().unwrap_or_default(),
+                        });
+                }
                 run.info(format!("restored {what}"));
                 if let Some(st) = status {
                     write_status(run, &api, &created, st, &what, ns_ref, cluster).await;
@@ -1430,6 +1512,113 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             }
         },
     }
+}
+
+/// A PodVolumeRestore for each backed-up volume of each pod this restore created
+/// (Velero's restorePodVolumeBackups, once the pod exists: the restore-wait container
+/// holds it meanwhile); a pod that a killed run of this restore created counts (it waits
+/// for this restore's UID). Returns how many there are.
+#[allow(clippy::too_many_arguments)]
+async fn start_pod_volume_restores(
+    client: &Client,
+    ns: &str,
+    restore: &Restore,
+    backup_name: &str,
+    stored: &crate::crd::Backup,
+    run: &Run,
+    pod_volumes: &BTreeMap<(String, String), BTreeMap<String, crate::datamover::MovedVolume>>,
+    cache_root: Option<&Path>,
+) -> Result<usize> {
+    use crate::datamover::podvolume;
+    let location = match Location::of_backup(client, ns, backup_name, cache_root).await {
+        Ok((l, _)) => l.name,
+        Err(_) => stored.spec.storage_location.clone().unwrap_or_default(),
+    };
+    let created = run.created_pods.lock().expect("lock").clone();
+    let ruid = restore.uid().unwrap_or_default();
+    let mut started = 0;
+    for ((pns, pod), vols) in pod_volumes {
+        let target = run.target_ns(pns);
+        let p = match created
+            .iter()
+            .find(|p| p.namespace == target && p.name == *pod)
+        {
+            Some(p) => p.clone(),
+            None => {
+                let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                    Api::namespaced(client.clone(), &target);
+                match pods.get_opt(pod).await {
+                    Ok(Some(live)) if podvolume::waits_for(&live, &ruid) => crate::crd::PodRef {
+                        kind: Some("Pod".into()),
+                        namespace: target.clone(),
+                        name: pod.clone(),
+                        uid: live.uid().unwrap_or_default(),
+                    },
+                    _ => {
+                        run.info(format!(
+                            "pod {target}/{pod}: not created by this restore, its volumes are not restored"
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        for v in vols.values() {
+            let r = podvolume::pod_volume_restore(ns, restore, &location, &p, v);
+            podvolume::create_restore(client, &r).await?;
+            run.info(format!(
+                "{} into pod {target}/{pod}: PodVolumeRestore {} of snapshot {}",
+                v.what(),
+                r.name_any(),
+                v.snapshot_id.as_deref().unwrap_or_default()
+            ));
+            started += 1;
+        }
+    }
+    Ok(started)
+}
+
+/// Wait for the restore's `expected` PodVolumeRestores while it is InProgress; a failed
+/// one is an error of the restore.
+async fn wait_pod_volume_restores(
+    client: &Client,
+    ns: &str,
+    restore: &Restore,
+    run: &Run,
+    expected: usize,
+) -> Result<()> {
+    use crate::datamover::{RESTORE_UID, csi, podvolume};
+    let timeout = podvolume::timeout(
+        restore.annotations(),
+        restore.spec.item_operation_timeout.as_deref(),
+    );
+    let selector = format!("{RESTORE_UID}={}", restore.uid().unwrap_or_default());
+    let done: Vec<crate::crd::PodVolumeRestore> =
+        csi::wait_all(client, ns, &selector, expected, timeout, |_, _| async {}).await?;
+    for r in &done {
+        let st = r.status.clone().unwrap_or_default();
+        let phase = st.phase.unwrap_or_default();
+        let what = format!(
+            "volume {} of pod {}/{} (PodVolumeRestore {})",
+            r.spec.volume,
+            r.spec.pod.namespace,
+            r.spec.pod.name,
+            r.name_any()
+        );
+        if phase == crate::datamover::phase::COMPLETED {
+            run.info(format!("{what}: data restored"));
+        } else {
+            run.error(
+                Some(&r.spec.pod.namespace),
+                false,
+                format!(
+                    "{what}: pod volume restore {phase}: {}",
+                    st.message.unwrap_or_else(|| "no reason given".into())
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Restore one item and note what became of it, for `restore describe --details`.

@@ -8,7 +8,13 @@
 //! cancel: it runs the move again, which finds in the repository what the killed run had
 //! stored by its last checkpoint and uploads only the rest.
 //!
-//! The decisions are [`step`], a pure function of what the agent sees.
+//! It also runs the PodVolumeBackup and PodVolumeRestore controllers (Velero's
+//! pod_volume_backup_controller.go and pod_volume_restore_controller.go): the agent of the
+//! pod's node reads or writes the live volume under the host's pods directory, within the
+//! same slots.
+//!
+//! The decisions are [`step`] and [`pod_volume_step`], pure functions of what the agent
+//! sees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -28,7 +34,9 @@ use serde_json::json;
 
 use super::expose::{self, Exposure, Owner};
 use super::{EXPOSED_FOR, phase};
-use crate::crd::{DataDownload, DataMoveProgress, DataUpload};
+use crate::crd::{
+    DataDownload, DataMoveProgress, DataUpload, PodRef, PodVolumeBackup, PodVolumeRestore,
+};
 use crate::error::{Error, Result};
 use crate::location::Location;
 
@@ -72,6 +80,9 @@ pub enum Step {
     Cancel,
     /// End it as Failed.
     Fail(String),
+    /// End it as Completed: its work is done (a restored pod's restore-wait container
+    /// ended, having found the done files, before the agent wrote Completed).
+    Finish,
     /// Remove what exposing made (it ended).
     Clean,
     /// Nothing for this node now.
@@ -148,6 +159,69 @@ pub fn step(v: &View, me: &str, now: DateTime<Utc>, prepare_timeout: Duration) -
         }
         phase::PREPARED | phase::IN_PROGRESS if mine(&v.node) && !v.running_here => Step::Start,
         phase::CANCELING if mine(&v.node) && !v.running_here => Step::Cancel,
+        _ => Step::Idle,
+    }
+}
+
+/// Whether a pod volume's pod is ready for its node agent.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Ready {
+    /// Ready: the backed-up pod runs; the restored pod's restore-wait container runs.
+    #[default]
+    Yes,
+    /// Not yet (a restored pod still starting).
+    Wait,
+    /// Never will be: why.
+    Gone(String),
+    /// Its work is done (the restored pod's restore-wait container ended successfully).
+    Done,
+}
+
+/// What the agent sees of a PodVolumeBackup or PodVolumeRestore.
+#[derive(Clone, Debug, Default)]
+pub struct PodVolumeView {
+    /// Its phase ("" for New).
+    pub phase: String,
+    /// `spec.cancel`.
+    pub cancel: bool,
+    /// The node of its pod (whose agent does the work), if placed.
+    pub node: Option<String>,
+    /// Its pod's state.
+    pub ready: Ready,
+    /// Whether this agent runs its mover.
+    pub running_here: bool,
+}
+
+/// The node agent's rule for one PodVolumeBackup or PodVolumeRestore: the agent of the
+/// pod's node reads or writes the volume in place; there is nothing to expose. Like the
+/// data mover's, a restarted agent runs an InProgress one again.
+pub fn pod_volume_step(v: &PodVolumeView, me: &str) -> Step {
+    if phase::terminal(&v.phase) {
+        return Step::Idle;
+    }
+    let mine = v.node.as_deref() == Some(me);
+    if v.cancel {
+        if v.running_here {
+            return Step::Stop;
+        }
+        // A pod never placed (a restored pod that was never scheduled): any agent ends it.
+        return if mine || v.node.is_none() {
+            Step::Cancel
+        } else {
+            Step::Idle
+        };
+    }
+    if !mine || v.running_here {
+        return Step::Idle;
+    }
+    match v.phase.as_str() {
+        "" | phase::NEW | phase::IN_PROGRESS => match &v.ready {
+            Ready::Yes => Step::Start,
+            Ready::Wait => Step::Idle,
+            Ready::Gone(why) => Step::Fail(why.clone()),
+            Ready::Done => Step::Finish,
+        },
+        phase::CANCELING => Step::Cancel,
         _ => Step::Idle,
     }
 }
@@ -263,6 +337,7 @@ pub async fn run(client: Client, opts: Options) -> Result<()> {
         opts,
     });
     let ns = ctx.opts.namespace.clone();
+    tokio::spawn(announce(client.clone(), ns.clone(), ctx.opts.node.clone()));
     let pods = || {
         (
             Api::<Pod>::namespaced(client.clone(), &ns),
@@ -287,7 +362,21 @@ pub async fn run(client: Client, opts: Options) -> Result<()> {
     .with_config(Config::default().concurrency(4))
     .run(reconcile::<DataDownload>, error_policy, ctx.clone())
     .for_each(|_| async {});
-    futures::future::join(uploads, downloads).await;
+    let pod_backups = Controller::new(
+        Api::<PodVolumeBackup>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .with_config(Config::default().concurrency(4))
+    .run(reconcile_pvb, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    let pod_restores = Controller::new(
+        Api::<PodVolumeRestore>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .with_config(Config::default().concurrency(4))
+    .run(reconcile_pvr, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    futures::future::join4(uploads, downloads, pod_backups, pod_restores).await;
     Ok(())
 }
 
@@ -399,10 +488,13 @@ fn utc(t: &Option<Time>) -> Option<DateTime<Utc>> {
     t.as_ref().and_then(crate::crd::utc)
 }
 
-/// Progress goes to the status at most once a second.
+/// Progress goes to the status at most once a second. A move run again after its agent
+/// was killed starts from the bytes its status already shows (`floor`): what the killed
+/// run stored is found in the repository, and progress never goes back.
 fn progress_writer<K>(
     api: Api<K>,
     name: String,
+    floor: i64,
 ) -> (
     impl FnMut(arca_movers::Progress) + Send + 'static,
     tokio::task::JoinHandle<()>,
@@ -418,7 +510,7 @@ where
             };
             let prog = DataMoveProgress {
                 total_bytes: Some(p.bytes_total as i64),
-                bytes_done: Some(p.bytes_done as i64),
+                bytes_done: Some((p.bytes_done as i64).max(floor)),
             };
             // Advisory: a lost write is made good by the next.
             let _ = patch_status(&api, &name, json!({ "progress": prog })).await;
@@ -606,12 +698,7 @@ impl Work for DataDownload {
 async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(w) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("read {} {ns}/{name}", K::KIND), e))?
-    else {
+    let Some((api, w)) = fresh::<K>(&ctx, &name).await? else {
         return Ok(Action::await_change());
     };
     let (phase_now, accepted_by, node, accepted_at) = w.seen();
@@ -702,6 +789,7 @@ async fn reconcile<K: Work>(cached: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
             .await?;
         }
         Step::Fail(why) => fail(&api, &name, &why).await?,
+        Step::Finish => {}
         Step::Clean => {
             w.clean(&ctx).await?;
             mark_cleaned(&api, &name).await?;
@@ -782,14 +870,92 @@ async fn ensure_repository(
         .await
 }
 
-/// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then
-/// moves the volume's data and writes the outcome.
-fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: String) {
+/// The volume repository of `volume_ns` at location `bsl` (`<root>/volumes/<ns>`),
+/// opened for writing; a backup (`ensure`) first makes it known as a BackupRepository.
+async fn volume_repo(
+    ctx: &Ctx,
+    bsl: &str,
+    volume_ns: &str,
+    ensure: bool,
+) -> Result<arca_engine::Indexed> {
+    let ns = &ctx.opts.namespace;
+    let location = Location::resolve(&ctx.client, ns, Some(bsl), "").await?;
+    if ensure && let Err(e) = ensure_repository(&ctx.client, ns, &location.name, volume_ns).await {
+        // Only its maintenance waits for it: the move goes on.
+        tracing::warn!("{e}");
+    }
+    let who = crate::location::writer(ns);
+    location
+        .open(
+            &location.volumes_url(volume_ns),
+            ctx.opts.cache_root.as_deref(),
+            &who,
+        )
+        .await
+}
+
+/// Back a volume up with its progress written to `name`'s status, never below the bytes
+/// done it already `shown` (a run again after a kill).
+async fn upload<K>(
+    api: &Api<K>,
+    name: &str,
+    shown: Option<&DataMoveProgress>,
+    repo: &arca_engine::Indexed,
+    req: BackupRequest,
+    cancel: &Cancel,
+) -> Result<arca_movers::BackupResult>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let floor = shown.and_then(|p| p.bytes_done).unwrap_or(0);
+    let (report, writer) = progress_writer(api.clone(), name.to_string(), floor);
+    let r = arca_movers::backup(repo, req, cancel, Duration::from_secs(1), report).await;
+    writer.abort();
+    Ok(r?)
+}
+
+/// The final status of a finished upload; its snapshot's field named `id_field`.
+fn completed(
+    name: &str,
+    r: &arca_movers::BackupResult,
+    path: &std::path::Path,
+    id_field: &str,
+) -> serde_json::Value {
+    tracing::info!(%name, snapshot = %r.snapshot.short(), bytes = r.bytes_total, new = r.bytes_new, "completed");
+    let mut st = json!({
+        "phase": phase::COMPLETED,
+        id_field: r.snapshot.to_hex(),
+        "path": path.display().to_string(),
+        "progress": {"totalBytes": r.bytes_total, "bytesDone": r.bytes_total},
+        "incrementalBytes": r.bytes_new,
+        "completionTimestamp": now(),
+    });
+    if r.bytes_total == 0 {
+        st["message"] = json!("volume was empty so no data was uploaded");
+    }
+    st
+}
+
+/// A move's cancellation, registered under `key` among the running ones.
+fn register(ctx: &Ctx, key: &str) -> Cancel {
     let cancel = Cancel::new();
     ctx.running
         .lock()
         .expect("lock")
-        .insert(key.clone(), cancel.clone());
+        .insert(key.to_string(), cancel.clone());
+    cancel
+}
+
+/// A snapshot ID from a resource's spec.
+fn snapshot_id(kind: &str, name: &str, id: &str) -> Result<arca_format::SnapshotId> {
+    id.parse()
+        .map_err(|_| Error::Invalid(format!("{kind} {name}: {id:?} is not a snapshot ID")))
+}
+
+/// Run an upload on a task of its own: waits for a slot (the work stays Prepared), then
+/// moves the volume's data and writes the outcome.
+fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: String) {
+    let cancel = register(&ctx, &key);
     tokio::spawn(async move {
         let ns = ctx.opts.namespace.clone();
         let name = du.name_any();
@@ -799,19 +965,9 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
             begin(&api, &name, du.status.as_ref()).await?;
             crate::server::pause_point("upload-in-progress").await;
             let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
-            let location =
-                Location::resolve(&ctx.client, &ns, Some(&du.spec.backup_storage_location), "")
-                    .await?;
             let src_ns = &du.spec.source_namespace;
-            if let Err(e) = ensure_repository(&ctx.client, &ns, &location.name, src_ns).await {
-                // Only its maintenance waits for it: the move goes on.
-                tracing::warn!(upload = %name, "{e}");
-            }
-            let url = location.volumes_url(src_ns);
+            let repo = volume_repo(&ctx, &du.spec.backup_storage_location, src_ns, true).await?;
             let who = crate::location::writer(&ns);
-            let repo = location
-                .open(&url, ctx.opts.cache_root.as_deref(), &who)
-                .await?;
             let mut labels = BTreeMap::from([
                 ("arca.dev/data-upload".to_string(), name.clone()),
                 ("arca.dev/namespace".to_string(), src_ns.clone()),
@@ -831,37 +987,12 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
                 tags: vec!["arca-volume".into()],
                 labels,
             };
-            let (report, writer) = progress_writer(api.clone(), name.clone());
-            let r = arca_movers::backup(&repo, req, &cancel, Duration::from_secs(1), report).await;
-            writer.abort();
-            Ok::<_, Error>((r?, path))
+            let shown = du.status.as_ref().and_then(|s| s.progress.as_ref());
+            let r = upload(&api, &name, shown, &repo, req, &cancel).await?;
+            Ok::<_, Error>(completed(&name, &r, &path, "snapshotId"))
         }
         .await;
-        let outcome = match result {
-            Ok((r, path)) => {
-                tracing::info!(
-                    upload = %name,
-                    snapshot = %r.snapshot.short(),
-                    bytes = r.bytes_total,
-                    new = r.bytes_new,
-                    "completed"
-                );
-                let mut st = json!({
-                    "phase": phase::COMPLETED,
-                    "snapshotId": r.snapshot.to_hex(),
-                    "path": path.display().to_string(),
-                    "progress": {"totalBytes": r.bytes_total, "bytesDone": r.bytes_total},
-                    "incrementalBytes": r.bytes_new,
-                    "completionTimestamp": now(),
-                });
-                if r.bytes_total == 0 {
-                    st["message"] = json!("volume was empty so no data was uploaded");
-                }
-                Ok(st)
-            }
-            Err(e) => Err(e),
-        };
-        end(&api, &name, outcome, "moving the data").await;
+        end(&api, &name, result, "moving the data").await;
         ctx.running.lock().expect("lock").remove(&key);
     });
 }
@@ -871,11 +1002,7 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
 pub const WRITTEN: &str = "arca.dev/written-volume";
 
 fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Exposed>, key: String) {
-    let cancel = Cancel::new();
-    ctx.running
-        .lock()
-        .expect("lock")
-        .insert(key.clone(), cancel.clone());
+    let cancel = register(&ctx, &key);
     // The engine's restore future is Send, but the compiler cannot show it through
     // tokio::spawn's higher-ranked bounds; on a blocking thread of its own it needs not be.
     let handle = tokio::runtime::Handle::current();
@@ -896,24 +1023,14 @@ fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Expos
                 (None, Some(exposed)) => {
                     begin(&api, &name, dd.status.as_ref()).await?;
                     let path = expose::host_path(&ctx.opts.pods_dir, &exposed)?;
-                    let location = Location::resolve(
-                        &ctx.client,
-                        &ns,
-                        Some(&dd.spec.backup_storage_location),
-                        "",
+                    let repo = volume_repo(
+                        &ctx,
+                        &dd.spec.backup_storage_location,
+                        &dd.spec.source_namespace,
+                        false,
                     )
                     .await?;
-                    let url = location.volumes_url(&dd.spec.source_namespace);
-                    let who = crate::location::writer(&ns);
-                    let repo = location
-                        .open(&url, ctx.opts.cache_root.as_deref(), &who)
-                        .await?;
-                    let snapshot = dd.spec.snapshot_id.parse().map_err(|_| {
-                        Error::Invalid(format!(
-                            "DataDownload {name}: {:?} is not a snapshot ID",
-                            dd.spec.snapshot_id
-                        ))
-                    })?;
+                    let snapshot = snapshot_id("DataDownload", &name, &dd.spec.snapshot_id)?;
                     let req = RestoreRequest {
                         snapshot,
                         target: if exposed.block {
@@ -926,7 +1043,7 @@ fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Expos
                             Target::Tree(path.clone())
                         },
                     };
-                    let (report, writer) = progress_writer(api.clone(), name.clone());
+                    let (report, writer) = progress_writer(api.clone(), name.clone(), 0);
                     let r = arca_movers::restore(&repo, req, &cancel, Duration::from_secs(1), report)
                         .await;
                     writer.abort();
@@ -976,6 +1093,423 @@ fn start_download(ctx: Arc<Ctx>, dd: DataDownload, exposed: Option<expose::Expos
         ctx.running.lock().expect("lock").remove(&key);
     })
     });
+}
+
+/// A pod volume's directory under the host's pods directory: a claim's by its volume's
+/// name (`<pv>/mount` for CSI volumes), any other by its own name (Velero's
+/// GetVolumeDirectory).
+async fn pod_volume_path(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf> {
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let vol = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == volume)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "pod {ns}/{} has no volume {volume}",
+                pod.name_any()
+            ))
+        })?;
+    let (dir, csi) = match &vol.persistent_volume_claim {
+        Some(c) => {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let pv = claims
+                .get_opt(&c.claim_name)
+                .await
+                .map_err(|e| Error::kube(format!("read claim {ns}/{}", c.claim_name), e))?
+                .and_then(|c| c.spec?.volume_name)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("claim {ns}/{} is not bound", c.claim_name))
+                })?;
+            let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> =
+                Api::all(ctx.client.clone());
+            let csi = pvs
+                .get_opt(&pv)
+                .await
+                .map_err(|e| Error::kube(format!("read volume {pv}"), e))?
+                .and_then(|p| p.spec)
+                .is_some_and(|s| s.csi.is_some());
+            (pv, csi)
+        }
+        None => (volume.to_string(), vol.csi.is_some()),
+    };
+    expose::host_path(
+        &ctx.opts.pods_dir,
+        &expose::Exposed {
+            node: ctx.opts.node.clone(),
+            pod_uid: pod.uid().unwrap_or_default(),
+            pv: dir,
+            block: false,
+            csi,
+        },
+    )
+}
+
+/// The pod of a PodVolumeBackup or PodVolumeRestore, if it is still that pod (same UID).
+async fn pod_of(client: &Client, r: &PodRef) -> Result<Option<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &r.namespace);
+    Ok(api
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| Error::kube(format!("read pod {}/{}", r.namespace, r.name), e))?
+        .filter(|p| p.uid().as_deref() == Some(r.uid.as_str())))
+}
+
+/// Carry out a [`pod_volume_step`] decision common to both kinds; Start is the caller's.
+async fn pod_volume_act<K>(ctx: &Ctx, api: &Api<K>, name: &str, key: &str, s: &Step) -> Result<()>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match s {
+        Step::Stop => {
+            if let Some(c) = ctx.running.lock().expect("lock").get(key) {
+                c.cancel();
+            }
+            advance(api, name, json!({"phase": phase::CANCELING})).await?;
+        }
+        Step::Cancel => {
+            advance(
+                api,
+                name,
+                json!({"phase": phase::CANCELED, "completionTimestamp": now(), "message": "canceled"}),
+            )
+            .await?;
+        }
+        Step::Fail(why) => fail(api, name, why).await?,
+        Step::Finish => {
+            tracing::info!(%name, "its pod found the data written: completed");
+            advance(
+                api,
+                name,
+                json!({"phase": phase::COMPLETED, "completionTimestamp": now()}),
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The object a reconcile is about, read afresh (the cache may be behind a phase change
+/// this agent just made), with its API; None once it is gone.
+async fn fresh<K>(ctx: &Ctx, name: &str) -> Result<Option<(Api<K>, K)>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let ns = &ctx.opts.namespace;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let obj = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read {} {ns}/{name}", K::kind(&())), e))?;
+    Ok(obj.map(|o| (api, o)))
+}
+
+async fn reconcile_pvb(cached: Arc<PodVolumeBackup>, ctx: Arc<Ctx>) -> Result<Action> {
+    let name = cached.name_any();
+    let Some((api, b)) = fresh::<PodVolumeBackup>(&ctx, &name).await? else {
+        return Ok(Action::await_change());
+    };
+    let st = b.status.clone().unwrap_or_default();
+    let key = format!("pvb/{name}");
+    let mut view = PodVolumeView {
+        phase: st.phase.unwrap_or_default(),
+        cancel: b.spec.cancel == Some(true),
+        node: Some(b.spec.node.clone()),
+        running_here: ctx.running(&key),
+        ..Default::default()
+    };
+    let me = ctx.opts.node.clone();
+    let mut pod = None;
+    if view.node.as_deref() == Some(me.as_str())
+        && !phase::terminal(&view.phase)
+        && !view.running_here
+    {
+        let p = &b.spec.pod;
+        pod = pod_of(&ctx.client, p).await?;
+        view.ready = match &pod {
+            None => Ready::Gone(format!("pod {}/{} is gone", p.namespace, p.name)),
+            Some(x) => {
+                let v = serde_json::to_value(x).expect("serializes");
+                match super::podvolume::not_running(&v) {
+                    Some(why) => Ready::Gone(format!("pod {}/{}: {why}", p.namespace, p.name)),
+                    None => Ready::Yes,
+                }
+            }
+        };
+    }
+    let s = pod_volume_step(&view, &me);
+    tracing::debug!(kind = "PodVolumeBackup", %name, ?s, phase = %view.phase, "reconcile");
+    match (s, pod) {
+        (Step::Start, Some(pod)) => start_pod_volume_backup(ctx.clone(), b, pod, key),
+        (s, _) => pod_volume_act(&ctx, &api, &name, &key, &s).await?,
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn reconcile_pvr(cached: Arc<PodVolumeRestore>, ctx: Arc<Ctx>) -> Result<Action> {
+    let name = cached.name_any();
+    let Some((api, r)) = fresh::<PodVolumeRestore>(&ctx, &name).await? else {
+        return Ok(Action::await_change());
+    };
+    let st = r.status.clone().unwrap_or_default();
+    let key = format!("pvr/{name}");
+    let mut view = PodVolumeView {
+        phase: st.phase.unwrap_or_default(),
+        cancel: r.spec.cancel == Some(true),
+        node: st.node.clone(),
+        running_here: ctx.running(&key),
+        ..Default::default()
+    };
+    let me = ctx.opts.node.clone();
+    let mut pod = None;
+    if !phase::terminal(&view.phase) && !view.running_here {
+        let p = &r.spec.pod;
+        pod = pod_of(&ctx.client, p).await?;
+        if let Some(n) = pod
+            .as_ref()
+            .and_then(|x| x.spec.as_ref()?.node_name.clone())
+        {
+            view.node.get_or_insert(n);
+        }
+        view.ready = match &pod {
+            None => Ready::Gone(format!("restored pod {}/{} is gone", p.namespace, p.name)),
+            Some(x) => restore_wait_ready(x),
+        };
+        if view.node.is_none() && matches!(view.ready, Ready::Gone(_)) {
+            // Never placed and gone: whoever sees it first fails it.
+            view.node = Some(me.clone());
+        }
+    }
+    let s = pod_volume_step(&view, &me);
+    tracing::debug!(kind = "PodVolumeRestore", %name, ?s, phase = %view.phase, "reconcile");
+    match (s, pod) {
+        (Step::Start, Some(pod)) => start_pod_volume_restore(ctx.clone(), r, pod, key),
+        (Step::Idle, _)
+            if view.ready == Ready::Wait && view.node.as_deref().is_none_or(|n| n == me) =>
+        {
+            // Its pod's init container starting (or its pod being placed) is what it
+            // waits for: polled by the agents concerned, as the pods of every namespace
+            // are not watched for it.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        (s, _) => pod_volume_act(&ctx, &api, &name, &key, &s).await?,
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Velero's rule: a restored pod's volumes are written while its restore-wait init
+/// container runs (its volumes are mounted, the application not started).
+fn restore_wait_ready(pod: &Pod) -> Ready {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        || pod.metadata.deletion_timestamp.is_some()
+    {
+        return Ready::Gone(format!(
+            "restored pod {} ended before its volumes were written",
+            pod.name_any()
+        ));
+    }
+    let Some(i) = spec
+        .init_containers
+        .unwrap_or_default()
+        .iter()
+        .position(|c| c.name == super::podvolume::RESTORE_WAIT)
+    else {
+        return Ready::Gone(format!(
+            "restored pod {} has no {} init container",
+            pod.name_any(),
+            super::podvolume::RESTORE_WAIT
+        ));
+    };
+    let state = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .get(i)
+        .and_then(|s| s.state.clone())
+        .unwrap_or_default();
+    if state.running.is_some() {
+        Ready::Yes
+    } else if state.terminated.is_some_and(|t| t.exit_code == 0) {
+        // It found every done file: the volumes were written, by an agent that did not
+        // live to say so.
+        Ready::Done
+    } else {
+        Ready::Wait
+    }
+}
+
+/// Read one volume of a running pod into the repository, on a task of its own.
+fn start_pod_volume_backup(ctx: Arc<Ctx>, b: PodVolumeBackup, pod: Pod, key: String) {
+    let cancel = register(&ctx, &key);
+    tokio::spawn(async move {
+        let ns = ctx.opts.namespace.clone();
+        let name = b.name_any();
+        let api: Api<PodVolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+        let _slot = ctx.slots.clone().acquire_owned().await;
+        let result = async {
+            begin(&api, &name, b.status.as_ref()).await?;
+            crate::server::pause_point("pod-volume-backup-in-progress").await;
+            let path = pod_volume_path(&ctx, &pod, &b.spec.volume).await?;
+            let pns = &b.spec.pod.namespace;
+            let repo = volume_repo(&ctx, &b.spec.backup_storage_location, pns, true).await?;
+            let who = crate::location::writer(&ns);
+            let claim = b.annotations().get(super::podvolume::PVC_NAME).cloned();
+            let mut labels = BTreeMap::from([
+                ("arca.dev/pod-volume-backup".to_string(), name.clone()),
+                ("arca.dev/namespace".to_string(), pns.clone()),
+                ("arca.dev/pod".to_string(), b.spec.pod.name.clone()),
+                ("arca.dev/pod-volume".to_string(), b.spec.volume.clone()),
+            ]);
+            if let Some(c) = &claim {
+                labels.insert("arca.dev/pvc".to_string(), c.clone());
+            }
+            if let Some(x) = b.labels().get(super::BACKUP_NAME) {
+                labels.insert(super::BACKUP_NAME.to_string(), x.clone());
+            }
+            // The volume's lineage: a claim's whichever pod mounts it; any other volume's,
+            // its pod's (Velero's namespace/pod/volume).
+            let volume = match &claim {
+                Some(c) => format!("{pns}/{c}"),
+                None => format!("{pns}/{}/{}", b.spec.pod.name, b.spec.volume),
+            };
+            let req = BackupRequest {
+                source: Source::Tree(path.clone()),
+                volume,
+                identity: who,
+                tags: vec!["arca-volume".into(), "arca-pod-volume".into()],
+                labels,
+            };
+            let shown = b.status.as_ref().and_then(|s| s.progress.as_ref());
+            let r = upload(&api, &name, shown, &repo, req, &cancel).await?;
+            // Velero's PodVolumeBackup spells it `snapshotID`, its DataUpload `snapshotId`.
+            Ok::<_, Error>(completed(&name, &r, &path, "snapshotID"))
+        }
+        .await;
+        end(&api, &name, result, "backing up the volume").await;
+        ctx.running.lock().expect("lock").remove(&key);
+    });
+}
+
+/// Write one volume of a restored pod from the repository, then its done file.
+fn start_pod_volume_restore(ctx: Arc<Ctx>, r: PodVolumeRestore, pod: Pod, key: String) {
+    let cancel = register(&ctx, &key);
+    let handle = tokio::runtime::Handle::current();
+    // As for downloads: the engine's restore future on a blocking thread of its own.
+    tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            let ns = ctx.opts.namespace.clone();
+            let name = r.name_any();
+            let api: Api<PodVolumeRestore> = Api::namespaced(ctx.client.clone(), &ns);
+            let _slot = ctx.slots.clone().acquire_owned().await;
+            let result = async {
+                begin(&api, &name, r.status.as_ref()).await?;
+                patch_status(&api, &name, json!({"node": ctx.opts.node})).await?;
+                let path = pod_volume_path(&ctx, &pod, &r.spec.volume).await?;
+                let repo = volume_repo(
+                    &ctx,
+                    &r.spec.backup_storage_location,
+                    &r.spec.source_namespace,
+                    false,
+                )
+                .await?;
+                let snapshot = snapshot_id("PodVolumeRestore", &name, &r.spec.snapshot_id)?;
+                let req = RestoreRequest {
+                    snapshot,
+                    target: Target::Tree(path.clone()),
+                };
+                let (report, writer) = progress_writer(api.clone(), name.clone(), 0);
+                let res =
+                    arca_movers::restore(&repo, req, &cancel, Duration::from_secs(1), report).await;
+                writer.abort();
+                let res = res?;
+                let ruid = r
+                    .labels()
+                    .get(super::RESTORE_UID)
+                    .cloned()
+                    .unwrap_or_default();
+                super::podvolume::mark_done(&path, &ruid).map_err(|e| Error::Io {
+                    what: format!("write the done file in {}", path.display()),
+                    source: e,
+                })?;
+                Ok::<_, Error>(res.bytes_written)
+            }
+            .await;
+            let outcome = result.map(|bytes| {
+                tracing::info!(pod_volume_restore = %name, bytes, "completed");
+                json!({
+                    "phase": phase::COMPLETED,
+                    "progress": {"totalBytes": bytes, "bytesDone": bytes},
+                    "completionTimestamp": now(),
+                })
+            });
+            end(&api, &name, outcome, "restoring the volume").await;
+            ctx.running.lock().expect("lock").remove(&key);
+        })
+    });
+}
+
+/// Label on the Lease by which a node agent says it runs: its node.
+pub const PRESENCE: &str = "arca.dev/node-agent";
+/// How often a node agent renews its Lease.
+const PRESENCE_RENEW: Duration = Duration::from_secs(10);
+/// How old a node agent's Lease may be and still count. Generous: the renewal time is the
+/// agent's clock, read by the server's; a skew beyond it only makes work fail early.
+const PRESENCE_FRESH_SECS: i64 = 300;
+
+/// Say, by renewing a Lease `node-agent-<hash>` in the install namespace every 10 s, that
+/// this node's agent runs (Velero looks for a running node-agent pod on the node; a Lease
+/// also serves an agent that runs outside a pod).
+async fn announce(client: Client, ns: String, node: String) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let api: Api<Lease> = Api::namespaced(client, &ns);
+    let name = super::stable_name("node-agent", &node);
+    loop {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "labels": {PRESENCE: crate::record::label_value(&node)}},
+            "spec": {
+                "holderIdentity": node,
+                "leaseDurationSeconds": 60,
+                "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
+            },
+        });
+        if let Err(e) = api
+            .patch(
+                &name,
+                &PatchParams::apply("arca-node-agent").force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+        {
+            tracing::warn!("renewing the node agent's Lease {ns}/{name}: {e}");
+        }
+        tokio::time::sleep(PRESENCE_RENEW).await;
+    }
+}
+
+/// Whether a node agent runs on `node` (any node: None): its Lease renewed lately.
+pub async fn agent_running(client: &Client, ns: &str, node: Option<&str>) -> Result<bool> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let leases = api
+        .list(&ListParams::default().labels(PRESENCE))
+        .await
+        .map_err(|e| Error::kube(format!("list the node agents' Leases in {ns}"), e))?;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    Ok(leases.items.iter().any(|l| {
+        let spec = l.spec.clone().unwrap_or_default();
+        let fresh = spec
+            .renew_time
+            .is_some_and(|t| (now - t.0.as_second()).abs() <= PRESENCE_FRESH_SECS);
+        fresh && node.is_none_or(|n| spec.holder_identity.as_deref() == Some(n))
+    }))
 }
 
 /// The image of this process's own pod (the exposer pods run it too), when it runs in one.
@@ -1115,6 +1649,85 @@ mod tests {
             step(&v("Canceled"), "n2", at(0), T),
             Step::Clean,
             "canceled while New: its snapshot is removed by any agent"
+        );
+    }
+
+    fn pv(phase: &str, node: Option<&str>, ready: Ready) -> PodVolumeView {
+        PodVolumeView {
+            phase: phase.into(),
+            node: node.map(str::to_string),
+            ready,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_volumes_are_moved_by_the_agent_of_their_pods_node() {
+        assert_eq!(
+            pod_volume_step(&pv("", Some(ME), Ready::Yes), ME),
+            Step::Start
+        );
+        assert_eq!(
+            pod_volume_step(&pv("New", Some("n2"), Ready::Yes), ME),
+            Step::Idle
+        );
+        assert_eq!(
+            pod_volume_step(&pv("New", Some(ME), Ready::Wait), ME),
+            Step::Idle,
+            "restore-wait not running yet"
+        );
+        assert_eq!(
+            pod_volume_step(&pv("New", Some(ME), Ready::Gone("pod gone".into())), ME),
+            Step::Fail("pod gone".into())
+        );
+        let mut queued = pv("New", Some(ME), Ready::Yes);
+        queued.running_here = true;
+        assert_eq!(
+            pod_volume_step(&queued, ME),
+            Step::Idle,
+            "queued for a slot"
+        );
+        // Restarted mid-move: run again, unless the pod went meanwhile.
+        assert_eq!(
+            pod_volume_step(&pv("InProgress", Some(ME), Ready::Yes), ME),
+            Step::Start
+        );
+        assert!(matches!(
+            pod_volume_step(&pv("InProgress", Some(ME), Ready::Gone("x".into())), ME),
+            Step::Fail(_)
+        ));
+        for end in ["Completed", "Failed", "Canceled"] {
+            assert_eq!(
+                pod_volume_step(&pv(end, Some(ME), Ready::Yes), ME),
+                Step::Idle
+            );
+        }
+        // Written, then killed before saying so: the pod's restore-wait ended, done.
+        assert_eq!(
+            pod_volume_step(&pv("InProgress", Some(ME), Ready::Done), ME),
+            Step::Finish
+        );
+    }
+
+    #[test]
+    fn canceling_a_pod_volume_stops_its_mover_or_ends_it() {
+        let mut c = pv("InProgress", Some(ME), Ready::Yes);
+        c.cancel = true;
+        c.running_here = true;
+        assert_eq!(pod_volume_step(&c, ME), Step::Stop);
+        c.running_here = false;
+        assert_eq!(pod_volume_step(&c, ME), Step::Cancel);
+        assert_eq!(pod_volume_step(&c, "n2"), Step::Idle);
+        let mut unplaced = pv("New", None, Ready::Wait);
+        unplaced.cancel = true;
+        assert_eq!(
+            pod_volume_step(&unplaced, "n2"),
+            Step::Cancel,
+            "never scheduled: anyone"
+        );
+        assert_eq!(
+            pod_volume_step(&pv("Canceling", Some(ME), Ready::Yes), ME),
+            Step::Cancel
         );
     }
 

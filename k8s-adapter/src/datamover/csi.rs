@@ -492,6 +492,7 @@ pub fn results(started: &[(Claim, String)], uploads: &[DataUpload]) -> Vec<Moved
             let du = uploads.iter().find(|u| u.name_any() == *du_name);
             let st = du.and_then(|u| u.status.clone()).unwrap_or_default();
             MovedVolume {
+                method: super::BY_DATA_MOVER.into(),
                 namespace: c.namespace.clone(),
                 pvc: c.name.clone(),
                 pv: Some(c.pv.clone()),
@@ -506,6 +507,7 @@ pub fn results(started: &[(Claim, String)], uploads: &[DataUpload]) -> Vec<Moved
                 message: st.message.clone(),
                 started: fmt(&st.start_timestamp),
                 completed: fmt(&st.completion_timestamp),
+                ..Default::default()
             }
         })
         .collect()

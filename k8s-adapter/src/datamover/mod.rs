@@ -8,13 +8,17 @@
 //! - [`expose`]: what makes a snapshot readable on a node (a claim from it and a pod that
 //!   mounts it, in the install namespace) and a new volume writable, and the rebinding of
 //!   a written volume to the restored claim.
-//! - [`agent`]: the node agent's DataUpload and DataDownload controllers: the decisions are
-//!   pure functions ([`agent::upload_step`], [`agent::download_step`]); the reconcilers
-//!   carry them out with `arca-movers`.
+//! - [`podvolume`]: file-system backup of pod volumes (Velero's pkg/podvolume): which
+//!   volumes of a pod, a PodVolumeBackup each, read live by the node agent of the pod's
+//!   node; on restore a `restore-wait` init container and a PodVolumeRestore each.
+//! - [`agent`]: the node agent's controllers: the decisions are pure functions
+//!   ([`agent::step`], [`agent::pod_volume_step`]); the reconcilers carry them out with
+//!   `arca-movers`.
 
 pub mod agent;
 pub mod csi;
 pub mod expose;
+pub mod podvolume;
 
 use std::collections::BTreeMap;
 
@@ -103,14 +107,35 @@ fn ar(group: &str, kind: &str, plural: &str) -> ApiResource {
     }
 }
 
-/// One claim whose data a backup moved (or tried to), as kept in the backup's record.
+/// How a volume's data was backed up (Velero's volume info `backupMethod`).
+pub const BY_DATA_MOVER: &str = "CSISnapshotDataMovement";
+/// File-system backup of a pod volume.
+pub const BY_POD_VOLUME_BACKUP: &str = "PodVolumeBackup";
+
+/// One volume whose data a backup moved (or tried to), as kept in the backup's record:
+/// a claim through a CSI snapshot and a DataUpload, or a pod's volume through a
+/// PodVolumeBackup.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MovedVolume {
-    /// The claim's namespace in the backed-up cluster.
+    /// [`BY_DATA_MOVER`] (also when absent: records made before file-system backup) or
+    /// [`BY_POD_VOLUME_BACKUP`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// The namespace in the backed-up cluster.
     pub namespace: String,
-    /// The claim.
+    /// The claim ("" for a pod volume that is not a claim, an emptyDir).
+    #[serde(default)]
     pub pvc: String,
+    /// The pod (file-system backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The volume's name in the pod (file-system backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_volume: Option<String>,
+    /// The PodVolumeBackup (file-system backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_volume_backup: Option<String>,
     /// Its volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pv: Option<String>,
@@ -119,7 +144,8 @@ pub struct MovedVolume {
     pub storage_class: Option<String>,
     /// `Filesystem` or `Block`.
     pub volume_mode: String,
-    /// The DataUpload.
+    /// The DataUpload ("" for file-system backup).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data_upload: String,
     /// Its final phase.
     pub phase: String,
@@ -150,6 +176,21 @@ impl MovedVolume {
     /// Whether its data can be restored.
     pub fn restorable(&self) -> bool {
         self.phase == phase::COMPLETED && self.snapshot_id.is_some()
+    }
+
+    /// Whether a PodVolumeBackup took it (else a DataUpload).
+    pub fn by_pod_volume_backup(&self) -> bool {
+        self.method == BY_POD_VOLUME_BACKUP
+    }
+
+    /// What it is, for logs and descriptions: `claim ns/pvc` or `volume v of pod ns/p`.
+    pub fn what(&self) -> String {
+        match (&self.pod, &self.pod_volume) {
+            (Some(p), Some(v)) if self.by_pod_volume_backup() => {
+                format!("volume {v} of pod {}/{p}", self.namespace)
+            }
+            _ => format!("claim {}/{}", self.namespace, self.pvc),
+        }
     }
 }
 

@@ -41,6 +41,13 @@ pub struct Context {
     pub moved_claims: BTreeMap<(String, String), String>,
     /// Volumes restored under a new name (the rename rule), old name to new.
     pub renamed_pvs: BTreeMap<String, String>,
+    /// Pods whose volumes a PodVolumeRestore writes, by (target namespace, pod): the
+    /// volumes (they get the restore-wait init container).
+    pub pod_volumes: BTreeMap<(String, String), Vec<String>>,
+    /// The restore's UID (the restore-wait container waits for its done files).
+    pub restore_uid: String,
+    /// The restore-wait container's image.
+    pub restore_wait_image: String,
     /// Service accounts in each target namespace once the restore is done: those already
     /// in the cluster and those being restored (for the token-Secret rule).
     pub service_accounts: BTreeMap<String, BTreeSet<String>>,

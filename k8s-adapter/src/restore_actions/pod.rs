@@ -2,19 +2,39 @@
 //! restoreItem): a pod brings its claims and its PriorityClass; completed pods and
 //! mirror pods are not restored; the scheduler places a pod anew (`nodeName` goes), the
 //! admission plugin sets its priority again (`priority` goes), and volumes holding the
-//! service account's old token Secret (`<account>-token-*`) go with their mounts.
+//! service account's old token Secret (`<account>-token-*`) go with their mounts. A pod
+//! whose volumes were backed up by file system waits in its `restore-wait` init container
+//! until they are written.
 
 use serde_json::Value;
 
 use super::{Context, Verdict, str_at};
 
-pub(super) fn transform(pod: &mut Value, _: &Context) -> Verdict {
+pub(super) fn transform(pod: &mut Value, ctx: &Context) -> Verdict {
     if str_at(pod, "/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
         return Verdict::Skip("a mirror pod: the kubelet creates it from its manifest".into());
     }
     if let Some(p @ ("Succeeded" | "Failed")) = str_at(pod, "/status/phase") {
         return Verdict::Skip(format!("the pod has completed ({p})"));
     }
+    // File-system restore (Velero's pod_volume_restore_action.go): the restore-wait init
+    // container first, holding the pod until its volumes are written; a stale one the pod
+    // was backed up with goes either way.
+    let key = (
+        str_at(pod, "/metadata/namespace")
+            .unwrap_or_default()
+            .to_string(),
+        str_at(pod, "/metadata/name")
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let volumes = ctx.pod_volumes.get(&key).cloned().unwrap_or_default();
+    crate::datamover::podvolume::add_restore_wait(
+        pod,
+        &volumes,
+        &ctx.restore_wait_image,
+        &ctx.restore_uid,
+    );
     let prefix = format!(
         "{}-token-",
         str_at(pod, "/spec/serviceAccountName").unwrap_or_default()
@@ -89,6 +109,33 @@ mod tests {
                 add[1].name.as_str()
             ),
             ("persistentvolumeclaims", Some("app"), "data-0")
+        );
+    }
+
+    #[test]
+    fn a_pod_with_backed_up_volumes_waits_for_them() {
+        let mut ctx = Context::default();
+        ctx.pod_volumes
+            .insert(("app".into(), "web".into()), vec!["data".into()]);
+        ctx.restore_uid = "r-1".into();
+        ctx.restore_wait_image = "arca:1".into();
+        let mut p = json!({
+            "metadata": {"name": "web", "namespace": "app"},
+            "spec": {"containers": [{"name": "c"}], "initContainers": [{"name": "restore-wait"}, {"name": "i"}]}
+        });
+        assert_eq!(transform(&mut p, &ctx), Verdict::Restore);
+        let inits = p["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(inits.len(), 2);
+        assert_eq!(inits[0]["volumeMounts"][0]["mountPath"], "/restores/data");
+        assert_eq!(inits[1]["name"], "i");
+        let mut other = json!({
+            "metadata": {"name": "db", "namespace": "app"},
+            "spec": {"containers": [{"name": "c"}], "initContainers": [{"name": "restore-wait"}]}
+        });
+        transform(&mut other, &ctx);
+        assert!(
+            other["spec"].get("initContainers").is_none(),
+            "a stale one goes"
         );
     }
 

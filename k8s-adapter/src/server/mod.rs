@@ -296,20 +296,17 @@ where
     // Its volume data stops moving too (Velero cancels the backup's DataUploads).
     let ns = &ctx.opts.namespace;
     let uid = obj.meta().uid.clone().unwrap_or_default();
+    use crate::datamover::csi::cancel_all;
     let stopped = if what == "backup" {
-        crate::datamover::csi::cancel_all::<crate::crd::DataUpload>(
-            &ctx.client,
-            ns,
-            &format!("{}={uid}", crate::datamover::BACKUP_UID),
-        )
-        .await
+        let sel = format!("{}={uid}", crate::datamover::BACKUP_UID);
+        let a = cancel_all::<crate::crd::DataUpload>(&ctx.client, ns, &sel).await;
+        let b = cancel_all::<crate::crd::PodVolumeBackup>(&ctx.client, ns, &sel).await;
+        a.and(b)
     } else {
-        crate::datamover::csi::cancel_all::<crate::crd::DataDownload>(
-            &ctx.client,
-            ns,
-            &format!("{}={uid}", crate::datamover::RESTORE_UID),
-        )
-        .await
+        let sel = format!("{}={uid}", crate::datamover::RESTORE_UID);
+        let a = cancel_all::<crate::crd::DataDownload>(&ctx.client, ns, &sel).await;
+        let b = cancel_all::<crate::crd::PodVolumeRestore>(&ctx.client, ns, &sel).await;
+        a.and(b)
     };
     if let Err(e) = stopped {
         tracing::warn!("{what} {ns}/{name}: canceling its data movements: {e}");
