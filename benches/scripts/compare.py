@@ -309,7 +309,14 @@ def main():
         report = old.split(BLOCK_MARK)[0].rstrip("\n") + "\n" if old else "# Benchmarks\n"
     if block is None:
         block = (BLOCK_MARK + old.split(BLOCK_MARK, 1)[1]) if BLOCK_MARK in old else ""
+    # The Kubernetes section is written by its own benchmark (a test against the test
+    # clusters): kept as it is, at the end.
+    k8s = (K8S_MARK + old.split(K8S_MARK, 1)[1]) if K8S_MARK in old else ""
+    if block:
+        block = block.split(K8S_MARK)[0].rstrip("\n") + "\n"
+    report = report.split(K8S_MARK)[0]
     report = report.rstrip("\n") + "\n\n" + block if block else report
+    report = report.rstrip("\n") + "\n\n" + k8s if k8s else report
     print(report)
     if a.out:
         with open(a.out, "w") as f:
@@ -318,6 +325,7 @@ def main():
 
 
 BLOCK_MARK = "<!-- block volumes: benches/scripts/compare.sh --only block -->"
+K8S_MARK = "<!-- kubernetes: cargo test -p arca --test k8s -- --ignored bench_volume_data -->"
 
 
 def run_block(a, r):

@@ -117,7 +117,8 @@ enum Command {
     /// Deployment runs.
     Server(cmd_server::ServerArgs),
     /// Run the node agent of one node (what the installed DaemonSet runs): it moves the
-    /// data of DataUploads and DataDownloads whose volumes are exposed on this node.
+    /// data of DataUploads and DataDownloads whose volumes are exposed on this node, and
+    /// of PodVolumeBackups and PodVolumeRestores of the pods on it.
     NodeAgent(cmd_server::NodeAgentArgs),
 }
 
