@@ -6003,13 +6003,41 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
 /// with it at /data (Filesystem) or /dev/xvda (Block).
 /// A volume test's setting: cluster A with its storage stand-in served, the arca image,
 /// and Arca installed in a namespace of the test's own; None without a cluster.
-async fn volume_setting(name: &str) -> Option<(Cluster, String, Arca)> {
+async fn volume_setting(name: &str, auto_server: bool) -> Option<(Cluster, String, Arca)> {
     let a = cluster("ARCA_TEST_KUBECONFIG").await?;
     storage::serve(&a.kubeconfig)?;
     let image = arca_image(&a);
-    let arca = Arca::new(name);
+    let arca = Arca {
+        auto_server,
+        ..Arca::new(name)
+    };
     arca.install(&a);
     Some((a, image, arca))
+}
+
+/// Wait until a pod's status says Running: its log can show before the kubelet's status
+/// write lands, and a backup reads only running pods' volumes.
+async fn pod_running(pods: &Api<arca_k8s::k8s_openapi::api::core::v1::Pod>, name: &str) {
+    for _ in 0..600 {
+        let p = pods.get(name).await.unwrap();
+        if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("pod {name} not Running after a minute");
+}
+
+/// Name the restore-wait image as Velero's users do: the plugin ConfigMap.
+async fn restore_wait_image(c: &Cluster, arca: &Arca, image: &str) {
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fs-restore-config\n  namespace: {}\n  labels: {{arca.dev/plugin-config: \"\", arca.dev/pod-volume-restore: RestoreItemAction}}\ndata: {{image: \"{image}\"}}\n",
+            arca.ns
+        ),
+    )
+    .await;
 }
 
 /// Delete a namespace and wait until it is gone.
@@ -6037,7 +6065,7 @@ const POD_VOLUME_RESTORE: (&str, &str, &str) =
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_container() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
-    let Some((a, image, arca)) = volume_setting("fsb").await else {
+    let Some((a, image, arca)) = volume_setting("fsb", true).await else {
         return;
     };
     let agent = arca.node_agent(&a, &image, &[]);
@@ -6065,6 +6093,7 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
         .unwrap()
         .to_string();
     assert!(sum.ends_with(":c/note:1:0"), "{sum}");
+    pod_running(&pods, "app").await;
 
     arca.ok(
         &a,
@@ -6133,14 +6162,7 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
     // The namespace goes; the restore brings the pod back with its volumes' data.
     delete_namespace(&a, &app).await;
     // The restore-wait image as Velero configures it: the plugin ConfigMap.
-    apply(
-        &a,
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fs-restore-config\n  namespace: {}\n  labels: {{arca.dev/plugin-config: \"\", arca.dev/pod-volume-restore: RestoreItemAction}}\ndata: {{image: \"{image}\"}}\n",
-            arca.ns
-        ),
-    )
-    .await;
+    restore_wait_image(&a, &arca, &image).await;
     arca.ok(
         &a,
         &["restore", "create", "fsb-back", "--from-backup", "fsb"],
@@ -6208,11 +6230,14 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
 /// of a pod's PodVolumeBackups are InProgress at once on the node (the agent paused right
 /// after starting each, so neither can finish and free its slot); the agent killed there
 /// and a new one (one at a time) started: both are read again to completion (Velero
-/// cancels them), and the backup completes.
+/// cancels them), and the backup completes. Then a restore of it into a copy of the
+/// namespace whose server is killed (-9) once the pod exists, before its
+/// PodVolumeRestores: the next leader finds the pod waiting for this restore and writes
+/// its volumes (else it would wait in its init container forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
-    let Some((a, image, arca)) = volume_setting("fsconc").await else {
+    let Some((a, image, arca)) = volume_setting("fsconc", false).await else {
         return;
     };
     apply(
@@ -6229,18 +6254,26 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
         &[("ARCA_TEST_PAUSE_AT", "pod-volume-backup-in-progress")],
         &["--node-agent-configmap", "agent-config"],
     );
+    let mut server = arca.server_with(&a, "3s", &[]);
+    server.wait_log("leading").await;
     let app = format!("fsconc-{}", arca.suffix());
     apply(
         &a,
         &(ns(&app)
             + &format!(
                 "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n---\n\
-                 apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations: {{backup.arca.dev/backup-volumes: \"a,b\"}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo one > /a/f && echo two > /b/f && echo written && exec sleep 3600']\n    volumeMounts: [{{name: a, mountPath: /a}}, {{name: b, mountPath: /b}}]\n  volumes:\n  - {{name: a, emptyDir: {{}}}}\n  - {{name: b, emptyDir: {{}}}}\n"
+                 apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations: {{backup.arca.dev/backup-volumes: \"a,b\"}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '[ -f /a/f ] || {{ cat /proc/sys/kernel/random/uuid > /a/f && cp /a/f /b/f; }}; echo got:$(cat /a/f):$(cat /b/f); exec sleep 3600']\n    volumeMounts: [{{name: a, mountPath: /a}}, {{name: b, mountPath: /b}}]\n  volumes:\n  - {{name: a, emptyDir: {{}}}}\n  - {{name: b, emptyDir: {{}}}}\n"
             )),
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-    pod_log_with(&pods, "app", "written").await;
+    let log = pod_log_with(&pods, "app", "got:").await;
+    let got = log
+        .lines()
+        .find(|l| l.starts_with("got:"))
+        .unwrap()
+        .to_string();
+    pod_running(&pods, "app").await;
     apply(
         &a,
         &format!(
@@ -6288,10 +6321,75 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     .await
     {
         assert_eq!(p["status"]["phase"], "Completed", "{p:#}");
-        assert_eq!(p["status"]["progress"]["totalBytes"], 4, "{p:#}");
+        assert_eq!(
+            p["status"]["progress"]["totalBytes"], 37,
+            "a UUID and its newline: {p:#}"
+        );
     }
-    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
-    let _ = nss.delete(&app, &DeleteParams::default()).await;
+
+    server.kill();
+    restore_wait_image(&a, &arca, &image).await;
+    let mut paused = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "restore-pods-created")]);
+    paused.wait_log("leading").await;
+    let copy = format!("{app}-copy");
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Restore\nmetadata: {{name: conc-back, namespace: {}}}\nspec:\n  backupName: conc\n  namespaceMapping: {{{app}: {copy}}}\n",
+            arca.ns
+        ),
+    )
+    .await;
+    paused.wait_log("paused at restore-pods-created").await;
+    let copies: Api<Pod> = Api::namespaced(a.client.clone(), &copy);
+    let held = copies.get("app").await.unwrap();
+    assert_eq!(
+        held.spec.unwrap().init_containers.unwrap()[0].name,
+        "restore-wait"
+    );
+    assert!(
+        list_json(
+            &a,
+            POD_VOLUME_RESTORE,
+            Some(&arca.ns),
+            "arca.dev/restore-name=conc-back"
+        )
+        .await
+        .is_empty()
+    );
+    paused.kill();
+    let third = arca.server_with(&a, "3s", &[]);
+    let r = until_long(
+        &a,
+        ("arca.dev/v1", "Restore", "restores"),
+        Some(&arca.ns),
+        "conc-back",
+        120,
+        |o| {
+            o.as_ref().is_some_and(|o| {
+                ["Completed", "PartiallyFailed", "Failed"]
+                    .contains(&o["status"]["phase"].as_str().unwrap_or(""))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r["status"]["phase"],
+        "Completed",
+        "{r:#}\n{}\n{}",
+        third.log(),
+        second.log()
+    );
+    let log = pod_log_with(&copies, "app", "got:").await;
+    assert!(
+        log.lines().any(|l| l == got),
+        "the copy reads the backed-up data: {log} (want {got})"
+    );
+    drop(third);
+    for n in [&app, &copy] {
+        delete_namespace(&a, n).await;
+    }
 }
 
 /// Benchmark, not run by the test command (`cargo test --test k8s -- --ignored
@@ -6304,7 +6402,7 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
 #[ignore]
 async fn bench_volume_data() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
-    let Some((a, image, arca)) = volume_setting("bench").await else {
+    let Some((a, image, arca)) = volume_setting("bench", true).await else {
         return;
     };
     let secs = |du: &Value, a: &str, b: &str| {

@@ -891,6 +891,7 @@ pub async fn run_restore(
     // PodVolumeRestores first, waited on after the downloads: a pod may mount both a
     // moved claim (bound only once its download ends) and a volume written under its
     // restore-wait container (which runs only once the pod is placed).
+    crate::server::pause_point("restore-pods-created").await;
     let pod_volume_restores = if run.ctx.pod_volumes.is_empty() {
         0
     } else {
