@@ -815,6 +815,48 @@ pub struct BackupOutcome {
     pub log: String,
 }
 
+/// Log how each volume's data movement ended; one that did not complete is an error of
+/// the backup (PartiallyFailed).
+fn record_volumes(volumes: &[crate::datamover::MovedVolume], c: &mut Collected, log: &mut Log) {
+    for v in volumes {
+        let (what, verb, kind) = if v.by_pod_volume_backup() {
+            (
+                format!(
+                    "{} (PodVolumeBackup {})",
+                    v.what(),
+                    v.pod_volume_backup.as_deref().unwrap_or_default()
+                ),
+                "backed up",
+                "file-system backup",
+            )
+        } else {
+            (
+                format!("{} (DataUpload {})", v.what(), v.data_upload),
+                "moved",
+                "data movement",
+            )
+        };
+        if v.restorable() {
+            log.line(
+                "info",
+                format!(
+                    "{what}: {} bytes {verb} to snapshot {}",
+                    v.bytes.unwrap_or(0),
+                    v.snapshot_id.as_deref().unwrap_or_default()
+                ),
+            );
+        } else {
+            let e = format!(
+                "{what}: {kind} {}: {}",
+                v.phase,
+                v.message.as_deref().unwrap_or("no reason given")
+            );
+            log.line("error", e.clone());
+            c.results.errors.add(Some(&v.namespace), false, e);
+        }
+    }
+}
+
 /// File-system backup of the pod volumes taken (Velero's BackupPodVolumes, then
 /// WaitAllPodVolumesProcessed): a PodVolumeBackup per chosen volume of each running pod,
 /// waited on while the backup is InProgress; the outcome kept in `c` (a failed one is an
@@ -858,31 +900,7 @@ async fn back_up_pod_volumes(
     )
     .await?;
     let results = podvolume::results(&started, &done);
-    for v in &results {
-        let what = format!(
-            "{} (PodVolumeBackup {})",
-            v.what(),
-            v.pod_volume_backup.as_deref().unwrap_or_default()
-        );
-        if v.restorable() {
-            log.line(
-                "info",
-                format!(
-                    "{what}: {} bytes backed up to snapshot {}",
-                    v.bytes.unwrap_or(0),
-                    v.snapshot_id.as_deref().unwrap_or_default()
-                ),
-            );
-        } else {
-            let e = format!(
-                "{what}: file-system backup {}: {}",
-                v.phase,
-                v.message.as_deref().unwrap_or("no reason given")
-            );
-            log.line("error", e.clone());
-            c.results.errors.add(Some(&v.namespace), false, e);
-        }
-    }
+    record_volumes(&results, c, log);
     c.volumes.extend(results);
     Ok(started.claims)
 }
@@ -955,30 +973,7 @@ async fn move_volume_data(
     .await?;
     *status = st.into_inner().expect("lock");
     let moved = csi::results(&started, &uploads);
-    for v in &moved {
-        let what = format!(
-            "claim {}/{} (DataUpload {})",
-            v.namespace, v.pvc, v.data_upload
-        );
-        if v.restorable() {
-            log.line(
-                "info",
-                format!(
-                    "{what}: {} bytes moved to snapshot {}",
-                    v.bytes.unwrap_or(0),
-                    v.snapshot_id.as_deref().unwrap_or_default()
-                ),
-            );
-        } else {
-            let e = format!(
-                "{what}: data movement {}: {}",
-                v.phase,
-                v.message.as_deref().unwrap_or("no reason given")
-            );
-            log.line("error", e.clone());
-            c.results.errors.add(Some(&v.namespace), false, e);
-        }
-    }
+    record_volumes(&moved, c, log);
     let (done, failed, _) = csi::tally(moved.iter().map(|v| v.phase.as_str()));
     status.backup_item_operations_completed = Some(done);
     status.backup_item_operations_failed = Some(failed + (moved.len() as i64 - done - failed));
