@@ -869,22 +869,23 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
             for name in names {
                 let b = api.get_opt(&name).await?;
                 let record = manage::backup_record(&client, ns, &name, cache.as_deref()).await;
-                let (b, results, items, volumes) = match (b, record) {
+                let (b, results, items, volumes, hooks) = match (b, record) {
                     (b, Ok((repo, id, stored))) => {
                         let results = manage::backup_results(&repo, &id).await.ok();
-                        let (items, volumes) = if d.details {
+                        let (items, volumes, hooks) = if d.details {
                             (
                                 manage::backup_items(&repo, &id).await.ok(),
                                 manage::backup_volumes(&repo, &id).await.ok(),
+                                manage::record_hooks(&repo, &id).await.ok(),
                             )
                         } else {
-                            (None, None)
+                            (None, None, None)
                         };
-                        (b.unwrap_or(stored), results, items, volumes)
+                        (b.unwrap_or(stored), results, items, volumes, hooks)
                     }
                     (Some(b), Err(e)) => {
                         tracing::info!("backup {name}: no stored record: {e}");
-                        (b, None, None, None)
+                        (b, None, None, None, None)
                     }
                     (None, Err(e)) => return Err(e.into()),
                 };
@@ -893,9 +894,13 @@ pub async fn backup(ctx: &Ctx, kube: &KubeOpts, a: BackupArgs) -> Result<u8> {
                     if let Some(v) = &volumes {
                         describe_volumes(v);
                     }
+                    if let Some(h) = &hooks {
+                        describe_hook_runs(h);
+                    }
                 } else {
                     views.push(serde_json::json!({
                         "backup": b, "results": results, "items": items, "volumes": volumes,
+                        "hooks": hooks,
                     }));
                 }
             }
@@ -1614,6 +1619,80 @@ pub(crate) fn describe_backup_spec(s: &BackupSpec) {
             println!("  {k}: {v}");
         }
     }
+    println!();
+    describe_backup_hooks(s.hooks.as_ref());
+}
+
+/// A backup spec's hooks, as Velero's describer prints them.
+fn describe_backup_hooks(h: Option<&arca_k8s::crd::BackupHooks>) {
+    let Some(specs) = h
+        .and_then(|h| h.resources.as_ref())
+        .filter(|r| !r.is_empty())
+    else {
+        println!("Hooks:  <none>");
+        return;
+    };
+    println!("Hooks:");
+    for s in specs {
+        println!("  {}:", s.name);
+        let sel = &s.selector;
+        println!(
+            "    Namespaces:  included {}; excluded {}",
+            list_or_all(sel.included_namespaces.as_ref()),
+            list_or_none(sel.excluded_namespaces.as_ref())
+        );
+        println!(
+            "    Resources:   included {}; excluded {}",
+            list_or_all(sel.included_resources.as_ref()),
+            list_or_none(sel.excluded_resources.as_ref())
+        );
+        println!(
+            "    Label selector:  {}",
+            selector_text(sel.label_selector.as_ref())
+        );
+        for (what, hooks) in [("Pre", &s.pre), ("Post", &s.post)] {
+            for e in hooks.iter().flatten().filter_map(|h| h.exec.as_ref()) {
+                println!(
+                    "    {what} exec hook:  container {}, command {}, on error {}, timeout {}",
+                    e.container.as_deref().unwrap_or("<first>"),
+                    e.command.join(" "),
+                    e.on_error.as_deref().unwrap_or("Continue"),
+                    e.timeout.as_deref().unwrap_or("30s")
+                );
+            }
+        }
+    }
+}
+
+/// Hook runs: pod, container, command, how it ended, exit code, duration.
+fn describe_hook_runs(runs: &[arca_k8s::hooks::HookRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!("Hooks run:");
+    for r in runs {
+        let how = match (r.outcome, r.exit_code) {
+            (arca_k8s::hooks::Outcome::Succeeded, _) => "succeeded".to_string(),
+            (arca_k8s::hooks::Outcome::Skipped, _) => {
+                format!("skipped: {}", r.error.as_deref().unwrap_or_default())
+            }
+            (_, Some(c)) => format!("failed: exit code {c}"),
+            (_, None) => format!("failed: {}", r.error.as_deref().unwrap_or_default()),
+        };
+        println!(
+            "  {} {}/{} container {} [{}] hook {} (onError {:?}): {how}, {:.1}s",
+            r.phase,
+            r.namespace,
+            r.pod,
+            r.container,
+            r.command.join(" "),
+            r.hook,
+            r.on_error,
+            r.duration_ms as f64 / 1000.0
+        );
+    }
+    println!("(their output: arca backup logs / arca restore logs)");
+    println!();
 }
 
 /// How long from `start` to `end`, or "-".
@@ -1767,6 +1846,11 @@ fn describe_backup(
         println!("Repository snapshot:  {}", &id[..id.len().min(16)]);
         println!();
     }
+    if let Some(h) = &st.hook_status {
+        println!("HooksAttempted:  {}", h.hooks_attempted.unwrap_or(0));
+        println!("HooksFailed:     {}", h.hooks_failed.unwrap_or(0));
+        println!();
+    }
     match results {
         Some(r) => {
             print_messages("Warnings", Some(&r.warnings));
@@ -1841,9 +1925,10 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                     .get_opt(&name)
                     .await?
                     .with_context(|| format!("no restore {name:?} in namespace {ns}"))?;
-                let (results, items): (
+                let (results, items, hooks): (
                     Option<Results>,
                     Option<Vec<arca_k8s::record::RestoredItem>>,
+                    Option<Vec<arca_k8s::hooks::HookRun>>,
                 ) = match manage::restore_record(&client, ns, &name, cache.as_deref()).await {
                     Ok((repo, id)) => (
                         arca_k8s::restore::read_json(&repo, &id, "results.json")
@@ -1856,10 +1941,15 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                         } else {
                             None
                         },
+                        if d.details {
+                            manage::record_hooks(&repo, &id).await.ok()
+                        } else {
+                            None
+                        },
                     ),
                     Err(e) => {
                         tracing::info!("restore {name}: no stored record: {e}");
-                        (None, None)
+                        (None, None, None)
                     }
                 };
                 // Its DataDownloads, as the cluster has them.
@@ -1890,10 +1980,13 @@ pub async fn restore(ctx: &Ctx, kube: &KubeOpts, a: RestoreArgs) -> Result<u8> {
                     describe_restore(&r, results.as_ref(), items.as_deref());
                     describe_downloads(&downloads);
                     describe_pod_volume_restores(&pod_volumes);
+                    if let Some(h) = &hooks {
+                        describe_hook_runs(h);
+                    }
                 } else {
                     views.push(serde_json::json!({
                         "restore": r, "results": results, "items": items, "downloads": downloads,
-                        "podVolumeRestores": pod_volumes,
+                        "podVolumeRestores": pod_volumes, "hooks": hooks,
                     }));
                 }
             }
@@ -2048,6 +2141,11 @@ fn describe_restore(
     println!("Started:    {}", opt_time(st.start_timestamp.as_ref()));
     println!("Completed:  {}", opt_time(st.completion_timestamp.as_ref()));
     println!();
+    if let Some(h) = &st.hook_status {
+        println!("HooksAttempted:  {}", h.hooks_attempted.unwrap_or(0));
+        println!("HooksFailed:     {}", h.hooks_failed.unwrap_or(0));
+        println!();
+    }
     match results {
         Some(res) => {
             print_messages("Warnings", Some(&res.warnings));

@@ -5780,14 +5780,9 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     assert_eq!(dus[0]["status"]["phase"], "InProgress", "{:#}", dus[0]);
     first.kill();
     let second = arca.node_agent(&a, &image, &[]);
-    let b = until_long(&a, BACKUP, Some(&arca.ns), "resumed", 120, |o| {
-        o.as_ref().is_some_and(|o| {
-            ["Completed", "PartiallyFailed", "Failed"]
-                .contains(&o["status"]["phase"].as_str().unwrap_or(""))
-        })
-    })
-    .await
-    .unwrap();
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "resumed", 120, ended)
+        .await
+        .unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
     let dus = list_json(
         &a,
@@ -6044,13 +6039,15 @@ async fn restore_wait_image(c: &Cluster, arca: &Arca, image: &str) {
 async fn delete_namespace(c: &Cluster, name: &str) {
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
     nss.delete(name, &DeleteParams::default()).await.unwrap();
-    for _ in 0..600 {
+    // The namespace controller takes 15-20 s per running pod's round on a quiet node, and
+    // several pods on a busy one can take over a minute.
+    for _ in 0..1800 {
         if nss.get_opt(name).await.unwrap().is_none() {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("namespace {name} still there after a minute");
+    panic!("namespace {name} still there after three minutes");
 }
 
 const POD_VOLUME_BACKUP: (&str, &str, &str) =
@@ -6303,14 +6300,9 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     );
     first.kill();
     let second = arca.node_agent(&a, &image, &[]);
-    let b = until_long(&a, BACKUP, Some(&arca.ns), "conc", 120, |o| {
-        o.as_ref().is_some_and(|o| {
-            ["Completed", "PartiallyFailed", "Failed"]
-                .contains(&o["status"]["phase"].as_str().unwrap_or(""))
-        })
-    })
-    .await
-    .unwrap();
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "conc", 120, ended)
+        .await
+        .unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
     for p in list_json(
         &a,
@@ -6365,12 +6357,7 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
         Some(&arca.ns),
         "conc-back",
         120,
-        |o| {
-            o.as_ref().is_some_and(|o| {
-                ["Completed", "PartiallyFailed", "Failed"]
-                    .contains(&o["status"]["phase"].as_str().unwrap_or(""))
-            })
-        },
+        ended,
     )
     .await
     .unwrap();
@@ -6603,4 +6590,401 @@ async fn cleaned_up(c: &Cluster, install_ns: &str, app: &str, du_name: &str) {
         let left = list_json(c, VOLUME_SNAPSHOT, Some(n), "").await;
         assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
     }
+}
+
+/// Whether a backup or restore read by `until_long` has ended.
+fn ended(o: &Option<Value>) -> bool {
+    o.as_ref().is_some_and(|o| {
+        ["Completed", "PartiallyFailed", "Failed"]
+            .contains(&o["status"]["phase"].as_str().unwrap_or(""))
+    })
+}
+
+/// Run a command in a pod's first container; its standard output.
+async fn exec_out(
+    pods: &Api<arca_k8s::k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    cmd: &[&str],
+) -> String {
+    let ap = arca_k8s::kube::api::AttachParams::default()
+        .stdout(true)
+        .stderr(false);
+    let mut ex = pods.exec(pod, cmd.to_vec(), &ap).await.expect("exec");
+    let mut got = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut ex.stdout().unwrap(), &mut got)
+        .await
+        .unwrap();
+    ex.join().await.unwrap();
+    got
+}
+
+/// Hooks on the real node. Backup: a pod whose pre hook (Arca's annotations) writes a
+/// marker that must be in its file-system backup and whose post hook (Velero's) removes it
+/// from the live pod; a pre hook failing with Fail (that pod, its volume and its post hook
+/// left out, the backup PartiallyFailed with the hook's output); one failing with Continue
+/// (a warning), one hanging past its timeout, one on a pod that is not running (skipped);
+/// spec hooks chosen by label. Restore: an init container seeding a file after
+/// restore-wait, which the application then reads; an exec hook that waits for its
+/// container to be ready (it fails if run before).
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_run_around_the_backup_and_while_pods_come_back() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some((a, image, arca)) = volume_setting("hooks", true).await else {
+        return;
+    };
+    let agent = arca.node_agent(&a, &image, &[]);
+    let app = format!("hooks-{}", arca.suffix());
+    let pod = |name: &str, annotations: &str, extra: &str, script: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {app}\n  annotations:\n{annotations}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n{extra}  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n"
+        )
+    };
+    let sleep = "exec sleep 3600";
+    let yaml = ns(&app)
+        + &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {app}}}\n")
+        + &pod(
+            "db",
+            "    backup.arca.dev/backup-volumes: data\n    pre.hook.backup.arca.dev/container: c\n    pre.hook.backup.arca.dev/command: '[\"sh\",\"-c\",\"echo frozen > /data/marker && echo froze-it\"]'\n    pre.hook.backup.arca.dev/on-error: Fail\n    post.hook.backup.velero.io/command: '[\"rm\",\"/data/marker\"]'",
+            "",
+            "echo start:$(cat /data/marker 2>/dev/null):$(cat /data/seed 2>/dev/null); exec sleep 3600",
+        )
+        + &pod(
+            "fail",
+            "    backup.arca.dev/backup-volumes: data\n    pre.hook.backup.velero.io/command: '[\"sh\",\"-c\",\"echo boom >&2; exit 3\"]'\n    pre.hook.backup.velero.io/on-error: Fail\n    post.hook.backup.velero.io/command: '[\"touch\",\"/data/post-ran\"]'",
+            "",
+            sleep,
+        )
+        + &pod(
+            "cont",
+            "    pre.hook.backup.arca.dev/command: '[\"false\"]'\n    init.hook.restore.arca.dev/container-image: localhost/tools:1\n    init.hook.restore.arca.dev/command: '[\"sh\",\"-c\",\"echo from-annotation\"]'",
+            "",
+            sleep,
+        )
+        + &pod(
+            "hang",
+            "    pre.hook.backup.arca.dev/command: '[\"sleep\",\"600\"]'\n    pre.hook.backup.arca.dev/timeout: 2s",
+            "",
+            sleep,
+        )
+        + &pod(
+            "pending",
+            "    pre.hook.backup.arca.dev/command: '[\"true\"]'",
+            "  nodeSelector: {nowhere: \"true\"}\n",
+            sleep,
+        )
+        + &pod(
+            "web",
+            "    arca.dev/test: web",
+            "",
+            "sleep 3; touch /tmp/ready; exec sleep 3600",
+        )
+        .replace("  name: web\n", "  name: web\n  labels: {app: web}\n")
+        .replace(
+            "    imagePullPolicy: Never\n",
+            "    imagePullPolicy: Never\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n",
+        );
+    // A claim whose data moves through a CSI snapshot: its post hook waits for the
+    // snapshot to be taken (else the marker would not be in it).
+    let class = storage::CLASS;
+    let yaml = yaml
+        + &format!(
+            "---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: claim, namespace: {app}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 64Mi}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata:\n  name: vol\n  namespace: {app}\n  annotations:\n    pre.hook.backup.arca.dev/command: '[\"sh\",\"-c\",\"echo frozen > /claim/marker\"]'\n    post.hook.backup.arca.dev/command: '[\"rm\",\"/claim/marker\"]'\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo start:$(cat /claim/marker 2>/dev/null); exec sleep 3600']\n    volumeMounts: [{{name: claim, mountPath: /claim}}]\n  volumes:\n  - {{name: claim, persistentVolumeClaim: {{claimName: claim}}}}\n"
+        );
+    // Frozen by a first pre hook, a second one failing with Fail: left out, yet thawed.
+    let yaml = yaml
+        + &pod("two", "    arca.dev/test: two", "", sleep)
+            .replace("  name: two\n", "  name: two\n  labels: {app: two}\n");
+    let yaml = yaml.replace("  name: db\n", "  name: db\n  labels: {app: db}\n");
+    apply(&a, &yaml).await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    for p in ["db", "fail", "cont", "hang", "web", "vol", "two"] {
+        pod_running(&pods, p).await;
+    }
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: hk, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n  hooks:\n    resources:\n    - name: by-label\n      labelSelector: {{matchLabels: {{app: web}}}}\n      pre:\n      - exec: {{container: c, command: [sh, -c, \"echo spec-pre\"]}}\n    - name: freeze-verify\n      labelSelector: {{matchLabels: {{app: two}}}}\n      pre:\n      - exec: {{command: [touch, /tmp/frozen]}}\n      - exec: {{command: [sh, -c, \"exit 1\"], onError: Fail}}\n      post:\n      - exec: {{command: [rm, /tmp/frozen]}}\n    - name: not-matching\n      labelSelector: {{matchLabels: {{app: other}}}}\n      pre:\n      - exec: {{command: [\"false\"], onError: Fail}}\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "hk", 300, ended)
+        .await
+        .unwrap();
+    let logs = arca.ok(&a, &["backup", "logs", "hk"]);
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b:#}\n{logs}");
+    // db, vol and two pre + post, two's second pre, fail pre, cont pre, hang pre, web's
+    // spec hook; the pending pod's skip is no attempt; fail, cont, hang and two's second
+    // failed.
+    assert_eq!(
+        b["status"]["hookStatus"],
+        json!({"hooksAttempted": 11, "hooksFailed": 4}),
+        "{b:#}\n{logs}"
+    );
+    assert!(
+        logs.contains("froze-it") && logs.contains("boom"),
+        "hook output in the log: {logs}"
+    );
+    // The post hook thawed the live pod: no marker there now.
+    assert_eq!(exec_out(&pods, "db", &["ls", "/data"]).await, "");
+    let v = arca.json(&a, &["backup", "describe", "hk", "--details"]);
+    let runs = v[0]["hooks"].as_array().expect("hook runs listed").clone();
+    let of =
+        |pod: &str| -> Vec<Value> { runs.iter().filter(|r| r["pod"] == pod).cloned().collect() };
+    let db = of("db");
+    assert_eq!(db.len(), 2, "{runs:#?}");
+    assert_eq!(
+        (db[0]["phase"].as_str(), db[0]["outcome"].as_str()),
+        (Some("pre"), Some("Succeeded"))
+    );
+    assert_eq!(
+        (db[1]["phase"].as_str(), db[1]["outcome"].as_str()),
+        (Some("post"), Some("Succeeded"))
+    );
+    let fail = of("fail");
+    assert_eq!(
+        fail.len(),
+        1,
+        "no post hook for a pod whose Fail pre hook failed: {runs:#?}"
+    );
+    assert_eq!(fail[0]["exitCode"], 3);
+    assert!(fail[0]["stderr"].as_str().unwrap().contains("boom"));
+    assert_eq!(of("cont")[0]["exitCode"], 1);
+    let two: Vec<_> = of("two")
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["phase"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        two,
+        ["pre:Succeeded", "pre:Failed", "post:Succeeded"],
+        "{runs:#?}"
+    );
+    assert_eq!(
+        exec_out(&pods, "two", &["ls", "/tmp"]).await.trim(),
+        "",
+        "two thawed"
+    );
+    assert!(
+        of("hang")[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s"),
+        "{runs:#?}"
+    );
+    assert_eq!(of("pending")[0]["outcome"], "Skipped");
+    let web = of("web");
+    assert_eq!(
+        (web.len(), web[0]["hook"].as_str()),
+        (1, Some("by-label")),
+        "{runs:#?}"
+    );
+    assert_eq!(web[0]["stdout"].as_str().map(str::trim), Some("spec-pre"));
+    let results = &v[0]["results"];
+    let errors = results["errors"]["namespaces"][&app].to_string();
+    let warnings = results["warnings"]["namespaces"][&app].to_string();
+    assert!(
+        errors.contains("exit code 3") && errors.contains("boom"),
+        "{results:#}"
+    );
+    assert!(errors.contains("the pod is not backed up"), "{results:#}");
+    assert!(
+        warnings.contains("cont")
+            && warnings.contains("timed out")
+            && warnings.contains("not running"),
+        "{results:#}"
+    );
+    let items = arca.items(&a, "hk");
+    assert!(
+        items.contains(&format!("pods:{app}/db"))
+            && !items.contains(&format!("pods:{app}/fail"))
+            && !items.contains(&format!("pods:{app}/two")),
+        "{items:?}"
+    );
+    let pvbs = list_json(
+        &a,
+        POD_VOLUME_BACKUP,
+        Some(&arca.ns),
+        "arca.dev/backup-name=hk",
+    )
+    .await;
+    assert_eq!(pvbs.len(), 1, "only db's volume: {pvbs:#?}");
+    assert_eq!(pvbs[0]["spec"]["pod"]["name"], "db");
+    let text = arca.ok(&a, &["backup", "describe", "hk", "--details"]);
+    assert!(
+        text.contains("HooksAttempted:  11") && text.contains("by-label:"),
+        "{text}"
+    );
+    assert_eq!(
+        exec_out(&pods, "vol", &["ls", "/claim"]).await.trim(),
+        "",
+        "thawed"
+    );
+    assert_eq!(
+        list_json(&a, DATA_UPLOAD, Some(&arca.ns), "arca.dev/backup-name=hk")
+            .await
+            .len(),
+        1,
+        "the claim moved by its snapshot"
+    );
+    assert!(
+        text.contains(&format!("pre {app}/fail container c")),
+        "{text}"
+    );
+
+    // The restore: db's volume back under restore-wait, then the init hook's seed; web's
+    // exec hook once it is ready.
+    delete_namespace(&a, &app).await;
+    restore_wait_image(&a, &arca, &image).await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Restore\nmetadata: {{name: hk-back, namespace: {}}}\nspec:\n  backupName: hk\n  hooks:\n    resources:\n    - name: seed\n      labelSelector: {{matchLabels: {{app: db}}}}\n      postHooks:\n      - init:\n          initContainers:\n          - {{name: seed, image: localhost/tools:1, imagePullPolicy: Never, command: [sh, -c, \"echo seeded > /data/seed\"], volumeMounts: [{{name: data, mountPath: /data}}]}}\n    - name: when-ready\n      labelSelector: {{matchLabels: {{app: web}}}}\n      postHooks:\n      - exec:\n          container: c\n          command: [sh, -c, \"cat /tmp/ready && echo hooked > /tmp/hooked\"]\n          waitForReady: true\n          onError: Fail\n          waitTimeout: 2m\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let r = until_long(
+        &a,
+        ("arca.dev/v1", "Restore", "restores"),
+        Some(&arca.ns),
+        "hk-back",
+        300,
+        ended,
+    )
+    .await
+    .unwrap();
+    let rlogs = arca.ok(&a, &["restore", "logs", "hk-back"]);
+    assert_eq!(
+        r["status"]["phase"],
+        "Completed",
+        "{r:#}\n{rlogs}\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        r["status"]["hookStatus"],
+        json!({"hooksAttempted": 1, "hooksFailed": 0}),
+        "{r:#}\n{rlogs}"
+    );
+    let db = pods.get("db").await.unwrap();
+    let inits: Vec<String> = db
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(inits, ["restore-wait", "seed"]);
+    // An annotation's init container (no volumes, as Velero's) ran in its pod.
+    pod_running(&pods, "cont").await;
+    let cont = pods.get("cont").await.unwrap();
+    assert_eq!(
+        cont.spec.unwrap().init_containers.unwrap()[0].name,
+        "arca-restore-init"
+    );
+    let init_state = cont.status.unwrap().init_container_statuses.unwrap()[0].clone();
+    assert_eq!(
+        init_state
+            .state
+            .and_then(|s| s.terminated)
+            .map(|t| t.exit_code),
+        Some(0)
+    );
+    // The marker the pre hook wrote is in the backed-up data; the seed the init hook
+    // wrote is there too, written after the volume (restore-wait ran first).
+    let log = pod_log_with(&pods, "db", "start:").await;
+    assert!(log.contains("start:frozen:seeded"), "{log}");
+    let log = pod_log_with(&pods, "vol", "start:").await;
+    assert!(
+        log.contains("start:frozen"),
+        "the snapshot holds what the pre hook wrote: {log}"
+    );
+    assert_eq!(
+        exec_out(&pods, "web", &["cat", "/tmp/hooked"]).await.trim(),
+        "hooked"
+    );
+    let rv = arca.json(&a, &["restore", "describe", "hk-back", "--details"]);
+    let rruns = rv[0]["hooks"]
+        .as_array()
+        .expect("restore hook runs")
+        .clone();
+    assert_eq!(rruns.len(), 1, "{rruns:#?}");
+    assert_eq!(
+        (rruns[0]["pod"].as_str(), rruns[0]["outcome"].as_str()),
+        (Some("web"), Some("Succeeded"))
+    );
+    let text = arca.ok(&a, &["restore", "describe", "hk-back", "--details"]);
+    assert!(
+        text.contains("HooksAttempted:  1")
+            && text.contains(&format!("restore {app}/web container c")),
+        "{text}"
+    );
+    drop(agent);
+    // Not waited on: nothing after it needs the namespace gone.
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    nss.delete(&app, &DeleteParams::default()).await.unwrap();
+}
+
+/// A backup canceled between its pre and post hooks (its server paused there) still runs
+/// the post hook: the application its pre hook froze is thawed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_canceled_after_its_pre_hooks_still_thaws_the_pod() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some((a, _image, arca)) = volume_setting("thaw", false).await else {
+        return;
+    };
+    let server = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-pre-hooks-run")]);
+    server.wait_log("leading").await;
+    let app = format!("thaw-{}", arca.suffix());
+    apply(
+        &a,
+        &(ns(&app)
+            + &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations:\n    pre.hook.backup.arca.dev/command: '[\"touch\",\"/tmp/frozen\"]'\n    post.hook.backup.arca.dev/command: '[\"rm\",\"/tmp/frozen\"]'\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'exec sleep 3600']\n"
+            )),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_running(&pods, "app").await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: thaw, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n",
+            arca.ns
+        ),
+    )
+    .await;
+    server.wait_log("paused at backup-pre-hooks-run").await;
+    assert_eq!(
+        exec_out(&pods, "app", &["ls", "/tmp"]).await.trim(),
+        "frozen"
+    );
+    arca.ok(&a, &["backup", "cancel", "thaw", "--wait"]);
+    let mut left = String::new();
+    for _ in 0..300 {
+        left = exec_out(&pods, "app", &["ls", "/tmp"]).await;
+        if left.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left.trim(),
+        "",
+        "the post hook ran after the cancel\n{}",
+        server.log()
+    );
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "thaw")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Canceled", "{b:#}");
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }

@@ -251,6 +251,8 @@ pub struct Collected {
     pub results: Results,
     /// The claims whose data moved (or failed to), with `snapshotMoveData`.
     pub volumes: Vec<crate::datamover::MovedVolume>,
+    /// The exec hooks run (or skipped), pre and post.
+    pub hooks: Vec<crate::hooks::HookRun>,
 }
 
 fn to_item(r: &ApiRes, o: &DynamicObject) -> Result<Item> {
@@ -648,6 +650,13 @@ pub fn write_record(dir: &Path, backup: &Backup, c: &Collected, log: &Log) -> Re
         )
         .map_err(io(format!("write {}", crate::datamover::VOLUMES_FILE)))?;
     }
+    if !c.hooks.is_empty() {
+        std::fs::write(
+            dir.join(crate::hooks::HOOKS_FILE),
+            serde_json::to_vec_pretty(&c.hooks).expect("serializes"),
+        )
+        .map_err(io(format!("write {}", crate::hooks::HOOKS_FILE)))?;
+    }
     Ok(())
 }
 
@@ -689,7 +698,7 @@ async fn failed_validation(
 }
 
 /// A task aborted when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -905,21 +914,19 @@ async fn back_up_pod_volumes(
     Ok(started.claims)
 }
 
-/// Take a snapshot of each bound claim, start its DataUpload, wait for all of them, and
-/// keep the outcome in `c` (a failed upload is an error of the backup: PartiallyFailed).
-#[allow(clippy::too_many_arguments)]
-async fn move_volume_data(
+/// Take a snapshot of each bound claim and start its DataUpload (the uploads are waited
+/// on by [`wait_volume_data`]). With `for_post_hooks`, also wait until the snapshots are
+/// taken, which post hooks wait for (Velero's WaitUntilVSCHandleIsReady).
+async fn start_volume_data(
     client: &Client,
     ns: &str,
     backup: &Backup,
     c: &mut Collected,
-    status: &mut BackupStatus,
     log: &mut Log,
     by_fs: &BTreeSet<(String, String)>,
-    on_waiting: impl FnOnce(),
-) -> Result<()> {
-    use crate::datamover::{BACKUP_UID, csi};
-    let name = backup.name_any();
+    for_post_hooks: bool,
+) -> Result<Vec<(crate::datamover::csi::Claim, String)>> {
+    use crate::datamover::csi;
     // A claim a pod's volumes take by file system takes no snapshot (Velero's
     // ShouldPerformSnapshot).
     let claims: Vec<_> = csi::claims(&c.items)
@@ -935,6 +942,39 @@ async fn move_volume_data(
         log.line("error", e.clone());
         c.results.errors.add(Some(&cns), false, e);
     }
+    if for_post_hooks && !started.is_empty() {
+        let namespaces = started.iter().map(|(cl, _)| cl.namespace.clone()).collect();
+        let timeout = backup
+            .spec
+            .csi_snapshot_timeout
+            .as_deref()
+            .and_then(parse_go_std)
+            .unwrap_or(std::time::Duration::from_secs(600));
+        let uid = backup.uid().unwrap_or_default();
+        for w in csi::wait_snapshots_taken(client, &uid, &namespaces, timeout).await {
+            let w = format!("{w}: post hooks run without waiting for it");
+            log.line("warning", w.clone());
+            c.results.warnings.add(None, false, w);
+        }
+    }
+    Ok(started)
+}
+
+/// Wait for the DataUploads started (phase WaitingForPluginOperations) and keep their
+/// outcome in `c` (a failed upload is an error of the backup: PartiallyFailed).
+#[allow(clippy::too_many_arguments)]
+async fn wait_volume_data(
+    client: &Client,
+    ns: &str,
+    backup: &Backup,
+    c: &mut Collected,
+    status: &mut BackupStatus,
+    log: &mut Log,
+    started: Vec<(crate::datamover::csi::Claim, String)>,
+    on_waiting: impl FnOnce(),
+) -> Result<()> {
+    use crate::datamover::{BACKUP_UID, csi};
+    let name = backup.name_any();
     if started.is_empty() {
         return Ok(());
     }
@@ -983,6 +1023,112 @@ async fn move_volume_data(
     Ok(())
 }
 
+/// Post hooks still owed when dropped (a canceled backup): run on a task of their own
+/// for the pods still frozen.
+struct Thaw(
+    Client,
+    crate::hooks::backup::Frozen,
+    Vec<crate::crd::BackupResourceHookSpec>,
+);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let pods = std::mem::take(&mut *self.1.lock().expect("lock"));
+        if pods.is_empty() {
+            return;
+        }
+        let (client, specs) = (self.0.clone(), std::mem::take(&mut self.2));
+        tokio::spawn(async move {
+            let refs: Vec<&Value> = pods.iter().collect();
+            let done = crate::hooks::backup::run(
+                &client,
+                crate::hooks::backup::Phase::Post,
+                &refs,
+                &specs,
+                &Default::default(),
+            )
+            .await;
+            for r in done.runs {
+                tracing::warn!(
+                    "backup stopped before its post hooks; run now: {}",
+                    r.log_text()
+                );
+            }
+        });
+    }
+}
+
+/// Post hooks of every pod before a rerun of a backup whose server died while it was
+/// InProgress: logged, not counted (a thaw of what was not frozen may well fail).
+async fn thaw_after_restart(
+    client: &Client,
+    pods: &[Value],
+    specs: &[crate::crd::BackupResourceHookSpec],
+    log: &mut Log,
+) {
+    let refs: Vec<&Value> = pods.iter().collect();
+    let done = crate::hooks::backup::run(
+        client,
+        crate::hooks::backup::Phase::Post,
+        &refs,
+        specs,
+        &Default::default(),
+    )
+    .await;
+    for r in done.runs {
+        log.line(
+            "info",
+            format!(
+                "run again after a restart, post hooks first: {}",
+                r.log_text()
+            ),
+        );
+    }
+}
+
+/// Run one phase of exec hooks for the pods backed up, keeping every run (stored as
+/// `hooks.json`), logging each with its output, and counting failures: with onError Fail
+/// an error of the backup (PartiallyFailed), with Continue a warning; a pod not running
+/// is a warning. The pods a Fail hook failed in.
+#[allow(clippy::too_many_arguments)]
+async fn run_hooks(
+    client: &Client,
+    phase: crate::hooks::backup::Phase,
+    specs: &[crate::crd::BackupResourceHookSpec],
+    pods: &[Value],
+    frozen: &crate::hooks::backup::Frozen,
+    c: &mut Collected,
+    log: &mut Log,
+    runs: &mut Vec<crate::hooks::HookRun>,
+) -> BTreeSet<(String, String)> {
+    use crate::hooks::{AFTER_FAIL, OnError, Outcome};
+    let pods: Vec<&Value> = pods.iter().collect();
+    let done = crate::hooks::backup::run(client, phase, &pods, specs, frozen).await;
+    for (wns, w) in done.warnings {
+        log.line("warning", w.clone());
+        c.results.warnings.add(Some(&wns), false, w);
+    }
+    for r in &done.runs {
+        let (level, counted) = match (r.outcome, r.on_error) {
+            (Outcome::Succeeded, _) => ("info", None),
+            (Outcome::Skipped, _) if r.error.as_deref() == Some(AFTER_FAIL) => ("info", None),
+            (Outcome::Failed, OnError::Fail) => ("error", Some(true)),
+            _ => ("warning", Some(false)),
+        };
+        log.line(level, r.log_text());
+        match counted {
+            Some(true) => c.results.errors.add(Some(&r.namespace), false, r.summary()),
+            Some(false) => c
+                .results
+                .warnings
+                .add(Some(&r.namespace), false, r.summary()),
+            None => {}
+        }
+    }
+    runs.extend(done.runs);
+    done.failed_pods
+}
+
 /// Run a Backup resource that exists in the cluster (phase New): validate, collect, store
 /// the record in its location's resource repository, and keep its status current.
 pub async fn run_backup(
@@ -998,6 +1144,8 @@ pub async fn run_backup(
         .get(name)
         .await
         .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    // Left InProgress by a server that died: this is a rerun.
+    let rerun = backup.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("InProgress");
     let mut log = Log::default();
     let mut status = BackupStatus {
         format_version: Some("1.1.0".into()),
@@ -1098,6 +1246,14 @@ pub async fn run_backup(
             None
         }
     };
+    if let Some(h) = backup
+        .spec
+        .hooks
+        .as_ref()
+        .and_then(|h| h.resources.as_ref())
+    {
+        errs.extend(crate::hooks::backup::validate(h));
+    }
     let (Some(filters), Some(location), true) = (filters, location, errs.is_empty()) else {
         return failed_validation(client, ns, name, status, errs).await;
     };
@@ -1213,41 +1369,167 @@ pub async fn run_backup(
     });
     set_status(client, ns, name, &status).await?;
 
-    // Pod volumes by file system, read live while the backup is InProgress.
-    let backup_now = api
-        .get(name)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    // Pre hooks, before any volume is read or snapshotted (Velero's
+    // handleItemBlockPreHooks). Pods run them one after another; every pod's pre hooks run
+    // before the first volume is taken, and post hooks after the last is taken. A pod
+    // whose Fail hook failed is left out, with the volumes it would have had read by file
+    // system (Velero's backupItemBlock).
+    let hook_specs = backup
+        .spec
+        .hooks
+        .as_ref()
+        .and_then(|h| h.resources.clone())
+        .unwrap_or_default();
+    let pods_of = |c: &Collected| -> Vec<Value> {
+        c.items
+            .iter()
+            .filter(|i| i.item.group_resource() == "pods")
+            .map(|i| i.object.clone())
+            .collect()
+    };
+    let mut hook_runs = Vec::new();
+    if rerun {
+        // A run of this backup that a dead server left may have frozen pods it never
+        // thawed: their post hooks first, so that the pre hooks find them as they expect.
+        thaw_after_restart(client, &pods_of(&c), &hook_specs, &mut log).await;
+    }
+    let frozen = crate::hooks::backup::Frozen::default();
+    // A backup canceled (its run dropped) between a pod's pre and post hooks still runs
+    // that pod's post hooks, on a task of their own.
+    let _thaw = Thaw(client.clone(), frozen.clone(), hook_specs.clone());
+    let failed_pods = run_hooks(
+        client,
+        crate::hooks::backup::Phase::Pre,
+        &hook_specs,
+        &pods_of(&c),
+        &frozen,
+        &mut c,
+        &mut log,
+        &mut hook_runs,
+    )
+    .await;
     let pvcs_included =
         filters
             .resources
             .takes("persistentvolumeclaims", true, &filters.namespaces);
-    let by_fs =
-        match back_up_pod_volumes(client, ns, &backup_now, &mut c, &mut log, pvcs_included).await {
-            Ok(claims) => claims,
-            Err(e) => {
-                status.phase = Some("Failed".into());
-                status.failure_reason = Some(format!("backing up pod volumes failed: {e}"));
-                status.completion_timestamp = Some(now());
-                set_status(client, ns, name, &status).await?;
-                return Err(e);
+    let mut left_out_claims = BTreeSet::new();
+    if !failed_pods.is_empty() {
+        let default_fs = backup.spec.default_volumes_to_fs_backup == Some(true);
+        c.items.retain(|i| {
+            let failed = i.item.group_resource() == "pods"
+                && failed_pods.contains(&(
+                    i.item.namespace.clone().unwrap_or_default(),
+                    i.item.name.clone(),
+                ));
+            if failed {
+                let (chosen, _) = crate::datamover::podvolume::volumes_to_back_up(
+                    &i.object,
+                    default_fs,
+                    pvcs_included,
+                );
+                for v in chosen {
+                    if let Some(pvc) = v.pvc {
+                        left_out_claims.insert((i.item.namespace.clone().unwrap_or_default(), pvc));
+                    }
+                }
             }
-        };
+            !failed
+        });
+        for (pns, pod) in &failed_pods {
+            let e = format!(
+                "pod {pns}/{pod}: a pre hook with onError Fail failed: the pod is not backed up, nor the volumes it has read by file system"
+            );
+            log.line("error", e.clone());
+            c.results.errors.add(Some(pns), false, e);
+        }
+    }
+    let post_planned = c
+        .items
+        .iter()
+        .filter(|i| i.item.group_resource() == "pods")
+        .any(|i| {
+            !crate::hooks::backup::planned(
+                &i.object,
+                &hook_specs,
+                crate::hooks::backup::Phase::Post,
+            )
+            .0
+            .is_empty()
+        });
+    crate::server::pause_point("backup-pre-hooks-run").await;
 
-    // Volume data (Velero's CSI snapshot data movement): a snapshot and a DataUpload per
-    // bound claim taken, waited on in phase WaitingForPluginOperations.
-    if backup.spec.snapshot_move_data == Some(true)
-        && let Err(e) = move_volume_data(
-            client,
-            ns,
-            &backup_now,
-            &mut c,
-            &mut status,
-            &mut log,
-            &by_fs,
-            on_waiting,
-        )
+    // Pod volumes by file system, read live while the backup is InProgress; then the
+    // snapshots of the claims whose data moves (Velero's CSI snapshot data movement).
+    let backup_now = api
+        .get(name)
         .await
+        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    let volumes =
+        match back_up_pod_volumes(client, ns, &backup_now, &mut c, &mut log, pvcs_included).await {
+            Err(e) => Err(format!("backing up pod volumes failed: {e}")),
+            Ok(mut by_fs) if backup.spec.snapshot_move_data == Some(true) => {
+                // A left-out pod's file-system claims take no snapshot either (Velero's
+                // PVC action checks the pods' opt-in): it was not quiesced.
+                by_fs.extend(left_out_claims);
+                start_volume_data(
+                    client,
+                    ns,
+                    &backup_now,
+                    &mut c,
+                    &mut log,
+                    &by_fs,
+                    post_planned,
+                )
+                .await
+                .map_err(|e| format!("moving volume data failed: {e}"))
+            }
+            Ok(_) => Ok(Vec::new()),
+        };
+    // Post hooks, whatever became of the volumes: an application frozen by its pre hook
+    // is thawed even when the backup fails (Velero skips them then); also a left-out pod
+    // whose earlier pre hooks succeeded.
+    let mut post_pods = pods_of(&c);
+    for p in frozen.lock().expect("lock").iter() {
+        if !post_pods.iter().any(|q| q["metadata"] == p["metadata"]) {
+            post_pods.push(p.clone());
+        }
+    }
+    run_hooks(
+        client,
+        crate::hooks::backup::Phase::Post,
+        &hook_specs,
+        &post_pods,
+        &frozen,
+        &mut c,
+        &mut log,
+        &mut hook_runs,
+    )
+    .await;
+    if !hook_runs.is_empty() {
+        status.hook_status = Some(crate::hooks::status(&hook_runs));
+    }
+    c.hooks = hook_runs;
+    let started = match volumes {
+        Ok(s) => s,
+        Err(reason) => {
+            status.phase = Some("Failed".into());
+            status.failure_reason = Some(reason.clone());
+            status.completion_timestamp = Some(now());
+            set_status(client, ns, name, &status).await?;
+            return Err(Error::Invalid(reason));
+        }
+    };
+    if let Err(e) = wait_volume_data(
+        client,
+        ns,
+        &backup_now,
+        &mut c,
+        &mut status,
+        &mut log,
+        started,
+        on_waiting,
+    )
+    .await
     {
         status.phase = Some("Failed".into());
         status.failure_reason = Some(format!("moving volume data failed: {e}"));

@@ -113,6 +113,174 @@ pub struct BackupSpec {
     /// Uploader settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploader_config: Option<UploaderConfig>,
+    /// Commands run in the pods' containers before and after their volumes are taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<BackupHooks>,
+}
+
+/// A backup's hooks (Velero's `spec.hooks`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupHooks {
+    /// Hooks and the pods they apply to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<BackupResourceHookSpec>>,
+}
+
+/// Hooks for the pods a selection matches (only pods run hooks).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResourceHookSpec {
+    /// Its name, shown in results and logs.
+    pub name: String,
+    /// The pods they apply to.
+    #[serde(flatten)]
+    pub selector: HookSelector,
+    /// Before the pod's volumes are snapshotted or backed up, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<Vec<BackupResourceHook>>,
+    /// After its volumes are snapshotted and backed up, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<Vec<BackupResourceHook>>,
+}
+
+/// Which pods a hook entry applies to (Velero's ResourceHookSelector fields).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookSelector {
+    /// Namespaces (globs; empty or `*`: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub included_namespaces: Option<Vec<String>>,
+    /// Namespaces left out (globs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_namespaces: Option<Vec<String>>,
+    /// Resources (empty, `*` or `pods`: pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub included_resources: Option<Vec<String>>,
+    /// Resources left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_resources: Option<Vec<String>>,
+    /// Only pods with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+}
+
+/// One backup hook.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResourceHook {
+    /// A command run in a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecHook>,
+}
+
+/// A command run in a pod's container through `pods/exec`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecHook {
+    /// The container (default: the pod's first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments (no shell unless it names one).
+    pub command: Vec<String>,
+    /// `Fail` (the backup is PartiallyFailed; a pre hook's pod is not backed up) or
+    /// `Continue` (a warning; the default, as Velero's code behaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<String>,
+    /// How long the command may run (Go duration; default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Hooks run and failed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    /// Hooks attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_attempted: Option<i64>,
+    /// Hooks that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_failed: Option<i64>,
+}
+
+/// A restore's hooks (Velero's `spec.hooks`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreHooks {
+    /// Hooks and the pods they apply to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<RestoreResourceHookSpec>>,
+}
+
+/// Hooks for the restored pods a selection matches (namespaces after mapping).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResourceHookSpec {
+    /// Its name, shown in results and logs.
+    pub name: String,
+    /// The pods they apply to.
+    #[serde(flatten)]
+    pub selector: HookSelector,
+    /// Init containers added to the pod, and commands run once it runs, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hooks: Option<Vec<RestoreResourceHook>>,
+}
+
+/// One restore hook: init containers or a command.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResourceHook {
+    /// A command run in a container of the restored pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecRestoreHook>,
+    /// Init containers added to the restored pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitRestoreHook>,
+}
+
+/// A command run in a restored pod's container once it is running (or ready).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRestoreHook {
+    /// The container (default: the pod's first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// `Fail` (an error; the pod's later hooks are not run) or `Continue` (a warning;
+    /// the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<String>,
+    /// How long the command may run (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_timeout: Option<String>,
+    /// How long to wait for the container (default: the restore's itemOperationTimeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout: Option<String>,
+    /// Wait for the container to be ready, not merely running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_ready: Option<bool>,
+}
+
+/// Init containers added to a restored pod, after the restore-wait container.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRestoreHook {
+    /// Containers (as in a pod spec; each needs a name, an image and a command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "containers_schema")]
+    pub init_containers: Option<Vec<serde_json::Value>>,
+    /// Accepted for Velero's manifests; not used (as in Velero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+fn containers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
 }
 
 /// Uploader and downloader settings.
@@ -198,6 +366,9 @@ pub struct BackupStatus {
     /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_item_operations_failed: Option<i64>,
+    /// Hooks run and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_status: Option<HookStatus>,
 }
 
 /// Which resources' status to restore.
@@ -278,6 +449,9 @@ pub struct RestoreSpec {
     /// Downloader settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploader_config: Option<UploaderConfig>,
+    /// Init containers and commands for the restored pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<RestoreHooks>,
 }
 
 /// Items done of items in all.
@@ -329,6 +503,9 @@ pub struct RestoreStatus {
     /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_item_operations_failed: Option<i64>,
+    /// Exec hooks run and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_status: Option<HookStatus>,
 }
 
 /// A Schedule: a backup template and a cron expression.

@@ -14,6 +14,7 @@ pub mod datamover;
 pub mod discovery;
 mod error;
 pub mod filter;
+pub mod hooks;
 pub mod location;
 pub mod manage;
 pub mod record;

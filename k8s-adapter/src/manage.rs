@@ -945,6 +945,17 @@ pub async fn backup_volumes(
     }
 }
 
+/// A backup's or restore's hook runs (none when it ran none).
+pub async fn record_hooks(repo: &Indexed, id: &SnapshotId) -> Result<Vec<crate::hooks::HookRun>> {
+    match read_json(repo, id, crate::hooks::HOOKS_FILE).await {
+        Ok(v) => Ok(v),
+        Err(crate::Error::NotFound(_) | crate::Error::Engine(arca_engine::Error::NotFound(_))) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A backup's item list.
 pub async fn backup_items(repo: &Indexed, id: &SnapshotId) -> Result<Vec<ItemRef>> {
     read_json(repo, id, "items.json").await

@@ -288,6 +288,8 @@ struct Run {
     items: Mutex<Vec<RestoredItem>>,
     /// Pods created, with their UIDs (their PodVolumeRestores name them).
     created_pods: Mutex<Vec<crate::crd::PodRef>>,
+    /// Pods created that have exec hooks to run, as created.
+    hook_pods: Mutex<Vec<Value>>,
 }
 
 impl Run {
@@ -424,6 +426,12 @@ pub async fn run_restore(
             "existingResourcePolicy {policy:?}: use none or update"
         ));
     }
+    let hook_specs = spec
+        .hooks
+        .as_ref()
+        .and_then(|h| h.resources.clone())
+        .unwrap_or_default();
+    problems.extend(crate::hooks::restore::validate(&hook_specs));
     let ns_filter = NamespaceFilter::new(
         &spec.included_namespaces.clone().unwrap_or_default(),
         &spec.excluded_namespaces.clone().unwrap_or_default(),
@@ -760,6 +768,7 @@ pub async fn run_restore(
         BTreeMap::new()
     };
     let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
+    ctx.restore_hooks = hook_specs.clone();
     let ruid = restore.metadata.uid.clone().unwrap_or_default();
     if !pod_volumes.is_empty() {
         let image = if crate::datamover::agent::agent_running(client, ns, None).await? {
@@ -817,6 +826,7 @@ pub async fn run_restore(
         restored: std::sync::atomic::AtomicI64::new(0),
         items: Mutex::new(Vec::new()),
         created_pods: Mutex::new(Vec::new()),
+        hook_pods: Mutex::new(Vec::new()),
     });
     run.info(format!(
         "restore {ns}/{name} of backup {backup_name} started"
@@ -892,6 +902,22 @@ pub async fn run_restore(
     // moved claim (bound only once its download ends) and a volume written under its
     // restore-wait container (which runs only once the pod is placed).
     crate::server::pause_point("restore-pods-created").await;
+    let exec_hooks = {
+        let pods = run.hook_pods.lock().expect("lock").clone();
+        (!pods.is_empty()).then(|| {
+            let wait = spec
+                .item_operation_timeout
+                .as_deref()
+                .and_then(crate::backup::parse_go_std)
+                .unwrap_or(std::time::Duration::from_secs(4 * 3600));
+            crate::backup::AbortOnDrop(tokio::spawn(crate::hooks::restore::run_all(
+                client.clone(),
+                pods,
+                hook_specs.clone(),
+                wait,
+            )))
+        })
+    };
     let pod_volume_restores = if run.ctx.pod_volumes.is_empty() {
         0
     } else {
@@ -923,6 +949,22 @@ pub async fn run_restore(
     }
     if pod_volume_restores > 0 {
         wait_pod_volume_restores(client, ns, &restore, &run, pod_volume_restores).await?;
+    }
+    // Exec hooks of the pods this restore created, run while the volumes above were
+    // written (a pod under restore-wait runs its containers only after); waited on here.
+    let hook_runs = match exec_hooks {
+        Some(mut h) => match (&mut h.0).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                run.error(None, false, format!("running the exec hooks failed: {e}"));
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    record_hook_runs(&run, &hook_runs);
+    if !hook_runs.is_empty() {
+        status.hook_status = Some(crate::hooks::status(&hook_runs));
     }
 
     let results = run.results.lock().expect("lock").clone();
@@ -973,6 +1015,12 @@ pub async fn run_restore(
         "results.json",
         serde_json::to_vec_pretty(&results).expect("serializes"),
     )?;
+    if !hook_runs.is_empty() {
+        write(
+            crate::hooks::HOOKS_FILE,
+            serde_json::to_vec_pretty(&hook_runs).expect("serializes"),
+        )?;
+    }
     let mut restored_items = std::mem::take(&mut *run.items.lock().expect("lock"));
     restored_items.sort_by(|a, b| {
         (a.item.group_resource(), &a.item.namespace, &a.item.name).cmp(&(
@@ -1038,6 +1086,35 @@ fn labels_in(obj: &Value) -> BTreeMap<String, String> {
 /// What the per-kind actions consult, read before the first item is restored: the
 /// storage-class mapping, the volumes the cluster provisions anew, the volumes renamed,
 /// and the service accounts each target namespace will have.
+/// Keep a restored pod for its exec hooks, if it has any.
+fn note_hook_pod(run: &Run, pod: Value) {
+    let (groups, bad) = crate::hooks::restore::exec_hooks(&pod, &run.ctx.restore_hooks);
+    if !groups.is_empty() || !bad.is_empty() {
+        run.hook_pods.lock().expect("lock").push(pod);
+    }
+}
+
+/// Log each restore exec hook run with its output and count its failure: with onError
+/// Fail an error of the restore (PartiallyFailed), with Continue a warning.
+fn record_hook_runs(run: &Run, runs: &[crate::hooks::HookRun]) {
+    use crate::hooks::{AFTER_FAIL, OnError, Outcome};
+    for r in runs {
+        let level = match (r.outcome, r.on_error) {
+            (Outcome::Succeeded, _) => "info",
+            (Outcome::Skipped, _) if r.error.as_deref() == Some(AFTER_FAIL) => "info",
+            (_, OnError::Fail) => "error",
+            _ => "warning",
+        };
+        run.log.lock().expect("lock").line(level, r.log_text());
+        let mut results = run.results.lock().expect("lock");
+        match level {
+            "error" => results.errors.add(Some(&r.namespace), false, r.summary()),
+            "warning" => results.warnings.add(Some(&r.namespace), false, r.summary()),
+            _ => {}
+        }
+    }
+}
+
 async fn action_context(
     client: &Client,
     ns: &str,
@@ -1355,15 +1432,14 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
                 run.restored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if gr == "pods" {
-                    run.created_pods
-                        .lock()
-                        .expect("lock")
-                        .push(crate::crd::PodRef {
-                            kind: Some("Pod".into()),
-                            namespace: created.namespace().unwrap_or_default(),
-                            name: created.name_any(),
-                            uid: created.uid().unwrap_or_default(),
-                        });
+                    let pod = crate::crd::PodRef {
+                        kind: Some("Pod".into()),
+                        namespace: created.namespace().unwrap_or_default(),
+                        name: created.name_any(),
+                        uid: created.uid().unwrap_or_default(),
+                    };
+                    note_hook_pod(run, serde_json::to_value(&created).unwrap_or_default());
+                    run.created_pods.lock().expect("lock").push(pod);
                 }
                 run.info(format!("restored {what}"));
                 if let Some(st) = status {
@@ -1394,6 +1470,16 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             },
         }
     };
+    if gr == "pods"
+        && existing
+            .labels()
+            .get(RESTORE_NAME_LABEL)
+            .is_some_and(|l| *l == label_value(&run.restore_name))
+    {
+        // A pod of this restore, created by a run of it that a killed server left: its
+        // exec hooks run now (perhaps a second time), not never.
+        note_hook_pod(run, serde_json::to_value(&existing).unwrap_or_default());
+    }
     if gr == "serviceaccounts" {
         // Merge: the secrets, pull secrets, labels and annotations the cluster's
         // copy lacks (Velero's mergeServiceAccounts).

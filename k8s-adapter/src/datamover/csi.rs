@@ -8,7 +8,7 @@
 //! taken over after a server's kill -9 finds what the killed one made, and never takes a
 //! second snapshot of a claim whose DataUpload exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::{
     BACKUP_NAME, BACKUP_UID, DATAMOVER, MovedVolume, PVC_UID, RESTORE_NAME, RESTORE_UID, phase,
-    stable_name, volume_snapshot, volume_snapshot_class,
+    stable_name, volume_snapshot, volume_snapshot_class, volume_snapshot_content,
 };
 use crate::backup::Item;
 use crate::crd::{
@@ -360,6 +360,87 @@ pub async fn start_uploads(
         started.push((c.clone(), du_name));
     }
     Ok(started)
+}
+
+/// Wait until every volume snapshot this backup made in `namespaces` is taken: its
+/// content has a handle (Velero's WaitUntilVSCHandleIsReady, which post hooks wait for),
+/// or it is ready, or the exposer has taken it over already. A snapshot with an error is
+/// not waited on. What was not taken at `timeout`, or failed, as warnings. Errors of the
+/// API server are retried until then.
+pub async fn wait_snapshots_taken(
+    client: &Client,
+    backup_uid: &str,
+    namespaces: &BTreeSet<String>,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (waiting, failed) = match snapshots_not_taken(client, backup_uid, namespaces).await {
+            Ok(w) => w,
+            Err(e) => (
+                vec![format!("volume snapshots could not be read: {e}")],
+                Vec::new(),
+            ),
+        };
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            return waiting
+                .into_iter()
+                .map(|w| format!("{w}: not taken within the CSI snapshot timeout"))
+                .chain(failed)
+                .collect();
+        }
+        // No watch spans several namespaces' snapshots and their contents; a snapshot is
+        // taken in well under a second by most drivers.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The snapshots not yet taken, and those that failed (with the driver's message).
+async fn snapshots_not_taken(
+    client: &Client,
+    backup_uid: &str,
+    namespaces: &BTreeSet<String>,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let contents: Api<DynamicObject> = Api::all_with(client.clone(), &volume_snapshot_content());
+    let (mut waiting, mut failed) = (Vec::new(), Vec::new());
+    for n in namespaces {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), n, &volume_snapshot());
+        let list = api
+            .list(&ListParams::default().labels(&format!("{BACKUP_UID}={backup_uid}")))
+            .await
+            .map_err(|e| Error::kube(format!("list volume snapshots in {n}"), e))?;
+        for vs in list.items {
+            let who = format!("volume snapshot {n}/{}", vs.name_any());
+            if vs.data.pointer("/status/readyToUse") == Some(&json!(true)) {
+                continue;
+            }
+            if let Some(m) = vs
+                .data
+                .pointer("/status/error/message")
+                .and_then(Value::as_str)
+            {
+                failed.push(format!("{who} failed: {m}"));
+                continue;
+            }
+            let content = vs
+                .data
+                .pointer("/status/boundVolumeSnapshotContentName")
+                .and_then(Value::as_str)
+                .filter(|c| !c.is_empty());
+            let handle = match content {
+                Some(c) => contents
+                    .get_opt(c)
+                    .await
+                    .map_err(|e| Error::kube(format!("read snapshot content {c}"), e))?
+                    .and_then(|c| c.data.pointer("/status/snapshotHandle").cloned()),
+                None => None,
+            };
+            if handle.is_none() {
+                waiting.push(who);
+            }
+        }
+    }
+    Ok((waiting, failed))
 }
 
 /// Counts of finished operations: (completed, failed).

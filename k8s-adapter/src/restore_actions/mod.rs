@@ -48,6 +48,8 @@ pub struct Context {
     pub restore_uid: String,
     /// The restore-wait container's image.
     pub restore_wait_image: String,
+    /// The restore's hooks (their init containers go into the pods they select).
+    pub restore_hooks: Vec<crate::crd::RestoreResourceHookSpec>,
     /// Service accounts in each target namespace once the restore is done: those already
     /// in the cluster and those being restored (for the token-Secret rule).
     pub service_accounts: BTreeMap<String, BTreeSet<String>>,

@@ -4,7 +4,7 @@
 //! admission plugin sets its priority again (`priority` goes), and volumes holding the
 //! service account's old token Secret (`<account>-token-*`) go with their mounts. A pod
 //! whose volumes were backed up by file system waits in its `restore-wait` init container
-//! until they are written.
+//! until they are written; init-container restore hooks follow it.
 
 use serde_json::Value;
 
@@ -35,6 +35,8 @@ pub(super) fn transform(pod: &mut Value, ctx: &Context) -> Verdict {
         &ctx.restore_wait_image,
         &ctx.restore_uid,
     );
+    // Init-container hooks (Velero's init_restorehook_pod_action.go): after restore-wait.
+    crate::hooks::restore::add_init_containers(pod, &ctx.restore_hooks);
     let prefix = format!(
         "{}-token-",
         str_at(pod, "/spec/serviceAccountName").unwrap_or_default()
