@@ -1023,11 +1023,114 @@ async fn wait_volume_data(
     Ok(())
 }
 
-/// Post hooks still owed when dropped (a canceled backup): run on a task of their own
-/// for the pods still frozen.
+/// The Backup annotation naming the pods whose pre hooks may have run and whose post hooks
+/// have not (`namespace/name`, JSON): what a run stopped halfway (canceled, failed, its
+/// server killed) owes a thaw, read by the next run and by the cancel.
+pub const FROZEN_ANNOTATION: &str = "arca.dev/hooks-frozen";
+
+/// Thaws running on tasks of their own (a dropped run's), by backup: the next run of the
+/// same backup, and a server stopping, wait for them.
+static THAWS: std::sync::Mutex<Vec<(String, tokio::task::JoinHandle<()>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Wait for the thaws still running: of one backup (`ns/name`), or all (at most
+/// `limit`, for a server stopping).
+pub async fn wait_thaws(of: Option<&str>, limit: std::time::Duration) {
+    let handles: Vec<_> = {
+        let mut t = THAWS.lock().expect("lock");
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            t.drain(..).partition(|(k, _)| of.is_none_or(|o| o == k));
+        *t = rest;
+        mine.into_iter().map(|(_, h)| h).collect()
+    };
+    let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
+}
+
+async fn set_frozen(client: &Client, ns: &str, name: &str, pods: &[Value]) {
+    let v = (!pods.is_empty()).then(|| {
+        let keys: Vec<String> = pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    p.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        serde_json::to_string(&keys).expect("serializes")
+    });
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {FROZEN_ANNOTATION: v}}});
+    if let Err(e) = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!("backup {ns}/{name}: recording the pods its hooks froze: {e}");
+    }
+}
+
+/// Run the post hooks of the pods a stopped run of this backup recorded as frozen (read
+/// live), then forget them; logged, not counted (a thaw of what was not frozen may fail).
+/// Called as a run begins, and when a backup is canceled.
+pub async fn thaw_recorded(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    wait_thaws(
+        Some(&format!("{ns}/{name}")),
+        std::time::Duration::from_secs(600),
+    )
+    .await;
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let Ok(Some(b)) = api.get_opt(name).await else {
+        return Vec::new();
+    };
+    let Some(keys) = b
+        .annotations()
+        .get(FROZEN_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+    else {
+        return Vec::new();
+    };
+    let specs = b
+        .spec
+        .hooks
+        .as_ref()
+        .and_then(|h| h.resources.clone())
+        .unwrap_or_default();
+    let mut pods = Vec::new();
+    for k in keys {
+        if let Some((pns, pod)) = k.split_once('/')
+            && let Ok(Some(p)) = crate::hooks::read_pod(client, pns, pod).await
+        {
+            pods.push(p);
+        }
+    }
+    let refs: Vec<&Value> = pods.iter().collect();
+    let done = crate::hooks::backup::run(
+        client,
+        crate::hooks::backup::Phase::Post,
+        &refs,
+        &specs,
+        &Default::default(),
+    )
+    .await;
+    set_frozen(client, ns, name, &[]).await;
+    done.runs
+        .iter()
+        .map(|r| format!("post hooks of a stopped run, run now: {}", r.log_text()))
+        .collect()
+}
+
+/// Post hooks still owed when dropped (a canceled run): run on a task of their own for the
+/// pods still frozen, registered so that the next run and a stopping server wait for it.
 struct Thaw(
     Client,
     crate::hooks::backup::Frozen,
+    String,
+    String,
     Vec<crate::crd::BackupResourceHookSpec>,
 );
 
@@ -1037,8 +1140,9 @@ impl Drop for Thaw {
         if pods.is_empty() {
             return;
         }
-        let (client, specs) = (self.0.clone(), std::mem::take(&mut self.2));
-        tokio::spawn(async move {
+        let (client, ns, name) = (self.0.clone(), self.2.clone(), self.3.clone());
+        let specs = std::mem::take(&mut self.4);
+        let task = tokio::spawn(async move {
             let refs: Vec<&Value> = pods.iter().collect();
             let done = crate::hooks::backup::run(
                 &client,
@@ -1050,39 +1154,16 @@ impl Drop for Thaw {
             .await;
             for r in done.runs {
                 tracing::warn!(
-                    "backup stopped before its post hooks; run now: {}",
+                    "backup {ns}/{name} stopped before its post hooks; run now: {}",
                     r.log_text()
                 );
             }
+            set_frozen(&client, &ns, &name, &[]).await;
         });
-    }
-}
-
-/// Post hooks of every pod before a rerun of a backup whose server died while it was
-/// InProgress: logged, not counted (a thaw of what was not frozen may well fail).
-async fn thaw_after_restart(
-    client: &Client,
-    pods: &[Value],
-    specs: &[crate::crd::BackupResourceHookSpec],
-    log: &mut Log,
-) {
-    let refs: Vec<&Value> = pods.iter().collect();
-    let done = crate::hooks::backup::run(
-        client,
-        crate::hooks::backup::Phase::Post,
-        &refs,
-        specs,
-        &Default::default(),
-    )
-    .await;
-    for r in done.runs {
-        log.line(
-            "info",
-            format!(
-                "run again after a restart, post hooks first: {}",
-                r.log_text()
-            ),
-        );
+        THAWS
+            .lock()
+            .expect("lock")
+            .push((format!("{}/{}", self.2, self.3), task));
     }
 }
 
@@ -1144,9 +1225,13 @@ pub async fn run_backup(
         .get(name)
         .await
         .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
-    // Left InProgress by a server that died: this is a rerun.
-    let rerun = backup.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("InProgress");
     let mut log = Log::default();
+    // A run of this backup stopped halfway (canceled, failed, its server killed) may have
+    // frozen pods it never thawed: their post hooks first, so that the pre hooks find
+    // them as they expect (Velero fails such a backup and thaws nothing).
+    for line in thaw_recorded(client, ns, name).await {
+        log.line("info", line);
+    }
     let mut status = BackupStatus {
         format_version: Some("1.1.0".into()),
         ..Default::default()
@@ -1388,15 +1473,27 @@ pub async fn run_backup(
             .collect()
     };
     let mut hook_runs = Vec::new();
-    if rerun {
-        // A run of this backup that a dead server left may have frozen pods it never
-        // thawed: their post hooks first, so that the pre hooks find them as they expect.
-        thaw_after_restart(client, &pods_of(&c), &hook_specs, &mut log).await;
-    }
     let frozen = crate::hooks::backup::Frozen::default();
-    // A backup canceled (its run dropped) between a pod's pre and post hooks still runs
-    // that pod's post hooks, on a task of their own.
-    let _thaw = Thaw(client.clone(), frozen.clone(), hook_specs.clone());
+    // Every pod with pre hooks is recorded on the Backup before they run, and forgotten
+    // after the post hooks; a run dropped in between thaws on a task of its own.
+    let may_freeze: Vec<Value> = pods_of(&c)
+        .into_iter()
+        .filter(|p| {
+            !crate::hooks::backup::planned(p, &hook_specs, crate::hooks::backup::Phase::Pre)
+                .0
+                .is_empty()
+        })
+        .collect();
+    if !may_freeze.is_empty() {
+        set_frozen(client, ns, name, &may_freeze).await;
+    }
+    let _thaw = Thaw(
+        client.clone(),
+        frozen.clone(),
+        ns.to_string(),
+        name.to_string(),
+        hook_specs.clone(),
+    );
     let failed_pods = run_hooks(
         client,
         crate::hooks::backup::Phase::Pre,
@@ -1443,19 +1540,18 @@ pub async fn run_backup(
             c.results.errors.add(Some(pns), false, e);
         }
     }
-    let post_planned = c
-        .items
-        .iter()
-        .filter(|i| i.item.group_resource() == "pods")
-        .any(|i| {
-            !crate::hooks::backup::planned(
-                &i.object,
-                &hook_specs,
-                crate::hooks::backup::Phase::Post,
-            )
+    // Post hooks of the pods backed up, and of left-out pods an earlier pre hook froze.
+    let mut post_pods = pods_of(&c);
+    for p in frozen.lock().expect("lock").iter() {
+        if !post_pods.iter().any(|q| q["metadata"] == p["metadata"]) {
+            post_pods.push(p.clone());
+        }
+    }
+    let post_planned = post_pods.iter().any(|p| {
+        !crate::hooks::backup::planned(p, &hook_specs, crate::hooks::backup::Phase::Post)
             .0
             .is_empty()
-        });
+    });
     crate::server::pause_point("backup-pre-hooks-run").await;
 
     // Pod volumes by file system, read live while the backup is InProgress; then the
@@ -1488,12 +1584,6 @@ pub async fn run_backup(
     // Post hooks, whatever became of the volumes: an application frozen by its pre hook
     // is thawed even when the backup fails (Velero skips them then); also a left-out pod
     // whose earlier pre hooks succeeded.
-    let mut post_pods = pods_of(&c);
-    for p in frozen.lock().expect("lock").iter() {
-        if !post_pods.iter().any(|q| q["metadata"] == p["metadata"]) {
-            post_pods.push(p.clone());
-        }
-    }
     run_hooks(
         client,
         crate::hooks::backup::Phase::Post,
@@ -1505,6 +1595,9 @@ pub async fn run_backup(
         &mut hook_runs,
     )
     .await;
+    if !may_freeze.is_empty() {
+        set_frozen(client, ns, name, &[]).await;
+    }
     if !hook_runs.is_empty() {
         status.hook_status = Some(crate::hooks::status(&hook_runs));
     }

@@ -290,6 +290,9 @@ struct Run {
     created_pods: Mutex<Vec<crate::crd::PodRef>>,
     /// Pods created that have exec hooks to run, as created.
     hook_pods: Mutex<Vec<Value>>,
+    /// Run again after its server died (phase InProgress when read): when the Restore was
+    /// created, so that the pods its killed run made are known.
+    rerun_since: Option<Time>,
 }
 
 impl Run {
@@ -827,6 +830,10 @@ pub async fn run_restore(
         items: Mutex::new(Vec::new()),
         created_pods: Mutex::new(Vec::new()),
         hook_pods: Mutex::new(Vec::new()),
+        rerun_since: (restore.status.as_ref().and_then(|s| s.phase.as_deref())
+            == Some("InProgress"))
+        .then(|| restore.metadata.creation_timestamp.clone())
+        .flatten(),
     });
     run.info(format!(
         "restore {ns}/{name} of backup {backup_name} started"
@@ -1475,9 +1482,17 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             .labels()
             .get(RESTORE_NAME_LABEL)
             .is_some_and(|l| *l == label_value(&run.restore_name))
+        && run.rerun_since.as_ref().is_some_and(|since| {
+            existing
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0 >= since.0)
+        })
     {
-        // A pod of this restore, created by a run of it that a killed server left: its
-        // exec hooks run now (perhaps a second time), not never.
+        // A pod of this restore, created by a run of it that a killed server left (a
+        // rerun, and the pod younger than the Restore: not one of an earlier Restore of
+        // that name): its exec hooks run now (perhaps a second time), not never.
         note_hook_pod(run, serde_json::to_value(&existing).unwrap_or_default());
     }
     if gr == "serviceaccounts" {

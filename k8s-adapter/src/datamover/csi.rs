@@ -364,9 +364,8 @@ pub async fn start_uploads(
 
 /// Wait until every volume snapshot this backup made in `namespaces` is taken: its
 /// content has a handle (Velero's WaitUntilVSCHandleIsReady, which post hooks wait for),
-/// or it is ready, or the exposer has taken it over already. A snapshot with an error is
-/// not waited on. What was not taken at `timeout`, or failed, as warnings. Errors of the
-/// API server are retried until then.
+/// or it is ready, or the exposer has taken it over already. What was not taken at
+/// `timeout`, as warnings. Errors of the API server are retried until then.
 pub async fn wait_snapshots_taken(
     client: &Client,
     backup_uid: &str,
@@ -375,18 +374,14 @@ pub async fn wait_snapshots_taken(
 ) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (waiting, failed) = match snapshots_not_taken(client, backup_uid, namespaces).await {
+        let waiting = match snapshots_not_taken(client, backup_uid, namespaces).await {
             Ok(w) => w,
-            Err(e) => (
-                vec![format!("volume snapshots could not be read: {e}")],
-                Vec::new(),
-            ),
+            Err(e) => vec![format!("volume snapshots could not be read: {e}")],
         };
         if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
             return waiting
                 .into_iter()
                 .map(|w| format!("{w}: not taken within the CSI snapshot timeout"))
-                .chain(failed)
                 .collect();
         }
         // No watch spans several namespaces' snapshots and their contents; a snapshot is
@@ -395,14 +390,14 @@ pub async fn wait_snapshots_taken(
     }
 }
 
-/// The snapshots not yet taken, and those that failed (with the driver's message).
+/// The snapshots not yet taken.
 async fn snapshots_not_taken(
     client: &Client,
     backup_uid: &str,
     namespaces: &BTreeSet<String>,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<Vec<String>> {
     let contents: Api<DynamicObject> = Api::all_with(client.clone(), &volume_snapshot_content());
-    let (mut waiting, mut failed) = (Vec::new(), Vec::new());
+    let mut waiting = Vec::new();
     for n in namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), n, &volume_snapshot());
         let list = api
@@ -414,14 +409,16 @@ async fn snapshots_not_taken(
             if vs.data.pointer("/status/readyToUse") == Some(&json!(true)) {
                 continue;
             }
-            if let Some(m) = vs
+            // An error the snapshotter may yet retry past: waited on, as Velero's
+            // WaitUntilVSCHandleIsReady does, and named if the wait ends.
+            let who = match vs
                 .data
                 .pointer("/status/error/message")
                 .and_then(Value::as_str)
             {
-                failed.push(format!("{who} failed: {m}"));
-                continue;
-            }
+                Some(m) => format!("{who} (its error: {m})"),
+                None => who,
+            };
             let content = vs
                 .data
                 .pointer("/status/boundVolumeSnapshotContentName")
@@ -440,7 +437,7 @@ async fn snapshots_not_taken(
             }
         }
     }
-    Ok((waiting, failed))
+    Ok(waiting)
 }
 
 /// Counts of finished operations: (completed, failed).

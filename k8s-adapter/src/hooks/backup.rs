@@ -147,12 +147,8 @@ pub fn validate(specs: &[BackupResourceHookSpec]) -> Vec<String> {
     for s in specs {
         errs.extend(super::validate_selector("backup", &s.name, &s.selector));
         for (what, hooks) in [("pre", &s.pre), ("post", &s.post)] {
-            for (i, e) in hooks
-                .iter()
-                .flatten()
-                .filter_map(|h| h.exec.as_ref())
-                .enumerate()
-            {
+            for (i, h) in hooks.iter().flatten().enumerate() {
+                let Some(e) = &h.exec else { continue };
                 if e.command.is_empty() {
                     errs.push(format!(
                         "backup hook {} {what}[{i}]: exec has no command",

@@ -10,7 +10,6 @@
 //! stops only its own pod's later hooks, and only with onError Fail.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -132,10 +131,22 @@ pub fn add_init_containers(pod: &mut Value, specs: &[RestoreResourceHookSpec]) -
     if add.is_empty() {
         return Vec::new();
     }
-    let names: Vec<String> = add
-        .iter()
-        .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
-        .collect();
+    // One container per name (the first entry's): a second is refused with the pod.
+    let mut names: Vec<String> = Vec::new();
+    add.retain(|c| {
+        let n = c
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let first = !names.contains(&n);
+        if first {
+            names.push(n);
+        }
+        first
+    });
+    let same =
+        |a: &Value, b: &Value| a.get("name") == b.get("name") && a.get("image") == b.get("image");
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return Vec::new();
     };
@@ -144,13 +155,10 @@ pub fn add_init_containers(pod: &mut Value, specs: &[RestoreResourceHookSpec]) -
         .or_insert_with(|| json!([]))
         .as_array_mut()
         .expect("initContainers is a list");
-    // A pod restored before carries the hook's containers already: replaced, not doubled
-    // (a second container of one name and the pod is refused).
-    inits.retain(|c| {
-        !c.get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| names.iter().any(|a: &String| a == n))
-    });
+    // A pod restored before carries the hook's containers already (same name and image):
+    // replaced, not doubled. The pod's own container of a hook's name stays (and the API
+    // server refuses the pod, naming the clash).
+    inits.retain(|c| !add.iter().any(|a| same(a, c)));
     let at = usize::from(
         inits
             .first()
@@ -319,7 +327,9 @@ pub async fn run_pod(
     groups: Vec<(String, Vec<ExecHook>)>,
     default_wait: Duration,
 ) -> Vec<HookRun> {
-    let stop = Arc::new(AtomicBool::new(false));
+    // Set when a Fail hook failed: the pod's other containers stop waiting too.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let per_container = groups.into_iter().map(|(container, hooks)| {
         let (api, stop) = (api.clone(), stop.clone());
@@ -336,11 +346,14 @@ pub async fn run_pod(
             let cond = move |p: Option<&Pod>| {
                 p.is_none_or(|p| pod_ended(p).is_some() || container_up(p, &c2, ready))
             };
-            let waited = tokio::time::timeout(
-                wait,
-                kube::runtime::wait::await_condition(api.clone(), pod, cond),
-            )
-            .await;
+            let mut stopped = stop.subscribe();
+            let waited = tokio::select! {
+                w = tokio::time::timeout(
+                    wait,
+                    kube::runtime::wait::await_condition(api.clone(), pod, cond),
+                ) => w,
+                _ = stopped.wait_for(|s| *s) => Ok(Ok(None)),
+            };
             // How long the container took to come up: a hook's waitTimeout bounds that
             // wait, not the time its container's earlier hooks ran.
             let up_after = started.elapsed();
@@ -364,7 +377,7 @@ pub async fn run_pod(
                     }
                     r
                 };
-                let run = if stop.load(Ordering::SeqCst) {
+                let run = if *stop.borrow() {
                     skip(AFTER_FAIL.into(), false)
                 } else if let Some(why) = &not_up {
                     skip(why.clone(), true)
@@ -375,7 +388,7 @@ pub async fn run_pod(
                     super::exec(client, PHASE, ns, pod, &container, c).await
                 };
                 if run.failed() && c.on_error == OnError::Fail {
-                    stop.store(true, Ordering::SeqCst);
+                    stop.send_replace(true);
                 }
                 runs.push(run);
             }

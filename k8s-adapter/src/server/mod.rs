@@ -498,6 +498,9 @@ pub async fn run(
         ))),
         _ = &mut shutdown => Ok(()),
     };
+    // Post hooks of canceled backups still running end before another leader may start
+    // (bounded: a hook hanging with no timeout must not hold the Lease forever).
+    crate::backup::wait_thaws(None, Duration::from_secs(60)).await;
     if result.is_ok()
         && let Some(e) = elector.as_mut()
     {
@@ -555,6 +558,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     if !run_again && b.spec.cancel == Some(true) {
         return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
     }
+
     // A slot, in creation order (Velero's backup queue): the oldest waiting backups take
     // the free slots; the others say where they stand.
     let permit = ctx.slots.clone().try_acquire_owned().ok();
@@ -609,6 +613,10 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             if crate::backup::adopt_if_stored(&ctx.client, ns, &name, cache).await? {
                 tracing::info!("backup {ns}/{name}: stored before the cancel took effect");
                 return Ok(Action::await_change());
+            }
+            // The dropped run's post hooks (on a task) end before it is called Canceled.
+            for line in crate::backup::thaw_recorded(&ctx.client, ns, &name).await {
+                tracing::info!("backup {ns}/{name}: {line}");
             }
             return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
         }
