@@ -6934,14 +6934,15 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
 }
 
 /// A backup canceled between its pre and post hooks (its server paused there) still runs
-/// the post hook: the application its pre hook froze is thawed.
+/// the post hook before it is Canceled; one whose server is killed (-9) there is thawed by
+/// the next server's run of it before its pre hooks run again.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_backup_canceled_after_its_pre_hooks_still_thaws_the_pod() {
+async fn a_backup_stopped_between_its_hooks_still_thaws_the_pod() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some((a, _image, arca)) = volume_setting("thaw", false).await else {
         return;
     };
-    let server = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-pre-hooks-run")]);
+    let mut server = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-pre-hooks-run")]);
     server.wait_log("leading").await;
     let app = format!("thaw-{}", arca.suffix());
     apply(
@@ -6968,24 +6969,72 @@ async fn a_backup_canceled_after_its_pre_hooks_still_thaws_the_pod() {
         "frozen"
     );
     arca.ok(&a, &["backup", "cancel", "thaw", "--wait"]);
-    let mut left = String::new();
-    for _ in 0..300 {
-        left = exec_out(&pods, "app", &["ls", "/tmp"]).await;
-        if left.trim().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // Canceled once the post hook has run, not before.
     assert_eq!(
-        left.trim(),
+        exec_out(&pods, "app", &["ls", "/tmp"]).await.trim(),
         "",
-        "the post hook ran after the cancel\n{}",
+        "the post hook ran with the cancel\n{}",
         server.log()
     );
     let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "thaw")
         .await
         .unwrap();
     assert_eq!(b["status"]["phase"], "Canceled", "{b:#}");
+    assert!(
+        b["metadata"]["annotations"]["arca.dev/hooks-frozen"].is_null(),
+        "{b:#}"
+    );
+
+    // Killed (-9) between the pre and post hooks of a second backup: the pod stays frozen
+    // and the Backup names it; the next server's run thaws it first, then backs up.
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: thaw2, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n",
+            arca.ns
+        ),
+    )
+    .await;
+    for _ in 0..600 {
+        if server
+            .log()
+            .matches("paused at backup-pre-hooks-run")
+            .count()
+            >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        exec_out(&pods, "app", &["ls", "/tmp"]).await.trim(),
+        "frozen"
+    );
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "thaw2")
+        .await
+        .unwrap();
+    assert_eq!(
+        b["metadata"]["annotations"]["arca.dev/hooks-frozen"],
+        format!("[\"{app}/app\"]"),
+        "{b:#}"
+    );
+    server.kill();
+    let next = arca.server_with(&a, "3s", &[]);
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "thaw2", 120, ended)
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", next.log());
+    assert!(
+        b["metadata"]["annotations"]["arca.dev/hooks-frozen"].is_null(),
+        "{b:#}"
+    );
+    assert_eq!(exec_out(&pods, "app", &["ls", "/tmp"]).await.trim(), "");
+    let logs = arca.ok(&a, &["backup", "logs", "thaw2"]);
+    assert!(
+        logs.contains("post hooks of a stopped run, run now"),
+        "{logs}"
+    );
+    drop(next);
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }
