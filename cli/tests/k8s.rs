@@ -6839,14 +6839,16 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
         "{text}"
     );
 
-    // The restore: db's volume back under restore-wait, then the init hook's seed; web's
-    // exec hook once it is ready.
-    delete_namespace(&a, &app).await;
+    // The restore, into a copy of the namespace (no wait for the original to go): db's
+    // volume back under restore-wait, then the init hook's seed; web's exec hook once it
+    // is ready.
     restore_wait_image(&a, &arca, &image).await;
+    let copy = format!("{app}-copy");
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &copy);
     apply(
         &a,
         &format!(
-            "apiVersion: arca.dev/v1\nkind: Restore\nmetadata: {{name: hk-back, namespace: {}}}\nspec:\n  backupName: hk\n  hooks:\n    resources:\n    - name: seed\n      labelSelector: {{matchLabels: {{app: db}}}}\n      postHooks:\n      - init:\n          initContainers:\n          - {{name: seed, image: localhost/tools:1, imagePullPolicy: Never, command: [sh, -c, \"echo seeded > /data/seed\"], volumeMounts: [{{name: data, mountPath: /data}}]}}\n    - name: when-ready\n      labelSelector: {{matchLabels: {{app: web}}}}\n      postHooks:\n      - exec:\n          container: c\n          command: [sh, -c, \"cat /tmp/ready && echo hooked > /tmp/hooked\"]\n          waitForReady: true\n          onError: Fail\n          waitTimeout: 2m\n",
+            "apiVersion: arca.dev/v1\nkind: Restore\nmetadata: {{name: hk-back, namespace: {}}}\nspec:\n  backupName: hk\n  namespaceMapping: {{{app}: {copy}}}\n  hooks:\n    resources:\n    - name: seed\n      labelSelector: {{matchLabels: {{app: db}}}}\n      postHooks:\n      - init:\n          initContainers:\n          - {{name: seed, image: localhost/tools:1, imagePullPolicy: Never, command: [sh, -c, \"echo seeded > /data/seed\"], volumeMounts: [{{name: data, mountPath: /data}}]}}\n    - name: when-ready\n      labelSelector: {{matchLabels: {{app: web}}}}\n      postHooks:\n      - exec:\n          container: c\n          command: [sh, -c, \"cat /tmp/ready && echo hooked > /tmp/hooked\"]\n          waitForReady: true\n          onError: Fail\n          waitTimeout: 2m\n",
             arca.ns
         ),
     )
@@ -6924,13 +6926,15 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
     let text = arca.ok(&a, &["restore", "describe", "hk-back", "--details"]);
     assert!(
         text.contains("HooksAttempted:  1")
-            && text.contains(&format!("restore {app}/web container c")),
+            && text.contains(&format!("restore {copy}/web container c")),
         "{text}"
     );
     drop(agent);
     // Not waited on: nothing after it needs the namespace gone.
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
-    nss.delete(&app, &DeleteParams::default()).await.unwrap();
+    for n in [&app, &copy] {
+        nss.delete(n, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 /// A backup canceled between its pre and post hooks (its server paused there) still runs
