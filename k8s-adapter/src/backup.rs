@@ -1051,15 +1051,8 @@ async fn set_frozen(client: &Client, ns: &str, name: &str, pods: &[Value]) {
         let keys: Vec<String> = pods
             .iter()
             .map(|p| {
-                format!(
-                    "{}/{}",
-                    p.pointer("/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                    p.pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                )
+                let (pns, pod) = crate::hooks::backup::key(p);
+                format!("{pns}/{pod}")
             })
             .collect();
         serde_json::to_string(&keys).expect("serializes")
@@ -1094,12 +1087,7 @@ pub async fn thaw_recorded(client: &Client, ns: &str, name: &str) -> Vec<String>
     else {
         return Vec::new();
     };
-    let specs = b
-        .spec
-        .hooks
-        .as_ref()
-        .and_then(|h| h.resources.clone())
-        .unwrap_or_default();
+    let specs = b.spec.hook_specs();
     let mut pods = Vec::new();
     for k in keys {
         if let Some((pns, pod)) = k.split_once('/')
@@ -1331,14 +1319,7 @@ pub async fn run_backup(
             None
         }
     };
-    if let Some(h) = backup
-        .spec
-        .hooks
-        .as_ref()
-        .and_then(|h| h.resources.as_ref())
-    {
-        errs.extend(crate::hooks::backup::validate(h));
-    }
+    errs.extend(crate::hooks::backup::validate(&backup.spec.hook_specs()));
     let (Some(filters), Some(location), true) = (filters, location, errs.is_empty()) else {
         return failed_validation(client, ns, name, status, errs).await;
     };
@@ -1459,12 +1440,7 @@ pub async fn run_backup(
     // before the first volume is taken, and post hooks after the last is taken. A pod
     // whose Fail hook failed is left out, with the volumes it would have had read by file
     // system (Velero's backupItemBlock).
-    let hook_specs = backup
-        .spec
-        .hooks
-        .as_ref()
-        .and_then(|h| h.resources.clone())
-        .unwrap_or_default();
+    let hook_specs = backup.spec.hook_specs();
     let pods_of = |c: &Collected| -> Vec<Value> {
         c.items
             .iter()

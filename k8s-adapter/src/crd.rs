@@ -118,6 +118,26 @@ pub struct BackupSpec {
     pub hooks: Option<BackupHooks>,
 }
 
+impl BackupSpec {
+    /// Its hook entries (none when unset).
+    pub fn hook_specs(&self) -> Vec<BackupResourceHookSpec> {
+        self.hooks
+            .as_ref()
+            .and_then(|h| h.resources.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl RestoreSpec {
+    /// Its hook entries (none when unset).
+    pub fn hook_specs(&self) -> Vec<RestoreResourceHookSpec> {
+        self.hooks
+            .as_ref()
+            .and_then(|h| h.resources.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// A backup's hooks (Velero's `spec.hooks`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -429,11 +429,7 @@ pub async fn run_restore(
             "existingResourcePolicy {policy:?}: use none or update"
         ));
     }
-    let hook_specs = spec
-        .hooks
-        .as_ref()
-        .and_then(|h| h.resources.clone())
-        .unwrap_or_default();
+    let hook_specs = spec.hook_specs();
     problems.extend(crate::hooks::restore::validate(&hook_specs));
     let ns_filter = NamespaceFilter::new(
         &spec.included_namespaces.clone().unwrap_or_default(),

@@ -131,7 +131,8 @@ pub struct PhaseRun {
 /// stopped halfway owes a thaw.
 pub type Frozen = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
 
-fn key(pod: &Value) -> (String, String) {
+/// A pod's (namespace, name).
+pub(crate) fn key(pod: &Value) -> (String, String) {
     let m = |f: &str| {
         pod.pointer(&format!("/metadata/{f}"))
             .and_then(Value::as_str)
