@@ -1170,7 +1170,6 @@ async fn run_hooks(
     log: &mut Log,
     runs: &mut Vec<crate::hooks::HookRun>,
 ) -> BTreeSet<(String, String)> {
-    use crate::hooks::{AFTER_FAIL, OnError, Outcome};
     let pods: Vec<&Value> = pods.iter().collect();
     let done = crate::hooks::backup::run(client, phase, &pods, specs, frozen).await;
     for (wns, w) in done.warnings {
@@ -1178,20 +1177,15 @@ async fn run_hooks(
         c.results.warnings.add(Some(&wns), false, w);
     }
     for r in &done.runs {
-        let (level, counted) = match (r.outcome, r.on_error) {
-            (Outcome::Succeeded, _) => ("info", None),
-            (Outcome::Skipped, _) if r.error.as_deref() == Some(AFTER_FAIL) => ("info", None),
-            (Outcome::Failed, OnError::Fail) => ("error", Some(true)),
-            _ => ("warning", Some(false)),
-        };
+        let level = r.level();
         log.line(level, r.log_text());
-        match counted {
-            Some(true) => c.results.errors.add(Some(&r.namespace), false, r.summary()),
-            Some(false) => c
+        match level {
+            "error" => c.results.errors.add(Some(&r.namespace), false, r.summary()),
+            "warning" => c
                 .results
                 .warnings
                 .add(Some(&r.namespace), false, r.summary()),
-            None => {}
+            _ => {}
         }
     }
     runs.extend(done.runs);

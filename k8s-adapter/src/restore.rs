@@ -1100,14 +1100,8 @@ fn note_hook_pod(run: &Run, pod: Value) {
 /// Log each restore exec hook run with its output and count its failure: with onError
 /// Fail an error of the restore (PartiallyFailed), with Continue a warning.
 fn record_hook_runs(run: &Run, runs: &[crate::hooks::HookRun]) {
-    use crate::hooks::{AFTER_FAIL, OnError, Outcome};
     for r in runs {
-        let level = match (r.outcome, r.on_error) {
-            (Outcome::Succeeded, _) => "info",
-            (Outcome::Skipped, _) if r.error.as_deref() == Some(AFTER_FAIL) => "info",
-            (_, OnError::Fail) => "error",
-            _ => "warning",
-        };
+        let level = r.level();
         run.log.lock().expect("lock").line(level, r.log_text());
         let mut results = run.results.lock().expect("lock");
         match level {

@@ -222,11 +222,7 @@ pub async fn run(
                 (Ok(_), true) => HookRun::skipped(p, &ns, &name, c, AFTER_FAIL.into()),
                 (Ok(l), false) => match container_of(l, c.container.as_deref()) {
                     Ok(container) => super::exec(client, p, &ns, &name, &container, c).await,
-                    Err(e) => {
-                        let mut r = HookRun::skipped(p, &ns, &name, c, e);
-                        r.outcome = Outcome::Failed;
-                        r
-                    }
+                    Err(e) => HookRun::failed_unrun(p, &ns, &name, c, e),
                 },
             };
             let mut run = run;

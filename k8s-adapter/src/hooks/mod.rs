@@ -143,6 +143,27 @@ impl HookRun {
         }
     }
 
+    /// A run that failed before its command could start (no such container, a bad
+    /// setting, its pod gone or never up).
+    pub fn failed_unrun(phase: &str, ns: &str, pod: &str, c: &Command, why: String) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            ..Self::skipped(phase, ns, pod, c, why)
+        }
+    }
+
+    /// How the operation counts it: `error` (a failure with onError Fail), `warning` (one
+    /// with Continue, or a skip), `info` (a success, or a skip after a Fail, which that
+    /// Fail's error covers).
+    pub fn level(&self) -> &'static str {
+        match (self.outcome, self.on_error) {
+            (Outcome::Succeeded, _) => "info",
+            (Outcome::Skipped, _) if self.error.as_deref() == Some(AFTER_FAIL) => "info",
+            (Outcome::Failed, OnError::Fail) => "error",
+            _ => "warning",
+        }
+    }
+
     /// Whether it ran and failed (or could not be started).
     pub fn failed(&self) -> bool {
         self.outcome == Outcome::Failed

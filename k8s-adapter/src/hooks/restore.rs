@@ -18,8 +18,8 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use super::{
-    AFTER_FAIL, Command, DEFAULT_TIMEOUT, FROM_ANNOTATION, HookRun, OnError, Outcome, Selection,
-    annotation, container_of, labels, parse_command, parse_timeout,
+    AFTER_FAIL, Command, DEFAULT_TIMEOUT, FROM_ANNOTATION, HookRun, OnError, Selection, annotation,
+    container_of, labels, parse_command, parse_timeout,
 };
 use crate::crd::RestoreResourceHookSpec;
 
@@ -229,9 +229,13 @@ pub fn exec_hooks(
                 wait_for_ready,
             });
         } else {
-            let mut r = HookRun::skipped(PHASE, ns, name, &c, problems.join("; "));
-            r.outcome = Outcome::Failed;
-            bad.push(r);
+            bad.push(HookRun::failed_unrun(
+                PHASE,
+                ns,
+                name,
+                &c,
+                problems.join("; "),
+            ));
         }
     } else {
         let l = labels(pod);
@@ -280,11 +284,7 @@ pub fn exec_hooks(
                 Some((_, v)) => v.push(h),
                 None => groups.push((c, vec![h])),
             },
-            Err(e) => {
-                let mut r = HookRun::skipped(PHASE, ns, name, &h.command, e);
-                r.outcome = Outcome::Failed;
-                bad.push(r);
-            }
+            Err(e) => bad.push(HookRun::failed_unrun(PHASE, ns, name, &h.command, e)),
         }
     }
     (groups, bad)
@@ -369,13 +369,13 @@ pub async fn run_pod(
             };
             for h in hooks {
                 let c = &h.command;
-                let skip = |why: String, failed: bool| {
-                    let mut r = HookRun::skipped(PHASE, ns, pod, c, why);
-                    r.container = container.clone();
-                    if failed {
-                        r.outcome = Outcome::Failed;
+                let skip = |why: String, failed: bool| HookRun {
+                    container: container.clone(),
+                    ..if failed {
+                        HookRun::failed_unrun(PHASE, ns, pod, c, why)
+                    } else {
+                        HookRun::skipped(PHASE, ns, pod, c, why)
                     }
-                    r
                 };
                 let run = if *stop.borrow() {
                     skip(AFTER_FAIL.into(), false)
@@ -417,11 +417,16 @@ pub async fn run_all(
         if let Ok(None) = super::read_pod(client, ns, name).await {
             for (container, hooks) in groups {
                 for h in hooks {
-                    let mut r =
-                        HookRun::skipped(PHASE, ns, name, &h.command, "the pod is gone".into());
-                    r.container = container.clone();
-                    r.outcome = Outcome::Failed;
-                    runs.push(r);
+                    runs.push(HookRun {
+                        container: container.clone(),
+                        ..HookRun::failed_unrun(
+                            PHASE,
+                            ns,
+                            name,
+                            &h.command,
+                            "the pod is gone".into(),
+                        )
+                    });
                 }
             }
             return runs;
