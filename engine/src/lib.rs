@@ -25,6 +25,7 @@ mod cache_records;
 mod check;
 mod chunker;
 mod clock;
+mod direct;
 mod error;
 mod forget;
 mod fsmeta;

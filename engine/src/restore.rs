@@ -74,6 +74,9 @@ pub struct RestoreOptions {
     /// The metadata of the snapshot's top directory (`Snapshot::top`), applied to the
     /// target itself when the whole snapshot is restored.
     pub top: Option<Node>,
+    /// Write large files with direct I/O, past the page cache, where the file system
+    /// takes it (see `direct`). Off: every byte through the page cache.
+    pub direct_io: bool,
 }
 
 impl RestoreOptions {
@@ -87,6 +90,7 @@ impl RestoreOptions {
             concurrency: 8,
             cancel: Arc::new(AtomicBool::new(false)),
             top: None,
+            direct_io: true,
         }
     }
 }
@@ -326,6 +330,10 @@ impl Indexed {
             .map_err(|e| Error::io("read", &opts.target, e))?
             .next()
             .is_none();
+        let direct = opts.direct_io
+            && root_fd
+                .open_dir(Path::new("."))
+                .is_ok_and(|d| crate::direct::worth_it(&d));
 
         // Phase 1: the walk.
         let mut plan = Plan::default();
@@ -371,7 +379,7 @@ impl Indexed {
         let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_MIB as usize));
         let writes = futures::stream::poll_fn(|cx| brx.poll_recv(cx))
             .then(|b| self.prepare_batch(b, root_fd.clone()))
-            .map(|prepared| self.write_batch(prepared, opts, &root_fd, &col, &budget))
+            .map(|prepared| self.write_batch(prepared, opts, direct, &root_fd, &col, &budget))
             .buffer_unordered(2);
         let mut writes = std::pin::pin!(writes);
         while let Some(done) = writes.next().await {
@@ -764,11 +772,13 @@ impl Indexed {
         .expect("restore planning panicked")
     }
 
-    /// Write one prepared batch of files, fetching each pack range once.
+    /// Write one prepared batch of files, fetching each pack range once; large files with
+    /// direct I/O when `direct`.
     async fn write_batch(
         &self,
         (batch, prepared): Prepared,
         opts: &RestoreOptions,
+        direct: bool,
         root: &Arc<Root>,
         col: &Arc<Collector>,
         budget: &Arc<tokio::sync::Semaphore>,
@@ -780,9 +790,12 @@ impl Indexed {
             Arc::new(batch.iter().map(|_| AtomicUsize::new(0)).collect());
         let damaged: Arc<Vec<AtomicBool>> =
             Arc::new(batch.iter().map(|_| AtomicBool::new(false)).collect());
-        // Who creates each file: the first worker with a blob for it (or the loop below).
-        let created: Arc<Vec<std::sync::OnceLock<std::result::Result<(), String>>>> =
+        // Who creates each file: the first worker with a blob for it (or the loop below);
+        // and whether it is written directly.
+        let created: Arc<Vec<Created>> =
             Arc::new(batch.iter().map(|_| std::sync::OnceLock::new()).collect());
+        let edges: Arc<Vec<crate::direct::Edges>> =
+            Arc::new(batch.iter().map(|_| Default::default()).collect());
         let kept = Arc::new(AtomicU64::new(0));
         let mut skip = vec![false; batch.len()];
         for (j, (job, prep)) in batch.iter().zip(prepared).enumerate() {
@@ -854,6 +867,17 @@ impl Indexed {
                     }
                 }
             }
+            if offset != job.node.size && !damaged[j].load(Ordering::Relaxed) {
+                col.error(
+                    &job.path,
+                    format!(
+                        "damaged in the repository: its chunks hold {offset} bytes, not the \
+                         {} recorded; restored as the chunks have it",
+                        job.node.size
+                    ),
+                );
+                damaged[j].store(true, Ordering::Relaxed);
+            }
         }
         let batch = Arc::new(batch);
         let written = Arc::new(AtomicU64::new(0));
@@ -864,8 +888,8 @@ impl Indexed {
             if skip[j] || remaining[j].load(Ordering::Relaxed) != 0 {
                 continue;
             }
-            let file = match open_job(root, &batch[j], &created[j]) {
-                Ok(f) => f
+            let file = match open_job(root, &batch[j], &created[j], direct) {
+                Ok((f, _)) => f
                     .set_len(batch[j].node.size)
                     .map(|()| f)
                     .map_err(|e| e.to_string()),
@@ -903,7 +927,7 @@ impl Indexed {
                 written.clone(),
                 restored.clone(),
             );
-            let (root, created) = (root.clone(), created.clone());
+            let (root, created, edges) = (root.clone(), created.clone(), edges.clone());
             let (ownership, cancel) = (opts.ownership, opts.cancel.clone());
             async move {
                 if cancel.load(Ordering::Relaxed) {
@@ -942,8 +966,9 @@ impl Indexed {
                             None
                         }
                     };
-                    // Consecutive blobs mostly go to one file: keep it open between them.
-                    let mut open: Option<(usize, std::fs::File)> = None;
+                    // Consecutive blobs mostly go to one file: keep it open between them
+                    // (and whether it is written directly).
+                    let mut open: Option<(usize, std::fs::File, bool)> = None;
                     let mut scratch = PLAIN_BUF.take();
                     for (entry, targets) in &blobs {
                         let plain = bytes.as_ref().map(|b| {
@@ -965,15 +990,25 @@ impl Indexed {
                                         NodeKind::File { sparse: true, .. }
                                     );
                                     let mut write = || -> std::result::Result<(), String> {
-                                        if open.as_ref().is_none_or(|(o, _)| o != j) {
+                                        if open.as_ref().is_none_or(|(o, _, _)| o != j) {
                                             open = None;
                                             // Created (O_EXCL) by whichever worker comes
                                             // first; the others open what it made.
-                                            let f = open_job(&root, job, &created[*j])?;
-                                            open = Some((*j, f));
+                                            let (f, d) =
+                                                open_job(&root, job, &created[*j], direct)?;
+                                            open = Some((*j, f, d));
                                         }
-                                        let f = &open.as_ref().expect("opened above").1;
-                                        if sparse {
+                                        let (_, f, d) = open.as_ref().expect("opened above");
+                                        if *d {
+                                            crate::direct::write(
+                                                f,
+                                                &edges[*j],
+                                                data,
+                                                *off,
+                                                job.node.size,
+                                                sparse,
+                                            )
+                                        } else if sparse {
                                             write_sparse(f, data, *off)
                                         } else {
                                             f.write_all_at(data, *off)
@@ -1006,7 +1041,24 @@ impl Indexed {
                             if remaining[*j].fetch_sub(1, Ordering::AcqRel) == 1 {
                                 // Its last blob: finished through the open file, then
                                 // closed.
-                                let file = open.take_if(|(o, _)| o == j).map(|(_, f)| f);
+                                let (file, d) = match open.take_if(|(o, _, _)| o == j) {
+                                    Some((_, f, d)) => (Some(f), d),
+                                    None => (None, false),
+                                };
+                                if let (true, Some(f)) = (d, &file) {
+                                    // Blocks of a damaged file may still wait; the last
+                                    // block went out padded: cut it to its size.
+                                    let edges = &edges[*j];
+                                    let cut = if edges.waiting() {
+                                        edges.to_buffered(f)
+                                    } else {
+                                        Ok(())
+                                    };
+                                    if let Err(e) = cut.and_then(|()| f.set_len(job.node.size)) {
+                                        col.error(&job.path, format!("cannot finish: {e}"));
+                                        damaged[*j].store(true, Ordering::Relaxed);
+                                    }
+                                }
                                 finish_file(
                                     &root,
                                     job,
@@ -1123,14 +1175,21 @@ fn tar_tree<W: Write>(
     Ok(())
 }
 
+/// Whether a job's file was made (by whichever worker came first), and if so whether it
+/// is written with direct I/O; or why it could not be.
+type Created = std::sync::OnceLock<std::result::Result<bool, String>>;
+
 /// Open a job's file for writing, never through a symlink: the first caller creates it
 /// with `O_EXCL` (so nothing that appeared at the path since the walk is written into),
-/// the others open what it created.
+/// the others open what it created. A file of
+/// `direct::DIRECT_MIN` bytes or more is made at its full size and opened with `O_DIRECT`
+/// when `direct` (and the file system takes it); the second value says which.
 fn open_job(
     root: &Root,
     job: &FileJob,
-    created: &std::sync::OnceLock<std::result::Result<(), String>>,
-) -> std::result::Result<std::fs::File, String> {
+    created: &Created,
+    direct: bool,
+) -> std::result::Result<(std::fs::File, bool), String> {
     use nix::fcntl::OFlag;
     let rel = root.rel(&job.path);
     let mut mine = None;
@@ -1141,8 +1200,18 @@ fn open_job(
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         ) {
             Ok(fd) => {
-                mine = Some(std::fs::File::from(fd));
-                Ok(())
+                let f = std::fs::File::from(fd);
+                let d = if direct && job.node.size >= crate::direct::DIRECT_MIN {
+                    // At its size first: the direct writes land inside the file (only
+                    // the padded last block reaches past it, cut back at the end).
+                    f.set_len(job.node.size)
+                        .and_then(|()| crate::direct::set(&f, true))
+                        .map_err(|e| format!("cannot create: {e}"))?
+                } else {
+                    false
+                };
+                mine = Some(f);
+                Ok(d)
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(
                 "not restored: an entry whose name folds onto this one exists (a \
@@ -1152,13 +1221,18 @@ fn open_job(
             Err(e) => Err(format!("cannot create: {e}")),
         }
     });
+    let d = r.clone()?;
     if let Some(f) = mine {
-        return Ok(f);
+        return Ok((f, d));
     }
-    r.clone()?;
-    root.open_at(rel, OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
+    let f = root
+        .open_at(rel, OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
         .map(std::fs::File::from)
-        .map_err(|e| format!("cannot open: {e}"))
+        .map_err(|e| format!("cannot open: {e}"))?;
+    if d {
+        crate::direct::set(&f, true).map_err(|e| format!("cannot open: {e}"))?;
+    }
+    Ok((f, d))
 }
 
 /// Apply a kept file's metadata through the file, when it has a single name (another name
@@ -1247,7 +1321,7 @@ fn same_content(
 
 /// Write `data` at `offset`, leaving all-zero 4 KiB blocks as holes (the file was created
 /// at its full length, so holes read as zeros).
-fn write_sparse(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn write_sparse(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
     const BLOCK: usize = 4096;
     let mut i = 0;
     while i < data.len() {

@@ -359,3 +359,75 @@ fn casefold_dir() -> Option<CaseFold> {
     }
     Some(cf)
 }
+
+/// Large files are written past the page cache (direct I/O where the file system takes
+/// it): files of many chunks, sizes on and off block boundaries, and a sparse one, come
+/// back byte for byte and the sparse one with its holes, with direct I/O on and off; a
+/// large file left half-written (an interrupted restore) is rewritten by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_come_back_whole_past_the_page_cache() {
+    use std::os::unix::fs::FileExt;
+    let (_, idx, dir) = memory_repo().await;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    for (name, size) in [
+        ("a", 256 << 10),
+        ("b", (3 << 20) + 1),
+        ("c", (5 << 20) - 4095),
+        ("d", 4 << 20),
+        ("e", 300_001),
+        ("small", 4000),
+    ] {
+        std::fs::write(src.join(name), bytes(size)).unwrap();
+    }
+    // Data, a 3 MiB hole, data ending mid-block, and a trailing hole.
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.write_all_at(&bytes(100_000), 0).unwrap();
+    f.write_all_at(&bytes(70_001), 3 << 20).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let id = backup(&idx, &src, "large").await.unwrap();
+    let s = idx.repo().snapshot(&id).await.unwrap();
+    for direct in [true, false] {
+        let target = dir.path().join(format!("target-{direct}"));
+        let mut o = RestoreOptions::new(&target);
+        o.direct_io = direct;
+        let r = idx
+            .restore(&s.root, &o, Arc::new(RestoreProgress::default()))
+            .await
+            .unwrap();
+        assert!(r.errors.is_empty() && r.warnings.is_empty(), "{r:?}");
+        assert_eq!(r.files_restored, 7, "{r:?}");
+        assert_eq!(read_tree(&target), read_tree(&src), "direct I/O {direct}");
+        let allocated = std::fs::metadata(target.join("sparse")).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 512 << 10,
+            "{allocated} bytes allocated for 170 KB of data"
+        );
+    }
+
+    // Half of a file written, the rest zeros, the mtime never set: rewritten.
+    let target = dir.path().join("target-true");
+    let c = target.join("c");
+    let len = std::fs::metadata(&c).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&c)
+        .unwrap()
+        .write_all_at(&vec![0; (len / 2) as usize], len / 2)
+        .unwrap();
+    let r = restore_into(&idx, &id, &target, Existing::Skip).await;
+    assert_eq!(r.files_restored, 1, "{r:?}");
+    assert_eq!(read_tree(&target), read_tree(&src));
+}
