@@ -61,7 +61,7 @@ class Runner:
             self.env.pop(k, None)
 
     def timed(self, argv, shell=False):
-        """Run; return (wall s, cpu s, peak RSS MiB)."""
+        """Run; return (wall s, cpu s, peak RSS MiB, system s)."""
         out = os.path.join(self.work, "time.out")
         cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", out]
         cmd += ["sh", "-c", argv] if shell else argv
@@ -72,7 +72,7 @@ class Runner:
             raise RuntimeError(f"{' '.join(map(str, argv if not shell else [argv]))} failed ({r.returncode}): "
                                f"{r.stderr.decode(errors='replace')[-2000:]}")
         e, u, s, m = open(out).read().split()[-4:]
-        return wall, float(u) + float(s), int(m) / 1024
+        return wall, float(u) + float(s), int(m) / 1024, float(s)
 
     def quiet(self, argv):
         r = subprocess.run(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -106,10 +106,13 @@ class Runner:
                     "--no-progress", "backup", path]
         return self.timed(argv)
 
-    def restore(self, tool, ds, target):
+    def restore(self, tool, ds, target, keep=False):
+        """`keep`: leave the restored tree (on disk: deleting tens of thousands of files
+        just before the next run would measure the file system's churn, see disk_dir)."""
         repo = self.repo(tool, ds)
         shutil.rmtree(target, ignore_errors=True)
         os.makedirs(target)
+        subprocess.run(["sync"], check=True)
         if tool == "arca":
             argv = [self.a.arca, "--repo", repo, "-q", "snapshot", "restore", "latest", "--target", target]
         elif tool == "restic":
@@ -119,7 +122,8 @@ class Runner:
             argv = [self.a.rustic, "--repository", repo, "--cache-dir", os.path.join(self.work, "cache-rustic"),
                     "--no-progress", "restore", "latest", target]
         r = self.timed(argv)
-        shutil.rmtree(target, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(target, ignore_errors=True)
         return r
 
 
@@ -179,6 +183,36 @@ def restore_dir(a, size):
     return os.path.join(a.work, "restore-target")
 
 
+DISK_RUNS = [0]
+
+
+def disk_dir(a):
+    """A new directory on the work directory's disk for each restore onto disk. They are
+    all deleted at the end of the run, not between runs: ext4 without a journal skips
+    inodes deleted in the last minutes when it allocates new ones, so a restore that
+    follows the deletion of the previous one's files pays seconds for it."""
+    DISK_RUNS[0] += 1
+    return os.path.join(a.work, "disk-restores", f"run-{DISK_RUNS[0]}")
+
+
+def copy_limit(a, r, path):
+    """The fastest of `cp -a` and a plain parallel copy (2, 4, 8 threads) of the tree onto
+    the disk, as a restore writes it: the disk's own limit for a restore."""
+    best = None
+    for how in ["cp", 2, 4, 8]:
+        def once():
+            dst = disk_dir(a)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            subprocess.run(["sync"], check=True)
+            if how == "cp":
+                return r.timed(["cp", "-a", path, dst])
+            return r.timed([a.data_gen, "copy", path, dst, str(how)])
+        t = median(once, a.repeat)
+        if best is None or t[0] < best[1][0]:
+            best = ("`cp -a`" if how == "cp" else f"copy, {how} threads", t)
+    return best
+
+
 def warm(path):
     """Read a tree once so that its files are in the page cache."""
     subprocess.run(["sh", "-c", f"tar -cf - -C '{path}' . | cat > /dev/null"], check=True)
@@ -210,7 +244,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3,
                    help="run each timed step this many times and keep the median (default 3)")
     p.add_argument("--restore-on-disk", action="store_true",
-                   help="restore into the work directory rather than tmpfs")
+                   help="block volumes: restore into the work directory rather than tmpfs "
+                        "(trees are restored both into tmpfs and onto the disk)")
     p.add_argument("--only", choices=["trees", "block"], default=None,
                    help="run one part; the other part of --out is kept as it was")
     p.add_argument("--block-bytes", type=int, default=None,
@@ -274,6 +309,7 @@ def main():
                                                         shell=True), a.repeat)
         limits[(name, "zstd")] = median(lambda: r.timed(
             f"tar -cf - -C '{path}' . | zstd -T0 -3 -q -c > /dev/null", shell=True), a.repeat)
+        limits[(name, "copy")] = copy_limit(a, r, path)
         second = None
         if similar:
             tag = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
@@ -295,12 +331,15 @@ def main():
             results[(name, "unchanged re-backup", tool)] = median(lambda: r.backup(tool, name, path), a.repeat)
             target = restore_dir(a, size)
             results[(name, "restore", tool)] = median(lambda: r.restore(tool, name, target), a.repeat)
+            results[(name, "restore onto disk", tool)] = median(
+                lambda: r.restore(tool, name, disk_dir(a), keep=True), a.repeat)
             if second:
                 # Warm for every tool alike: the first to run would otherwise read it cold.
                 warm(second)
                 results[(name, "similar tree", tool)] = r.backup(tool, name, second)
             shutil.rmtree(r.repo(tool, name), ignore_errors=True)
 
+    shutil.rmtree(os.path.join(a.work, "disk-restores"), ignore_errors=True)
     block = None if a.only == "trees" else run_block(a, r)
     report = render(a, info, results, sizes, limits) if info else None
     old = open(a.out).read() if a.out and os.path.exists(a.out) else ""
@@ -393,7 +432,7 @@ def run_block(a, r):
     for step in ["first backup", "after 1 % written", "restore"]:
         row = [res[(step, t)] for t in TOOLS]
         best = min(x[0] for x in row[1:])
-        out.append(f"| {step} | {' | '.join(f'{w:.1f} / {c:.1f} / {m:.0f}' for (w, c, m) in row)} | "
+        out.append(f"| {step} | {' | '.join(f'{w:.1f} / {c:.1f} / {m:.0f}' for (w, c, m, *_) in row)} | "
                    f"{fmt_ratio(row[0][0] / best)} |")
     out.append(f"| repository size (MiB) | {' | '.join(f'{sizes[t] / (1 << 20):.0f}' for t in TOOLS)} | "
                f"{fmt_ratio(sizes['arca'] / min(sizes[t] for t in PEERS))} |")
@@ -456,7 +495,8 @@ def render(a, info, results, sizes, limits):
     if a.quick:
         out.append("- **Quick run (small data)**: a smoke run, not the record the targets ask for.")
     out.append("- Page cache warm (each tree read before each tool's run); repositories on local disk; "
-               f"restores into {' and '.join(sorted(RESTORE_DIRS)) or '?'}.")
+               f"restores into {' and '.join(sorted(RESTORE_DIRS)) or '?'}, and onto the disk "
+               "(ext4) of the work directory, each into a new directory, `sync` before each.")
     out.append(f"- Each timed step (and each limit) run {a.repeat} times; the table shows the run with "
                "the median wall time. The similar-tree backup runs once (a second run would have "
                "the first as its parent).")
@@ -485,16 +525,17 @@ def render(a, info, results, sizes, limits):
         out.append(f"| {name} | `{path}` | {files} | {size / (1 << 20):.0f} MiB |")
     out.append("")
     out.append("## Results\n")
-    out.append("Wall / CPU seconds, peak RSS in MiB. Ratio: arca's wall time over the best peer's.\n")
+    out.append("Wall / CPU seconds (of which system) / peak RSS in MiB. Ratio: arca's wall time over the best "
+               "peer's.\n")
     out.append(f"| dataset | step | {' | '.join(TOOLS)} | arca / best peer |")
     out.append("|---|---|" + "---|" * len(PEERS) + "---|---:|")
-    steps = ["first backup", "unchanged re-backup", "similar tree", "restore"]
+    steps = ["first backup", "unchanged re-backup", "similar tree", "restore", "restore onto disk"]
     for name in info:
         for step in steps:
             row = [results.get((name, step, t)) for t in TOOLS]
             if row[0] is None:
                 continue
-            cells = [f"{w:.1f} / {c:.1f} / {m:.0f}" for (w, c, m) in row]
+            cells = [f"{w:.1f} / {c:.1f} ({sy:.1f}) / {m:.0f}" for (w, c, m, sy) in row]
             best = min(x[0] for x in row[1:])
             out.append(f"| {name} | {step} | {' | '.join(cells)} | {fmt_ratio(row[0][0] / best)} |")
         s = [sizes[(name, t)] for t in TOOLS]
@@ -502,16 +543,22 @@ def render(a, info, results, sizes, limits):
                    f"{fmt_ratio(s[0] / min(s[1:]))} |")
     out.append("")
     out.append("## The box's own limits\n")
-    out.append("| dataset | `tar \\| zstd -T0 -3` | `tar \\| cat` (read) | arca first backup / zstd | "
-               "arca unchanged / read |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append("| dataset | `tar \\| zstd -T0 -3` | `tar \\| cat` (read) | copy onto disk (fastest) | "
+               "arca first backup / zstd | arca unchanged / read | arca restore onto disk / copy |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
     for name in info:
         # Floors: a tiny tree can read in "0.0 s".
         z, rd = max(limits[(name, "zstd")][0], 0.01), max(limits[(name, "read")][0], 0.01)
         fb = results[(name, "first backup", "arca")][0]
         un = results[(name, "unchanged re-backup", "arca")][0]
-        out.append(f"| {name} | {z:.1f} s | {rd:.1f} s | {fmt_ratio(fb / z)} | {fmt_ratio(un / rd)} |")
+        how, cp = limits[(name, "copy")]
+        rd_disk = results[(name, "restore onto disk", "arca")][0]
+        out.append(f"| {name} | {z:.1f} s | {rd:.1f} s | {cp[0]:.1f} s ({cp[3]:.1f} s system; {how}) | "
+                   f"{fmt_ratio(fb / z)} | {fmt_ratio(un / rd)} | {fmt_ratio(rd_disk / cp[0])} |")
     out.append("")
+    out.append("Copy onto disk: the fastest of `cp -a` and `arca-bench-data copy SRC DST N` (a plain "
+               "parallel copy: N threads each creating a file, writing it, and setting its owner, mode "
+               "and times, as a restore does) with 2, 4 and 8 threads, into a new directory.\n")
     out.append("## Targets\n")
     out.append("The issue's bar is every target met on the real tree; the worst of all datasets is "
                "shown beside it. The small-files target is judged on the small-files dataset.\n")
@@ -537,9 +584,18 @@ def render(a, info, results, sizes, limits):
     for label, step, limit in [("first backup ≤ 0.4x", "first backup", 0.4),
                                ("unchanged re-backup ≤ 0.3x", "unchanged re-backup", 0.3),
                                ("similar tree ≤ 0.4x", "similar tree", 0.4),
-                               ("restore ≤ 0.5x", "restore", 0.5)]:
+                               ("restore ≤ 0.5x", "restore", 0.5),
+                               ("restore onto disk ≤ 0.5x", "restore onto disk", 0.5)]:
         line(label, {n: vs_peers(n, step) for n in info}, limit)
-    line("restore peak RSS ≤ 256 MiB", {n: results[(n, "restore", "arca")][2] for n in info}, 256,
+    line("restore onto disk: system time ≤ the best peer's",
+         {n: results[(n, "restore onto disk", "arca")][3]
+          / max(0.01, min(results[(n, "restore onto disk", t)][3] for t in PEERS)) for n in info}, 1.0)
+    if "small files" in info:
+        line("small files onto disk ≤ 1.2x the fastest copy",
+             {"small files": results[("small files", "restore onto disk", "arca")][0]
+              / limits[("small files", "copy")][1][0]}, 1.2)
+    line("restore peak RSS ≤ 256 MiB", {n: max(results[(n, s, "arca")][2] for s in ["restore", "restore onto disk"])
+                                        for n in info}, 256,
          fmt=lambda v: f"{v:.0f} MiB")
     line("repository size ≤ 1.0x",
          {n: sizes[(n, "arca")] / min(sizes[(n, t)] for t in PEERS) for n in info}, 1.0)

@@ -261,6 +261,75 @@ pub fn scribble(path: &Path, percent: u64, seed: u64) -> std::io::Result<u64> {
     Ok(written)
 }
 
+/// The disk's own limit for a restore: `src` copied to `dst` (new) by a plain parallel
+/// copy, each file as a restore makes it (create, write, owner, mode, times; the
+/// directories' metadata at the end). The tree is listed first, then `threads` threads
+/// take files in turn. Returns the files and bytes copied.
+pub fn copy_tree(src: &Path, dst: &Path, threads: usize) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut dirs = vec![(src.to_path_buf(), dst.to_path_buf())];
+    let mut files = Vec::new();
+    let mut i = 0;
+    std::fs::create_dir(dst)?;
+    while i < dirs.len() {
+        let (s, d) = dirs[i].clone();
+        i += 1;
+        for e in std::fs::read_dir(&s)? {
+            let e = e?;
+            let (sp, dp) = (e.path(), d.join(e.file_name()));
+            let t = e.file_type()?;
+            if t.is_dir() {
+                std::fs::create_dir(&dp)?;
+                dirs.push((sp, dp));
+            } else if t.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&sp)?, &dp)?;
+            } else if t.is_file() {
+                files.push((sp, dp));
+            }
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let meta = |f: &std::fs::File, m: &std::fs::Metadata| -> std::io::Result<()> {
+        std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid()))?;
+        f.set_permissions(m.permissions())?;
+        f.set_times(std::fs::FileTimes::new().set_modified(m.modified()?))
+    };
+    std::thread::scope(|s| -> std::io::Result<()> {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<()> {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((sp, dp)) = files.get(n) else {
+                            return Ok(());
+                        };
+                        let data = std::fs::read(sp)?;
+                        let m = std::fs::symlink_metadata(sp)?;
+                        let mut f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(dp)?;
+                        f.write_all(&data)?;
+                        meta(&f, &m)?;
+                        bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("copy worker panicked")?;
+        }
+        Ok(())
+    })?;
+    for (s, d) in dirs.iter().rev() {
+        let m = std::fs::symlink_metadata(s)?;
+        meta(&std::fs::File::open(d)?, &m)?;
+    }
+    Ok((files.len() as u64, bytes.into_inner()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +386,29 @@ mod tests {
         assert_eq!(d.len(), 4 << 20);
         let text = d.iter().filter(|b| b.is_ascii_lowercase()).count();
         assert!(text > d.len() / 4 && text < d.len() * 3 / 4, "{text}");
+    }
+
+    #[test]
+    fn copy_tree_makes_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let (files, bytes) = generate(&src, Shape::parse("small").unwrap(), 0, 300, 3).unwrap();
+        std::os::unix::fs::symlink("f", src.join("link")).unwrap();
+        assert_eq!(copy_tree(&src, &dst, 3).unwrap(), (files, bytes));
+        let out = std::process::Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).unwrap(),
+            Path::new("f")
+        );
     }
 }

@@ -4,6 +4,7 @@
 //!   arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]
 //!   arca-bench-data image FILE BYTES [SEED]
 //!   arca-bench-data scribble FILE [PERCENT] [SEED]
+//!   arca-bench-data copy SRC DST [THREADS]
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,7 +53,14 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{n} bytes written in place");
             Ok(())
         }
-        _ => Err("usage: arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]\n       arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]\n       arca-bench-data image FILE BYTES [SEED]\n       arca-bench-data scribble FILE [PERCENT] [SEED]".into()),
+        Some("copy") if args.len() >= 3 => {
+            let threads = num(args.get(3), 4)? as usize;
+            let (f, b) = arca_benches::copy_tree(Path::new(&args[1]), Path::new(&args[2]), threads)
+                .map_err(|e| format!("copy {} to {}: {e}", args[1], args[2]))?;
+            println!("{f} files, {b} bytes");
+            Ok(())
+        }
+        _ => Err("usage: arca-bench-data generate DIR large|small|mixed [BYTES] [FILES] [SEED]\n       arca-bench-data mutate DIR [EVERY] [INSERT_BYTES] [SEED]\n       arca-bench-data image FILE BYTES [SEED]\n       arca-bench-data scribble FILE [PERCENT] [SEED]\n       arca-bench-data copy SRC DST [THREADS]".into()),
     }
 }
 
