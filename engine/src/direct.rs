@@ -1,4 +1,5 @@
-//! Restored file content written past the page cache (`O_DIRECT`).
+//! Restored file content written past the page cache (`O_DIRECT`); the bounce buffer
+//! also serves the pack writer's direct writes (`store`).
 //!
 //! Onto a disk, most of a restore's kernel time was the page cache: a page allocated,
 //! zeroed where a write covers part of it, and filled for every byte restored, then
@@ -156,9 +157,14 @@ impl Edges {
         Ok(())
     }
 
-    /// Whether any block still waits (a file whose chunks did not all come).
-    pub(crate) fn waiting(&self) -> bool {
-        !self.partial.lock().expect("lock").is_empty()
+    /// Finish a file all of whose chunks were written: blocks that still wait (a damaged
+    /// file's, next to a chunk that never came) are written as far as they came, and the
+    /// padded last block is cut back to `size`.
+    pub(crate) fn finish(&self, f: &std::fs::File, size: u64) -> std::io::Result<()> {
+        if !self.partial.lock().expect("lock").is_empty() {
+            self.to_buffered(f)?;
+        }
+        f.set_len(size)
     }
 }
 
@@ -245,8 +251,14 @@ fn whole(
     Ok(())
 }
 
-/// Whole blocks written directly, a bounce buffer's worth at a time.
-fn bounced(f: &std::fs::File, edges: &Edges, run: &[u8], at: u64) -> std::io::Result<()> {
+/// Write whole blocks at an aligned offset of a file open with `O_DIRECT`, through the
+/// worker's aligned bounce buffer, a buffer's worth at a time. Returns how far it got
+/// with the error, if any.
+pub(crate) fn write_aligned(
+    f: &std::fs::File,
+    data: &[u8],
+    at: u64,
+) -> (usize, std::io::Result<()>) {
     let b = BLOCK as usize;
     let mut buf = BOUNCE.take();
     if buf.len() < BOUNCE_SIZE + b {
@@ -255,21 +267,26 @@ fn bounced(f: &std::fs::File, edges: &Edges, run: &[u8], at: u64) -> std::io::Re
     let start = buf.as_ptr().align_offset(b);
     let mut done = 0;
     let mut r = Ok(());
-    while done < run.len() && r.is_ok() {
-        let n = (run.len() - done).min(BOUNCE_SIZE);
-        buf[start..start + n].copy_from_slice(&run[done..done + n]);
+    while done < data.len() && r.is_ok() {
+        let n = (data.len() - done).min(BOUNCE_SIZE);
+        buf[start..start + n].copy_from_slice(&data[done..done + n]);
         r = f.write_all_at(&buf[start..start + n], at + done as u64);
         if r.is_ok() {
             done += n;
         }
     }
     BOUNCE.set(buf);
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+    (done, r)
+}
+
+/// [`write_aligned`], turning the file to ordinary writes on `EINVAL`.
+fn bounced(f: &std::fs::File, edges: &Edges, run: &[u8], at: u64) -> std::io::Result<()> {
+    match write_aligned(f, run, at) {
+        (done, Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
             edges.to_buffered(f)?;
             f.write_all_at(&run[done..], at + done as u64)
         }
-        r => r,
+        (_, r) => r,
     }
 }
 
@@ -324,7 +341,7 @@ mod tests {
             )
             .unwrap();
         }
-        let waiting = edges.waiting();
+        let waiting = !edges.partial.lock().unwrap().is_empty();
         f.set_len(content.len() as u64).unwrap();
         drop(f);
         (std::fs::read(&path).unwrap(), waiting)

@@ -1045,19 +1045,11 @@ impl Indexed {
                                     Some((_, f, d)) => (Some(f), d),
                                     None => (None, false),
                                 };
-                                if let (true, Some(f)) = (d, &file) {
-                                    // Blocks of a damaged file may still wait; the last
-                                    // block went out padded: cut it to its size.
-                                    let edges = &edges[*j];
-                                    let cut = if edges.waiting() {
-                                        edges.to_buffered(f)
-                                    } else {
-                                        Ok(())
-                                    };
-                                    if let Err(e) = cut.and_then(|()| f.set_len(job.node.size)) {
-                                        col.error(&job.path, format!("cannot finish: {e}"));
-                                        damaged[*j].store(true, Ordering::Relaxed);
-                                    }
+                                if let (true, Some(f)) = (d, &file)
+                                    && let Err(e) = edges[*j].finish(f, job.node.size)
+                                {
+                                    col.error(&job.path, format!("cannot finish: {e}"));
+                                    damaged[*j].store(true, Ordering::Relaxed);
                                 }
                                 finish_file(
                                     &root,

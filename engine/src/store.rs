@@ -177,11 +177,6 @@ pub struct ObjectStoreBackend {
 /// Objects at least this large are written past the page cache on local disk.
 const DIRECT_MIN: usize = 1 << 20;
 const DIRECT_ALIGN: usize = 4096;
-const DIRECT_CHUNK: usize = 1 << 20;
-
-thread_local! {
-    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// A temporary name beside `path`: `name#digits`, object_store's own staging names, which
 /// its listings skip.
@@ -213,31 +208,18 @@ fn write_direct(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let written = DIRECT_BUF.with(|b| -> std::io::Result<()> {
-        let mut b = b.borrow_mut();
-        if b.len() < DIRECT_CHUNK + DIRECT_ALIGN {
-            b.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
-        }
-        // Direct I/O wants the memory, the offset and the length aligned.
-        let at = b.as_ptr().align_offset(DIRECT_ALIGN);
-        let buf = &mut b[at..at + DIRECT_CHUNK];
-        let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        let mut off = 0;
-        while off < aligned {
-            let n = (aligned - off).min(DIRECT_CHUNK);
-            buf[..n].copy_from_slice(&data[off..off + n]);
-            file.write_all_at(&buf[..n], off as u64)?;
-            off += n;
-        }
-        if aligned < data.len() {
-            // The unaligned tail goes through the page cache.
-            let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
-            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_DIRECT;
-            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-            file.write_all_at(&data[aligned..], aligned as u64)?;
-        }
-        file.sync_all()
-    });
+    // Direct I/O wants the memory, the offset and the length aligned.
+    let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    let written = crate::direct::write_aligned(&file, &data[..aligned], 0)
+        .1
+        .and_then(|()| {
+            if aligned < data.len() {
+                // The unaligned tail goes through the page cache.
+                crate::direct::set(&file, false)?;
+                file.write_all_at(&data[aligned..], aligned as u64)?;
+            }
+            file.sync_all()
+        });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return match e.raw_os_error() {
