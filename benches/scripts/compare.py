@@ -393,13 +393,17 @@ def run_block(a, r):
     lim["zstd"] = median(lambda: r.timed(
         f"dd if='{image}' bs=1M status=none | zstd -T0 -3 -q -c > /dev/null", shell=True), a.repeat)
 
-    def write_limit():
-        shutil.rmtree(target, ignore_errors=True)
-        os.makedirs(target)
-        t = r.timed(f"dd if='{image}' of='{target}/volume.img' bs=1M status=none conv=fsync", shell=True)
-        shutil.rmtree(target, ignore_errors=True)
+    def write_limit(where, how):
+        shutil.rmtree(where, ignore_errors=True)
+        os.makedirs(where)
+        t = r.timed(f"dd if='{image}' of='{where}/volume.img' status=none {how}", shell=True)
+        shutil.rmtree(where, ignore_errors=True)
         return t
-    lim["write"] = median(write_limit, a.repeat)
+    lim["write"] = median(lambda: write_limit(target, "bs=1M conv=fsync"), a.repeat)
+    # Onto the disk, the faster of through the page cache and past it.
+    disk_ways = {"`dd bs=1M conv=fsync`": "bs=1M conv=fsync", "`dd bs=4M oflag=direct`": "bs=4M oflag=direct"}
+    lim["disk"] = min(((median(lambda: write_limit(disk_dir(a), how), a.repeat), name)
+                       for name, how in disk_ways.items()), key=lambda x: x[0][0])
     for tool in TOOLS:
         log(f"block: {tool}")
         warm_file(image)
@@ -414,6 +418,7 @@ def run_block(a, r):
         res[("after 1 % written", tool)] = r.backup_image(tool, "block", changed)
         added[tool] = du(r.repo(tool, "block")) - sizes[tool]
         res[("restore", tool)] = median(lambda: r.restore_image(tool, "block", target), a.repeat)
+        res[("restore onto disk", tool)] = median(lambda: r.restore_image(tool, "block", disk_dir(a)), a.repeat)
         shutil.rmtree(r.repo(tool, "block"), ignore_errors=True)
 
     out = [BLOCK_MARK, "", "## Block volumes\n"]
@@ -425,11 +430,13 @@ def run_block(a, r):
                "latest --target DIR`; rustic: `rustic backup --force --stdin-filename volume.img - < IMAGE` (without `--force`, rustic "
                "0.11 takes standard input for unchanged when it has a parent, reads nothing and keeps the old "
                "content), "
-               f"`rustic restore latest DIR`. Restores into {' and '.join(sorted(RESTORE_DIRS))}. "
+               f"`rustic restore latest DIR`. Restores into {' and '.join(sorted(RESTORE_DIRS))}, and onto the "
+               "disk (ext4) of the work directory, into a new directory each time; arca syncs the image before it "
+               "ends (restic and rustic do not). "
                f"Run {a.repeat} times, median shown; the backup after the change runs once.\n")
     out.append(f"| step | {' | '.join(TOOLS)} | arca / best peer |")
     out.append("|---|" + "---|" * len(TOOLS) + "---:|")
-    for step in ["first backup", "after 1 % written", "restore"]:
+    for step in ["first backup", "after 1 % written", "restore", "restore onto disk"]:
         row = [res[(step, t)] for t in TOOLS]
         best = min(x[0] for x in row[1:])
         out.append(f"| {step} | {' | '.join(f'{w:.1f} / {c:.1f} / {m:.0f}' for (w, c, m, *_) in row)} | "
@@ -441,7 +448,9 @@ def run_block(a, r):
     out.append("")
     out.append("Wall / CPU seconds / peak RSS MiB. The box's limits on the same image: "
                f"`dd … of=/dev/null` {lim['read'][0]:.1f} s, `dd … | zstd -T0 -3` {lim['zstd'][0]:.1f} s, "
-               f"`dd … of=FILE conv=fsync` {lim['write'][0]:.1f} s.\n")
+               f"`dd … of=FILE conv=fsync` {lim['write'][0]:.1f} s (where restores go), onto the disk "
+               f"{lim['disk'][0][0]:.1f} s (the faster of `dd bs=1M conv=fsync` and `dd bs=4M oflag=direct`: "
+               f"{lim['disk'][1]}).\n")
     ratio = lambda step: res[(step, "arca")][0] / min(res[(step, t)][0] for t in PEERS)
     mark = lambda b: "yes" if b else "**no**"
     rows = [("first backup ≤ 0.4x best peer", ratio("first backup"), 0.4),
@@ -449,12 +458,15 @@ def run_block(a, r):
             ("restore ≤ 0.5x best peer", ratio("restore"), 0.5),
             ("first backup ≤ 1.3x `dd \\| zstd -T0 -3`", res[("first backup", "arca")][0] / lim["zstd"][0], 1.3),
             ("after 1 % written ≤ 1.3x `dd` read", res[("after 1 % written", "arca")][0] / lim["read"][0], 1.3),
-            ("restore ≤ 1.3x `dd` write", res[("restore", "arca")][0] / lim["write"][0], 1.3)]
+            ("restore onto disk ≤ 0.5x best peer", ratio("restore onto disk"), 0.5),
+            ("restore ≤ 1.3x `dd` write", res[("restore", "arca")][0] / lim["write"][0], 1.3),
+            ("restore onto disk ≤ 1.3x `dd` write onto disk",
+             res[("restore onto disk", "arca")][0] / lim["disk"][0][0], 1.3)]
     out.append("| target | measured | met |")
     out.append("|---|---:|---|")
     for label, v, limit in rows:
         out.append(f"| {label} | {fmt_ratio(v)} | {mark(v <= limit)} |")
-    peak = max(res[(s, "arca")][2] for s in ["first backup", "after 1 % written", "restore"])
+    peak = max(res[(s, "arca")][2] for s in ["first backup", "after 1 % written", "restore", "restore onto disk"])
     out.append(f"| peak RSS ≤ 256 MiB | {peak:.0f} MiB | {mark(peak <= 256)} |")
     out.append("")
     return "\n".join(out) + "\n"

@@ -222,8 +222,8 @@ pub struct RestoreArgs {
     /// ranges the snapshot holds no data for are not zeroed.
     #[arg(long)]
     fresh: bool,
-    /// Write every file through the page cache. By default files of 256 KiB and more are
-    /// written with direct I/O where the file system takes it (not tmpfs): on a disk that
+    /// Write every file through the page cache. By default files of 256 KiB and more, and
+    /// volumes, are written with direct I/O where the target takes it (not tmpfs): on a disk that
     /// halves a restore's kernel time and leaves the page cache to the machine's other
     /// work, but the restore then waits for the disk rather than ending with its data
     /// still in memory.
@@ -795,6 +795,7 @@ async fn restore_volume(
     // A device or an existing image is written over only when the user says so.
     opts.overwrite = matches!(a.existing, ExistingArg::Overwrite);
     opts.fresh = a.fresh;
+    opts.direct_io = !a.no_direct_io;
     opts.cancel = ctx.cancel.clone();
     let progress = Arc::new(RestoreProgress::default());
     let bar = progress::restore(ctx.show_progress(), progress.clone());
@@ -808,6 +809,7 @@ async fn restore_volume(
             "size": report.size,
             "bytes_written": report.bytes_written,
             "bytes_zeroed": report.bytes_zeroed,
+            "direct_io": report.direct_io,
         }))?;
     } else if !ctx.quiet {
         println!(

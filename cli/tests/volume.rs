@@ -163,7 +163,7 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
     let out = env.run(&["snapshot", "restore", id, "--target", &dst.dev]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--existing overwrite"));
-    env.ok(&[
+    let r = env.json(&[
         "snapshot",
         "restore",
         id,
@@ -172,6 +172,8 @@ fn an_ext4_volume_on_loop_devices_backs_up_incrementally_and_restores() {
         "--existing",
         "overwrite",
     ]);
+    // A loop device takes direct I/O: written past the page cache, several at once.
+    assert_eq!(r["direct_io"], true, "{r}");
     sh("e2fsck", &["-fn", &dst.dev]);
     {
         let a = Mount::new(&src.dev, &env.path("a"), true);

@@ -41,7 +41,7 @@ thread_local! {
 
 /// Whether direct I/O is worth trying under `dir`: not on tmpfs or ramfs, whose pages are
 /// the storage itself.
-pub(crate) fn worth_it(dir: &std::os::fd::OwnedFd) -> bool {
+pub(crate) fn worth_it(dir: impl std::os::fd::AsFd) -> bool {
     use nix::sys::statfs::{FsType, TMPFS_MAGIC, fstatfs};
     // linux/magic.h; nix has no name for it.
     const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
@@ -161,10 +161,17 @@ impl Edges {
     /// file's, next to a chunk that never came) are written as far as they came, and the
     /// padded last block is cut back to `size`.
     pub(crate) fn finish(&self, f: &std::fs::File, size: u64) -> std::io::Result<()> {
+        self.drain(f)?;
+        f.set_len(size)
+    }
+
+    /// [`Edges::finish`] without the cut, for a block device (which cannot be cut: a
+    /// volume restored onto one with direct I/O is whole blocks, nothing padded).
+    pub(crate) fn drain(&self, f: &std::fs::File) -> std::io::Result<()> {
         if !self.partial.lock().expect("lock").is_empty() {
             self.to_buffered(f)?;
         }
-        f.set_len(size)
+        Ok(())
     }
 }
 
@@ -313,7 +320,7 @@ mod tests {
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(content.len() as u64).unwrap();
         let d = std::fs::File::open(dir.path()).unwrap();
-        if worth_it(&d.into()) {
+        if worth_it(&d) {
             assert!(set(&f, true).unwrap(), "direct I/O refused on a disk");
         }
         let edges = Edges::default();

@@ -95,6 +95,9 @@ pub struct VolumeRestoreOptions {
     pub fresh: bool,
     /// Blobs read and written at once.
     pub parallel: usize,
+    /// Write past the page cache (`O_DIRECT`) where the target takes it: a device whose
+    /// size and the volume's are whole 4 KiB blocks, or an image not on tmpfs.
+    pub direct_io: bool,
     /// Set to stop early (the restore then fails with `Cancelled`).
     pub cancel: Arc<AtomicBool>,
 }
@@ -107,6 +110,7 @@ impl VolumeRestoreOptions {
             overwrite: false,
             fresh: false,
             parallel: 16,
+            direct_io: true,
             cancel: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -121,6 +125,8 @@ pub struct VolumeRestoreReport {
     pub bytes_written: u64,
     /// Bytes zeroed on a device (ranges no extent covers).
     pub bytes_zeroed: u64,
+    /// Written past the page cache (`VolumeRestoreOptions::direct_io`, where it applied).
+    pub direct_io: bool,
 }
 
 fn is_block_device(p: &Path) -> bool {
@@ -431,6 +437,24 @@ impl Indexed {
         // Every list checked before anything is written.
         let total = self.volume_data(v).await?;
         let (file, device) = open_target(&opts.target, v.size, opts.overwrite)?;
+        // Direct I/O (see `direct`): onto a disk the page cache was most of a restore's
+        // kernel time, and one writer at a time (tmpfs's inode lock, below) left the
+        // device with a single request in flight. A device's node lives on devtmpfs, so
+        // only an image's file system is asked; a device whose last block the volume
+        // fills only in part stays buffered (padding would write past the volume).
+        let direct = opts.direct_io
+            && if device {
+                v.size % 4096 == 0
+            } else {
+                crate::direct::worth_it(&file)
+            }
+            && crate::direct::set(&file, true).map_err(|e| Error::io("open", &opts.target, e))?;
+        let dio = direct.then(|| {
+            Arc::new(Direct {
+                edges: crate::direct::Edges::default(),
+                image: !device,
+            })
+        });
         let file = Arc::new(file);
         let target = opts.target.clone();
         progress.total_files.store(1, Ordering::Relaxed);
@@ -438,34 +462,62 @@ impl Indexed {
         progress.walk_done.store(true, Ordering::Relaxed);
         let mut report = VolumeRestoreReport {
             size: v.size,
+            direct_io: direct,
             ..Default::default()
         };
         let zero = device && !opts.fresh;
         let (mut end, mut pos) = (0u64, 0u64);
         for l in &v.extent_lists {
             let extents = self.extent_list(v, l, &mut end).await?;
-            // A device's ranges no extent covers are zeroed (cheaply, where it can).
-            let mut gaps = Vec::new();
+            // A device's ranges no extent covers are zeroed (cheaply, where it can); the
+            // ranges they cover, merged, are what an image allocates.
+            let (mut gaps, mut spans) = (Vec::new(), Vec::<(u64, u64)>::new());
             for e in &extents {
                 if e.offset > pos {
                     gaps.push((pos, e.offset - pos));
                 }
+                match spans.last_mut() {
+                    Some((at, len)) if *at + *len == e.offset => *len += e.length as u64,
+                    _ => spans.push((e.offset, e.length as u64)),
+                }
                 pos = e.offset + e.length as u64;
             }
             if zero && !gaps.is_empty() {
-                report.bytes_zeroed += self.zero(&file, &target, gaps, &opts.cancel).await?;
+                report.bytes_zeroed += self
+                    .zero(&file, &target, gaps, direct, &opts.cancel)
+                    .await?;
+            }
+            if let Some(d) = dio.clone().filter(|d| d.image) {
+                let (f, t) = (file.clone(), target.clone());
+                tokio::task::spawn_blocking(move || d.allocate(&f, &spans))
+                    .await
+                    .expect("allocation panicked")
+                    .map_err(|e| Error::io("allocate", &t, e))?;
             }
             report.bytes_written += self
-                .write_extents(extents, &file, &target, opts, &progress)
+                .write_extents(extents, &file, &dio, v.size, &target, opts, &progress)
                 .await?;
         }
         if zero && pos < v.size {
             report.bytes_zeroed += self
-                .zero(&file, &target, vec![(pos, v.size - pos)], &opts.cancel)
+                .zero(
+                    &file,
+                    &target,
+                    vec![(pos, v.size - pos)],
+                    direct,
+                    &opts.cancel,
+                )
                 .await?;
         }
-        let f = file.clone();
+        let (f, size) = (file.clone(), v.size);
         tokio::task::spawn_blocking(move || {
+            // The last block went out padded: an image is cut back to the volume's size.
+            match &dio {
+                Some(d) if device => d.edges.drain(&f),
+                Some(d) => d.edges.finish(&f, size),
+                None => Ok(()),
+            }
+            .map_err(|e| Error::io("write", &target, e))?;
             f.sync_all().map_err(|e| Error::io("sync", &target, e))
         })
         .await
@@ -476,11 +528,15 @@ impl Indexed {
 
     /// Write one list's extents: blobs located, grouped by pack, neighbours fetched in one
     /// range (as a tree restore does), each range fetched once and its blobs decrypted
-    /// and written where they go. A blob per request was a third of the speed.
+    /// and written where they go. A blob per request was a third of the speed. `dio`:
+    /// the target is open with `O_DIRECT` (of a volume of `size` bytes).
+    #[allow(clippy::too_many_arguments)]
     async fn write_extents(
         &self,
         extents: Vec<Extent>,
         file: &Arc<std::fs::File>,
+        dio: &Option<Arc<Direct>>,
+        size: u64,
         target: &Path,
         opts: &VolumeRestoreOptions,
         progress: &Arc<RestoreProgress>,
@@ -524,8 +580,8 @@ impl Indexed {
         };
         futures::stream::iter(ranges)
             .for_each_concurrent(opts.parallel.max(1), |(pack_id, kind, blobs)| {
-                let (file, cancel, progress) =
-                    (file.clone(), opts.cancel.clone(), progress.clone());
+                let (file, dio, cancel, progress) =
+                    (file.clone(), dio.clone(), opts.cancel.clone(), progress.clone());
                 let (t, written, budget) = (target.to_path_buf(), written.clone(), budget.clone());
                 let (write_lock, first_error) = (write_lock.clone(), &first_error);
                 let (stop, stop_all) = (stop.clone(), stop.clone());
@@ -553,18 +609,24 @@ impl Indexed {
                     tokio::task::spawn_blocking(move || -> Result<()> {
                         let mut plain = Vec::new();
                         // Blobs that follow each other on the volume go out in one write,
-                        // one writer at a time: concurrent small writes to one file spun
-                        // on its inode lock (a third of the kernel time on tmpfs).
+                        // buffered ones one writer at a time: concurrent small writes to
+                        // one file spun on its inode lock (a third of the kernel time on
+                        // tmpfs). Direct writes go out together, several in flight.
                         let mut run = Vec::with_capacity(RUN_BYTES);
                         let mut run_at = 0u64;
                         let flush = |run: &mut Vec<u8>, at: u64| -> Result<()> {
                             if !run.is_empty() {
-                                let _one = write_lock.lock().expect("lock");
+                                let _one = dio.is_none().then(|| write_lock.lock().expect("lock"));
                                 if stopped(&cancel, &stop) {
                                     return Err(Error::Cancelled);
                                 }
-                                file.write_all_at(run, at)
-                                    .map_err(|err| Error::io("write", &t, err))?;
+                                match &dio {
+                                    Some(d) => {
+                                        crate::direct::write(&file, &d.edges, run, at, size, false)
+                                    }
+                                    None => file.write_all_at(run, at),
+                                }
+                                .map_err(|err| Error::io("write", &t, err))?;
                                 drop(_one);
                                 let n = run.len() as u64;
                                 progress.bytes_done.fetch_add(n, Ordering::Relaxed);
@@ -630,12 +692,46 @@ impl Indexed {
         file: &Arc<std::fs::File>,
         target: &Path,
         gaps: Vec<(u64, u64)>,
+        direct: bool,
         cancel: &Arc<AtomicBool>,
     ) -> Result<u64> {
         let (f, t, c) = (file.clone(), target.to_path_buf(), cancel.clone());
-        tokio::task::spawn_blocking(move || zero_ranges(&f, &t, &gaps, &c))
+        tokio::task::spawn_blocking(move || zero_ranges(&f, &t, &gaps, direct, &c))
             .await
             .expect("zeroing panicked")
+    }
+}
+
+/// A target written with direct I/O.
+struct Direct {
+    edges: crate::direct::Edges,
+    /// An image file (not a device): its blocks are allocated before they are written.
+    image: bool,
+}
+
+impl Direct {
+    /// Allocate an image's blocks for the spans an extent list is about to write, before
+    /// any of its writes. ext4 holds the file's lock exclusively through a direct write
+    /// into a hole, device wait included, but only shared through one into allocated
+    /// blocks (written or not): without this the writers queued on the lock, one request
+    /// in flight. All at once, since an allocation waits for every direct write in
+    /// flight. Only what is written is allocated: the image stays sparse.
+    fn allocate(&self, f: &std::fs::File, spans: &[(u64, u64)]) -> std::io::Result<()> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        for &(at, len) in spans {
+            match fallocate(
+                f,
+                FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                at as i64,
+                len as i64,
+            ) {
+                Ok(()) => {}
+                // A file system without it: the writes go on, one at a time.
+                Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -729,11 +825,13 @@ fn on_device_fs(target: &Path) -> bool {
 /// Zero byte ranges of a device: `fallocate(ZERO_RANGE)` (the kernel turns it into a
 /// write-zeroes or discard the device guarantees); written zeros only where the device
 /// cannot (EOPNOTSUPP, EINVAL), never over an error such as EBUSY. Checks `cancel` per
-/// MiB written.
+/// MiB written. `direct`: the file is open with `O_DIRECT`, off while zeros are written
+/// (no other write runs meanwhile: gaps are zeroed between extent lists).
 fn zero_ranges(
     f: &std::fs::File,
     target: &Path,
     gaps: &[(u64, u64)],
+    direct: bool,
     cancel: &AtomicBool,
 ) -> Result<u64> {
     use nix::errno::Errno;
@@ -752,6 +850,11 @@ fn zero_ranges(
         ) {
             Ok(()) => {}
             Err(Errno::EOPNOTSUPP | Errno::EINVAL) => {
+                let toggle =
+                    |on| crate::direct::set(f, on).map_err(|e| Error::io("zero", target, e));
+                if direct {
+                    toggle(false)?;
+                }
                 let mut o = off;
                 while o < off + len {
                     if cancel.load(Ordering::Relaxed) {
@@ -761,6 +864,9 @@ fn zero_ranges(
                     f.write_all_at(&zeros[..n], o)
                         .map_err(|e| Error::io("zero", target, e))?;
                     o += n as u64;
+                }
+                if direct {
+                    toggle(true)?;
                 }
             }
             Err(e) => return Err(Error::io("zero", target, std::io::Error::from(e))),

@@ -38,6 +38,11 @@ fn image(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+fn on_tmpfs(p: &std::path::Path) -> bool {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    statfs(p).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC)
+}
+
 fn opts(src: &std::path::Path) -> VolumeBackupOptions {
     let mut o = VolumeBackupOptions::new(src);
     o.identity = who();
@@ -106,6 +111,48 @@ async fn a_sparse_image_costs_its_data_and_restores_sparse() {
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
     assert_clean(&idx, true).await;
+}
+
+/// An image written past the page cache (direct I/O, the default onto a disk) and through
+/// it come back the same: a size that ends mid-block (the last block goes out padded and
+/// the file is cut back), data ending mid-chunk, and the holes left holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_of_any_size_restores_the_same_with_direct_io_and_without() {
+    let (_store, idx, dir) = memory_repo().await;
+    let img = dir.path().join("odd.img");
+    let size = 24 * MIB + 12_345;
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&noise(3, 3 * MIB as usize + 777), 2 * MIB - 100)
+        .unwrap();
+    f.write_all_at(&noise(4, 40_000), size - 40_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let r = idx
+        .backup_volume(opts(&img), Arc::new(BackupProgress::default()))
+        .await
+        .unwrap();
+    for direct in [true, false] {
+        let out = dir.path().join(format!("out-{direct}.img"));
+        let mut o = VolumeRestoreOptions::new(&out);
+        o.direct_io = direct;
+        let rr = idx
+            .restore_volume(&r.snapshot, &o, Arc::default())
+            .await
+            .unwrap();
+        // The temporary directory is on a disk here (not tmpfs): direct I/O applies.
+        assert_eq!(rr.direct_io, direct && !on_tmpfs(dir.path()), "{rr:?}");
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap(),
+            "direct I/O {direct}: the image differs"
+        );
+        let allocated = std::fs::metadata(&out).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 5 * MIB,
+            "direct I/O {direct}: {allocated} bytes allocated for 3.1 MiB of data"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
