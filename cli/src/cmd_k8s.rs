@@ -1101,7 +1101,7 @@ where
 
 /// Sync stored backups into the cluster; unreadable locations are named on stderr.
 async fn sync(ctx: &Ctx, client: &Client, ns: &str) -> Result<()> {
-    let report = manage::sync_backups(client, ns, ctx.cache_root().as_deref()).await?;
+    let report = manage::sync_backups(client, ns, ctx.cache_root().as_deref(), None).await?;
     for (loc, why) in &report.unreachable {
         eprintln!("warning: backup storage location {loc} could not be read: {why}");
     }

@@ -72,7 +72,9 @@ pub struct ServerArgs {
     #[arg(long, default_value = "1h")]
     garbage_collection_frequency: String,
 
-    /// How often backups stored in the locations are synced into the cluster ("0": never).
+    /// How often backups stored in the locations are synced into the cluster, unless a
+    /// location's `backupSyncPeriod` says otherwise ("0" there: never that location; "0"
+    /// here: only locations that set their own).
     #[arg(long, default_value = "1m")]
     backup_sync_period: String,
 

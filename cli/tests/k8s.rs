@@ -4266,7 +4266,7 @@ const BSL: (&str, &str, &str) = (
 /// reason, and no backup goes to one); an expired backup deleted through a
 /// DeleteBackupRequest, its record with it; an expired backup in a read-only location
 /// kept and labelled; a backup removed from the cluster alone brought back by the
-/// periodic sync; of two default locations the newer stays; a request for a backup that
+/// periodic sync, except from a location whose own backupSyncPeriod is "0"; of two default locations the newer stays; a request for a backup that
 /// does not exist says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
@@ -4435,6 +4435,77 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     })
     .await;
     assert!(l.is_some());
+
+    // A location's own backupSyncPeriod: "0" keeps its backups out of the cluster while
+    // the others sync every second; "1s" brings them in.
+    let never_dir = arca.dir.path().join("never");
+    apply(
+        &a,
+        &bsl(
+            "never",
+            never_dir.to_str().unwrap(),
+            "  backupSyncPeriod: 0s\n",
+        ),
+    )
+    .await;
+    until(&a, BSL, &ins, "never", "Available", phase_is("Available")).await;
+    arca.ok(
+        &a,
+        &[
+            "backup",
+            "create",
+            "far",
+            "--include-namespaces",
+            &app,
+            "--storage-location",
+            "never",
+        ],
+    );
+    delete_namespaced(&a, BACKUP.0, BACKUP.1, BACKUP.2, &ins, "far").await;
+    let gone = chrono::Utc::now();
+    // Two syncs of the default location after it was removed: "never" was looked at too.
+    until(&a, BSL, &ins, "default", "synced twice since", |o| {
+        o.as_ref().is_some_and(|o| {
+            o["status"]["lastSyncedTime"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= gone + chrono::Duration::seconds(2))
+        })
+    })
+    .await;
+    assert!(
+        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "far")
+            .await
+            .is_none(),
+        "synced from a location whose backupSyncPeriod is 0"
+    );
+    let never = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "never")
+        .await
+        .unwrap();
+    assert!(never["status"]["lastSyncedTime"].is_null(), "{never:#}");
+    apply(
+        &a,
+        &bsl(
+            "never",
+            never_dir.to_str().unwrap(),
+            "  backupSyncPeriod: 1s\n",
+        ),
+    )
+    .await;
+    let f = until(
+        &a,
+        BACKUP,
+        &ins,
+        "far",
+        "synced back",
+        phase_is("Completed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        f["metadata"]["annotations"]["arca.dev/synced-from-location"], "never",
+        "{f:#}"
+    );
 
     // Deleting a backup that does not exist: the CLI says so; a request made with the
     // API is Processed with Velero's error, deleting nothing.

@@ -747,11 +747,13 @@ pub struct SyncReport {
 
 /// Velero's backup sync: every backup stored in a location of namespace `ns` exists as a
 /// Backup resource (so a new cluster sees the old one's backups), and a finished backup
-/// whose record is gone from its location is removed.
+/// whose record is gone from its location is removed. `only`: these locations, in this
+/// order (the server's due ones); None: all.
 pub async fn sync_backups(
     client: &Client,
     ns: &str,
     cache_root: Option<&Path>,
+    only: Option<&[String]>,
 ) -> Result<SyncReport> {
     let bsls: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
     let backups: Api<Backup> = Api::namespaced(client.clone(), ns);
@@ -764,7 +766,14 @@ pub async fn sync_backups(
         .await
         .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
     let mut report = SyncReport::default();
-    for bsl in &locations.items {
+    let chosen: Vec<&BackupStorageLocation> = match only {
+        None => locations.items.iter().collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| locations.items.iter().find(|b| b.name_any() == *n))
+            .collect(),
+    };
+    for bsl in chosen {
         let bsl_name = bsl.name_any();
         let stored = async {
             let loc = Location::from_bsl(client, ns, bsl).await?;

@@ -37,6 +37,56 @@ pub fn validation_due(
     Some((next - now).to_std().unwrap_or(Duration::ZERO))
 }
 
+/// Whether a location's backups are synced now, as Velero's locationFilterFunc
+/// (backup_sync_controller.go) decides: its `backupSyncPeriod` over the server's
+/// (`--backup-sync-period`; None: off); "0" never; negative or unreadable, the server's;
+/// due when the last sync is at least that long ago, or never was.
+pub fn sync_due(
+    spec_period: Option<&str>,
+    last: Option<DateTime<Utc>>,
+    server_period: Option<Duration>,
+    now: DateTime<Utc>,
+) -> bool {
+    let period = match spec_period.map(crate::backup::parse_go_duration_nanos) {
+        Some(Ok(0)) => return false,
+        Some(Ok(n)) if n > 0 => Some(Duration::from_nanos(n as u64)),
+        _ => server_period,
+    };
+    match (period, last) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(p), Some(last)) => chrono::Duration::from_std(p).is_ok_and(|p| now >= last + p),
+    }
+}
+
+/// The locations to sync now, the default one first (Velero's backupSyncSourceOrderFunc:
+/// its backups are the ones a user looks for first).
+pub fn to_sync(
+    list: &[BackupStorageLocation],
+    server_period: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut due: Vec<&BackupStorageLocation> = list
+        .iter()
+        .filter(|b| {
+            let last = b
+                .status
+                .as_ref()
+                .and_then(|s| s.last_synced_time.as_ref())
+                .and_then(crate::crd::utc);
+            sync_due(
+                b.spec.backup_sync_period.as_deref(),
+                last,
+                server_period,
+                now,
+            )
+        })
+        .collect();
+    // Stable: the rest keep the API server's order.
+    due.sort_by_key(|b| b.spec.default != Some(true));
+    due.iter().map(|b| b.name_any()).collect()
+}
+
 /// Of several locations marked default, the newest stays default; these lose the mark
 /// (Velero's ensureSingleDefaultBSL).
 pub fn extra_defaults(list: &[BackupStorageLocation]) -> Vec<String> {
@@ -53,6 +103,10 @@ pub fn extra_defaults(list: &[BackupStorageLocation]) -> Vec<String> {
     defaults.pop();
     defaults.iter().map(|b| b.name_any()).collect()
 }
+
+/// How often the sync looks for due locations at the least (Velero's
+/// backupSyncReconcilePeriod).
+const SYNC_LOOK: Duration = Duration::from_secs(60);
 
 pub(super) async fn validation(ctx: Arc<Ctx>) {
     let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ctx.opts.namespace);
@@ -167,24 +221,45 @@ async fn reconcile(cached: Arc<BackupStorageLocation>, ctx: Arc<Ctx>) -> Result<
     )
 }
 
-/// Sync stored backups into the cluster every `every`, and record when on each location
-/// that could be read.
-pub(super) async fn sync(ctx: Arc<Ctx>, every: Duration) {
+/// Sync stored backups into the cluster: each location when it is due ([`to_sync`]),
+/// looked at every `--backup-sync-period` and at least every minute (as Velero's
+/// periodical source), and record when on each location synced that could be read.
+pub(super) async fn sync(ctx: Arc<Ctx>) {
     let ns = ctx.opts.namespace.clone();
+    let server = ctx.opts.sync_period;
+    let every = server.map_or(SYNC_LOOK, |p| p.min(SYNC_LOOK));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ns);
     loop {
         tick.tick().await;
-        let report =
-            match crate::manage::sync_backups(&ctx.client, &ns, ctx.opts.cache_root.as_deref())
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("backup sync: {e}");
-                    continue;
-                }
-            };
+        // The time the sync starts is what is recorded: recorded at its end, the next
+        // look (one period after this one) would find it not yet due and skip a period.
+        let now = Utc::now();
+        let due = match api.list(&ListParams::default()).await {
+            Ok(list) => to_sync(&list.items, server, now),
+            Err(e) => {
+                tracing::warn!("backup sync: cannot list locations: {e}");
+                continue;
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let report = match crate::manage::sync_backups(
+            &ctx.client,
+            &ns,
+            ctx.opts.cache_root.as_deref(),
+            Some(&due),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("backup sync: {e}");
+                continue;
+            }
+        };
         for n in &report.created {
             tracing::info!("backup {ns}/{n} synced from object storage");
         }
@@ -194,13 +269,8 @@ pub(super) async fn sync(ctx: Arc<Ctx>, every: Duration) {
         for (loc, why) in &report.unreachable {
             tracing::warn!("backup sync: location {loc} could not be read: {why}");
         }
-        let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ns);
-        let Ok(list) = api.list(&ListParams::default()).await else {
-            continue;
-        };
-        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        for b in list.items {
-            let n = b.name_any();
+        let now = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for n in due {
             if report.unreachable.iter().any(|(l, _)| *l == n) {
                 continue;
             }
@@ -274,5 +344,71 @@ mod tests {
         );
         assert!(extra_defaults(&list[..1]).is_empty());
         assert!(extra_defaults(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_location_syncs_on_its_own_period_or_the_servers() {
+        let now = Utc::now();
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        let min = Some(Duration::from_secs(60));
+        // Never synced: now, unless off.
+        assert!(sync_due(None, None, min, now));
+        assert!(sync_due(Some("1h"), None, None, now));
+        assert!(
+            !sync_due(None, None, None, now),
+            "server off, location silent"
+        );
+        // The server's period.
+        assert!(!sync_due(None, ago(59), min, now));
+        assert!(sync_due(None, ago(60), min, now));
+        // The location's own, longer or shorter.
+        assert!(!sync_due(Some("1h"), ago(600), min, now));
+        assert!(sync_due(Some("1h"), ago(3600), min, now));
+        assert!(sync_due(Some("10s"), ago(10), min, now));
+        assert!(
+            sync_due(Some("500ms"), ago(1), None, now),
+            "under a second is a period"
+        );
+        // "0": never, whatever the server says or however long ago.
+        assert!(!sync_due(Some("0s"), None, min, now));
+        assert!(!sync_due(Some("0"), ago(86_400), min, now));
+        // Negative or unreadable: the server's.
+        assert!(!sync_due(Some("-5m"), ago(30), min, now));
+        assert!(sync_due(Some("-5m"), ago(60), min, now));
+        assert!(sync_due(Some("soon"), ago(60), min, now));
+        assert!(!sync_due(Some("soon"), ago(60), None, now));
+    }
+
+    #[test]
+    fn due_locations_sync_default_first() {
+        let now = Utc::now();
+        let bsl = |name: &str, default: bool, period: Option<&str>, synced: Option<i64>| {
+            let mut b = BackupStorageLocation::new(
+                name,
+                BackupStorageLocationSpec {
+                    default: Some(default),
+                    backup_sync_period: period.map(str::to_string),
+                    ..Default::default()
+                },
+            );
+            b.status = Some(crate::crd::BackupStorageLocationStatus {
+                last_synced_time: synced.map(|s| {
+                    Time(k8s_openapi::jiff::Timestamp::from_second(now.timestamp() - s).unwrap())
+                }),
+                ..Default::default()
+            });
+            b
+        };
+        let list = vec![
+            bsl("a", false, None, Some(120)),
+            bsl("off", false, Some("0s"), None),
+            bsl("slow", false, Some("1h"), Some(120)),
+            bsl("b", false, None, None),
+            bsl("main", true, None, Some(61)),
+            bsl("fresh", false, None, Some(5)),
+        ];
+        let min = Some(Duration::from_secs(60));
+        assert_eq!(to_sync(&list, min, now), ["main", "a", "b"]);
+        assert!(to_sync(&list, None, now).is_empty());
     }
 }

@@ -75,7 +75,7 @@ pub struct Options {
     /// `--garbage-collection-frequency`, 1 h).
     pub gc_frequency: Duration,
     /// How often stored backups are synced into the cluster (`--backup-sync-period`,
-    /// 1 min); None: never.
+    /// 1 min); None: only locations whose `backupSyncPeriod` says.
     pub sync_period: Option<Duration>,
     /// How often a location is validated when its spec does not say
     /// (`--store-validation-frequency`, 1 min; zero: once).
@@ -465,12 +465,7 @@ pub async fn run(
     });
     let sync = {
         let ctx = ctx.clone();
-        async move {
-            match ctx.opts.sync_period {
-                Some(p) => locations::sync(ctx.clone(), p).await,
-                None => std::future::pending().await,
-            }
-        }
+        async move { locations::sync(ctx.clone()).await }
     };
     let controllers = futures::future::join3(
         futures::future::join3(
