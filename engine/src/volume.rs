@@ -95,8 +95,8 @@ pub struct VolumeRestoreOptions {
     pub fresh: bool,
     /// Blobs read and written at once.
     pub parallel: usize,
-    /// Write past the page cache (`O_DIRECT`) where the target takes it: a device whose
-    /// size and the volume's are whole 4 KiB blocks, or an image not on tmpfs.
+    /// Write past the page cache (`O_DIRECT`) where the target takes it: a device when
+    /// the volume is whole 4 KiB blocks, or an image not on tmpfs.
     pub direct_io: bool,
     /// Set to stop early (the restore then fails with `Cancelled`).
     pub cancel: Arc<AtomicBool>,
@@ -125,7 +125,8 @@ pub struct VolumeRestoreReport {
     pub bytes_written: u64,
     /// Bytes zeroed on a device (ranges no extent covers).
     pub bytes_zeroed: u64,
-    /// Written past the page cache (`VolumeRestoreOptions::direct_io`, where it applied).
+    /// Written past the page cache (`VolumeRestoreOptions::direct_io`, where it applied
+    /// and the target did not refuse it midway).
     pub direct_io: bool,
 }
 
@@ -462,7 +463,6 @@ impl Indexed {
         progress.walk_done.store(true, Ordering::Relaxed);
         let mut report = VolumeRestoreReport {
             size: v.size,
-            direct_io: direct,
             ..Default::default()
         };
         let zero = device && !opts.fresh;
@@ -488,10 +488,10 @@ impl Indexed {
                     .await?;
             }
             if let Some(d) = dio.clone().filter(|d| d.image) {
-                let (f, t) = (file.clone(), target.clone());
-                tokio::task::spawn_blocking(move || d.allocate(&f, &spans))
+                let (f, t, c) = (file.clone(), target.clone(), opts.cancel.clone());
+                tokio::task::spawn_blocking(move || d.allocate(&f, &spans, &c))
                     .await
-                    .expect("allocation panicked")
+                    .expect("allocation panicked")?
                     .map_err(|e| Error::io("allocate", &t, e))?;
             }
             report.bytes_written += self
@@ -509,10 +509,10 @@ impl Indexed {
                 )
                 .await?;
         }
-        let (f, size) = (file.clone(), v.size);
+        let (f, size, d) = (file.clone(), v.size, dio.clone());
         tokio::task::spawn_blocking(move || {
             // The last block went out padded: an image is cut back to the volume's size.
-            match &dio {
+            match &d {
                 Some(d) if device => d.edges.drain(&f),
                 Some(d) => d.edges.finish(&f, size),
                 None => Ok(()),
@@ -522,6 +522,7 @@ impl Indexed {
         })
         .await
         .expect("sync panicked")?;
+        report.direct_io = dio.is_some_and(|d| !d.edges.buffered());
         progress.files_done.store(1, Ordering::Relaxed);
         Ok(report)
     }
@@ -716,9 +717,18 @@ impl Direct {
     /// blocks (written or not): without this the writers queued on the lock, one request
     /// in flight. All at once, since an allocation waits for every direct write in
     /// flight. Only what is written is allocated: the image stays sparse.
-    fn allocate(&self, f: &std::fs::File, spans: &[(u64, u64)]) -> std::io::Result<()> {
+    /// Outer error: cancelled.
+    fn allocate(
+        &self,
+        f: &std::fs::File,
+        spans: &[(u64, u64)],
+        cancel: &AtomicBool,
+    ) -> Result<std::io::Result<()>> {
         use nix::fcntl::{FallocateFlags, fallocate};
         for &(at, len) in spans {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             match fallocate(
                 f,
                 FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -727,11 +737,11 @@ impl Direct {
             ) {
                 Ok(()) => {}
                 // A file system without it: the writes go on, one at a time.
-                Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(Ok(())),
+                Err(e) => return Ok(Err(e.into())),
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
