@@ -4483,6 +4483,14 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         .await
         .unwrap();
     assert!(never["status"]["lastSyncedTime"].is_null(), "{never:#}");
+    // Nor does `backup get`, which syncs the other locations itself.
+    arca.ok(&a, &["backup", "get"]);
+    assert!(
+        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "far")
+            .await
+            .is_none(),
+        "synced by backup get from a location whose backupSyncPeriod is 0"
+    );
     apply(
         &a,
         &bsl(

@@ -748,7 +748,7 @@ pub struct SyncReport {
 /// Velero's backup sync: every backup stored in a location of namespace `ns` exists as a
 /// Backup resource (so a new cluster sees the old one's backups), and a finished backup
 /// whose record is gone from its location is removed. `only`: these locations, in this
-/// order (the server's due ones); None: all.
+/// order (the server's due ones); None: all but those whose `backupSyncPeriod` is "0".
 pub async fn sync_backups(
     client: &Client,
     ns: &str,
@@ -767,7 +767,11 @@ pub async fn sync_backups(
         .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
     let mut report = SyncReport::default();
     let chosen: Vec<&BackupStorageLocation> = match only {
-        None => locations.items.iter().collect(),
+        None => locations
+            .items
+            .iter()
+            .filter(|b| !crate::server::locations::sync_off(b.spec.backup_sync_period.as_deref()))
+            .collect(),
         Some(names) => names
             .iter()
             .filter_map(|n| locations.items.iter().find(|b| b.name_any() == *n))

@@ -47,8 +47,10 @@ pub fn sync_due(
     server_period: Option<Duration>,
     now: DateTime<Utc>,
 ) -> bool {
+    if sync_off(spec_period) {
+        return false;
+    }
     let period = match spec_period.map(crate::backup::parse_go_duration_nanos) {
-        Some(Ok(0)) => return false,
         Some(Ok(n)) if n > 0 => Some(Duration::from_nanos(n as u64)),
         _ => server_period,
     };
@@ -59,8 +61,15 @@ pub fn sync_due(
     }
 }
 
-/// The locations to sync now, the default one first (Velero's backupSyncSourceOrderFunc:
-/// its backups are the ones a user looks for first).
+/// Whether a location's `backupSyncPeriod` turns its sync off ("0"): then neither the
+/// server nor `arca backup get` syncs it.
+pub fn sync_off(spec_period: Option<&str>) -> bool {
+    spec_period.is_some_and(|p| matches!(crate::backup::parse_go_duration_nanos(p), Ok(0)))
+}
+
+/// The locations to sync now: Available ones (Velero's Reconcile skips the others) that
+/// are due, the default one first (Velero's backupSyncSourceOrderFunc: its backups are
+/// the ones a user looks for first).
 pub fn to_sync(
     list: &[BackupStorageLocation],
     server_period: Option<Duration>,
@@ -69,17 +78,17 @@ pub fn to_sync(
     let mut due: Vec<&BackupStorageLocation> = list
         .iter()
         .filter(|b| {
-            let last = b
-                .status
-                .as_ref()
+            let st = b.status.as_ref();
+            let last = st
                 .and_then(|s| s.last_synced_time.as_ref())
                 .and_then(crate::crd::utc);
-            sync_due(
-                b.spec.backup_sync_period.as_deref(),
-                last,
-                server_period,
-                now,
-            )
+            st.and_then(|s| s.phase.as_deref()) == Some("Available")
+                && sync_due(
+                    b.spec.backup_sync_period.as_deref(),
+                    last,
+                    server_period,
+                    now,
+                )
         })
         .collect();
     // Stable: the rest keep the API server's order.
@@ -377,6 +386,8 @@ mod tests {
         assert!(sync_due(Some("-5m"), ago(60), min, now));
         assert!(sync_due(Some("soon"), ago(60), min, now));
         assert!(!sync_due(Some("soon"), ago(60), None, now));
+        assert!(sync_off(Some("0s")) && sync_off(Some("0")) && sync_off(Some("0h0m0s")));
+        assert!(!sync_off(None) && !sync_off(Some("1s")) && !sync_off(Some("-1m")));
     }
 
     #[test]
@@ -392,6 +403,14 @@ mod tests {
                 },
             );
             b.status = Some(crate::crd::BackupStorageLocationStatus {
+                phase: Some(
+                    if name == "down" {
+                        "Unavailable"
+                    } else {
+                        "Available"
+                    }
+                    .into(),
+                ),
                 last_synced_time: synced.map(|s| {
                     Time(k8s_openapi::jiff::Timestamp::from_second(now.timestamp() - s).unwrap())
                 }),
@@ -406,6 +425,7 @@ mod tests {
             bsl("b", false, None, None),
             bsl("main", true, None, Some(61)),
             bsl("fresh", false, None, Some(5)),
+            bsl("down", false, None, None),
         ];
         let min = Some(Duration::from_secs(60));
         assert_eq!(to_sync(&list, min, now), ["main", "a", "b"]);
