@@ -220,7 +220,7 @@ def onto_disk(a, r, name, path):
             runs[tool].append(r.restore(tool, name, disk_dir(a), keep=True))
         for how in COPY_WAYS:
             runs[how].append(copy_once(a, r, path, how))
-    mid = {k: sorted(v, key=lambda t: t[0])[len(v) // 2] for k, v in runs.items()}
+    mid = {k: median_of(v) for k, v in runs.items()}
     how = min(COPY_WAYS, key=lambda h: mid[h][0])
     return ({t: mid[t] for t in TOOLS},
             ("`cp -a`" if how == "cp" else f"copy, {how} threads", mid[how]))
@@ -234,7 +234,12 @@ def warm(path):
 def median(step, n):
     """Run a timed step n times; the run with the median wall time. The machine is shared:
     one slow outlier should not decide a ratio, and neither should one fast one."""
-    runs = sorted((step() for _ in range(max(1, n))), key=lambda t: t[0])
+    return median_of([step() for _ in range(max(1, n))])
+
+
+def median_of(runs):
+    """Of timed runs, the one with the median wall time."""
+    runs = sorted(runs, key=lambda t: t[0])
     return runs[len(runs) // 2]
 
 

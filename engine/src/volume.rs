@@ -450,12 +450,7 @@ impl Indexed {
                 crate::direct::worth_it(&file)
             }
             && crate::direct::set(&file, true).map_err(|e| Error::io("open", &opts.target, e))?;
-        let dio = direct.then(|| {
-            Arc::new(Direct {
-                edges: crate::direct::Edges::default(),
-                image: !device,
-            })
-        });
+        let dio = direct.then(|| Arc::new(crate::direct::Edges::default()));
         let file = Arc::new(file);
         let target = opts.target.clone();
         progress.total_files.store(1, Ordering::Relaxed);
@@ -487,12 +482,11 @@ impl Indexed {
                     .zero(&file, &target, gaps, direct, &opts.cancel)
                     .await?;
             }
-            if let Some(d) = dio.clone().filter(|d| d.image) {
+            if direct && !device {
                 let (f, t, c) = (file.clone(), target.clone(), opts.cancel.clone());
-                tokio::task::spawn_blocking(move || d.allocate(&f, &spans, &c))
+                tokio::task::spawn_blocking(move || allocate_ranges(&f, &t, &spans, &c))
                     .await
-                    .expect("allocation panicked")?
-                    .map_err(|e| Error::io("allocate", &t, e))?;
+                    .expect("allocation panicked")?;
             }
             report.bytes_written += self
                 .write_extents(extents, &file, &dio, v.size, &target, opts, &progress)
@@ -513,8 +507,8 @@ impl Indexed {
         tokio::task::spawn_blocking(move || {
             // The last block went out padded: an image is cut back to the volume's size.
             match &d {
-                Some(d) if device => d.edges.drain(&f),
-                Some(d) => d.edges.finish(&f, size),
+                Some(e) if device => e.drain(&f),
+                Some(e) => e.finish(&f, size),
                 None => Ok(()),
             }
             .map_err(|e| Error::io("write", &target, e))?;
@@ -522,7 +516,7 @@ impl Indexed {
         })
         .await
         .expect("sync panicked")?;
-        report.direct_io = dio.is_some_and(|d| !d.edges.buffered());
+        report.direct_io = dio.is_some_and(|e| !e.buffered());
         progress.files_done.store(1, Ordering::Relaxed);
         Ok(report)
     }
@@ -536,7 +530,7 @@ impl Indexed {
         &self,
         extents: Vec<Extent>,
         file: &Arc<std::fs::File>,
-        dio: &Option<Arc<Direct>>,
+        dio: &Option<Arc<crate::direct::Edges>>,
         size: u64,
         target: &Path,
         opts: &VolumeRestoreOptions,
@@ -622,9 +616,7 @@ impl Indexed {
                                     return Err(Error::Cancelled);
                                 }
                                 match &dio {
-                                    Some(d) => {
-                                        crate::direct::write(&file, &d.edges, run, at, size, false)
-                                    }
+                                    Some(e) => crate::direct::write(&file, e, run, at, size, false),
                                     None => file.write_all_at(run, at),
                                 }
                                 .map_err(|err| Error::io("write", &t, err))?;
@@ -703,46 +695,36 @@ impl Indexed {
     }
 }
 
-/// A target written with direct I/O.
-struct Direct {
-    edges: crate::direct::Edges,
-    /// An image file (not a device): its blocks are allocated before they are written.
-    image: bool,
-}
-
-impl Direct {
-    /// Allocate an image's blocks for the spans an extent list is about to write, before
-    /// any of its writes. ext4 holds the file's lock exclusively through a direct write
-    /// into a hole, device wait included, but only shared through one into allocated
-    /// blocks (written or not): without this the writers queued on the lock, one request
-    /// in flight. All at once, since an allocation waits for every direct write in
-    /// flight. Only what is written is allocated: the image stays sparse.
-    /// Outer error: cancelled.
-    fn allocate(
-        &self,
-        f: &std::fs::File,
-        spans: &[(u64, u64)],
-        cancel: &AtomicBool,
-    ) -> Result<std::io::Result<()>> {
-        use nix::fcntl::{FallocateFlags, fallocate};
-        for &(at, len) in spans {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
-            }
-            match fallocate(
-                f,
-                FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                at as i64,
-                len as i64,
-            ) {
-                Ok(()) => {}
-                // A file system without it: the writes go on, one at a time.
-                Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(Ok(())),
-                Err(e) => return Ok(Err(e.into())),
-            }
+/// Allocate an image's blocks for the spans an extent list is about to write with direct
+/// I/O, before any of its writes. ext4 holds the file's lock exclusively through a direct
+/// write into a hole, device wait included, but only shared through one into allocated
+/// blocks (written or not): without this the writers queued on the lock, one request in
+/// flight. All at once, since an allocation waits for every direct write in flight. Only
+/// what is written is allocated: the image stays sparse.
+fn allocate_ranges(
+    f: &std::fs::File,
+    target: &Path,
+    spans: &[(u64, u64)],
+    cancel: &AtomicBool,
+) -> Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    for &(at, len) in spans {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
         }
-        Ok(Ok(()))
+        match fallocate(
+            f,
+            FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            at as i64,
+            len as i64,
+        ) {
+            Ok(()) => {}
+            // A file system without it: the writes go on, one at a time.
+            Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(Error::io("allocate", target, e.into())),
+        }
     }
+    Ok(())
 }
 
 /// Open a restore's target: an existing block device (only with `overwrite`, exclusively:
