@@ -4085,6 +4085,193 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     );
 }
 
+/// Two runs of one Backup (a leader that stalled past its Lease and the replica that took
+/// over, or a Backup made again under the same name while a run went on): only the
+/// newest claim writes; the other's writes fail and change nothing, while a user's change
+/// between two writes (a label) does not end a run's claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_was_taken_over_writes_nothing() {
+    use arca_k8s::claim::RunClaim;
+    use arca_k8s::crd::Backup;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("claim")
+    };
+    arca.install(&a);
+    let api: Api<Backup> = Api::namespaced(a.client.clone(), &arca.ns);
+    let yaml = format!(
+        "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: twice, namespace: {}}}\nspec: {{}}\n",
+        arca.ns
+    );
+    apply(&a, &yaml).await;
+    let phase = |b: &Backup| b.status.as_ref().and_then(|s| s.phase.clone());
+    let take = || RunClaim::take(api.clone(), "twice", "backup twice", |_: &Backup| true);
+
+    let old = take().await.unwrap();
+    old.status(&json!({ "phase": "InProgress" })).await.unwrap();
+    let label = json!({ "metadata": { "labels": { "team": "a" } } });
+    api.patch("twice", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    old.status(&json!({ "progress": { "itemsBackedUp": 1 } }))
+        .await
+        .unwrap();
+
+    // The replica that took over claims it and ends it.
+    let new = take().await.unwrap();
+    assert_ne!(new.token(), old.token());
+    new.status(&json!({ "phase": "Completed" })).await.unwrap();
+    let ended = api.get("twice").await.unwrap();
+    let err = old
+        .status(&json!({ "phase": "Failed", "failureReason": "stale" }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, arca_k8s::Error::Superseded(_)) && err.to_string().contains("took it over"),
+        "{err}"
+    );
+    let err = old
+        .patch(&json!({ "spec": { "ttl": "1h0m0s" } }))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, arca_k8s::Error::Superseded(_)), "{err}");
+    let now = api.get("twice").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, ended.metadata.resource_version,
+        "the superseded run changed nothing"
+    );
+    assert_eq!(phase(&now).as_deref(), Some("Completed"));
+
+    // Deleted and made again under the same name: the new one is no run's.
+    api.delete("twice", &DeleteParams::default()).await.unwrap();
+    for _ in 0..100 {
+        if api.get_opt("twice").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    apply(&a, &yaml).await;
+    let err = new.status(&json!({ "phase": "Failed" })).await.unwrap_err();
+    assert!(err.to_string().contains("made again"), "{err}");
+    assert_eq!(phase(&api.get("twice").await.unwrap()), None);
+}
+
+/// A leader that stalls past its Lease in the middle of a backup (SIGSTOP: a paused VM, a
+/// long pause of the process) while its standby takes over and completes the backup:
+/// woken up, it finds the Lease taken and exits, and nothing it would still have written
+/// lands (Velero's replicas write status unconditionally: the later writer wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("stall")
+    };
+    arca.install(&a);
+    let sfx = arca.suffix().to_string();
+    let app = format!("stall-app-{sfx}");
+    apply(&a, &(ns(&app) + &cm(&app, "one", &[], "1"))).await;
+    let backup = |name: &str| {
+        format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  includedNamespaces: [{app}]\n",
+            ns = arca.ns
+        )
+    };
+    let go_on = std::env::temp_dir().join(format!("arca-stall-{sfx}"));
+    let _ = std::fs::remove_file(&go_on);
+    let go_on_env = go_on.to_str().unwrap();
+    let mut first = arca.server_with(
+        &a,
+        "3s",
+        &[
+            ("ARCA_TEST_PAUSE_AT", "backup-collected"),
+            ("ARCA_TEST_RESUME_WHEN", go_on_env),
+        ],
+    );
+    first.wait_log("leading").await;
+    let second = arca.server_with(&a, "3s", &[]);
+    second.wait_log("waiting to lead").await;
+    apply(&a, &backup("stalled")).await;
+    first.wait_log("paused at backup-collected").await;
+
+    let pid = first.child.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    second.wait_log("leading").await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "stalled",
+            &["Completed", "Failed", "PartiallyFailed"]
+        )
+        .await,
+        "Completed"
+    );
+    let ended = get(
+        &a,
+        "arca.dev/v1",
+        "Backup",
+        "backups",
+        Some(&arca.ns),
+        "stalled",
+    )
+    .await
+    .unwrap();
+
+    // It wakes up where it stopped, its run about to write the backup's progress.
+    std::fs::write(&go_on, b"").unwrap();
+    signal("-CONT");
+    let mut exit = None;
+    for _ in 0..300 {
+        exit = first.child.try_wait().unwrap();
+        if exit.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&go_on);
+    let exit = exit.unwrap_or_else(|| panic!("the stalled leader went on:\n{}", first.log()));
+    assert!(!exit.success(), "{exit:?}");
+    assert!(first.log().contains("leadership lost"), "{}", first.log());
+    let now = get(
+        &a,
+        "arca.dev/v1",
+        "Backup",
+        "backups",
+        Some(&arca.ns),
+        "stalled",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (&now["metadata"]["resourceVersion"], &now["status"]),
+        (&ended["metadata"]["resourceVersion"], &ended["status"]),
+        "the stalled leader wrote after it lost the lease:\n{}",
+        first.log()
+    );
+    // The new leader goes on working.
+    apply(&a, &backup("after")).await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "after",
+            &["Completed", "Failed", "PartiallyFailed"]
+        )
+        .await,
+        "Completed"
+    );
+}
+
 /// A location's record of a backup is never shadowed, overwritten or deleted by a Backup
 /// of the same name that did not store it (Velero: "backup already exists in object
 /// storage"; its deletion would take the other's data too). And a Backup the sync is

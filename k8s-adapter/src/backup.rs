@@ -11,6 +11,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
+use crate::claim::RunClaim;
 use crate::crd::{Backup, BackupSpec, BackupStatus};
 use crate::discovery::{ApiRes, Discovery};
 use crate::error::{Error, Result};
@@ -660,19 +661,9 @@ pub fn write_record(dir: &Path, backup: &Backup, c: &Collected, log: &Log) -> Re
     Ok(())
 }
 
-/// Patch a Backup's status.
-pub async fn set_status(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    status: &BackupStatus,
-) -> Result<()> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::kube(format!("update status of backup {ns}/{name}"), e))?;
-    Ok(())
+/// Patch a Backup's status, if this run still holds it ([`RunClaim`]).
+pub async fn set_status(claim: &RunClaim<Backup>, status: &BackupStatus) -> Result<()> {
+    claim.status(status).await.map(drop)
 }
 
 fn now() -> Time {
@@ -681,15 +672,13 @@ fn now() -> Time {
 
 /// End a backup in FailedValidation, saying why.
 async fn failed_validation(
-    client: &Client,
-    ns: &str,
-    name: &str,
+    claim: &RunClaim<Backup>,
     mut status: BackupStatus,
     msgs: Vec<String>,
 ) -> Result<BackupOutcome> {
     status.phase = Some("FailedValidation".into());
     status.validation_errors = Some(msgs);
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     Ok(BackupOutcome {
         status,
         results: Results::default(),
@@ -708,16 +697,14 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// A run that ends before it started: phase Failed with the reason, nothing stored.
 async fn failed(
-    client: &Client,
-    ns: &str,
-    name: &str,
+    claim: &RunClaim<Backup>,
     mut status: BackupStatus,
     reason: String,
 ) -> Result<BackupOutcome> {
     status.phase = Some("Failed".into());
     status.completion_timestamp = Some(now());
     status.failure_reason = Some(reason.clone());
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     let mut log = Log::default();
     log.line("error", reason);
     Ok(BackupOutcome {
@@ -752,7 +739,7 @@ async fn stored_as(repo: &arca_engine::Indexed, name: &str, backup: &Backup) -> 
 /// This Backup's record was stored by a server that stopped before writing the status:
 /// the stored status is the truth.
 async fn adopt(
-    client: &Client,
+    claim: &RunClaim<Backup>,
     ns: &str,
     name: &str,
     id: arca_format::SnapshotId,
@@ -760,7 +747,7 @@ async fn adopt(
     log: &mut Log,
 ) -> Result<BackupOutcome> {
     status.snapshot_id = Some(id.to_hex());
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     log.line(
         "info",
         format!(
@@ -780,6 +767,7 @@ async fn adopt(
 /// the backup stands as it ended.
 pub async fn adopt_if_stored(
     client: &Client,
+    claim: &RunClaim<Backup>,
     ns: &str,
     name: &str,
     cache_root: Option<&Path>,
@@ -806,7 +794,7 @@ pub async fn adopt_if_stored(
         .await?;
     match stored_as(&repo, name, &b).await? {
         Stored::This(id, st) => {
-            adopt(client, ns, name, id, *st, &mut Log::default()).await?;
+            adopt(claim, ns, name, id, *st, &mut Log::default()).await?;
             Ok(true)
         }
         _ => Ok(false),
@@ -965,6 +953,7 @@ async fn start_volume_data(
 #[allow(clippy::too_many_arguments)]
 async fn wait_volume_data(
     client: &Client,
+    claim: &RunClaim<Backup>,
     ns: &str,
     backup: &Backup,
     c: &mut Collected,
@@ -974,13 +963,12 @@ async fn wait_volume_data(
     on_waiting: impl FnOnce(),
 ) -> Result<()> {
     use crate::datamover::{BACKUP_UID, csi};
-    let name = backup.name_any();
     if started.is_empty() {
         return Ok(());
     }
     status.phase = Some("WaitingForPluginOperations".into());
     status.backup_item_operations_attempted = Some(started.len() as i64);
-    set_status(client, ns, &name, status).await?;
+    set_status(claim, status).await?;
     on_waiting();
     let timeout = backup
         .spec
@@ -1003,10 +991,9 @@ async fn wait_volume_data(
                 s.backup_item_operations_failed = Some(failed);
                 s.clone()
             };
-            let name = name.clone();
             async move {
                 // Advisory: the next change writes again.
-                let _ = set_status(client, ns, &name, &s).await;
+                let _ = set_status(claim, &s).await;
             }
         },
     )
@@ -1019,7 +1006,7 @@ async fn wait_volume_data(
     status.backup_item_operations_failed = Some(failed + (moved.len() as i64 - done - failed));
     c.volumes.extend(moved);
     status.phase = Some("Finalizing".into());
-    set_status(client, ns, &name, status).await?;
+    set_status(claim, status).await?;
     Ok(())
 }
 
@@ -1196,12 +1183,15 @@ async fn run_hooks(
 /// the record in its location's resource repository, and keep its status current.
 pub async fn run_backup(
     client: &Client,
+    claim: Arc<RunClaim<Backup>>,
     ns: &str,
     name: &str,
     cache_root: Option<&Path>,
     default_location: &str,
     on_waiting: impl FnOnce() + Send,
 ) -> Result<BackupOutcome> {
+    let shared = claim;
+    let claim = &*shared;
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     let mut backup = api
         .get(name)
@@ -1296,16 +1286,12 @@ pub async fn run_backup(
         labels.insert(STORAGE_LOCATION_LABEL.to_string(), label_value(&l.name));
     }
     backup.metadata.labels = Some(labels.clone());
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({
+    claim
+        .patch(&serde_json::json!({
             "metadata": { "labels": labels },
             "spec": backup.spec,
-        })),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("record the resolved spec of backup {ns}/{name}"), e))?;
+        }))
+        .await?;
     let filters = match BackupFilters::new(&backup.spec, &d) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -1315,7 +1301,7 @@ pub async fn run_backup(
     };
     errs.extend(crate::hooks::backup::validate(&backup.spec.hook_specs()));
     let (Some(filters), Some(location), true) = (filters, location, errs.is_empty()) else {
-        return failed_validation(client, ns, name, status, errs).await;
+        return failed_validation(claim, status, errs).await;
     };
     // Velero's runBackup refuses a name its location already holds ("backup already exists
     // in object storage"): another cluster's backup of that name, or one synced into this
@@ -1330,19 +1316,19 @@ pub async fn run_backup(
         Ok(r) => r,
         Err(e) => {
             let reason = format!("error checking if backup already exists in object storage: {e}");
-            return failed(client, ns, name, status, reason).await;
+            return failed(claim, status, reason).await;
         }
     };
     match stored_as(&repo, name, &backup).await {
         Ok(Stored::No) => {}
-        Ok(Stored::This(id, st)) => return adopt(client, ns, name, id, *st, &mut log).await,
+        Ok(Stored::This(id, st)) => return adopt(claim, ns, name, id, *st, &mut log).await,
         Ok(Stored::Other) => {
             let reason = "backup already exists in object storage".to_string();
-            return failed(client, ns, name, status, reason).await;
+            return failed(claim, status, reason).await;
         }
         Err(e) => {
             let reason = format!("error checking if backup already exists in object storage: {e}");
-            return failed(client, ns, name, status, reason).await;
+            return failed(claim, status, reason).await;
         }
     }
     for n in &label_excluded {
@@ -1363,7 +1349,7 @@ pub async fn run_backup(
         .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl))
         .ok()
         .map(Time);
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     log.line(
         "info",
         format!("backup {ns}/{name} started, to location {}", location.name),
@@ -1374,12 +1360,7 @@ pub async fn run_backup(
     // Aborted if this run is dropped (a cancelled backup): no progress write may land
     // after the Canceled status.
     let mut reporter = AbortOnDrop({
-        let (client, ns, name, mut st) = (
-            client.clone(),
-            ns.to_string(),
-            name.to_string(),
-            status.clone(),
-        );
+        let (claim, mut st) = (shared.clone(), status.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             // After a slow list, one write, not a burst of the ticks missed.
@@ -1392,7 +1373,7 @@ pub async fn run_backup(
                     items_backed_up: Some(n),
                 });
                 // Progress is advisory: a failed write is made good by the next one.
-                let _ = set_status(&client, &ns, &name, &st).await;
+                let _ = set_status(&claim, &st).await;
             }
         })
     });
@@ -1417,7 +1398,7 @@ pub async fn run_backup(
             status.phase = Some("Failed".into());
             status.failure_reason = Some(e.to_string());
             status.completion_timestamp = Some(now());
-            set_status(client, ns, name, &status).await?;
+            set_status(claim, &status).await?;
             return Err(e);
         }
     };
@@ -1427,7 +1408,7 @@ pub async fn run_backup(
         total_items: Some(total),
         items_backed_up: Some(0),
     });
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
 
     // Pre hooks, before any volume is read or snapshotted (Velero's
     // handleItemBlockPreHooks). Pods run them one after another; every pod's pre hooks run
@@ -1578,12 +1559,13 @@ pub async fn run_backup(
             status.phase = Some("Failed".into());
             status.failure_reason = Some(reason.clone());
             status.completion_timestamp = Some(now());
-            set_status(client, ns, name, &status).await?;
+            set_status(claim, &status).await?;
             return Err(Error::Invalid(reason));
         }
     };
     if let Err(e) = wait_volume_data(
         client,
+        claim,
         ns,
         &backup_now,
         &mut c,
@@ -1597,7 +1579,7 @@ pub async fn run_backup(
         status.phase = Some("Failed".into());
         status.failure_reason = Some(format!("moving volume data failed: {e}"));
         status.completion_timestamp = Some(now());
-        set_status(client, ns, name, &status).await?;
+        set_status(claim, &status).await?;
         return Err(e);
     }
 
@@ -1667,7 +1649,7 @@ pub async fn run_backup(
     match store.await {
         Ok(id) => {
             status.snapshot_id = Some(id.to_hex());
-            set_status(client, ns, name, &status).await?;
+            set_status(claim, &status).await?;
             Ok(BackupOutcome {
                 status,
                 results: std::mem::take(&mut c.results),
@@ -1678,7 +1660,7 @@ pub async fn run_backup(
             status.phase = Some("Failed".into());
             status.failure_reason = Some(format!("storing the backup failed: {e}"));
             status.completion_timestamp = Some(now());
-            set_status(client, ns, name, &status).await?;
+            set_status(claim, &status).await?;
             Err(e)
         }
     }

@@ -26,6 +26,11 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// Another run took over the Backup or Restore this run worked on (a new leader, or
+    /// the object made again): this run stops without writing.
+    #[error("{0}")]
+    Superseded(String),
+
     /// A named object does not exist.
     #[error("{0}")]
     NotFound(String),

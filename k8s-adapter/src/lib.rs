@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod backup_actions;
+pub mod claim;
 pub mod crd;
 pub mod datamover;
 pub mod discovery;

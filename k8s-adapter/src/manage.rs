@@ -826,9 +826,12 @@ pub async fn sync_backups(
                 bsl_name.clone(),
             )]));
             b.metadata.namespace = Some(ns.to_string());
+            let mut rv = here
+                .get(name)
+                .and_then(|b| b.metadata.resource_version.clone());
             if unfinished.is_none() {
                 match backups.create(&PostParams::default(), &b).await {
-                    Ok(_) => {}
+                    Ok(made) => rv = made.metadata.resource_version,
                     // Another sync (or a create) got there first.
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
                     Err(e) => {
@@ -839,8 +842,25 @@ pub async fn sync_backups(
             }
             let mut status = stored.status.clone().unwrap_or_default();
             status.snapshot_id = Some(id.to_hex());
-            crate::backup::set_status(client, ns, name, &status).await?;
-            report.created.push(name.clone());
+            // Conditional on the Backup as made or read: changed since (another sync,
+            // a user), the next sync looks again.
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": rv },
+                "status": status,
+            });
+            match backups
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => report.created.push(name.clone()),
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!("write the status of synced backup {ns}/{name}"),
+                        e,
+                    ));
+                }
+            }
         }
         // A finished backup of this location whose record is gone was deleted elsewhere
         // (Velero's deleteOrphanedBackups: by the storage-location label, never by a
@@ -1168,14 +1188,28 @@ pub async fn process_deletion(
                 loc.name
             )));
         }
-        {
-            bapi.patch_status(
-                backup,
-                &PatchParams::default(),
-                &Patch::Merge(&serde_json::json!({ "status": { "phase": "Deleting" } })),
-            )
+        // Conditional on the Backup as read (its phase judged above): a namesake made
+        // since, or a run begun since, is never marked Deleting.
+        let deleting = serde_json::json!({
+            "metadata": { "resourceVersion": b.metadata.resource_version },
+            "status": { "phase": "Deleting" },
+        });
+        match bapi
+            .patch_status(backup, &PatchParams::default(), &Patch::Merge(&deleting))
             .await
-            .map_err(|e| Error::kube(format!("mark backup {ns}/{backup} Deleting"), e))?;
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                return Err(Error::Invalid(format!(
+                    "backup {backup} changed while its deletion began: nothing was deleted; ask again"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("mark backup {ns}/{backup} Deleting"),
+                    e,
+                ));
+            }
         }
         let repo = loc
             .open(&loc.resources_url(), cache_root, &writer(ns))
@@ -1233,9 +1267,18 @@ pub async fn process_deletion(
                 Err(e) => return Err(Error::kube(format!("delete restore {ns}/{n}"), e)),
             }
         }
-        match bapi.delete(backup, &DeleteParams::default()).await {
+        // Only the Backup judged above (its UID): never a namesake made meanwhile.
+        let this_one = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: b.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match bapi.delete(backup, &this_one).await {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            // 409: the UID differs, the one judged is gone and a namesake stays.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(Error::kube(format!("delete backup {ns}/{backup}"), e)),
         }
         Ok(report)

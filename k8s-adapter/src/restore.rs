@@ -20,6 +20,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::claim::RunClaim;
 use crate::crd::{Backup, Restore, RestoreSpec, RestoreStatus};
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
@@ -148,16 +149,9 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-async fn set_status(client: &Client, ns: &str, name: &str, status: &RestoreStatus) -> Result<()> {
-    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": status })),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("update status of restore {ns}/{name}"), e))?;
-    Ok(())
+/// Patch a Restore's status, if this run still holds it ([`RunClaim`]).
+async fn set_status(claim: &RunClaim<Restore>, status: &RestoreStatus) -> Result<()> {
+    claim.status(status).await.map(drop)
 }
 
 /// Find a backup's record: through the Backup resource's location if it exists here,
@@ -335,18 +329,13 @@ pub struct RestoreOutcome {
 }
 
 /// End a restore in FailedValidation, saying why.
-async fn failed_validation(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    msgs: Vec<String>,
-) -> Result<RestoreOutcome> {
+async fn failed_validation(claim: &RunClaim<Restore>, msgs: Vec<String>) -> Result<RestoreOutcome> {
     let status = RestoreStatus {
         phase: Some("FailedValidation".into()),
         validation_errors: Some(msgs),
         ..Default::default()
     };
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     Ok(RestoreOutcome {
         status,
         results: Results::default(),
@@ -393,6 +382,7 @@ pub async fn newest_backup_of_schedule(
 /// Run a Restore resource that exists in the cluster (phase New).
 pub async fn run_restore(
     client: &Client,
+    claim: &RunClaim<Restore>,
     ns: &str,
     name: &str,
     settings: RestoreSettings,
@@ -447,7 +437,7 @@ pub async fn run_restore(
     }
     let (Ok(ns_filter), Ok(label_filter), true) = (ns_filter, label_filter, problems.is_empty())
     else {
-        return failed_validation(client, ns, name, problems).await;
+        return failed_validation(claim, problems).await;
     };
 
     // The backup: by name, or the newest successful one of a schedule.
@@ -468,11 +458,7 @@ pub async fn run_restore(
                         || l.get("velero.io/schedule-name") == Some(&want)
                 });
             if !from_schedule {
-                return failed_validation(
-                    client,
-                    ns,
-                    name,
-                    vec![format!(
+                return failed_validation(claim, vec![format!(
                         "backupName {b} is not a backup of schedule {sched}: give one of backupName and scheduleName"
                     )],
                 )
@@ -486,22 +472,14 @@ pub async fn run_restore(
                 Some(b) => {
                     // Recorded in the Restore, so that describe, logs and delete find it.
                     let chosen = b;
-                    api.patch(
-                        name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&json!({ "spec": { "backupName": chosen } })),
-                    )
-                    .await
-                    .map_err(|e| {
-                        Error::kube(format!("record the backup of restore {ns}/{name}"), e)
-                    })?;
+                    claim
+                        .patch(&json!({ "spec": { "backupName": chosen } }))
+                        .await?;
                     chosen
                 }
                 None => {
                     return failed_validation(
-                        client,
-                        ns,
-                        name,
+                        claim,
                         vec![format!(
                             "schedule {sched} has no completed backup{}",
                             if allow_partial {
@@ -520,7 +498,7 @@ pub async fn run_restore(
     let (repo, record, stored) = match find_backup(client, ns, &backup_name, cache_root).await {
         Ok(x) => x,
         Err(e) => {
-            return failed_validation(client, ns, name, vec![e.to_string()]).await;
+            return failed_validation(claim, vec![e.to_string()]).await;
         }
     };
     // The Backup of this cluster, if it has one, must be the one stored under that name
@@ -553,7 +531,7 @@ pub async fn run_restore(
             None
         };
         if let Some(why) = why {
-            return failed_validation(client, ns, name, vec![why]).await;
+            return failed_validation(claim, vec![why]).await;
         }
     }
     let phase = stored
@@ -563,9 +541,7 @@ pub async fn run_restore(
         .unwrap_or_default();
     if phase != "Completed" && phase != "PartiallyFailed" {
         return failed_validation(
-            client,
-            ns,
-            name,
+            claim,
             vec![format!(
                 "backup {backup_name} is {phase}, not Completed or PartiallyFailed"
             )],
@@ -575,7 +551,7 @@ pub async fn run_restore(
 
     status.phase = Some("InProgress".into());
     status.start_timestamp = Some(now());
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     crate::server::pause_point("restore-started").await;
 
     // The record's items, read from a local copy of the snapshot.
@@ -852,7 +828,7 @@ pub async fn run_restore(
         total_items: Some(total as i64),
         items_restored: Some(0),
     });
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
 
     // Namespaces (Velero's EnsureNamespaceExistsAndIsReady): the selected ones and those of
     // every item restored, created first from their backed-up objects (labels and
@@ -898,7 +874,7 @@ pub async fn run_restore(
             total_items: Some(total as i64),
             items_restored: Some(run.restored.load(std::sync::atomic::Ordering::Relaxed)),
         });
-        set_status(client, ns, name, &status).await?;
+        set_status(claim, &status).await?;
     }
 
     // PodVolumeRestores first, waited on after the downloads: a pod may mount both a
@@ -939,6 +915,7 @@ pub async fn run_restore(
     if !moved.is_empty() {
         restore_volume_data(
             client,
+            claim,
             ns,
             &restore,
             &backup_name,
@@ -1052,7 +1029,7 @@ pub async fn run_restore(
         status.warnings = Some(status.warnings.unwrap_or(0) + 1);
         tracing::warn!("the restore's record could not be stored: {e}");
     }
-    set_status(client, ns, name, &status).await?;
+    set_status(claim, &status).await?;
     Ok(RestoreOutcome {
         status,
         results,
@@ -1719,6 +1696,7 @@ async fn wait_pod_volume_restores(
 #[allow(clippy::too_many_arguments)]
 async fn restore_volume_data(
     client: &Client,
+    claim: &RunClaim<Restore>,
     ns: &str,
     restore: &Restore,
     backup_name: &str,
@@ -1729,7 +1707,6 @@ async fn restore_volume_data(
     cache_root: Option<&Path>,
 ) -> Result<()> {
     use crate::datamover::{RESTORE_UID, csi};
-    let name = restore.name_any();
     let created: BTreeSet<(String, String)> = run
         .items
         .lock()
@@ -1794,7 +1771,7 @@ async fn restore_volume_data(
     }
     status.phase = Some("WaitingForPluginOperations".into());
     status.restore_item_operations_attempted = Some(started);
-    set_status(client, ns, &name, status).await?;
+    set_status(claim, status).await?;
     let timeout = restore
         .spec
         .item_operation_timeout
@@ -1819,9 +1796,8 @@ async fn restore_volume_data(
                 s.restore_item_operations_failed = Some(failed);
                 s.clone()
             };
-            let name = name.clone();
             async move {
-                let _ = set_status(client, ns, &name, &s).await;
+                let _ = set_status(claim, &s).await;
             }
         },
     )
@@ -1853,7 +1829,7 @@ async fn restore_volume_data(
         }
     }
     status.phase = Some("Finalizing".into());
-    set_status(client, ns, &name, status).await?;
+    set_status(claim, status).await?;
     Ok(())
 }
 

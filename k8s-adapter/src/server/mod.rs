@@ -34,6 +34,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
+use crate::claim::RunClaim;
 use crate::crd::{Backup, Restore};
 use crate::record::{SCHEDULE_NAME_LABEL, SYNCED_ANNOTATION};
 use crate::restore::RestoreSettings;
@@ -190,6 +191,15 @@ where
     now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
+/// Claim a backup for a run that starts now ([`RunClaim`]), if it is still to run.
+async fn claim_backup(api: &Api<Backup>, ns: &str, name: &str) -> Result<RunClaim<Backup>> {
+    let what = format!("backup {ns}/{name}");
+    RunClaim::take(api.clone(), name, &what, |b| {
+        backup_step(b) != Step::Nothing
+    })
+    .await
+}
+
 /// Where a waiting backup stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -224,32 +234,30 @@ pub fn queue_place(list: &[Backup], name: &str, free: usize) -> Place {
     }
 }
 
-async fn set_queue(api: &Api<Backup>, name: &str, position: Option<i64>) -> Result<()> {
-    let phase = if position.is_some() {
-        Some("Queued")
-    } else {
-        None
-    };
-    let mut st = serde_json::json!({ "queuePosition": position });
-    if let Some(p) = phase {
-        st["phase"] = p.into();
-    }
-    api.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&serde_json::json!({ "status": st })),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("queue backup {name}"), e))?;
-    Ok(())
-}
-
 /// Mark a backup Queued at `n` (if that changed) and look again soon: a slot frees when
-/// a backup ends.
+/// a backup ends. Conditional on the backup as read: a run that started meanwhile (here
+/// or on a replica that took over) is never set back to Queued.
 async fn queued(api: &Api<Backup>, b: &Backup, n: i64) -> Result<Action> {
     let st = b.status.clone().unwrap_or_default();
     if st.phase.as_deref() != Some("Queued") || st.queue_position != Some(n) {
-        set_queue(api, &b.name_any(), Some(n)).await?;
+        let name = b.name_any();
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": b.metadata.resource_version },
+            "status": { "phase": "Queued", "queuePosition": n },
+        });
+        match api
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Changed since it was read: the next look decides again.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube(format!("queue backup {name}"), e)),
+        }
     }
     Ok(Action::requeue(Duration::from_secs(1)))
 }
@@ -283,7 +291,7 @@ fn restore_phase(r: &Restore) -> Option<String> {
 /// A cancelled Backup or Restore ended ([`canceled`]), logged and told in an Event.
 async fn end_canceled<K>(
     ctx: &Ctx,
-    api: &Api<K>,
+    claim: &RunClaim<K>,
     obj: &K,
     what: &str,
     phase: fn(&K) -> Option<String>,
@@ -292,7 +300,7 @@ where
     K: Clone + Resource<DynamicType = ()> + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.name_any();
-    let was = canceled(api, &name, phase).await?;
+    let was = canceled(claim, phase).await?;
     // Its volume data stops moving too (Velero cancels the backup's DataUploads).
     let ns = &ctx.opts.namespace;
     let uid = obj.meta().uid.clone().unwrap_or_default();
@@ -325,38 +333,36 @@ where
 /// End a cancelled Backup or Restore: phase Canceled, completion time, and why. The run
 /// was dropped before this, with every write of its own (the backup's progress writer
 /// aborts with it). Returns the phase it had.
-async fn canceled<K>(api: &Api<K>, name: &str, phase: fn(&K) -> Option<String>) -> Result<String>
+async fn canceled<K>(claim: &RunClaim<K>, phase: fn(&K) -> Option<String>) -> Result<String>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Clone + Resource + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let before = api
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::kube(format!("read {name}"), e))?
-        .and_then(|o| phase(&o))
-        .unwrap_or_else(|| "New".into());
-    let patch = serde_json::json!({ "status": {
+    let before = phase(&claim.read().await?).unwrap_or_else(|| "New".into());
+    let status = serde_json::json!({
         "phase": "Canceled",
         "failureReason": "canceled by request (spec.cancel)",
         "completionTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }});
-    api.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("mark {name} Canceled"), e))?;
+    });
+    claim.status(&status).await?;
     Ok(format!("was {before}"))
 }
 
-/// A pause point for kill -9 tests across processes: a process started with
-/// `ARCA_TEST_PAUSE_AT=<point>` stops there for good (until it is killed), after saying
-/// so on stderr. Unset, it costs an environment lookup.
+/// A pause point for kill -9 and stall tests across processes: a process started with
+/// `ARCA_TEST_PAUSE_AT=<point>` stops there, after saying so on stderr, for good (until
+/// it is killed), or, with `ARCA_TEST_RESUME_WHEN=<file>`, until that file exists (a
+/// stalled process that wakes up). Unset, it costs an environment lookup.
 pub(crate) async fn pause_point(point: &str) {
     if std::env::var("ARCA_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
         eprintln!("paused at {point}");
-        std::future::pending::<()>().await;
+        match std::env::var_os("ARCA_TEST_RESUME_WHEN") {
+            Some(f) => {
+                while !std::path::Path::new(&f).exists() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                eprintln!("resumed at {point}");
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 }
 
@@ -522,6 +528,11 @@ where
 }
 
 fn error_policy<K>(_: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
+    // A run another took over ends quietly: its successor writes the outcome.
+    if let Error::Superseded(why) = e {
+        tracing::info!("{why}");
+        return Action::await_change();
+    }
     tracing::warn!("{e}; retrying in 10 s");
     Action::requeue(Duration::from_secs(10))
 }
@@ -551,7 +562,8 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let run_again = backup_step(&b) == Step::RunAgain;
     // Cancelled before it started: it never takes a slot.
     if !run_again && b.spec.cancel == Some(true) {
-        return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
+        let claim = claim_backup(&api, ns, &name).await?;
+        return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
     }
 
     // A slot, in creation order (Velero's backup queue): the oldest waiting backups take
@@ -577,11 +589,17 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             }
         }
     };
+    // From here every write of this run is conditional on its claim: a replica that
+    // takes over (this one stalled past its Lease) or a Backup made again under this
+    // name ends this run's writes.
+    let claim = Arc::new(claim_backup(&api, ns, &name).await?);
     if b.status
         .as_ref()
         .is_some_and(|s| s.queue_position.is_some())
     {
-        set_queue(&api, &name, None).await?;
+        claim
+            .status(&serde_json::json!({ "queuePosition": null }))
+            .await?;
     }
     let schedule = schedule_of(&b);
     ctx.event(&b, false, "BackupStarted", format!("backup {name} started"))
@@ -589,6 +607,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let t0 = Instant::now();
     let run = crate::backup::run_backup(
         &ctx.client,
+        claim.clone(),
         ns,
         &name,
         ctx.opts.cache_root.as_deref(),
@@ -605,7 +624,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
         _ = cancel_requested(api.clone(), &name, |b: &Backup| b.spec.cancel == Some(true)) => {
             // Dropped after its record was committed: it ended, whatever the cancel says.
             let cache = ctx.opts.cache_root.as_deref();
-            if crate::backup::adopt_if_stored(&ctx.client, ns, &name, cache).await? {
+            if crate::backup::adopt_if_stored(&ctx.client, &claim, ns, &name, cache).await? {
                 tracing::info!("backup {ns}/{name}: stored before the cancel took effect");
                 return Ok(Action::await_change());
             }
@@ -613,7 +632,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             for line in crate::backup::thaw_recorded(&ctx.client, ns, &name).await {
                 tracing::info!("backup {ns}/{name}: {line}");
             }
-            return end_canceled(&ctx, &api, &b, "backup", backup_phase).await;
+            return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
         }
     };
     let secs = t0.elapsed().as_secs_f64();
@@ -642,6 +661,8 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
             )
             .await;
         }
+        // Another run took it over: that run ends it and counts it.
+        Err(Error::Superseded(why)) => tracing::info!("{why}"),
         Err(e) => {
             if still_to_run(&api, &name, backup_step).await {
                 return Err(e);
@@ -678,6 +699,13 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
     let Some(r) = to_run(&api, "restore", ns, &name, restore_step).await? else {
         return Ok(Action::await_change());
     };
+    let what = format!("restore {ns}/{name}");
+    let claim = Arc::new(
+        RunClaim::take(api.clone(), &name, &what, |r| {
+            restore_step(r) != Step::Nothing
+        })
+        .await?,
+    );
     let schedule = restore_schedule(&ctx, &r).await;
     ctx.metrics.restore_started(&schedule);
     ctx.event(
@@ -695,11 +723,12 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
         let (settings, cache) = (ctx.opts.restore.clone(), ctx.opts.cache_root.clone());
         let handle = tokio::runtime::Handle::current();
         let rapi = api.clone();
+        let run_claim = claim.clone();
         tokio::task::spawn_blocking(move || {
             handle.block_on(async {
                 // Cancelled: no further item; those restored already stay.
                 tokio::select! {
-                    o = crate::restore::run_restore(&client, &ns, &rname, settings, cache.as_deref()) => Some(o),
+                    o = crate::restore::run_restore(&client, &run_claim, &ns, &rname, settings, cache.as_deref()) => Some(o),
                     _ = cancel_requested(rapi, &rname, |r: &Restore| r.spec.cancel == Some(true)) => None,
                 }
             })
@@ -708,7 +737,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
         .map_err(|e| Error::Invalid(format!("restore {name} panicked: {e}")))?
     };
     let Some(out) = out else {
-        return end_canceled(&ctx, &api, &r, "restore", restore_phase).await;
+        return end_canceled(&ctx, &claim, &r, "restore", restore_phase).await;
     };
     match out {
         Ok(o) => {
@@ -724,6 +753,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
             )
             .await;
         }
+        Err(Error::Superseded(why)) => tracing::info!("{why}"),
         Err(e) => {
             if still_to_run(&api, &name, restore_step).await {
                 return Err(e);
