@@ -212,9 +212,13 @@ pub enum Place {
 /// The queue rule: the backups waiting to start (New, Queued, no phase yet; not one the
 /// sync is creating, not one asked to cancel) in creation order (then name); the first
 /// `free` start. Pure, unit-tested.
-pub fn queue_place(list: &[Backup], name: &str, free: usize) -> Place {
+pub fn queue_place<'a>(
+    list: impl IntoIterator<Item = &'a Backup>,
+    name: &str,
+    free: usize,
+) -> Place {
     let mut waiting: Vec<&Backup> = list
-        .iter()
+        .into_iter()
         .filter(|b| backup_step(b) == Step::Run && b.spec.cancel != Some(true))
         .collect();
     waiting.sort_by_key(|b| {
@@ -382,6 +386,9 @@ struct Ctx {
     recorder: Recorder,
     /// Backups running at once (`--concurrent-backups`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// The Backup controller's cache (its watch): the queue is ordered from it, so that
+    /// a waiting backup's look every second costs no request.
+    backups: std::sync::OnceLock<kube::runtime::reflector::Store<Backup>>,
 }
 
 impl Ctx {
@@ -468,6 +475,7 @@ pub async fn run(
         slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
             opts.concurrent_backups.max(1),
         ))),
+        backups: std::sync::OnceLock::new(),
     });
     let sync = {
         let ctx = ctx.clone();
@@ -542,6 +550,7 @@ async fn backups(ctx: Arc<Ctx>) {
     let c = Controller::new(api, watcher::Config::default())
         // Waiting backups return at once (Queued): the slots bound the work, not this.
         .with_config(Config::default().concurrency(ctx.opts.concurrent_backups.max(1) + 16));
+    let _ = ctx.backups.set(c.store());
     drive(c, "backup", reconcile_backup, ctx).await;
 }
 
@@ -574,15 +583,24 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
         Some(p) if run_again => p,
         None if run_again => return Ok(Action::requeue(Duration::from_secs(1))),
         permit => {
-            let list = api
-                .list(&kube::api::ListParams::default())
-                .await
-                .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
+            // From the watch's cache: the order of waiting backups, never the decision
+            // to run (a fresh read and the run's claim), so a moment's lag is harmless.
+            let (cached, listed) = match ctx.backups.get() {
+                Some(store) => (store.state(), Vec::new()),
+                None => {
+                    let l = api
+                        .list(&kube::api::ListParams::default())
+                        .await
+                        .map_err(|e| Error::kube(format!("list backups in {ns}"), e))?;
+                    (Vec::new(), l.items)
+                }
+            };
+            let list = cached.iter().map(|b| &**b).chain(&listed);
             // This one's own slot, if it got one, counts as free.
             let free = permit
                 .as_ref()
                 .map_or(0, |_| ctx.slots.available_permits() + 1);
-            match (queue_place(&list.items, &name, free), permit) {
+            match (queue_place(list, &name, free), permit) {
                 (Place::Start, Some(p)) => p,
                 (Place::Wait(n), _) => return queued(&api, &b, n).await,
                 (Place::Start, None) => return queued(&api, &b, 1).await,

@@ -21,12 +21,32 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
     let ns = &ctx.opts.namespace;
     let api: Api<Schedule> = Api::namespaced(ctx.client.clone(), ns);
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), ns);
-    let c = Controller::new(api, watcher::Config::default())
-        // A schedule's backup that ends may free a run that was held back.
-        .watches(backups, watcher::Config::default(), |b: Backup| {
-            let name = b.labels().get(SCHEDULE_NAME_LABEL)?.clone();
-            Some(ObjectRef::new(&name).within(&b.namespace()?))
-        });
+    // A schedule's backup that ends may free a run that was held back. Only a change of
+    // phase wakes the schedule, not each progress write of a running backup (a read and a
+    // list each): the phases of the backups still running are remembered, and a backup
+    // not among them (new, or ended) wakes it. A running backup deleted outright (the
+    // deletion refuses those) is seen at the schedule's next due time.
+    let running: std::sync::Mutex<std::collections::HashMap<String, String>> = Default::default();
+    let c = Controller::new(api, watcher::Config::default()).watches(
+        backups,
+        watcher::Config::default(),
+        move |b: Backup| {
+            let schedule = b.labels().get(SCHEDULE_NAME_LABEL)?.clone();
+            let phase = b.status.as_ref().and_then(|s| s.phase.clone());
+            let phase = phase.unwrap_or_default();
+            let mut m = running.lock().expect("lock");
+            let key = b.name_any();
+            if m.get(&key) == Some(&phase) {
+                return None;
+            }
+            if matches!(phase.as_str(), "" | "New" | "Queued" | "InProgress") {
+                m.insert(key, phase);
+            } else {
+                m.remove(&key);
+            }
+            Some(ObjectRef::new(&schedule).within(&b.namespace()?))
+        },
+    );
     super::drive(c, "schedule", reconcile, ctx).await;
 }
 
