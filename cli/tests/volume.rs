@@ -398,3 +398,109 @@ fn kill_9_during_a_volume_backup_then_a_new_run() {
     ]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
 }
+
+/// kill -9 in the middle of a volume restore into an image on a disk (direct I/O where
+/// the file system takes it): what the killed run left, restored over again (`--existing
+/// overwrite`), comes back identical to the source, holes included.
+#[test]
+fn kill_9_during_a_volume_restore_then_again() {
+    let env = Env::new();
+    env.init();
+    const REGION: u64 = 8 << 20;
+    let regions = 64u64;
+    // Three regions of data, then a hole, over and over.
+    let has_data = |i: u64| i % 4 != 3;
+    let img = env.path("disk.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(regions * REGION).unwrap();
+    for i in (0..regions).filter(|&i| has_data(i)) {
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise(900 + i, REGION as usize), i * REGION)
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    env.ok(&[
+        "snapshot",
+        "create",
+        "--block",
+        img.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let out = env.path("restored.img");
+    let restore = |existing: bool| {
+        let mut c = env.cmd();
+        c.args([
+            "snapshot",
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ]);
+        if existing {
+            c.args(["--existing", "overwrite"]);
+        }
+        c
+    };
+    let mut child = restore(false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once some region is written whole and others are not yet: looked for one
+    // region a poll, in turn.
+    let region_of = |file: &Path, i: u64| -> Option<Vec<u8>> {
+        let f = std::fs::File::open(file).ok()?;
+        let mut buf = vec![0u8; REGION as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, i * REGION).ok()?;
+        Some(buf)
+    };
+    let start = Instant::now();
+    let mut i = 0;
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore finished before it could be killed; make the image larger"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no region written"
+        );
+        if has_data(i) && region_of(&out, i).is_some_and(|r| r == noise(900 + i, REGION as usize)) {
+            break;
+        }
+        i = (i + 1) % regions;
+    }
+    let _ = child.kill(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+    let same = |i: u64| {
+        let want = if has_data(i) {
+            noise(900 + i, REGION as usize)
+        } else {
+            vec![0u8; REGION as usize]
+        };
+        region_of(&out, i).is_some_and(|r| r == want)
+    };
+    let whole = (0..regions).filter(|&i| same(i)).count();
+    assert!(
+        (whole as u64) < regions,
+        "the killed restore had written everything already"
+    );
+
+    // Again, over what it left: a new file is refused, so the user says overwrite.
+    let out1 = restore(false).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out1.stderr).contains("--existing overwrite"),
+        "{}",
+        String::from_utf8_lossy(&out1.stderr)
+    );
+    let again = restore(true).arg("--json").output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    for i in 0..regions {
+        assert!(same(i), "region {i} differs after the second restore");
+    }
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), regions * REGION);
+}
