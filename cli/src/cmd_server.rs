@@ -215,6 +215,12 @@ pub struct NodeAgentArgs {
     /// "number": M}]}}` [default: one move at a time].
     #[arg(long)]
     node_agent_configmap: Option<String>,
+
+    /// How often an upload makes what it has stored durable (an index checkpoint): a
+    /// node agent killed mid-upload and restarted uploads again at most this much work
+    /// [default: 1m]. Shorter costs more small index files.
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -267,6 +273,17 @@ pub async fn node_agent(ctx: &Ctx, kube: &KubeOpts, a: NodeAgentArgs) -> Result<
             "--data-mover-prepare-timeout",
         )?,
         config_map: a.node_agent_configmap,
+        checkpoint: match a.checkpoint_interval.as_deref() {
+            // Sub-second allowed (Go's units: "500ms").
+            Some(c) => Some(
+                arca_k8s::backup::parse_go_std(c)
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!("--checkpoint-interval {c:?}: give a positive duration, e.g. 30s")
+                    })?,
+            ),
+            None => None,
+        },
     };
     tokio::select! {
         r = agent::run(client, opts) => r?,

@@ -167,6 +167,11 @@ impl Repository {
         self
     }
 
+    /// The pause points this repository's operations stop at when armed (tests).
+    pub fn pause_points(&self) -> &PausePoints {
+        &self.pauses
+    }
+
     /// The clock this repository reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock

@@ -164,6 +164,9 @@ impl Shared {
         .expect("ingest task panicked")?;
         self.index_files.lock().expect("lock").push(id);
         self.checkpoint.lock().expect("lock").1 = std::time::Instant::now();
+        // A checkpoint is durable here: a test kills the writer now to see a new run
+        // reuse it.
+        self.idx.repo.pauses.at("writer:index-written").await;
         Ok(())
     }
 }

@@ -87,10 +87,12 @@ pub fn parse_go_duration(s: &str) -> Result<i64> {
     parse_go_duration_nanos(s).map(|n| n / 1_000_000_000)
 }
 
-/// A Go duration as a std one; None when invalid or negative.
+/// A Go duration as a std one, to the nanosecond; None when invalid or negative.
 pub fn parse_go_std(s: &str) -> Option<std::time::Duration> {
-    let secs = parse_go_duration(s).ok()?;
-    u64::try_from(secs).ok().map(std::time::Duration::from_secs)
+    let nanos = parse_go_duration_nanos(s).ok()?;
+    u64::try_from(nanos)
+        .ok()
+        .map(std::time::Duration::from_nanos)
 }
 
 /// A duration of whole seconds as Go prints it (`720h0m0s`), as Velero writes TTLs.

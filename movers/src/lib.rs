@@ -65,6 +65,9 @@ pub struct BackupRequest {
     pub tags: Vec<String>,
     /// Labels of the snapshot (the volume label is added).
     pub labels: BTreeMap<String, String>,
+    /// How often what was uploaded is made durable (an index checkpoint): a run again
+    /// after a kill uploads again at most this much work [default: the engine's, 60 s].
+    pub checkpoint: Option<Duration>,
 }
 
 /// A restore of one snapshot.
@@ -250,6 +253,9 @@ pub async fn backup(
             o.labels = labels;
             o.cancel = cancel.0.clone();
             o.scan_totals = true;
+            if let Some(c) = req.checkpoint {
+                o.checkpoint = c;
+            }
             repo.backup(o, progress.clone()).await?
         }
         Source::Block(dev) => {
@@ -259,6 +265,9 @@ pub async fn backup(
             o.tags = req.tags.clone();
             o.labels = labels;
             o.cancel = cancel.0.clone();
+            if let Some(c) = req.checkpoint {
+                o.checkpoint = c;
+            }
             repo.backup_volume(o, progress.clone()).await?
         }
     };

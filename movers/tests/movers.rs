@@ -43,6 +43,7 @@ fn request(source: Source) -> BackupRequest {
         identity: who(),
         tags: vec!["volume".into()],
         labels: BTreeMap::new(),
+        checkpoint: None,
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Options {
     pub prepare_timeout: Duration,
     /// The ConfigMap with `loadConcurrency` (Velero's node-agent configuration).
     pub config_map: Option<String>,
+    /// How often an upload's progress is made durable (`--checkpoint-interval`).
+    pub checkpoint: Option<Duration>,
 }
 
 /// What to do with a DataUpload or DataDownload.
@@ -885,13 +887,31 @@ async fn volume_repo(
         tracing::warn!("{e}");
     }
     let who = crate::location::writer(ns);
-    location
+    let repo = location
         .open(
             &location.volumes_url(volume_ns),
             ctx.opts.cache_root.as_deref(),
             &who,
         )
-        .await
+        .await?;
+    engine_pause_point(&repo);
+    Ok(repo)
+}
+
+/// For kill -9 tests across processes: `ARCA_TEST_ENGINE_PAUSE=<point>` holds the first
+/// operation of this repository that reaches the engine's pause point (e.g.
+/// `writer:index-written`, a checkpoint stored) for good, after saying so on stderr.
+fn engine_pause_point(repo: &arca_engine::Indexed) {
+    let Ok(point) = std::env::var("ARCA_TEST_ENGINE_PAUSE") else {
+        return;
+    };
+    // Test-only, once per repository opened: the name lives as long as the process.
+    let point: &'static str = Box::leak(point.into_boxed_str());
+    let p = repo.repo().pause_points().arm(point);
+    tokio::spawn(async move {
+        p.reached().await;
+        eprintln!("paused at {point}");
+    });
 }
 
 /// Back a volume up with its progress written to `name`'s status, never below the bytes
@@ -986,6 +1006,7 @@ fn start_upload(ctx: Arc<Ctx>, du: DataUpload, exposed: expose::Exposed, key: St
                 identity: who,
                 tags: vec!["arca-volume".into()],
                 labels,
+                checkpoint: ctx.opts.checkpoint,
             };
             let shown = du.status.as_ref().and_then(|s| s.progress.as_ref());
             let r = upload(&api, &name, shown, &repo, req, &cancel).await?;
@@ -1383,6 +1404,7 @@ fn start_pod_volume_backup(ctx: Arc<Ctx>, b: PodVolumeBackup, pod: Pod, key: Str
                 identity: who,
                 tags: vec!["arca-volume".into(), "arca-pod-volume".into()],
                 labels,
+                checkpoint: ctx.opts.checkpoint,
             };
             let shown = b.status.as_ref().and_then(|s| s.progress.as_ref());
             let r = upload(&api, &name, shown, &repo, req, &cancel).await?;
