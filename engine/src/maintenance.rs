@@ -224,6 +224,8 @@ struct Merged {
     all_visible: bool,
     /// Newest store time (ms) of a live file that lists it marked.
     marked_in_ms: i64,
+    /// Oldest store time (ms) of a live file that lists it: when it was first indexed.
+    listed_ms: i64,
 }
 
 impl Merged {
@@ -233,6 +235,7 @@ impl Merged {
             marked,
             all_visible: p.obsolete_visible.is_some(),
             marked_in_ms: if marked { file_ms } else { i64::MIN },
+            listed_ms: file_ms,
             pack: p,
         }
     }
@@ -244,19 +247,21 @@ impl Merged {
         if marked {
             self.marked_in_ms = self.marked_in_ms.max(file_ms);
         }
+        self.listed_ms = self.listed_ms.min(file_ms);
         self.pack.obsolete_since = self.pack.obsolete_since.max(p.obsolete_since);
         self.pack.obsolete_visible = self.pack.obsolete_visible.max(p.obsolete_visible);
     }
 
-    /// The pack as the merged view has it: unmarked unless every live file marks it.
-    fn finish(mut self) -> (IndexPack, i64) {
+    /// The pack as the merged view has it: unmarked unless every live file marks it;
+    /// with when it was marked and when first indexed.
+    fn finish(mut self) -> (IndexPack, i64, i64) {
         if !self.marked {
             self.pack.obsolete_since = None;
             self.pack.obsolete_visible = None;
         } else if !self.all_visible {
             self.pack.obsolete_visible = None;
         }
-        (self.pack, self.marked_in_ms)
+        (self.pack, self.marked_in_ms, self.listed_ms)
     }
 }
 
@@ -325,7 +330,7 @@ impl Indexed {
         inputs: &[IndexId],
         visible: &HashMap<IndexId, i64>,
         progress: &MaintenanceProgress,
-    ) -> Result<(Vec<(IndexPack, i64)>, i64)> {
+    ) -> Result<(Vec<(IndexPack, i64, i64)>, i64)> {
         let now_ms = ms(self.repo.clock.now());
         let mut order: Vec<PackId> = Vec::new();
         let mut merged: HashMap<PackId, Merged> = HashMap::new();
@@ -523,7 +528,7 @@ impl Indexed {
         progress.enter("deciding per pack", inputs.len() as u64);
         let (merged, last_replacement) = self.merged_index(&inputs, &visible, progress).await?;
         let mut fates = Vec::with_capacity(merged.len());
-        for (mut p, marked_in) in merged {
+        for (mut p, marked_in, listed) in merged {
             let used: u64 = p
                 .blobs
                 .iter()
@@ -532,7 +537,18 @@ impl Indexed {
                 .sum();
             if p.obsolete_since.is_none() {
                 let little = used > 0 && (used as f64) < opts.repack_below * p.size as f64;
-                fates.push(if used == 0 {
+                // Unused, but first indexed after the oldest live backup began: that writer
+                // (or a killed one whose session has not timed out) may still name it in
+                // its snapshot, and a run again after a kill reuses it rather than upload
+                // it anew. Kept unmarked until no such session lives. Not a safety rule
+                // (a marked pack is never reused, only stored again), so no skew
+                // allowance: a clock that disagrees only marks sooner or later.
+                let young = sessions
+                    .oldest_live_backup
+                    .is_some_and(|start| listed > start);
+                fates.push(if used == 0 && young {
+                    Fate::Keep(p)
+                } else if used == 0 {
                     Fate::Mark(p)
                 } else if little {
                     Fate::Repack(p)

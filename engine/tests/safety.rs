@@ -398,6 +398,61 @@ async fn gc_progresses_while_backups_always_overlap() {
     assert_eq!(restore(&w.idx, &s2).await, read_tree(&w.src(2)));
 }
 
+/// A killed writer's checkpoint (packs indexed, no snapshot names them yet) is not marked
+/// unused while its session may still be alive: a run again reuses it instead of
+/// uploading it anew (a marked blob is never reused). Once the session has timed out and
+/// maintenance removed it, the packs are garbage as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writers_checkpoint_is_reused_until_its_session_times_out() {
+    let w = World::new().await;
+    let s = SessionGuard::start(w.idx.repo(), SessionKind::Backup, &who())
+        .await
+        .unwrap();
+    let writer = Arc::new(Writer::new(
+        &w.idx,
+        arca_format::Compression::None,
+        s.liveness(),
+    ));
+    // Its checkpoint comes a while after it began.
+    w.pass(Duration::from_secs(5));
+    let (wr, data) = (writer.clone(), noise(7, 2 << 20));
+    let ids = tokio::task::spawn_blocking(move || {
+        data.chunks(256 << 10)
+            .map(|c| wr.store(BlobType::Data, c).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    // Its checkpoint stored, it is killed: no snapshot, its session object left behind.
+    writer.finish().await.unwrap();
+    drop(writer);
+    drop(s);
+    w.pass(Duration::from_secs(60));
+    let r = w.idx.maintain(&safe_gc()).await.unwrap();
+    assert_eq!(r.packs_marked, 0, "{r:?}");
+
+    // The run again, in another process: every chunk of the checkpoint is there to reuse.
+    let again = w.process().await;
+    let s2 = SessionGuard::start(again.repo(), SessionKind::Backup, &who())
+        .await
+        .unwrap();
+    let w2 = Writer::new(&again, arca_format::Compression::None, s2.liveness());
+    for id in &ids {
+        assert!(
+            w2.has(id).unwrap(),
+            "blob {id:?} of the checkpoint is reusable"
+        );
+    }
+    drop(w2);
+    s2.end().await.unwrap();
+
+    // The killed session timed out: removed, and its packs are marked unused.
+    w.pass(2 * HOUR);
+    let r = w.idx.maintain(&safe_gc()).await.unwrap();
+    assert!(r.sessions_removed >= 1 && r.packs_marked > 0, "{r:?}");
+    assert_clean(&w.idx, true).await;
+}
+
 /// A backup that started before the mark became visible still blocks the sweep, however
 /// long ago the mark was made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
