@@ -175,7 +175,9 @@ impl Ctx {
     pub async fn open(&self) -> Result<Repository> {
         let store = self.store()?;
         let pw = self.password("repository password: ")?;
-        Ok(Repository::open_with(store, &pw, self.cache_root().as_deref()).await?)
+        let repo = Repository::open_with(store, &pw, self.cache_root().as_deref()).await?;
+        repo.pause_points().arm_from_env();
+        Ok(repo)
     }
 
     /// The index cache directory, or `None` for a temporary one.

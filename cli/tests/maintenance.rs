@@ -289,11 +289,14 @@ fn repair_after_a_lost_pack_keeps_everything_else_restorable() {
     }
 }
 
-/// Start `arca`, wait until `ready` says so, then kill -9 it.
+/// Start `arca`, wait until `ready` says so, then kill -9 it. A backup is held at its
+/// first stored checkpoint (the engine's pause point): a fast machine cannot finish it
+/// before the kill.
 fn kill_when(env: &Env, args: &[&str], ready: impl Fn() -> bool) -> bool {
     let mut child = env
         .cmd()
         .args(args)
+        .env("ARCA_TEST_ENGINE_PAUSE", "writer:index-written")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

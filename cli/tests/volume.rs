@@ -347,6 +347,8 @@ fn kill_9_during_a_volume_backup_then_a_new_run() {
             "--compression",
             "none",
         ])
+        // Held at its first stored checkpoint: a fast machine cannot finish first.
+        .env("ARCA_TEST_ENGINE_PAUSE", "writer:index-written")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -31,6 +31,23 @@ impl PausePoints {
         p
     }
 
+    /// For kill -9 tests across processes: arm the point named by the environment variable
+    /// `ARCA_TEST_ENGINE_PAUSE` (e.g. `writer:index-written`, a checkpoint stored), to
+    /// hold the first operation that reaches it for good, saying `paused at <point>` on
+    /// stderr then. Unset, nothing. Needs a tokio runtime.
+    pub fn arm_from_env(&self) {
+        let Ok(point) = std::env::var("ARCA_TEST_ENGINE_PAUSE") else {
+            return;
+        };
+        // Test-only, once per repository opened: the name lives as long as the process.
+        let point: &'static str = Box::leak(point.into_boxed_str());
+        let p = self.arm(point);
+        tokio::spawn(async move {
+            p.reached().await;
+            eprintln!("paused at {point}");
+        });
+    }
+
     /// Called by the engine at a point: waits there if a test armed it.
     pub(crate) async fn at(&self, name: &'static str) {
         let armed = self.0.lock().expect("lock").remove(name);

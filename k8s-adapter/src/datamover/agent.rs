@@ -894,24 +894,8 @@ async fn volume_repo(
             &who,
         )
         .await?;
-    engine_pause_point(&repo);
+    repo.repo().pause_points().arm_from_env();
     Ok(repo)
-}
-
-/// For kill -9 tests across processes: `ARCA_TEST_ENGINE_PAUSE=<point>` holds the first
-/// operation of this repository that reaches the engine's pause point (e.g.
-/// `writer:index-written`, a checkpoint stored) for good, after saying so on stderr.
-fn engine_pause_point(repo: &arca_engine::Indexed) {
-    let Ok(point) = std::env::var("ARCA_TEST_ENGINE_PAUSE") else {
-        return;
-    };
-    // Test-only, once per repository opened: the name lives as long as the process.
-    let point: &'static str = Box::leak(point.into_boxed_str());
-    let p = repo.repo().pause_points().arm(point);
-    tokio::spawn(async move {
-        p.reached().await;
-        eprintln!("paused at {point}");
-    });
 }
 
 /// Back a volume up with its progress written to `name`'s status, never below the bytes
