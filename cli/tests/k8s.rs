@@ -4272,6 +4272,78 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
     );
 }
 
+/// A Backup changed between the deletion's judgement and its Deleting mark (a label
+/// written meanwhile) is judged again from a fresh read, not refused: the deletion ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_changed_while_its_deletion_begins_is_judged_again() {
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new("deljudge")
+    };
+    arca.install(&a);
+    let sfx = arca.suffix().to_string();
+    let app = format!("deljudge-app-{sfx}");
+    apply(&a, &(ns(&app) + &cm(&app, "one", &[], "1"))).await;
+    let go_on = std::env::temp_dir().join(format!("arca-deljudge-{sfx}"));
+    let _ = std::fs::remove_file(&go_on);
+    let server = arca.server_with(
+        &a,
+        "15s",
+        &[
+            ("ARCA_TEST_PAUSE_AT", "deletion-judged"),
+            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+        ],
+    );
+    server.wait_log("leading").await;
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: judged, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n",
+            arca.ns
+        ),
+    )
+    .await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "judged",
+            &["Completed", "Failed", "PartiallyFailed"]
+        )
+        .await,
+        "Completed"
+    );
+    arca_k8s::manage::request_deletion(&a.client, &arca.ns, "judged")
+        .await
+        .unwrap();
+    server.wait_log("paused at deletion-judged").await;
+    let backups: Api<arca_k8s::crd::Backup> = Api::namespaced(a.client.clone(), &arca.ns);
+    let label = json!({ "metadata": { "labels": { "team": "b" } } });
+    backups
+        .patch("judged", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    std::fs::write(&go_on, b"").unwrap();
+    let mut gone = false;
+    for _ in 0..600 {
+        if backups.get_opt("judged").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&go_on);
+    assert!(gone, "the backup was not deleted:\n{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("backup") && log.contains("deleted") && !log.contains("not deleted"),
+        "{log}"
+    );
+}
+
 /// A location's record of a backup is never shadowed, overwritten or deleted by a Backup
 /// of the same name that did not store it (Velero: "backup already exists in object
 /// storage"; its deletion would take the other's data too). And a Backup the sync is

@@ -1132,7 +1132,7 @@ pub async fn process_deletion(
         return Err(e);
     }
     set("InProgress", vec![]).await?;
-    let work = async {
+    let work = || async move {
         // Velero's deletion controller refuses a backup still running: the run would
         // store its record after the deletion, and the next sync would bring it back.
         let bapi: Api<Backup> = Api::namespaced(client.clone(), ns);
@@ -1188,6 +1188,7 @@ pub async fn process_deletion(
                 loc.name
             )));
         }
+        crate::server::pause_point("deletion-judged").await;
         // Conditional on the Backup as read (its phase judged above): a namesake made
         // since, or a run begun since, is never marked Deleting.
         let deleting = serde_json::json!({
@@ -1199,11 +1200,7 @@ pub async fn process_deletion(
             .await
         {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                return Err(Error::Invalid(format!(
-                    "backup {backup} changed while its deletion began: nothing was deleted; ask again"
-                )));
-            }
+            // 409 (changed since it was read) or 404 (gone meanwhile): judged again below.
             Err(e) => {
                 return Err(Error::kube(
                     format!("mark backup {ns}/{backup} Deleting"),
@@ -1283,7 +1280,19 @@ pub async fn process_deletion(
         }
         Ok(report)
     };
-    match work.await {
+    // The Backup changed between the judgement and its Deleting mark (a label written
+    // meanwhile, a namesake, gone): judged again from a fresh read, a few times.
+    let mut outcome = work().await;
+    for _ in 0..3 {
+        match &outcome {
+            Err(Error::Kube { error, .. }) if matches!(error.as_ref(), kube::Error::Api(s) if s.code == 409 || s.code == 404) =>
+            {
+                outcome = work().await;
+            }
+            _ => break,
+        }
+    }
+    match outcome {
         Ok(report) => {
             set("Processed", vec![]).await?;
             // Done: the requests of this backup (this one: its name and UID) have nothing
