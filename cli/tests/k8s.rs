@@ -4159,40 +4159,56 @@ async fn a_run_that_was_taken_over_writes_nothing() {
     assert_eq!(phase(&api.get("twice").await.unwrap()), None);
 }
 
+/// A test of the server: its own install (no server started for it) and a namespace
+/// `<what>-app-<suffix>` holding one ConfigMap; None without a cluster.
+async fn server_test(what: &str) -> Option<(Cluster, Arca, String)> {
+    let a = cluster("ARCA_TEST_KUBECONFIG").await?;
+    let arca = Arca {
+        auto_server: false,
+        ..Arca::new(what)
+    };
+    arca.install(&a);
+    let app = format!("{what}-app-{}", arca.suffix());
+    apply(&a, &(ns(&app) + &cm(&app, "one", &[], "1"))).await;
+    Some((a, arca, app))
+}
+
+/// A Backup of namespace `app`, as `kubectl apply` would create it.
+fn backup_yaml(ns: &str, name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  includedNamespaces: [{app}]\n"
+    )
+}
+
+impl Arca {
+    /// `arca server` held at the pause point `point` until the returned file exists (a
+    /// stalled process that wakes up).
+    fn server_held(&self, c: &Cluster, lease: &str, point: &str) -> (Server, PathBuf) {
+        let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{point}", self.suffix()));
+        let _ = std::fs::remove_file(&go_on);
+        let s = self.server_with(
+            c,
+            lease,
+            &[
+                ("ARCA_TEST_PAUSE_AT", point),
+                ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+            ],
+        );
+        (s, go_on)
+    }
+}
+
 /// A leader that stalls past its Lease in the middle of a backup (SIGSTOP: a paused VM, a
 /// long pause of the process) while its standby takes over and completes the backup:
 /// woken up, it finds the Lease taken and exits, and nothing it would still have written
 /// lands (Velero's replicas write status unconditionally: the later writer wins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+    let Some((a, arca, app)) = server_test("stall").await else {
         return;
     };
-    let arca = Arca {
-        auto_server: false,
-        ..Arca::new("stall")
-    };
-    arca.install(&a);
-    let sfx = arca.suffix().to_string();
-    let app = format!("stall-app-{sfx}");
-    apply(&a, &(ns(&app) + &cm(&app, "one", &[], "1"))).await;
-    let backup = |name: &str| {
-        format!(
-            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  includedNamespaces: [{app}]\n",
-            ns = arca.ns
-        )
-    };
-    let go_on = std::env::temp_dir().join(format!("arca-stall-{sfx}"));
-    let _ = std::fs::remove_file(&go_on);
-    let go_on_env = go_on.to_str().unwrap();
-    let mut first = arca.server_with(
-        &a,
-        "3s",
-        &[
-            ("ARCA_TEST_PAUSE_AT", "backup-collected"),
-            ("ARCA_TEST_RESUME_WHEN", go_on_env),
-        ],
-    );
+    let backup = |name: &str| backup_yaml(&arca.ns, name, &app);
+    let (mut first, go_on) = arca.server_held(&a, "3s", "backup-collected");
     first.wait_log("leading").await;
     let second = arca.server_with(&a, "3s", &[]);
     second.wait_log("waiting to lead").await;
@@ -4276,36 +4292,12 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
 /// written meanwhile) is judged again from a fresh read, not refused: the deletion ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_changed_while_its_deletion_begins_is_judged_again() {
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+    let Some((a, arca, app)) = server_test("deljudge").await else {
         return;
     };
-    let arca = Arca {
-        auto_server: false,
-        ..Arca::new("deljudge")
-    };
-    arca.install(&a);
-    let sfx = arca.suffix().to_string();
-    let app = format!("deljudge-app-{sfx}");
-    apply(&a, &(ns(&app) + &cm(&app, "one", &[], "1"))).await;
-    let go_on = std::env::temp_dir().join(format!("arca-deljudge-{sfx}"));
-    let _ = std::fs::remove_file(&go_on);
-    let server = arca.server_with(
-        &a,
-        "15s",
-        &[
-            ("ARCA_TEST_PAUSE_AT", "deletion-judged"),
-            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
-        ],
-    );
+    let (server, go_on) = arca.server_held(&a, "15s", "deletion-judged");
     server.wait_log("leading").await;
-    apply(
-        &a,
-        &format!(
-            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: judged, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n",
-            arca.ns
-        ),
-    )
-    .await;
+    apply(&a, &backup_yaml(&arca.ns, "judged", &app)).await;
     assert_eq!(
         wait_backup_phase(
             &a,
