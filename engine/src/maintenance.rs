@@ -224,8 +224,6 @@ struct Merged {
     all_visible: bool,
     /// Newest store time (ms) of a live file that lists it marked.
     marked_in_ms: i64,
-    /// Oldest store time (ms) of a live file that lists it: when it was first indexed.
-    listed_ms: i64,
 }
 
 impl Merged {
@@ -235,7 +233,6 @@ impl Merged {
             marked,
             all_visible: p.obsolete_visible.is_some(),
             marked_in_ms: if marked { file_ms } else { i64::MIN },
-            listed_ms: file_ms,
             pack: p,
         }
     }
@@ -247,21 +244,19 @@ impl Merged {
         if marked {
             self.marked_in_ms = self.marked_in_ms.max(file_ms);
         }
-        self.listed_ms = self.listed_ms.min(file_ms);
         self.pack.obsolete_since = self.pack.obsolete_since.max(p.obsolete_since);
         self.pack.obsolete_visible = self.pack.obsolete_visible.max(p.obsolete_visible);
     }
 
-    /// The pack as the merged view has it: unmarked unless every live file marks it;
-    /// with when it was marked and when first indexed.
-    fn finish(mut self) -> (IndexPack, i64, i64) {
+    /// The pack as the merged view has it: unmarked unless every live file marks it.
+    fn finish(mut self) -> (IndexPack, i64) {
         if !self.marked {
             self.pack.obsolete_since = None;
             self.pack.obsolete_visible = None;
         } else if !self.all_visible {
             self.pack.obsolete_visible = None;
         }
-        (self.pack, self.marked_in_ms, self.listed_ms)
+        (self.pack, self.marked_in_ms)
     }
 }
 
@@ -330,7 +325,7 @@ impl Indexed {
         inputs: &[IndexId],
         visible: &HashMap<IndexId, i64>,
         progress: &MaintenanceProgress,
-    ) -> Result<(Vec<(IndexPack, i64, i64)>, i64)> {
+    ) -> Result<(Vec<(IndexPack, i64)>, i64)> {
         let now_ms = ms(self.repo.clock.now());
         let mut order: Vec<PackId> = Vec::new();
         let mut merged: HashMap<PackId, Merged> = HashMap::new();
@@ -527,8 +522,17 @@ impl Indexed {
         let visible = self.index_visibility().await?;
         progress.enter("deciding per pack", inputs.len() as u64);
         let (merged, last_replacement) = self.merged_index(&inputs, &visible, progress).await?;
+        // Every pack in the store with its upload time (the store's clock), listed after
+        // the index was read: for the young unused packs below and the leftovers after.
+        let stored_packs = self.repo.store.list(layout::PACKS).await?;
+        let written_at: HashMap<PackId, i64> = stored_packs
+            .iter()
+            .filter_map(|o| {
+                layout::parse_pack(&o.name).map(|(_, id)| (id, o.last_modified.timestamp_millis()))
+            })
+            .collect();
         let mut fates = Vec::with_capacity(merged.len());
-        for (mut p, marked_in, listed) in merged {
+        for (mut p, marked_in) in merged {
             let used: u64 = p
                 .blobs
                 .iter()
@@ -537,15 +541,18 @@ impl Indexed {
                 .sum();
             if p.obsolete_since.is_none() {
                 let little = used > 0 && (used as f64) < opts.repack_below * p.size as f64;
-                // Unused, but first indexed after the oldest live backup began: that writer
-                // (or a killed one whose session has not timed out) may still name it in
-                // its snapshot, and a run again after a kill reuses it rather than upload
-                // it anew. Kept unmarked until no such session lives. Not a safety rule
-                // (a marked pack is never reused, only stored again), so no skew
-                // allowance: a clock that disagrees only marks sooner or later.
-                let young = sessions
-                    .oldest_live_backup
-                    .is_some_and(|start| listed > start);
+                // Unused, but uploaded after the oldest live backup began: that writer (or
+                // a killed one whose session has not timed out) may still name it in its
+                // snapshot, and a run again after a kill reuses it rather than upload it
+                // anew. Kept unmarked until no such session lives. The pack's own upload
+                // time, never its index files' (rewritten by every compaction). Not a
+                // safety rule (a marked pack is never reused, only stored again), so no
+                // skew allowance: a clock that disagrees only marks sooner or later.
+                let young = sessions.oldest_live_backup.is_some_and(|start| {
+                    written_at
+                        .get(&p.id)
+                        .is_some_and(|&written| written > start)
+                });
                 fates.push(if used == 0 && young {
                     Fate::Keep(p)
                 } else if used == 0 {
@@ -722,14 +729,7 @@ impl Indexed {
         // Blobs the snapshots need are missing from the index: an unindexed pack might
         // hold them, so none is taken for a leftover until check and repair had a look.
         let judge_leftovers = usage.missing.is_empty() && report.leftovers_blocked.is_none();
-        for o in self
-            .repo
-            .store
-            .list(layout::PACKS)
-            .await?
-            .into_iter()
-            .filter(|_| judge_leftovers)
-        {
+        for o in stored_packs.into_iter().filter(|_| judge_leftovers) {
             let Some((kind, id)) = layout::parse_pack(&o.name) else {
                 continue;
             };

@@ -401,7 +401,7 @@ async fn gc_progresses_while_backups_always_overlap() {
 /// A killed writer's checkpoint (packs indexed, no snapshot names them yet) is not marked
 /// unused while its session may still be alive: a run again reuses it instead of
 /// uploading it anew (a marked blob is never reused). Once the session has timed out and
-/// maintenance removed it, the packs are garbage as usual.
+/// maintenance removed it, the packs are garbage as usual, even while later backups run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_writers_checkpoint_is_reused_until_its_session_times_out() {
     let w = World::new().await;
@@ -446,10 +446,21 @@ async fn a_killed_writers_checkpoint_is_reused_until_its_session_times_out() {
     drop(w2);
     s2.end().await.unwrap();
 
-    // The killed session timed out: removed, and its packs are marked unused.
-    w.pass(2 * HOUR);
+    // Another backup begins after those packs were uploaded and runs on; the index is
+    // rewritten meanwhile (a full run). Once the killed session has timed out, the packs
+    // are unused garbage as usual: marked, although a backup is live (their own upload
+    // time counts, not their index files', which every rewrite renews).
+    w.pass(Duration::from_secs(30 * 60));
+    let later = SessionGuard::start(w.idx.repo(), SessionKind::Backup, &who())
+        .await
+        .unwrap();
+    w.pass(Duration::from_secs(60));
+    let r = w.idx.maintain(&safe_gc()).await.unwrap();
+    assert_eq!(r.packs_marked, 0, "the killed session still counts: {r:?}");
+    w.pass_beating(2 * HOUR, &[&later]).await;
     let r = w.idx.maintain(&safe_gc()).await.unwrap();
     assert!(r.sessions_removed >= 1 && r.packs_marked > 0, "{r:?}");
+    later.end().await.unwrap();
     assert_clean(&w.idx, true).await;
 }
 
