@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arca_engine::{BackupOptions, BackupProgress, Parent};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -1035,7 +1035,9 @@ pub async fn wait_thaws(of: Option<&str>, limit: std::time::Duration) {
     let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
 }
 
-async fn set_frozen(client: &Client, ns: &str, name: &str, pods: &[Value]) {
+/// Record the pods this run froze (none: forget them), through the run's claim: a run
+/// another has taken over never rewrites the newer run's list.
+async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Value]) {
     let v = (!pods.is_empty()).then(|| {
         let keys: Vec<String> = pods
             .iter()
@@ -1046,12 +1048,8 @@ async fn set_frozen(client: &Client, ns: &str, name: &str, pods: &[Value]) {
             .collect();
         serde_json::to_string(&keys).expect("serializes")
     });
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     let patch = serde_json::json!({"metadata": {"annotations": {FROZEN_ANNOTATION: v}}});
-    if let Err(e) = api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    if let Err(e) = claim.patch(&patch).await {
         tracing::warn!("backup {ns}/{name}: recording the pods its hooks froze: {e}");
     }
 }
@@ -1059,7 +1057,12 @@ async fn set_frozen(client: &Client, ns: &str, name: &str, pods: &[Value]) {
 /// Run the post hooks of the pods a stopped run of this backup recorded as frozen (read
 /// live), then forget them; logged, not counted (a thaw of what was not frozen may fail).
 /// Called as a run begins, and when a backup is canceled.
-pub async fn thaw_recorded(client: &Client, ns: &str, name: &str) -> Vec<String> {
+pub async fn thaw_recorded(
+    client: &Client,
+    claim: &RunClaim<Backup>,
+    ns: &str,
+    name: &str,
+) -> Vec<String> {
     wait_thaws(
         Some(&format!("{ns}/{name}")),
         std::time::Duration::from_secs(600),
@@ -1094,7 +1097,7 @@ pub async fn thaw_recorded(client: &Client, ns: &str, name: &str) -> Vec<String>
         &Default::default(),
     )
     .await;
-    set_frozen(client, ns, name, &[]).await;
+    set_frozen(claim, ns, name, &[]).await;
     done.runs
         .iter()
         .map(|r| format!("post hooks of a stopped run, run now: {}", r.log_text()))
@@ -1105,6 +1108,7 @@ pub async fn thaw_recorded(client: &Client, ns: &str, name: &str) -> Vec<String>
 /// pods still frozen, registered so that the next run and a stopping server wait for it.
 struct Thaw(
     Client,
+    Arc<RunClaim<Backup>>,
     crate::hooks::backup::Frozen,
     String,
     String,
@@ -1113,12 +1117,13 @@ struct Thaw(
 
 impl Drop for Thaw {
     fn drop(&mut self) {
-        let pods = std::mem::take(&mut *self.1.lock().expect("lock"));
+        let pods = std::mem::take(&mut *self.2.lock().expect("lock"));
         if pods.is_empty() {
             return;
         }
-        let (client, ns, name) = (self.0.clone(), self.2.clone(), self.3.clone());
-        let specs = std::mem::take(&mut self.4);
+        let (client, claim) = (self.0.clone(), self.1.clone());
+        let (ns, name) = (self.3.clone(), self.4.clone());
+        let specs = std::mem::take(&mut self.5);
         let task = tokio::spawn(async move {
             let refs: Vec<&Value> = pods.iter().collect();
             let done = crate::hooks::backup::run(
@@ -1135,12 +1140,12 @@ impl Drop for Thaw {
                     r.log_text()
                 );
             }
-            set_frozen(&client, &ns, &name, &[]).await;
+            set_frozen(&claim, &ns, &name, &[]).await;
         });
         THAWS
             .lock()
             .expect("lock")
-            .push((format!("{}/{}", self.2, self.3), task));
+            .push((format!("{}/{}", self.3, self.4), task));
     }
 }
 
@@ -1203,7 +1208,7 @@ pub async fn run_backup(
     // A run of this backup stopped halfway (canceled, failed, its server killed) may have
     // frozen pods it never thawed: their post hooks first, so that the pre hooks find
     // them as they expect (Velero fails such a backup and thaws nothing).
-    for line in thaw_recorded(client, ns, name).await {
+    for line in thaw_recorded(client, claim, ns, name).await {
         log.line("info", line);
     }
     let mut status = BackupStatus {
@@ -1438,10 +1443,11 @@ pub async fn run_backup(
         })
         .collect();
     if !may_freeze.is_empty() {
-        set_frozen(client, ns, name, &may_freeze).await;
+        set_frozen(claim, ns, name, &may_freeze).await;
     }
     let _thaw = Thaw(
         client.clone(),
+        shared.clone(),
         frozen.clone(),
         ns.to_string(),
         name.to_string(),
@@ -1549,7 +1555,7 @@ pub async fn run_backup(
     )
     .await;
     if !may_freeze.is_empty() {
-        set_frozen(client, ns, name, &[]).await;
+        set_frozen(claim, ns, name, &[]).await;
     }
     if !hook_runs.is_empty() {
         status.hook_status = Some(crate::hooks::status(&hook_runs));

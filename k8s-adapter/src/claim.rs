@@ -134,8 +134,9 @@ where
                 Err(e) => return Err(Error::kube(format!("claim {what} for a run"), e)),
             }
         }
-        Err(Error::Superseded(format!(
-            "{what}: changed {TRIES} times while being claimed; left for the next look"
+        // Not Superseded: a retry follows (the error policy's), the object stays to run.
+        Err(Error::Invalid(format!(
+            "{what}: changed {TRIES} times while being claimed; trying again soon"
         )))
     }
 

@@ -104,6 +104,37 @@ impl Observer {
     }
 }
 
+/// When this candidate last knew it held the lease, by its own monotonic clock: work is
+/// started only while that is within the renewal deadline. A process stopped for longer
+/// (SIGSTOP, a paused VM) wakes up with timers due at once, and may reach a Backup before
+/// its renewal has found the lease taken: it must not start running that Backup again.
+#[derive(Debug)]
+pub struct Held {
+    last: std::sync::Mutex<Option<Instant>>,
+    deadline: Duration,
+}
+
+impl Held {
+    fn new(deadline: Duration) -> Self {
+        Self {
+            last: std::sync::Mutex::new(None),
+            deadline,
+        }
+    }
+
+    fn renewed(&self, at: Instant) {
+        *self.last.lock().expect("lock") = Some(at);
+    }
+
+    /// Whether the lease was held within the renewal deadline.
+    pub fn fresh(&self) -> bool {
+        self.last
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t.elapsed() < self.deadline)
+    }
+}
+
 /// One candidate for a lease.
 pub struct Elector {
     api: Api<Lease>,
@@ -111,6 +142,7 @@ pub struct Elector {
     me: String,
     timings: Timings,
     observer: Observer,
+    held: std::sync::Arc<Held>,
 }
 
 /// The outcome of one attempt to take or renew.
@@ -126,9 +158,15 @@ impl Elector {
             api: Api::namespaced(client, ns),
             name: name.to_string(),
             me: me.to_string(),
+            held: std::sync::Arc::new(Held::new(timings.renew_deadline)),
             timings,
             observer: Observer::default(),
         }
+    }
+
+    /// When this candidate last held the lease (shared with the work it leads).
+    pub fn held(&self) -> std::sync::Arc<Held> {
+        self.held.clone()
     }
 
     /// This candidate's identity.
@@ -204,8 +242,12 @@ impl Elector {
     /// Wait until this candidate holds the lease. Errors of the API server are retried.
     pub async fn acquire(&mut self) {
         loop {
+            let sent = Instant::now();
             match self.attempt().await {
-                Ok(Attempt::Held) => return,
+                Ok(Attempt::Held) => {
+                    self.held.renewed(sent);
+                    return;
+                }
                 Ok(Attempt::Other(d)) => tokio::time::sleep(d).await,
                 Err(e) => {
                     tracing::warn!("leader election: {e}");
@@ -226,7 +268,10 @@ impl Elector {
             let sent = Instant::now();
             let attempt = tokio::time::timeout(self.timings.renew_deadline, self.attempt()).await;
             match attempt {
-                Ok(Ok(Attempt::Held)) => last_ok = sent,
+                Ok(Ok(Attempt::Held)) => {
+                    last_ok = sent;
+                    self.held.renewed(sent);
+                }
                 Ok(Ok(Attempt::Other(_))) => {
                     return format!("lease {} is held by another replica", self.name);
                 }
@@ -261,6 +306,17 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_starts_only_while_the_lease_was_renewed_within_the_deadline() {
+        let h = Held::new(Duration::from_secs(3600));
+        assert!(!h.fresh(), "never held");
+        h.renewed(Instant::now());
+        assert!(h.fresh());
+        let stale = Held::new(Duration::ZERO);
+        stale.renewed(Instant::now());
+        assert!(!stale.fresh(), "renewed longer ago than the deadline");
+    }
 
     fn rec(holder: &str, renew: &str) -> Record {
         Record {

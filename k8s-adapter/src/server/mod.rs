@@ -191,13 +191,31 @@ where
     now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
-/// Claim a backup for a run that starts now ([`RunClaim`]), if it is still to run.
-async fn claim_backup(api: &Api<Backup>, ns: &str, name: &str) -> Result<RunClaim<Backup>> {
+/// Claim a backup for a run that starts now ([`RunClaim`]), if it is still to run and
+/// this replica still leads.
+async fn claim_backup(
+    ctx: &Ctx,
+    api: &Api<Backup>,
+    ns: &str,
+    name: &str,
+) -> Result<RunClaim<Backup>> {
     let what = format!("backup {ns}/{name}");
+    not_leading(ctx, &what)?;
     RunClaim::take(api.clone(), name, &what, |b| {
         backup_step(b) != Step::Nothing
     })
     .await
+}
+
+/// Refuse to start `what` when the Lease was not renewed lately: this process stalled
+/// (its renewal will find the lease taken and end it), and the leader runs it.
+fn not_leading(ctx: &Ctx, what: &str) -> Result<()> {
+    if ctx.leads() {
+        return Ok(());
+    }
+    Err(Error::Superseded(format!(
+        "{what}: not started, this replica's Lease was not renewed lately (it stalled); the leader runs it"
+    )))
 }
 
 /// Where a waiting backup stands.
@@ -389,6 +407,15 @@ struct Ctx {
     /// The Backup controller's cache (its watch): the queue is ordered from it, so that
     /// a waiting backup's look every second costs no request.
     backups: std::sync::OnceLock<kube::runtime::reflector::Store<Backup>>,
+    /// When this replica last held the Lease (None: no leader election).
+    held: Option<Arc<leader::Held>>,
+}
+
+impl Ctx {
+    /// Whether this replica may start a run now: it holds the Lease, as renewed lately.
+    fn leads(&self) -> bool {
+        self.held.as_ref().is_none_or(|h| h.fresh())
+    }
 }
 
 impl Ctx {
@@ -476,6 +503,7 @@ pub async fn run(
             opts.concurrent_backups.max(1),
         ))),
         backups: std::sync::OnceLock::new(),
+        held: elector.as_ref().map(|e| e.held()),
     });
     let sync = {
         let ctx = ctx.clone();
@@ -571,7 +599,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let run_again = backup_step(&b) == Step::RunAgain;
     // Cancelled before it started: it never takes a slot.
     if !run_again && b.spec.cancel == Some(true) {
-        let claim = claim_backup(&api, ns, &name).await?;
+        let claim = claim_backup(&ctx, &api, ns, &name).await?;
         return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
     }
 
@@ -610,7 +638,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     // From here every write of this run is conditional on its claim: a replica that
     // takes over (this one stalled past its Lease) or a Backup made again under this
     // name ends this run's writes.
-    let claim = Arc::new(claim_backup(&api, ns, &name).await?);
+    let claim = Arc::new(claim_backup(&ctx, &api, ns, &name).await?);
     if b.status
         .as_ref()
         .is_some_and(|s| s.queue_position.is_some())
@@ -647,7 +675,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
                 return Ok(Action::await_change());
             }
             // The dropped run's post hooks (on a task) end before it is called Canceled.
-            for line in crate::backup::thaw_recorded(&ctx.client, ns, &name).await {
+            for line in crate::backup::thaw_recorded(&ctx.client, &claim, ns, &name).await {
                 tracing::info!("backup {ns}/{name}: {line}");
             }
             return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
@@ -718,6 +746,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
         return Ok(Action::await_change());
     };
     let what = format!("restore {ns}/{name}");
+    not_leading(&ctx, &what)?;
     let claim = Arc::new(
         RunClaim::take(api.clone(), &name, &what, |r| {
             restore_step(r) != Step::Nothing

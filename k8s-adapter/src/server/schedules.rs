@@ -77,6 +77,10 @@ pub(crate) fn backups_of(list: &[Backup]) -> Backups {
 async fn reconcile(cached: Arc<Schedule>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = &ctx.opts.namespace;
     let name = cached.name_any();
+    // A replica that stalled past its Lease makes no backup: the leader does.
+    if !ctx.leads() {
+        return Ok(Action::await_change());
+    }
     let api: Api<Schedule> = Api::namespaced(ctx.client.clone(), ns);
     // A fresh read: the cache may not have our last lastBackup yet.
     let Some(s) = api
