@@ -3881,10 +3881,19 @@ impl Server {
 
     /// The process's peak resident memory so far (VmHWM), in MiB.
     fn peak_rss_mib(&self) -> u64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// The process's resident memory now (VmRSS), in MiB.
+    fn rss_mib(&self) -> u64 {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kib: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap();
@@ -6084,6 +6093,8 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         &[("ARCA_TEST_ENGINE_PAUSE", "writer:index-written")],
         &["--checkpoint-interval", "200ms"],
     );
+    first.wait_log("node agent started").await;
+    let idle = first.rss_mib();
     let app = format!("resume-{}", arca.suffix());
     const MIB: i64 = 384;
     apply(
@@ -6169,6 +6180,14 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         .unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
     assert!(second.log().contains("completed"), "{}", second.log());
+    // Memory: bounded while it moves, and given back (in part: glibc keeps some of
+    // its arenas) once the move has ended.
+    let (peak, after) = (second.peak_rss_mib(), second.rss_mib());
+    eprintln!("node agent RSS: idle {idle} MiB, peak {peak} MiB, after the move {after} MiB");
+    assert!(
+        peak <= 512 && after < peak,
+        "idle {idle}, peak {peak}, after {after} MiB"
+    );
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     let _ = nss.delete(&app, &DeleteParams::default()).await;
 }

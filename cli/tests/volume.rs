@@ -443,7 +443,10 @@ fn kill_9_during_a_volume_restore_then_again() {
         }
         c
     };
+    // Held for good once one range is written (the engine's pause point): a fast machine
+    // cannot finish before the kill.
     let mut child = restore(false)
+        .env("ARCA_TEST_ENGINE_PAUSE", "volume:range-written")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -505,4 +508,11 @@ fn kill_9_during_a_volume_restore_then_again() {
         assert!(same(i), "region {i} differs after the second restore");
     }
     assert_eq!(std::fs::metadata(&out).unwrap().len(), regions * REGION);
+    // The holes stay holes: three regions in four hold data.
+    let data = regions * 3 / 4 * REGION;
+    assert!(
+        allocated(&out) < data + (8 << 20),
+        "sparse: {} allocated for {data} of data",
+        allocated(&out)
+    );
 }
