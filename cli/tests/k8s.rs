@@ -6192,6 +6192,69 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     let _ = nss.delete(&app, &DeleteParams::default()).await;
 }
 
+/// `--snapshot-move-data` with no node agent in the cluster: the claim's data is not
+/// moved and the backup says why within a minute (Velero waits its 30-minute prepare
+/// timeout), with no snapshot or DataUpload left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_node_agent_volume_data_is_refused_and_named() {
+    use arca_k8s::k8s_openapi::api::core::v1::Pod;
+    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+        return;
+    };
+    let Some(_root) = storage::serve(&a.kubeconfig) else {
+        return;
+    };
+    let arca = Arca::new("noagent");
+    arca.install(&a);
+    let app = format!("noagent-{}", arca.suffix());
+    apply(
+        &a,
+        &app_with_claim(
+            &app,
+            "data",
+            "Filesystem",
+            "16Mi",
+            "echo x > /data/f && echo written && exec sleep 3600",
+        ),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
+    pod_log_with(&pods, "app", "written").await;
+    let started = std::time::Instant::now();
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: unmoved, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n",
+            arca.ns
+        ),
+    )
+    .await;
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "unmoved", 120, ended)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(90));
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b:#}");
+    let log = arca.ok(&a, &["backup", "logs", "unmoved"]);
+    assert!(
+        log.contains(&format!(
+            "claim {app}/data: its data is not moved: no node agent runs"
+        )) && log.contains("--use-node-agent"),
+        "{log}"
+    );
+    let dus = list_json(
+        &a,
+        DATA_UPLOAD,
+        Some(&arca.ns),
+        "arca.dev/backup-name=unmoved",
+    )
+    .await;
+    assert!(dus.is_empty(), "{dus:#?}");
+    let snaps = list_json(&a, VOLUME_SNAPSHOT, Some(&app), "").await;
+    assert!(snaps.is_empty(), "{snaps:#?}");
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    let _ = nss.delete(&app, &DeleteParams::default()).await;
+}
+
 /// A namespace with its volume data moves to cluster B through the bucket alone: backed
 /// up with `--snapshot-move-data` in A, synced into B, restored there by B's node agent
 /// into a volume of B's storage; B's pod reads the bytes A's pod wrote.

@@ -185,6 +185,25 @@ pub struct Moved {
     pub info: Vec<String>,
 }
 
+/// How long a backup waits for a node agent to show itself (one just installed, its pod
+/// starting) before it gives up moving volume data.
+const AGENT_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether a node agent runs, or shows itself within `grace` (its Lease, renewed from
+/// its start).
+async fn agent_appears(client: &Client, ns: &str, grace: Duration) -> Result<bool> {
+    let until = tokio::time::Instant::now() + grace;
+    loop {
+        if super::agent::agent_running(client, ns, None).await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Take a snapshot of each claim and start its DataUpload (Velero's PVC backup item
 /// action): returns the uploads started and the claims that could not be.
 pub async fn start_uploads(
@@ -211,6 +230,8 @@ pub async fn start_uploads(
     let buid = backup.uid().unwrap_or_default();
     let bname = backup.name_any();
     let mut started = Vec::new();
+    // Whether any node agent runs, asked once, when the first upload is to be made.
+    let mut agents: Option<bool> = None;
     for c in claims {
         let who = format!("claim {}/{}", c.namespace, c.name);
         let du_name = upload_name(backup, c);
@@ -268,6 +289,21 @@ pub async fn start_uploads(
                 continue;
             }
         };
+        // Nobody would take the upload: Velero's waits its whole prepare timeout (30 min)
+        // and leaves the snapshot to clean. Refused before any snapshot is taken.
+        let running = match agents {
+            Some(r) => r,
+            None => *agents.insert(agent_appears(client, ns, AGENT_GRACE).await?),
+        };
+        if !running {
+            moved.errors.push((
+                c.namespace.clone(),
+                format!(
+                    "{who}: its data is not moved: no node agent runs in the cluster to move it (arca install --use-node-agent)"
+                ),
+            ));
+            continue;
+        }
         let vs_name = stable_name(&format!("arca-{}", c.name), &format!("vs/{buid}/{}", c.uid));
         let vs_api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &c.namespace, &volume_snapshot());
