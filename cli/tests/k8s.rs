@@ -6116,14 +6116,8 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     // live (engine: maintenance keeps unused packs indexed after the oldest live backup
     // began).
     // Created through the API (the CLI would wait for it).
-    apply(
-        &a,
-        &format!(
-            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: resumed, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n",
-            arca.ns
-        ),
-    )
-    .await;
+    let yaml = backup_yaml(&arca.ns, "resumed", &app) + "  snapshotMoveData: true\n";
+    apply(&a, &yaml).await;
     first.wait_log("paused at writer:index-written").await;
     let upload = || async {
         let dus = list_json(
@@ -6221,14 +6215,8 @@ async fn without_a_node_agent_volume_data_is_refused_and_named() {
     let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
     pod_log_with(&pods, "app", "written").await;
     let started = std::time::Instant::now();
-    apply(
-        &a,
-        &format!(
-            "apiVersion: arca.dev/v1\nkind: Backup\nmetadata: {{name: unmoved, namespace: {}}}\nspec:\n  includedNamespaces: [{app}]\n  snapshotMoveData: true\n",
-            arca.ns
-        ),
-    )
-    .await;
+    let yaml = backup_yaml(&arca.ns, "unmoved", &app) + "  snapshotMoveData: true\n";
+    apply(&a, &yaml).await;
     let b = until_long(&a, BACKUP, Some(&arca.ns), "unmoved", 120, ended)
         .await
         .unwrap();
