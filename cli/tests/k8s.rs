@@ -4117,7 +4117,10 @@ async fn a_run_that_was_taken_over_writes_nothing() {
     );
     apply(&a, &yaml).await;
     let phase = |b: &Backup| b.status.as_ref().and_then(|s| s.phase.clone());
-    let take = || RunClaim::take(api.clone(), "twice", "backup twice", |_: &Backup| true);
+    let take = || async {
+        let read = api.get("twice").await.unwrap();
+        RunClaim::take(api.clone(), read, "backup twice", |_: &Backup| true).await
+    };
 
     let old = take().await.unwrap();
     old.status(&json!({ "phase": "InProgress" })).await.unwrap();
@@ -5558,13 +5561,7 @@ async fn install_runs_the_server_in_the_cluster_from_the_arca_image() {
     );
     // The DaemonSet's pod moved the claim's data, reading it through the host's pods
     // directory it mounts, with the exposer pod of its own image.
-    let dus = list_json(
-        &a,
-        DATA_UPLOAD,
-        Some(&arca.ns),
-        "arca.dev/backup-name=in-cluster",
-    )
-    .await;
+    let dus = uploads_of(&a, &arca.ns, "in-cluster").await;
     assert_eq!(dus.len(), 1, "{dus:#?}");
     assert_eq!(dus[0]["status"]["phase"], "Completed", "{:#}", dus[0]);
     assert!(
@@ -6075,7 +6072,6 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
 /// never going back below what the status showed, and the backup completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
-    use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
         return;
     };
@@ -6097,19 +6093,15 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     let idle = first.rss_mib();
     let app = format!("resume-{}", arca.suffix());
     const MIB: i64 = 384;
-    apply(
+    app_writing_a_claim(
         &a,
-        &app_with_claim(
-            &app,
-            "data",
-            "Filesystem",
-            "420Mi",
-            &format!("dd if=/dev/urandom of=/data/f bs=1M count={MIB} 2>/dev/null && echo written && exec sleep 3600"),
-        ),
+        &app,
+        "data",
+        "Filesystem",
+        "420Mi",
+        &format!("dd if=/dev/urandom of=/data/f bs=1M count={MIB} 2>/dev/null && echo written && exec sleep 3600"),
     )
     .await;
-    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-    pod_log_with(&pods, "app", "written").await;
     // Its volume repository is made by this first upload, and the server's first, full
     // maintenance of it runs at once, maybe between the kill and the run again: the
     // killed run's packs (no snapshot names them yet) stay usable while its session may
@@ -6120,13 +6112,7 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     apply(&a, &yaml).await;
     first.wait_log("paused at writer:index-written").await;
     let upload = || async {
-        let dus = list_json(
-            &a,
-            DATA_UPLOAD,
-            Some(&arca.ns),
-            "arca.dev/backup-name=resumed",
-        )
-        .await;
+        let dus = uploads_of(&a, &arca.ns, "resumed").await;
         assert_eq!(dus.len(), 1);
         dus.into_iter().next().unwrap()
     };
@@ -6191,7 +6177,6 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
 /// timeout), with no snapshot or DataUpload left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_node_agent_volume_data_is_refused_and_named() {
-    use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
         return;
     };
@@ -6201,19 +6186,15 @@ async fn without_a_node_agent_volume_data_is_refused_and_named() {
     let arca = Arca::new("noagent");
     arca.install(&a);
     let app = format!("noagent-{}", arca.suffix());
-    apply(
+    app_writing_a_claim(
         &a,
-        &app_with_claim(
-            &app,
-            "data",
-            "Filesystem",
-            "16Mi",
-            "echo x > /data/f && echo written && exec sleep 3600",
-        ),
+        &app,
+        "data",
+        "Filesystem",
+        "16Mi",
+        "echo x > /data/f && echo written && exec sleep 3600",
     )
     .await;
-    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-    pod_log_with(&pods, "app", "written").await;
     let started = std::time::Instant::now();
     let yaml = backup_yaml(&arca.ns, "unmoved", &app) + "  snapshotMoveData: true\n";
     apply(&a, &yaml).await;
@@ -6229,13 +6210,7 @@ async fn without_a_node_agent_volume_data_is_refused_and_named() {
         )) && log.contains("--use-node-agent"),
         "{log}"
     );
-    let dus = list_json(
-        &a,
-        DATA_UPLOAD,
-        Some(&arca.ns),
-        "arca.dev/backup-name=unmoved",
-    )
-    .await;
+    let dus = uploads_of(&a, &arca.ns, "unmoved").await;
     assert!(dus.is_empty(), "{dus:#?}");
     let snaps = list_json(&a, VOLUME_SNAPSHOT, Some(&app), "").await;
     assert!(snaps.is_empty(), "{snaps:#?}");
@@ -6352,7 +6327,6 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
 /// snapshot and exposer object goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
-    use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
         return;
     };
@@ -6364,19 +6338,15 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     arca.install(&a);
     let agent = arca.node_agent(&a, &image, &[]);
     let app = format!("cancelmove-{}", arca.suffix());
-    apply(
+    app_writing_a_claim(
         &a,
-        &app_with_claim(
-            &app,
-            "disk",
-            "Block",
-            "1Gi",
-            "dd if=/dev/urandom of=/dev/xvda bs=1M count=768 conv=fsync 2>/dev/null && echo written && exec sleep 3600",
-        ),
+        &app,
+        "disk",
+        "Block",
+        "1Gi",
+        "dd if=/dev/urandom of=/dev/xvda bs=1M count=768 conv=fsync 2>/dev/null && echo written && exec sleep 3600",
     )
     .await;
-    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-    pod_log_with(&pods, "app", "written").await;
     apply(
         &a,
         &format!(
@@ -6388,13 +6358,7 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     // Canceled once data is moving.
     let mut du_name = String::new();
     for _ in 0..1200 {
-        let dus = list_json(
-            &a,
-            DATA_UPLOAD,
-            Some(&arca.ns),
-            "arca.dev/backup-name=stopped",
-        )
-        .await;
+        let dus = uploads_of(&a, &arca.ns, "stopped").await;
         if let Some(du) = dus.first()
             && du["status"]["phase"] == "InProgress"
             && du["status"]["progress"]["bytesDone"].as_i64().unwrap_or(0) > 0
@@ -6591,11 +6555,7 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
         "{text}"
     );
     // The claim was read by file system: no CSI snapshot of it.
-    assert!(
-        list_json(&a, DATA_UPLOAD, Some(&arca.ns), "arca.dev/backup-name=fsb")
-            .await
-            .is_empty()
-    );
+    assert!(uploads_of(&a, &arca.ns, "fsb").await.is_empty());
 
     // The namespace goes; the restore brings the pod back with its volumes' data.
     delete_namespace(&a, &app).await;
@@ -6829,7 +6789,6 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn bench_volume_data() {
-    use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some((a, image, arca)) = volume_setting("bench", true).await else {
         return;
     };
@@ -6859,9 +6818,7 @@ async fn bench_volume_data() {
         ),
     ] {
         let app = format!("bench-{}-{}", mode.to_lowercase(), arca.suffix());
-        apply(&a, &app_with_claim(&app, "v", mode, size, script)).await;
-        let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-        pod_log_with(&pods, "app", "written").await;
+        app_writing_a_claim(&a, &app, "v", mode, size, script).await;
         let agent = arca.node_agent(&a, &image, &[]);
         let backup = format!("b-{}", mode.to_lowercase());
         let t0 = std::time::Instant::now();
@@ -6877,13 +6834,7 @@ async fn bench_volume_data() {
             ],
         );
         let whole = t0.elapsed().as_secs_f64();
-        let dus = list_json(
-            &a,
-            DATA_UPLOAD,
-            Some(&arca.ns),
-            &format!("arca.dev/backup-name={backup}"),
-        )
-        .await;
+        let dus = uploads_of(&a, &arca.ns, &backup).await;
         let du = &dus[0];
         assert_eq!(du["status"]["phase"], "Completed", "{du:#}");
         let bytes = du["status"]["progress"]["totalBytes"].as_f64().unwrap();
@@ -6993,6 +6944,28 @@ async fn bench_volume_data() {
     let old = std::fs::read_to_string(&path).unwrap();
     let kept = old.split(mark).next().unwrap().trim_end();
     std::fs::write(&path, format!("{kept}\n\n{section}")).unwrap();
+}
+
+/// Namespace `app` with its pod writing its claim (`script` says `written` when done),
+/// waited on until it has.
+async fn app_writing_a_claim(
+    a: &Cluster,
+    app: &str,
+    claim: &str,
+    mode: &str,
+    size: &str,
+    script: &str,
+) {
+    apply(a, &app_with_claim(app, claim, mode, size, script)).await;
+    let pods: Api<arca_k8s::k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(a.client.clone(), app);
+    pod_log_with(&pods, "app", "written").await;
+}
+
+/// The DataUploads of backup `backup`.
+async fn uploads_of(a: &Cluster, ns: &str, backup: &str) -> Vec<Value> {
+    let labels = format!("arca.dev/backup-name={backup}");
+    list_json(a, DATA_UPLOAD, Some(ns), &labels).await
 }
 
 fn app_with_claim(app: &str, claim: &str, mode: &str, size: &str, script: &str) -> String {
@@ -7268,9 +7241,7 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
         "thawed"
     );
     assert_eq!(
-        list_json(&a, DATA_UPLOAD, Some(&arca.ns), "arca.dev/backup-name=hk")
-            .await
-            .len(),
+        uploads_of(&a, &arca.ns, "hk").await.len(),
         1,
         "the claim moved by its snapshot"
     );

@@ -320,6 +320,19 @@ fn a_sparse_ten_gib_image_costs_its_data() {
     }
 }
 
+/// `snapshot create --block` of an image, uncompressed (random data would not shrink),
+/// as `--json` reports it.
+fn block_snapshot(env: &Env, img: &Path) -> serde_json::Value {
+    env.json(&[
+        "snapshot",
+        "create",
+        "--block",
+        img.to_str().unwrap(),
+        "--compression",
+        "none",
+    ])
+}
+
 /// kill -9 in the middle of a volume backup: the repository checks clean, and the next
 /// run reuses what the first one had indexed.
 #[test]
@@ -377,14 +390,7 @@ fn kill_9_during_a_volume_backup_then_a_new_run() {
     let check = env.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["snapshots"], 0, "no manifest from a killed backup");
-    let s = env.json(&[
-        "snapshot",
-        "create",
-        "--block",
-        img.to_str().unwrap(),
-        "--compression",
-        "none",
-    ]);
+    let s = block_snapshot(&env, &img);
     let added = s["snapshot"]["summary"]["bytes_added"].as_u64().unwrap();
     assert!(
         added < total,
@@ -420,14 +426,7 @@ fn kill_9_during_a_volume_restore_then_again() {
             .unwrap();
     }
     f.sync_all().unwrap();
-    env.ok(&[
-        "snapshot",
-        "create",
-        "--block",
-        img.to_str().unwrap(),
-        "--compression",
-        "none",
-    ]);
+    block_snapshot(&env, &img);
     let out = env.path("restored.img");
     let restore = |existing: bool| {
         let mut c = env.cmd();

@@ -1199,11 +1199,8 @@ pub async fn run_backup(
 ) -> Result<BackupOutcome> {
     let shared = claim;
     let claim = &*shared;
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let mut backup = api
-        .get(name)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    // As the claim left it (read fresh before, then written by the claim).
+    let mut backup = claim.claimed().clone();
     let mut log = Log::default();
     // A run of this backup stopped halfway (canceled, failed, its server killed) may have
     // frozen pods it never thawed: their post hooks first, so that the pre hooks find
@@ -1515,10 +1512,7 @@ pub async fn run_backup(
 
     // Pod volumes by file system, read live while the backup is InProgress; then the
     // snapshots of the claims whose data moves (Velero's CSI snapshot data movement).
-    let backup_now = api
-        .get(name)
-        .await
-        .map_err(|e| Error::kube(format!("read backup {ns}/{name}"), e))?;
+    let backup_now = claim.read().await?;
     let volumes =
         match back_up_pod_volumes(client, ns, &backup_now, &mut c, &mut log, pvcs_included).await {
             Err(e) => Err(format!("backing up pod volumes failed: {e}")),

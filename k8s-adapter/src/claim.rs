@@ -80,27 +80,35 @@ pub struct RunClaim<K> {
     token: String,
     /// The resourceVersion of the claim's last write; writes are serialised through it.
     rv: tokio::sync::Mutex<String>,
+    /// The object as the claim's write returned it.
+    claimed: K,
 }
 
 impl<K> RunClaim<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    /// Claim `name` for a new run, when `may_run` says the object (read now) is still to
-    /// be run. From here on, writes of runs that claimed it before fail.
+    /// Claim the object `read` (just read, and found to be run) for a new run. A conflict
+    /// reads it again, and it is claimed only while `may_run` says it is still to be run.
+    /// From here on, writes of runs that claimed it before fail.
     pub async fn take(
         api: Api<K>,
-        name: &str,
+        read: K,
         what: &str,
         may_run: impl Fn(&K) -> bool,
     ) -> Result<Self> {
         let what = what.to_string();
+        let name = read.meta().name.clone().unwrap_or_default();
+        let mut current = Some(read);
         for _ in 0..TRIES {
-            let o = api
-                .get_opt(name)
-                .await
-                .map_err(|e| Error::kube(format!("read {what}"), e))?
-                .ok_or_else(|| Error::NotFound(format!("{what} does not exist")))?;
+            let o = match current.take() {
+                Some(o) => o,
+                None => api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Error::kube(format!("read {what}"), e))?
+                    .ok_or_else(|| Error::NotFound(format!("{what} does not exist")))?,
+            };
             if !may_run(&o) {
                 return Err(Error::Superseded(format!(
                     "{what}: no longer to be run (changed since it was picked up)"
@@ -112,7 +120,7 @@ where
                 "annotations": { RUN_ANNOTATION: token },
             }});
             match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(o) => {
@@ -120,11 +128,12 @@ where
                     let rv = o.meta().resource_version.clone().unwrap_or_default();
                     return Ok(Self {
                         api,
-                        name: name.to_string(),
+                        name,
                         what,
                         uid,
                         token,
                         rv: tokio::sync::Mutex::new(rv),
+                        claimed: o,
                     });
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -145,9 +154,9 @@ where
         &self.token
     }
 
-    /// The object's UID when claimed.
-    pub fn uid(&self) -> &str {
-        &self.uid
+    /// The object as this run's claim left it: where the run starts from.
+    pub fn claimed(&self) -> &K {
+        &self.claimed
     }
 
     /// The object as it is now, if the run still holds it.

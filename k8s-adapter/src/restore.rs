@@ -388,11 +388,8 @@ pub async fn run_restore(
     settings: RestoreSettings,
     cache_root: Option<&Path>,
 ) -> Result<RestoreOutcome> {
-    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-    let restore = api
-        .get(name)
-        .await
-        .map_err(|e| Error::kube(format!("read restore {ns}/{name}"), e))?;
+    // As the claim left it (read fresh before, then written by the claim).
+    let restore = claim.claimed().clone();
     let spec = restore.spec.clone();
     let mut status = RestoreStatus::default();
 

@@ -260,7 +260,6 @@ impl Elector {
     /// Keep the lease renewed; returns when leadership is lost (another took it, or no
     /// renewal succeeded within the deadline), after which the holder must stop working.
     pub async fn hold(&mut self) -> String {
-        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.timings.retry).await;
             // The renewal counts from when it was sent: the record may have been written
@@ -268,17 +267,16 @@ impl Elector {
             let sent = Instant::now();
             let attempt = tokio::time::timeout(self.timings.renew_deadline, self.attempt()).await;
             match attempt {
-                Ok(Ok(Attempt::Held)) => {
-                    last_ok = sent;
-                    self.held.renewed(sent);
-                }
+                Ok(Ok(Attempt::Held)) => self.held.renewed(sent),
                 Ok(Ok(Attempt::Other(_))) => {
                     return format!("lease {} is held by another replica", self.name);
                 }
                 Ok(Err(e)) => tracing::warn!("leader election: renewing: {e}"),
                 Err(_) => tracing::warn!("leader election: renewing timed out"),
             }
-            if last_ok.elapsed() >= self.timings.renew_deadline {
+            // The same judgement as the work's (`Held::fresh`), from the last renewal
+            // (the acquisition, first).
+            if !self.held.fresh() {
                 return format!(
                     "lease {} not renewed for {:?}",
                     self.name, self.timings.renew_deadline

@@ -191,17 +191,12 @@ where
     now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
-/// Claim a backup for a run that starts now ([`RunClaim`]), if it is still to run and
-/// this replica still leads.
-async fn claim_backup(
-    ctx: &Ctx,
-    api: &Api<Backup>,
-    ns: &str,
-    name: &str,
-) -> Result<RunClaim<Backup>> {
-    let what = format!("backup {ns}/{name}");
+/// Claim a backup (as just read) for a run that starts now ([`RunClaim`]), if it is
+/// still to run and this replica still leads.
+async fn claim_backup(ctx: &Ctx, api: &Api<Backup>, b: &Backup) -> Result<RunClaim<Backup>> {
+    let what = format!("backup {}/{}", ctx.opts.namespace, b.name_any());
     not_leading(ctx, &what)?;
-    RunClaim::take(api.clone(), name, &what, |b| {
+    RunClaim::take(api.clone(), b.clone(), &what, |b| {
         backup_step(b) != Step::Nothing
     })
     .await
@@ -599,7 +594,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let run_again = backup_step(&b) == Step::RunAgain;
     // Cancelled before it started: it never takes a slot.
     if !run_again && b.spec.cancel == Some(true) {
-        let claim = claim_backup(&ctx, &api, ns, &name).await?;
+        let claim = claim_backup(&ctx, &api, &b).await?;
         return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
     }
 
@@ -638,7 +633,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     // From here every write of this run is conditional on its claim: a replica that
     // takes over (this one stalled past its Lease) or a Backup made again under this
     // name ends this run's writes.
-    let claim = Arc::new(claim_backup(&ctx, &api, ns, &name).await?);
+    let claim = Arc::new(claim_backup(&ctx, &api, &b).await?);
     if b.status
         .as_ref()
         .is_some_and(|s| s.queue_position.is_some())
@@ -748,7 +743,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
     let what = format!("restore {ns}/{name}");
     not_leading(&ctx, &what)?;
     let claim = Arc::new(
-        RunClaim::take(api.clone(), &name, &what, |r| {
+        RunClaim::take(api.clone(), r.clone(), &what, |r| {
             restore_step(r) != Step::Nothing
         })
         .await?,
