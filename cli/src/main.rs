@@ -241,6 +241,11 @@ fn init_logging(verbose: u8, server: Option<cmd_server::LogFormat>) {
     }
 }
 
+/// jemalloc, for the long-running server and node agent: memory a move freed goes back to
+/// the system within seconds (its background threads purge), where glibc's arenas kept it.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_log = match &cli.command {

@@ -6160,12 +6160,25 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         .unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", second.log());
     assert!(second.log().contains("completed"), "{}", second.log());
-    // Memory: bounded while it moves, and given back (in part: glibc keeps some of
-    // its arenas) once the move has ended.
-    let (peak, after) = (second.peak_rss_mib(), second.rss_mib());
-    eprintln!("node agent RSS: idle {idle} MiB, peak {peak} MiB, after the move {after} MiB");
+    // Memory: bounded while it moves, and given back once the move has ended: at least
+    // half of what it took above idle (jemalloc purges freed pages within its decay time,
+    // ~10 s; glibc kept 60 of 97 MiB).
+    let peak = second.peak_rss_mib();
+    let moved = second.rss_mib();
+    let returned = |rss: u64| rss.saturating_sub(idle) <= peak.saturating_sub(idle) / 2;
+    let mut after = moved;
+    for _ in 0..300 {
+        after = second.rss_mib();
+        if returned(after) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "node agent RSS: idle {idle} MiB, peak {peak} MiB, at the end of the move {moved} MiB, then {after} MiB"
+    );
     assert!(
-        peak <= 512 && after < peak,
+        peak <= 512 && returned(after),
         "idle {idle}, peak {peak}, after {after} MiB"
     );
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());

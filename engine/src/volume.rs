@@ -41,6 +41,13 @@ const RUN_BYTES: usize = 4 << 20;
 /// Chunks read at once (per batch, across the reader threads): 16 MiB.
 const BATCH_CHUNKS: usize = 256;
 
+thread_local! {
+    /// A reader thread's chunk buffer, reused: a zeroed allocation per chunk cost a page
+    /// fault per page under jemalloc (it zeroes a reused large block by purging its pages):
+    /// ten times the faults and twice the system time of a backup.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// What to back up as a volume, and how.
 #[derive(Clone, Debug)]
 pub struct VolumeBackupOptions {
@@ -307,20 +314,22 @@ impl Indexed {
                                 return Err(Error::Cancelled);
                             }
                             let len = (chunk as u64).min(size - off) as usize;
-                            let mut buf = vec![0u8; len];
-                            file.read_exact_at(&mut buf, off)
-                                .map_err(|e| Error::io("read", &src, e))?;
-                            p.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
-                            p.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
-                            if all_zero(&buf) {
-                                return Ok(None);
-                            }
-                            let id = w.store(BlobType::Data, &buf)?;
-                            Ok(Some(Extent {
-                                offset: off,
-                                length: len as u32,
-                                id,
-                            }))
+                            READ_BUF.with_borrow_mut(|buf| {
+                                buf.resize(len, 0);
+                                file.read_exact_at(buf, off)
+                                    .map_err(|e| Error::io("read", &src, e))?;
+                                p.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
+                                p.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
+                                if all_zero(buf) {
+                                    return Ok(None);
+                                }
+                                let id = w.store(BlobType::Data, buf)?;
+                                Ok(Some(Extent {
+                                    offset: off,
+                                    length: len as u32,
+                                    id,
+                                }))
+                            })
                         })
                         .collect()
                 });
