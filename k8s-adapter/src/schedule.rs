@@ -128,6 +128,9 @@ pub struct Plan {
 /// The longest the controller waits without looking (a changed clock, a lost event).
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// How soon a run held back by a running backup is looked at again without an event.
+pub const HELD_WAIT: Duration = Duration::from_secs(30);
+
 /// What the schedule's backups say.
 #[derive(Clone, Debug, Default)]
 pub struct Backups {
@@ -189,8 +192,10 @@ pub fn plan(s: &Schedule, now: DateTime<Utc>, backups: &Backups, skip_default: b
         return p;
     }
     if backups.running {
-        // Looked at again when that backup ends (the controller watches them).
-        p.requeue = Some(MAX_WAIT);
+        // Looked at again when that backup ends (the controller watches them), and soon
+        // in any case: a backup deleted outright while running never ends, and its
+        // deletion event carries the phase it had.
+        p.requeue = Some(HELD_WAIT);
         return p;
     }
     p.backup = Some(crate::manage::scheduled_backup_name(
@@ -320,7 +325,8 @@ mod tests {
             running: true,
             newest: Some(at("2026-12-02T10:00:00Z")),
         };
-        assert_eq!(plan(&s, now, &running, false).backup, None);
+        let held = plan(&s, now, &running, false);
+        assert_eq!((held.backup, held.requeue), (None, Some(HELD_WAIT)));
         // Created by a server killed before it wrote lastBackup: not made twice.
         let made = Backups {
             running: false,

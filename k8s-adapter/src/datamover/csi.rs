@@ -489,9 +489,13 @@ pub fn tally<'a>(phases: impl IntoIterator<Item = &'a str>) -> (i64, i64, bool) 
     (done, failed, all)
 }
 
+/// How long work canceled at the item operation timeout is given to say it ended.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
 /// Wait until every DataUpload (or DataDownload) of `selector` has ended, calling
 /// `on_tally` when the counts change; past `timeout`, the rest are canceled (Velero's
-/// itemOperationTimeout) and waited on a little longer.
+/// itemOperationTimeout) and waited on a little longer. Followed by a watch of the label
+/// (one connection; a look per change, not a list a second).
 pub async fn wait_all<K, F>(
     client: &Client,
     ns: &str,
@@ -504,8 +508,10 @@ where
     F: std::future::Future<Output = ()>,
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     K: Clone + serde::de::DeserializeOwned + serde::Serialize,
-    K: std::fmt::Debug,
+    K: std::fmt::Debug + Send + Sync + 'static,
 {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let phase_of = |k: &K| {
         serde_json::to_value(k)
@@ -517,15 +523,54 @@ where
             })
             .unwrap_or_default()
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    let (store, writer) = reflector::store();
+    let events = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default().labels(selector)),
+    )
+    .default_backoff();
+    let mut events = std::pin::pin!(events);
+    let mut deadline = tokio::time::Instant::now() + timeout;
     let mut canceled = false;
     let mut last = (-1, -1);
+    let mut ready = false;
     loop {
-        let items = api
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| Error::kube(format!("list {} of {selector}", K::plural(&())), e))?
-            .items;
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::InitDone)) => ready = true,
+                Some(Ok(_)) => {}
+                // Retried with backoff; the store keeps what it had meanwhile.
+                Some(Err(e)) => {
+                    tracing::warn!("watch {} of {selector}: {e}", K::plural(&()));
+                    continue;
+                }
+                None => return Err(Error::Invalid(format!("the watch of {} of {selector} ended", K::plural(&())))),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let items: Vec<K> = store.state().iter().map(|k| (**k).clone()).collect();
+                if canceled {
+                    return Ok(items);
+                }
+                canceled = true;
+                for k in &items {
+                    if !phase::terminal(&phase_of(k)) {
+                        let _ = api
+                            .patch(
+                                &k.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"spec": {"cancel": true}})),
+                            )
+                            .await;
+                    }
+                }
+                deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+                continue;
+            }
+        }
+        if !ready {
+            continue;
+        }
+        let items: Vec<K> = store.state().iter().map(|k| (**k).clone()).collect();
         let phases: Vec<String> = items.iter().map(phase_of).collect();
         let (done, failed, all) = tally(phases.iter().map(String::as_str));
         if (done, failed) != last {
@@ -535,26 +580,6 @@ where
         if all && items.len() >= expected {
             return Ok(items);
         }
-        if tokio::time::Instant::now() >= deadline {
-            if canceled {
-                return Ok(items);
-            }
-            canceled = true;
-            for (k, p) in items.iter().zip(&phases) {
-                if !phase::terminal(p) {
-                    let _ = api
-                        .patch(
-                            &k.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"spec": {"cancel": true}})),
-                        )
-                        .await;
-                }
-            }
-        }
-        // The API server has no watch on a label's phases as cheap as this list: one
-        // request a second per waiting backup.
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -25,7 +25,8 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
     // phase wakes the schedule, not each progress write of a running backup (a read and a
     // list each): the phases of the backups still running are remembered, and a backup
     // not among them (new, or ended) wakes it. A running backup deleted outright (the
-    // deletion refuses those) is seen at the schedule's next due time.
+    // deletion refuses those; its watch event carries the phase it had) is seen by the
+    // plan's short requeue while a run is held back (`schedule::HELD_WAIT`).
     let running: std::sync::Mutex<std::collections::HashMap<String, String>> = Default::default();
     let c = Controller::new(api, watcher::Config::default()).watches(
         backups,
