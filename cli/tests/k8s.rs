@@ -1626,7 +1626,47 @@ async fn five_hundred_namespaces_backed_up_and_restored() {
             >= 1000,
         "{list}"
     );
+    // Progress as the restore writes it, every write seen (a watch).
+    let seen = tokio::spawn({
+        use arca_k8s::kube::runtime::{WatchStreamExt, watcher};
+        let r = resource("arca.dev/v1", "Restore", "restores");
+        let api: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), &arca.ns, &r);
+        async move {
+            let mut seen: Vec<i64> = Vec::new();
+            let events = watcher(
+                api,
+                watcher::Config::default().fields("metadata.name=big-b"),
+            )
+            .applied_objects();
+            let mut events = std::pin::pin!(events);
+            while let Some(Ok(o)) = events.next().await {
+                let v = serde_json::to_value(&o).unwrap();
+                if let Some(n) = v
+                    .pointer("/status/progress/itemsRestored")
+                    .and_then(Value::as_i64)
+                    && seen.last() != Some(&n)
+                {
+                    seen.push(n);
+                }
+                if matches!(
+                    v.pointer("/status/phase").and_then(Value::as_str),
+                    Some("Completed" | "PartiallyFailed" | "Failed")
+                ) {
+                    break;
+                }
+            }
+            seen
+        }
+    });
     arca.ok(&b, &["restore", "create", "big-b", "--from-backup", "big"]);
+    let seen = seen.await.unwrap();
+    // Written per item at most once a second, so a value inside the configmaps' tier
+    // shows only when that tier takes over a second (it did here: [0, 661, 1000]).
+    eprintln!("restore progress written: {seen:?}");
+    assert!(
+        seen.len() >= 2 && seen.windows(2).all(|w| w[0] < w[1]),
+        "{seen:?}"
+    );
     let on_b = Api::<arca_k8s::k8s_openapi::api::core::v1::Namespace>::all(b.client.clone())
         .list(&ListParams::default())
         .await

@@ -854,14 +854,36 @@ pub async fn run_restore(
         let is_crd = gr == "customresourcedefinitions.apiextensions.k8s.io";
         let r2 = run.clone();
         let dd = d.clone();
-        futures::stream::iter(tier.into_iter().map(|(r, o)| {
+        let items = futures::stream::iter(tier.into_iter().map(|(r, o)| {
             let run = r2.clone();
             let d = dd.clone();
             async move { restore_item(&run, &d, r, o).await }
         }))
         .buffer_unordered(run.settings.parallel_items.max(1))
-        .collect::<Vec<()>>()
-        .await;
+        .collect::<Vec<()>>();
+        // Progress per item while a tier runs (a tier may hold thousands), written at
+        // most once a second, as the backup's.
+        let mut items = std::pin::pin!(items);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut items => break,
+                _ = tick.tick() => {
+                    let n = run.restored.load(std::sync::atomic::Ordering::Relaxed);
+                    let shown = status.progress.as_ref().and_then(|p| p.items_restored);
+                    if shown != Some(n) {
+                        status.progress = Some(crate::crd::RestoreProgress {
+                            total_items: Some(total as i64),
+                            items_restored: Some(n),
+                        });
+                        // Advisory: a failed write is made good by the next one.
+                        let _ = set_status(claim, &status).await;
+                    }
+                }
+            }
+        }
         if is_crd {
             // CRDs are waited on until established; then the cluster serves their types.
             wait_crds_established(&run).await;
