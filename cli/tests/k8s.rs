@@ -6221,8 +6221,57 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         peak <= 512 && returned(after),
         "idle {idle}, peak {peak}, after {after} MiB"
     );
+
+    // Restored while no node agent runs: the claim is left out with the cause named
+    // (not made and left Pending for good); once an agent runs, a restore again makes it
+    // with its data, and the pod restored the first time starts on it.
+    drop(second);
+    let leases: Api<arca_k8s::k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(a.client.clone(), &arca.ns);
+    leases
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(arca_k8s::datamover::agent::PRESENCE),
+        )
+        .await
+        .unwrap();
+    let target = format!("{app}-r");
+    let mapping = format!("{app}:{target}");
+    let from = ["--from-backup", "resumed", "--namespace-mappings", &mapping];
+    let restore = |name: &'static str| [&["restore", "create", name][..], &from[..]].concat();
+    arca.expect(&a, 3, &restore("without-agent"));
+    let log = arca.ok(&a, &["restore", "logs", "without-agent"]);
+    assert!(
+        log.contains(&format!("claim {target}/data: not restored:"))
+            && log.contains("no node agent runs")
+            && log.contains("restore again"),
+        "{log}"
+    );
+    let claims: Api<arca_k8s::k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(a.client.clone(), &target);
+    assert!(claims.get_opt("data").await.unwrap().is_none());
+    let _third = arca.node_agent(&a, &image, &[]);
+    arca.ok(&a, &restore("with-agent"));
+    wait_bound(&a, &target, "data").await;
+    let downloads = list_json(
+        &a,
+        DATA_DOWNLOAD,
+        Some(&arca.ns),
+        &format!("{}={}", arca_k8s::datamover::RESTORE_NAME, "with-agent"),
+    )
+    .await;
+    assert_eq!(downloads.len(), 1, "{downloads:#?}");
+    assert_eq!(
+        downloads[0]["status"]["phase"], "Completed",
+        "{downloads:#?}"
+    );
+    let pods: Api<arca_k8s::k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(a.client.clone(), &target);
+    pod_running(&pods, "app").await;
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
-    let _ = nss.delete(&app, &DeleteParams::default()).await;
+    for n in [&app, &target] {
+        let _ = nss.delete(n, &DeleteParams::default()).await;
+    }
 }
 
 /// `--snapshot-move-data` with no node agent in the cluster: the claim's data is not

@@ -742,8 +742,15 @@ pub async fn run_restore(
     let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
     ctx.restore_hooks = hook_specs.clone();
     let ruid = restore.metadata.uid.clone().unwrap_or_default();
+    // Only a node agent writes volume data back; asked once (given a moment to show
+    // itself, as a backup does), and only when some data is to be written.
+    let agent = if pod_volumes.is_empty() && moved.is_empty() {
+        false
+    } else {
+        crate::datamover::csi::agent_appears(client, ns).await?
+    };
     if !pod_volumes.is_empty() {
-        let image = if crate::datamover::agent::agent_running(client, ns, None).await? {
+        let image = if agent {
             crate::datamover::podvolume::restore_wait_image(client, ns).await?
         } else {
             None
@@ -773,6 +780,29 @@ pub async fn run_restore(
             }
         }
     }
+    // No node agent: a moved claim is left out, with an error, rather than made and left
+    // Pending for good (Velero's DataDownload waits its prepare timeout, the claim never
+    // binds): a restore run again once an agent runs creates it with its data, and the
+    // pods restored meanwhile start then.
+    let moved = if agent || moved.is_empty() {
+        moved
+    } else {
+        for v in &moved {
+            let target = ctx.target_ns(&v.namespace);
+            let msg = format!(
+                "claim {target}/{}: not restored: its data was moved by the data mover and no node agent runs in the cluster to write it back (arca install --use-node-agent, then restore again)",
+                v.pvc
+            );
+            log.line("error", msg.clone());
+            results.errors.add(Some(&target), false, msg);
+            ctx.unmoved_claims.insert((target, v.pvc.clone()));
+            // Nor its volume: the data is in the repository, not behind that object.
+            if let Some(pv) = &v.pv {
+                ctx.pvs_to_provision.insert(pv.clone());
+            }
+        }
+        Vec::new()
+    };
     for v in &moved {
         let target = ctx.target_ns(&v.namespace);
         ctx.moved_claims.insert(

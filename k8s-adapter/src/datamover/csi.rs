@@ -185,14 +185,14 @@ pub struct Moved {
     pub info: Vec<String>,
 }
 
-/// How long a backup waits for a node agent to show itself (one just installed, its pod
-/// starting) before it gives up moving volume data.
+/// How long a backup or restore waits for a node agent to show itself (one just
+/// installed, its pod starting) before it gives up moving volume data.
 const AGENT_GRACE: Duration = Duration::from_secs(30);
 
-/// Whether a node agent runs, or shows itself within `grace` (its Lease, renewed from
-/// its start).
-async fn agent_appears(client: &Client, ns: &str, grace: Duration) -> Result<bool> {
-    let until = tokio::time::Instant::now() + grace;
+/// Whether a node agent runs, or shows itself within `AGENT_GRACE` (its Lease, renewed
+/// from its start).
+pub async fn agent_appears(client: &Client, ns: &str) -> Result<bool> {
+    let until = tokio::time::Instant::now() + AGENT_GRACE;
     loop {
         if super::agent::agent_running(client, ns, None).await? {
             return Ok(true);
@@ -293,7 +293,7 @@ pub async fn start_uploads(
         // and leaves the snapshot to clean. Refused before any snapshot is taken.
         let running = match agents {
             Some(r) => r,
-            None => *agents.insert(agent_appears(client, ns, AGENT_GRACE).await?),
+            None => *agents.insert(agent_appears(client, ns).await?),
         };
         if !running {
             moved.errors.push((
