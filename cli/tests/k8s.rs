@@ -416,7 +416,20 @@ fn ns(name: &str) -> String {
 #[test]
 fn install_dry_run_prints_every_crd() {
     let out = Command::new(env!("CARGO_BIN_EXE_arca"))
-        .args(["install", "--dry-run"])
+        .args([
+            "install",
+            "--dry-run",
+            "--provider",
+            "aws",
+            "--bucket",
+            "backups",
+            "--server-pod-cpu-request",
+            "250m",
+            "--server-pod-mem-limit",
+            "1Gi",
+            "--server-pod-cpu-limit",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -426,8 +439,23 @@ fn install_dry_run_prints_every_crd() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut kinds = BTreeSet::new();
+    let mut objects = BTreeSet::new();
     for doc in text.split("---\n").filter(|d| !d.trim().is_empty()) {
         let v: Value = serde_yaml_ng::from_str(doc).unwrap();
+        objects.insert(v["kind"].as_str().unwrap().to_string());
+        if v["kind"] == "Deployment" {
+            let c = &v["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(
+                c["resources"],
+                json!({"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}),
+                "{v:#}"
+            );
+            assert_eq!(c["args"][0], "server", "{v:#}");
+        }
+        if v["kind"] == "BackupStorageLocation" {
+            assert_eq!(v["spec"]["objectStorage"]["bucket"], "backups", "{v:#}");
+            assert_eq!(v["spec"]["default"], true, "{v:#}");
+        }
         if v["kind"] == "CustomResourceDefinition" {
             assert_eq!(v["spec"]["group"], "arca.dev");
             let kind = v["spec"]["names"]["kind"].as_str().unwrap().to_string();
@@ -471,6 +499,15 @@ fn install_dry_run_prints_every_crd() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(kinds, want);
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRoleBinding",
+        "Deployment",
+        "BackupStorageLocation",
+    ] {
+        assert!(objects.contains(k), "no {k} in the dry run: {objects:?}");
+    }
     assert!(
         !text.contains("kind: DaemonSet"),
         "no node agent unless asked"
@@ -1852,6 +1889,7 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
             &app,
             "--ttl",
             "2h0m0s",
+            "--use-owner-references-in-backup",
         ],
     );
     assert!(out.contains("Schedule \"often\" created"), "{out}");
@@ -1888,6 +1926,13 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
         );
         assert_eq!(b["spec"]["ttl"], "2h0m0s", "the template's spec");
         assert_eq!(b["spec"]["includedNamespaces"][0], app.as_str());
+        // useOwnerReferencesInBackup: owned by the schedule (deleted with it).
+        let owner = &b["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["controller"]),
+            (&json!("Schedule"), &json!("often"), &json!(true)),
+            "{b:#}"
+        );
     }
     // Newest first; three seconds apart at least (names are UTC seconds).
     let secs = |n: &str| n["often-".len()..].parse::<u64>().unwrap();
@@ -3959,7 +4004,10 @@ impl Server {
             .lines()
             .find_map(|x| x.split("/readyz on ").nth(1))
             .unwrap()
-            .trim()
+            // The address alone, whatever follows it (a JSON log line goes on).
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+            .next()
+            .unwrap()
             .to_string();
         format!("http://{addr}")
     }
@@ -4594,6 +4642,8 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
             "1s",
             "--default-repo-maintain-frequency",
             "1s",
+            "--log-format",
+            "json",
         ],
     );
     server.wait_log("leading").await;
@@ -4614,24 +4664,19 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
             "apiVersion: arca.dev/v1\nkind: BackupStorageLocation\nmetadata: {{name: {name}, namespace: {ins}}}\nspec:\n  provider: local\n  objectStorage: {{bucket: \"{bucket}\"}}\n{extra}"
         )
     };
+    // Unavailable, its status saying why.
+    let unavailable = |name: &'static str| {
+        let (a, ins) = (&a, &ins);
+        async move {
+            let v = until(a, BSL, ins, name, "Unavailable", phase_is("Unavailable"))
+                .await
+                .unwrap();
+            let why = v["status"]["message"].as_str().unwrap_or_default();
+            assert!(why.contains(&format!("\"{name}\" is unavailable")), "{v:#}");
+        }
+    };
     apply(&a, &bsl("broken", "/proc/arca-cannot-be-here", "")).await;
-    let v = until(
-        &a,
-        BSL,
-        &ins,
-        "broken",
-        "Unavailable",
-        phase_is("Unavailable"),
-    )
-    .await
-    .unwrap();
-    assert!(
-        v["status"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"broken\" is unavailable"),
-        "{v:#}"
-    );
+    unavailable("broken").await;
     let out = arca.run(
         &a,
         &[
@@ -4655,10 +4700,55 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         "{b:#}"
     );
 
-    // Expired (its expiration moved into the past): deleted, record and all.
+    // Expired (a short --ttl): deleted through a DeleteBackupRequest, record, its
+    // restores and the request with it.
     arca.ok(
         &a,
-        &["backup", "create", "old", "--include-namespaces", &app],
+        &[
+            "backup",
+            "create",
+            "old",
+            "--include-namespaces",
+            &app,
+            "--ttl",
+            "8s",
+        ],
+    );
+    let mapping = format!("{app}:{app}-r");
+    arca.ok(
+        &a,
+        &[
+            "restore",
+            "create",
+            "old-r",
+            "--from-backup",
+            "old",
+            "--namespace-mappings",
+            &mapping,
+        ],
+    );
+    until(&a, BACKUP, &ins, "old", "deleted", |o| o.is_none()).await;
+    let out = arca.run(&a, &["backup", "logs", "old"]);
+    assert_eq!(out.status.code(), Some(1), "the record went too");
+    until(
+        &a,
+        ("arca.dev/v1", "Restore", "restores"),
+        &ins,
+        "old-r",
+        "deleted with its backup",
+        |o| o.is_none(),
+    )
+    .await;
+    let requests = list_json(
+        &a,
+        ("arca.dev/v1", "DeleteBackupRequest", "deletebackuprequests"),
+        Some(&ins),
+        "arca.dev/backup-name=old",
+    )
+    .await;
+    assert!(
+        requests.is_empty(),
+        "the request is removed once done: {requests:#?}"
     );
     let past = json!({ "status": { "expiration": "2020-01-01T00:00:00Z" } });
     let backups: Api<DynamicObject> = Api::namespaced_with(
@@ -4666,18 +4756,20 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         &ins,
         &resource(BACKUP.0, BACKUP.1, BACKUP.2),
     );
-    backups
-        .patch_status("old", &PatchParams::default(), &Patch::Merge(&past))
-        .await
-        .unwrap();
-    until(&a, BACKUP, &ins, "old", "deleted", |o| o.is_none()).await;
-    let out = arca.run(&a, &["backup", "logs", "old"]);
-    assert_eq!(out.status.code(), Some(1), "the record went too");
     server
         .wait_log(&format!(
             "backup {ins}/old has expired: asking for its deletion"
         ))
         .await;
+
+    // A location whose bucket is removed after it was Available goes Unavailable.
+    let doomed = arca.dir.path().join("doomed");
+    apply(&a, &bsl("doomed", doomed.to_str().unwrap(), "")).await;
+    until(&a, BSL, &ins, "doomed", "Available", phase_is("Available")).await;
+    std::fs::remove_dir_all(&doomed).unwrap();
+    std::fs::write(&doomed, b"not a bucket").unwrap();
+    unavailable("doomed").await;
+    delete_namespaced(&a, BSL.0, BSL.1, BSL.2, &ins, "doomed").await;
 
     // Expired in a read-only location: kept, labelled BSLReadOnly.
     let ro_dir = arca.dir.path().join("ro");
@@ -4923,6 +5015,19 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     ] {
         assert!(m.contains(line), "{line} in:\n{m}");
     }
+    // --log-format json: every line one object, with its time, level and message.
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 10, "{log}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["timestamp"].is_string()
+                && v["level"].is_string()
+                && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
 }
 
 /// Velero's `backup-location` verbs and `uninstall`: a second location made the default
@@ -4935,7 +5040,10 @@ async fn backup_locations_and_uninstall_from_the_cli() {
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
         return;
     };
-    let arca = Arca::new("bsl");
+    let arca = Arca {
+        server_flags: vec!["--default-backup-storage-location", "second"],
+        ..Arca::new("bsl")
+    };
     arca.install(&a);
     let app = format!("bsl-app-{}", arca.suffix());
     apply(&a, &(ns(&app) + &cm(&app, "c", &[], "1"))).await;
@@ -4973,6 +5081,23 @@ async fn backup_locations_and_uninstall_from_the_cli() {
     arca.ok(&a, &["backup", "create", "x", "--include-namespaces", &app]);
     let b = arca.json(&a, &["backup", "get", "x"]);
     assert_eq!(b[0]["spec"]["storageLocation"], "second");
+    // None marked default: the server's --default-backup-storage-location (else it would
+    // be "default", by name).
+    let bsls: Api<DynamicObject> =
+        Api::namespaced_with(a.client.clone(), &arca.ns, &resource(BSL.0, BSL.1, BSL.2));
+    bsls.patch(
+        "second",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"default": false}})),
+    )
+    .await
+    .unwrap();
+    arca.ok(
+        &a,
+        &["backup", "create", "x2", "--include-namespaces", &app],
+    );
+    let b = arca.json(&a, &["backup", "get", "x2"]);
+    assert_eq!(b[0]["spec"]["storageLocation"], "second", "{b:#}");
 
     arca.ok(&a, &["backup-location", "set", "default", "--default"]);
     let d = arca.json(&a, &["backup-location", "get", "--default"]);
@@ -5020,7 +5145,7 @@ async fn backup_locations_and_uninstall_from_the_cli() {
 
     // Deleted with its Backup resources; the data stays and comes back.
     let out = arca.ok(&a, &["backup-location", "delete", "second", "--confirm"]);
-    assert!(out.contains("with 2 Backup resource(s)"), "{out}");
+    assert!(out.contains("with 3 Backup resource(s)"), "{out}");
     assert!(
         get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "x")
             .await
