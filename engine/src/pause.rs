@@ -31,20 +31,29 @@ impl PausePoints {
         p
     }
 
-    /// For kill -9 tests across processes: arm the point named by the environment variable
-    /// `ARCA_TEST_ENGINE_PAUSE` (e.g. `writer:index-written`, a checkpoint stored), to
-    /// hold the first operation that reaches it for good, saying `paused at <point>` on
-    /// stderr then. Unset, nothing. Needs a tokio runtime.
+    /// For kill -9 and stall tests across processes: arm the point named by the
+    /// environment variable `ARCA_TEST_ENGINE_PAUSE` (e.g. `writer:index-written`, a
+    /// checkpoint stored), to hold the first operation that reaches it, saying `paused at
+    /// <point>` on stderr then: for good, or with `ARCA_TEST_RESUME_WHEN=<file>` until that
+    /// file exists. Unset, nothing. Needs a tokio runtime.
     pub fn arm_from_env(&self) {
         let Ok(point) = std::env::var("ARCA_TEST_ENGINE_PAUSE") else {
             return;
         };
+        let resume = std::env::var_os("ARCA_TEST_RESUME_WHEN").map(std::path::PathBuf::from);
         // Test-only, once per repository opened: the name lives as long as the process.
         let point: &'static str = Box::leak(point.into_boxed_str());
         let p = self.arm(point);
         tokio::spawn(async move {
             p.reached().await;
             eprintln!("paused at {point}");
+            if let Some(f) = resume {
+                while !f.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                eprintln!("resumed at {point}");
+                p.release();
+            }
         });
     }
 
