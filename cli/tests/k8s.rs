@@ -1949,6 +1949,10 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
         d.contains("Schedule:  @every 3s") && d.contains("Next run:"),
         "{d}"
     );
+    let d: Value =
+        serde_json::from_str(&arca.ok(&a, &["schedule", "describe", "often", "-o", "json"]))
+            .unwrap();
+    assert_eq!(d[0]["spec"]["schedule"], "@every 3s", "{d:#}");
 
     // Paused: no backup in a window longer than the interval.
     arca.ok(&a, &["schedule", "pause", "often"]);
@@ -4165,21 +4169,26 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
     // Events on the Backup say what happened.
+    let reasons = event_reasons(&a, &arca.ns, "by-api").await;
+    assert!(
+        reasons.contains("BackupStarted") && reasons.contains("BackupCompleted"),
+        "events of by-api: {reasons:?}"
+    );
+}
+
+/// The reasons of the Events in `ns` about the object named `name`.
+async fn event_reasons(c: &Cluster, ns: &str, name: &str) -> BTreeSet<String> {
     let events: Api<arca_k8s::k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(a.client.clone(), &arca.ns);
-    let reasons: BTreeSet<String> = events
+        Api::namespaced(c.client.clone(), ns);
+    events
         .list(&ListParams::default())
         .await
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("by-api"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| e.reason)
-        .collect();
-    assert!(
-        reasons.contains("BackupStarted") && reasons.contains("BackupCompleted"),
-        "events of by-api: {reasons:?}"
-    );
+        .collect()
 }
 
 /// Two runs of one Backup (a leader that stalled past its Lease and the replica that took
@@ -4386,6 +4395,66 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
         .await,
         "Completed"
     );
+}
+
+/// `--concurrent-backups 2`: two Backups created at once run at once (both held in their
+/// run, both InProgress), a third waits Queued until one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backups_run_at_once_with_concurrent_backups_2() {
+    let Some((a, arca, app)) = server_test("conc2").await else {
+        return;
+    };
+    let (server, go_on) = {
+        let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-conc2", arca.suffix()));
+        let _ = std::fs::remove_file(&go_on);
+        let s = arca.server_args(
+            &a,
+            "15s",
+            &[
+                ("ARCA_TEST_PAUSE_AT", "backup-collected"),
+                ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+            ],
+            &["--concurrent-backups", "2"],
+        );
+        (s, go_on)
+    };
+    server.wait_log("leading").await;
+    for n in ["c1", "c2", "c3"] {
+        apply(&a, &backup_yaml(&arca.ns, n, &app)).await;
+    }
+    let mut phases = Vec::new();
+    for _ in 0..600 {
+        phases =
+            futures::future::join_all(["c1", "c2", "c3"].map(|n| backup_phase(&a, &arca.ns, n)))
+                .await;
+        phases.sort();
+        if phases == ["InProgress", "InProgress", "Queued"]
+            && server.log().matches("paused at backup-collected").count() == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (
+            phases.as_slice(),
+            server.log().matches("paused at backup-collected").count()
+        ),
+        (
+            &["InProgress", "InProgress", "Queued"].map(String::from)[..],
+            2
+        ),
+        "{}",
+        server.log()
+    );
+    std::fs::write(&go_on, b"").unwrap();
+    for n in ["c1", "c2", "c3"] {
+        assert_eq!(
+            wait_backup_phase(&a, &arca.ns, n, &["Completed", "Failed", "PartiallyFailed"]).await,
+            "Completed"
+        );
+    }
+    let _ = std::fs::remove_file(&go_on);
 }
 
 /// A Backup changed between the deletion's judgement and its Deleting mark (a label
@@ -5005,6 +5074,36 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         table.contains("default-resources") && table.contains("vol-app"),
         "{table}"
     );
+    let yaml = arca.ok(&a, &["repo", "get", "vol-app", "-o", "yaml"]);
+    let r: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(r[0]["spec"]["volumeNamespace"], app.as_str(), "{yaml}");
+
+    // Events say what the controllers did: a restore's run, a location's state, a deletion.
+    let restored = event_reasons(&a, &ins, "old-r").await;
+    assert!(
+        restored.contains("RestoreStarted") && restored.contains("RestoreCompleted"),
+        "{restored:?}"
+    );
+    assert!(
+        event_reasons(&a, &ins, "broken")
+            .await
+            .contains("Unavailable"),
+        "no Unavailable event for the broken location"
+    );
+    let deleted = arca_k8s::kube::Api::<arca_k8s::k8s_openapi::api::events::v1::Event>::namespaced(
+        a.client.clone(),
+        &ins,
+    )
+    .list(&ListParams::default())
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .any(|e| {
+        e.reason.as_deref() == Some("BackupDeleted")
+            && e.note.as_deref() == Some("backup old deleted")
+    });
+    assert!(deleted, "no BackupDeleted event for old");
 
     let url = server.metrics_url().await;
     let m = http_get(&format!("{url}/metrics")).1;
@@ -5092,12 +5191,26 @@ async fn backup_locations_and_uninstall_from_the_cli() {
     )
     .await
     .unwrap();
-    arca.ok(
-        &a,
-        &["backup", "create", "x2", "--include-namespaces", &app],
-    );
-    let b = arca.json(&a, &["backup", "get", "x2"]);
-    assert_eq!(b[0]["spec"]["storageLocation"], "second", "{b:#}");
+    // Without --wait, `backup create` returns once the Backup exists (Velero's): the
+    // server runs it.
+    let out = arca
+        .cmd(&a)
+        .args(["backup", "create", "x2", "--include-namespaces", &app])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("x2"), "{said}");
+    let b = until(&a, BACKUP, &arca.ns, "x2", "Completed", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Completed")
+    })
+    .await
+    .unwrap();
+    assert_eq!(b["spec"]["storageLocation"], "second", "{b:#}");
+    let yaml = arca.ok(&a, &["backup-location", "get", "second", "-o", "yaml"]);
+    let l: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(l[0]["spec"]["default"], false, "{yaml}");
 
     arca.ok(&a, &["backup-location", "set", "default", "--default"]);
     let d = arca.json(&a, &["backup-location", "get", "--default"]);
@@ -5908,15 +6021,9 @@ const VOLUME_SNAPSHOT_CONTENT: (&str, &str, &str) = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_data_moves_through_the_node_agent_and_back() {
     use arca_k8s::k8s_openapi::api::core::v1::{Namespace, Pod};
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+    let Some((a, image, arca)) = volume_setting("move", true).await else {
         return;
     };
-    let Some(_root) = storage::serve(&a.kubeconfig) else {
-        return;
-    };
-    let image = arca_image(&a);
-    let arca = Arca::new("move");
-    arca.install(&a);
     let agent = arca.node_agent(&a, &image, &[]);
     let sfx = arca.suffix().to_string();
     let app = format!("move-{sfx}");
@@ -6237,15 +6344,9 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
 /// never going back below what the status showed, and the backup completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+    let Some((a, image, arca)) = volume_setting("resume", true).await else {
         return;
     };
-    let Some(_root) = storage::serve(&a.kubeconfig) else {
-        return;
-    };
-    let image = arca_image(&a);
-    let arca = Arca::new("resume");
-    arca.install(&a);
     // Held for good at the upload's first checkpoint (its index stored), the data after
     // it still to come: the volume takes several checkpoint intervals to read.
     let mut first = arca.node_agent_with(
@@ -6396,6 +6497,101 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     for n in [&app, &target] {
         let _ = nss.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+/// An upload waiting for the node's one slot waits in Prepared, and that wait does not
+/// count against the prepare timeout (Velero's users see queued uploads time out): with a
+/// 15 s timeout (exposing takes 5-10 s here) and the first upload held longer, the second
+/// stays Prepared past its acceptance plus the timeout, then both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_queued_behind_another_does_not_time_out() {
+    let Some((a, image, arca)) = volume_setting("queue", true).await else {
+        return;
+    };
+    let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-upload", arca.suffix()));
+    let _ = std::fs::remove_file(&go_on);
+    const TIMEOUT: i64 = 15;
+    let agent = arca.node_agent_with(
+        &a,
+        &image,
+        &[
+            ("ARCA_TEST_ENGINE_PAUSE", "writer:index-written"),
+            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+        ],
+        &["--data-mover-prepare-timeout", &format!("{TIMEOUT}s")],
+    );
+    agent.wait_log("node agent started").await;
+    let apps = [1, 2].map(|i| format!("queue-{i}-{}", arca.suffix()));
+    for app in &apps {
+        app_writing_a_claim(
+            &a,
+            app,
+            "data",
+            "Filesystem",
+            "16Mi",
+            "echo x > /data/f && echo written && exec sleep 3600",
+        )
+        .await;
+    }
+    let yaml = backup_yaml(&arca.ns, "queued", &apps.join(", ")) + "  snapshotMoveData: true\n";
+    apply(&a, &yaml).await;
+    // The first upload held in its mover (its index being stored), the second exposed
+    // and waiting for the slot.
+    agent.wait_log("paused at writer:index-written").await;
+    let phase = |du: &Value| du["status"]["phase"].as_str().unwrap_or("").to_string();
+    let mut queued = None;
+    for _ in 0..600 {
+        let dus = uploads_of(&a, &arca.ns, "queued").await;
+        let phases: Vec<String> = dus.iter().map(phase).collect();
+        if let [p, q] = &phases[..]
+            && [p.as_str(), q.as_str()].contains(&"InProgress")
+            && [p.as_str(), q.as_str()].contains(&"Prepared")
+        {
+            let i = phases.iter().position(|p| p == "Prepared").unwrap();
+            queued = dus[i]["metadata"]["name"].as_str().map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let queued = queued.expect("one upload moving, the other Prepared");
+    // Prepared past the timeout, and still not failed.
+    let du = loop {
+        let du = get(
+            &a,
+            DATA_UPLOAD.0,
+            DATA_UPLOAD.1,
+            DATA_UPLOAD.2,
+            Some(&arca.ns),
+            &queued,
+        )
+        .await
+        .unwrap();
+        assert_eq!(phase(&du), "Prepared", "{du:#}\n{}", agent.log());
+        let accepted = du["status"]["acceptedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .expect("acceptedTimestamp");
+        if chrono::Utc::now() > accepted + chrono::Duration::seconds(TIMEOUT + 2) {
+            break du;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(du["status"]["message"].is_null(), "{du:#}");
+    std::fs::write(&go_on, b"").unwrap();
+    let b = until_long(&a, BACKUP, Some(&arca.ns), "queued", 120, ended)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&go_on);
+    assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
+    let dus = uploads_of(&a, &arca.ns, "queued").await;
+    assert!(
+        dus.len() == 2 && dus.iter().all(|d| phase(d) == "Completed"),
+        "{dus:#?}"
+    );
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    for app in &apps {
+        let _ = nss.delete(app, &DeleteParams::default()).await;
     }
 }
 
@@ -6554,15 +6750,9 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
 /// snapshot and exposer object goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
+    let Some((a, image, arca)) = volume_setting("cancelmove", true).await else {
         return;
     };
-    let Some(_root) = storage::serve(&a.kubeconfig) else {
-        return;
-    };
-    let image = arca_image(&a);
-    let arca = Arca::new("cancelmove");
-    arca.install(&a);
     let agent = arca.node_agent(&a, &image, &[]);
     let app = format!("cancelmove-{}", arca.suffix());
     app_writing_a_claim(
@@ -6858,7 +7048,9 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
 /// cancels them), and the backup completes. Then a restore of it into a copy of the
 /// namespace whose server is killed (-9) once the pod exists, before its
 /// PodVolumeRestores: the next leader finds the pod waiting for this restore and writes
-/// its volumes (else it would wait in its init container forever).
+/// its volumes (else it would wait in its init container forever); the node agent
+/// writing them is killed once the first volume's files are written, and the next one
+/// writes them again: the pod reads the backed-up data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
@@ -6949,6 +7141,15 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
 
     server.kill();
     restore_wait_image(&a, &arca, &image).await;
+    // The agent that writes the restore's volumes is held once the first volume's files
+    // are on the pod's volume (the restore not done), and killed there.
+    drop(second);
+    let mut writer = arca.node_agent_with(
+        &a,
+        &image,
+        &[("ARCA_TEST_ENGINE_PAUSE", "restore:batch-written")],
+        &[],
+    );
     let mut paused = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "restore-pods-created")]);
     paused.wait_log("leading").await;
     let copy = format!("{app}-copy");
@@ -6979,6 +7180,20 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     );
     paused.kill();
     let third = arca.server_with(&a, "3s", &[]);
+    writer.wait_log("paused at restore:batch-written").await;
+    let writing = list_json(
+        &a,
+        POD_VOLUME_RESTORE,
+        Some(&arca.ns),
+        "arca.dev/restore-name=conc-back",
+    )
+    .await;
+    assert!(
+        writing.iter().any(|p| p["status"]["phase"] == "InProgress"),
+        "{writing:#?}"
+    );
+    writer.kill();
+    let fourth = arca.node_agent(&a, &image, &[]);
     let r = until_long(
         &a,
         ("arca.dev/v1", "Restore", "restores"),
@@ -6994,7 +7209,7 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
         "Completed",
         "{r:#}\n{}\n{}",
         third.log(),
-        second.log()
+        fourth.log()
     );
     let log = pod_log_with(&copies, "app", "got:").await;
     assert!(
