@@ -6448,9 +6448,9 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         "idle {idle}, peak {peak}, after {after} MiB"
     );
 
-    // Restored while no node agent runs: the claim is left out with the cause named
-    // (not made and left Pending for good); once an agent runs, a restore again makes it
-    // with its data, and the pod restored the first time starts on it.
+    // Restored while no node agent runs: the cause named at once, no DataDownload made,
+    // the claim left Pending with its selector (nothing provisions an empty volume for
+    // it); once an agent runs, a restore again (into another namespace) brings the data.
     drop(second);
     let leases: Api<arca_k8s::k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(a.client.clone(), &arca.ns);
@@ -6461,48 +6461,75 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         )
         .await
         .unwrap();
-    let target = format!("{app}-r");
-    let mapping = format!("{app}:{target}");
-    let from = ["--from-backup", "resumed", "--namespace-mappings", &mapping];
-    let restore = |name: &'static str| [&["restore", "create", name][..], &from[..]].concat();
-    arca.expect(&a, 3, &restore("without-agent"));
+    let restore = |name: &str, target: &str| {
+        let mapping = format!("{app}:{target}");
+        [
+            "restore",
+            "create",
+            name,
+            "--from-backup",
+            "resumed",
+            "--namespace-mappings",
+            &mapping,
+        ]
+        .map(String::from)
+    };
+    let (bare, filled) = (format!("{app}-r"), format!("{app}-r2"));
+    let args = restore("without-agent", &bare);
+    arca.expect(&a, 3, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let log = arca.ok(&a, &["restore", "logs", "without-agent"]);
     assert!(
-        log.contains(&format!("claim {target}/data: not restored:"))
-            && log.contains("no node agent runs")
-            && log.contains("restore again"),
+        log.contains(&format!(
+            "claim {bare}/data: its data is not restored: no node agent runs"
+        )) && log.contains("--use-node-agent"),
         "{log}"
     );
     let claims: Api<arca_k8s::k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(a.client.clone(), &target);
-    assert!(claims.get_opt("data").await.unwrap().is_none());
+        Api::namespaced(a.client.clone(), &bare);
+    let pending = claims.get("data").await.unwrap();
+    assert!(
+        pending
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_some()
+            && pending.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"),
+        "{pending:?}"
+    );
+    let downloads = |name: &'static str| {
+        let (a, ns) = (&a, arca.ns.clone());
+        async move {
+            list_json(
+                a,
+                DATA_DOWNLOAD,
+                Some(&ns),
+                &format!("{}={name}", arca_k8s::datamover::RESTORE_NAME),
+            )
+            .await
+        }
+    };
+    assert!(downloads("without-agent").await.is_empty());
     let _third = arca.node_agent(&a, &image, &[]);
-    arca.ok(&a, &restore("with-agent"));
-    wait_bound(&a, &target, "data").await;
-    let downloads = list_json(
-        &a,
-        DATA_DOWNLOAD,
-        Some(&arca.ns),
-        &format!("{}={}", arca_k8s::datamover::RESTORE_NAME, "with-agent"),
-    )
-    .await;
-    assert_eq!(downloads.len(), 1, "{downloads:#?}");
-    assert_eq!(
-        downloads[0]["status"]["phase"], "Completed",
-        "{downloads:#?}"
+    let args = restore("with-agent", &filled);
+    arca.ok(&a, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_bound(&a, &filled, "data").await;
+    let dds = downloads("with-agent").await;
+    assert!(
+        dds.len() == 1 && dds[0]["status"]["phase"] == "Completed",
+        "{dds:#?}"
     );
     let pods: Api<arca_k8s::k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(a.client.clone(), &target);
+        Api::namespaced(a.client.clone(), &filled);
     pod_running(&pods, "app").await;
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
-    for n in [&app, &target] {
+    for n in [&app, &bare, &filled] {
         let _ = nss.delete(n, &DeleteParams::default()).await;
     }
 }
 
 /// An upload waiting for the node's one slot waits in Prepared, and that wait does not
 /// count against the prepare timeout (Velero's users see queued uploads time out): with a
-/// 15 s timeout (exposing takes 5-10 s here) and the first upload held longer, the second
+/// 30 s timeout (exposing takes 5-10 s here) and the first upload held longer, the second
 /// stays Prepared past its acceptance plus the timeout, then both complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_queued_behind_another_does_not_time_out() {

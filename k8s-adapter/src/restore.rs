@@ -742,15 +742,9 @@ pub async fn run_restore(
     let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
     ctx.restore_hooks = hook_specs.clone();
     let ruid = restore.metadata.uid.clone().unwrap_or_default();
-    // Only a node agent writes volume data back; asked once (given a moment to show
-    // itself, as a backup does), and only when some data is to be written.
-    let agent = if pod_volumes.is_empty() && moved.is_empty() {
-        false
-    } else {
-        crate::datamover::csi::agent_appears(client, ns).await?
-    };
     if !pod_volumes.is_empty() {
-        let image = if agent {
+        // Only a node agent writes them (given a moment to show itself, as for a backup).
+        let image = if crate::datamover::csi::agent_appears(client, ns).await? {
             crate::datamover::podvolume::restore_wait_image(client, ns).await?
         } else {
             None
@@ -780,29 +774,6 @@ pub async fn run_restore(
             }
         }
     }
-    // No node agent: a moved claim is left out, with an error, rather than made and left
-    // Pending for good (Velero's DataDownload waits its prepare timeout, the claim never
-    // binds): a restore run again once an agent runs creates it with its data, and the
-    // pods restored meanwhile start then.
-    let moved = if agent || moved.is_empty() {
-        moved
-    } else {
-        for v in &moved {
-            let target = ctx.target_ns(&v.namespace);
-            let msg = format!(
-                "claim {target}/{}: not restored: its data was moved by the data mover and no node agent runs in the cluster to write it back (arca install --use-node-agent, then restore again)",
-                v.pvc
-            );
-            log.line("error", msg.clone());
-            results.errors.add(Some(&target), false, msg);
-            ctx.unmoved_claims.insert((target, v.pvc.clone()));
-            // Nor its volume: the data is in the repository, not behind that object.
-            if let Some(pv) = &v.pv {
-                ctx.pvs_to_provision.insert(pv.clone());
-            }
-        }
-        Vec::new()
-    };
     for v in &moved {
         let target = ctx.target_ns(&v.namespace);
         ctx.moved_claims.insert(
@@ -908,8 +879,11 @@ pub async fn run_restore(
                             total_items: Some(total as i64),
                             items_restored: Some(n),
                         });
-                        // Advisory: a failed write is made good by the next one.
-                        let _ = set_status(claim, &status).await;
+                        // Advisory: a failed write is made good by the next one. A run
+                        // taken over stops here, its tier's other items not created.
+                        if let Err(e @ Error::Superseded(_)) = set_status(claim, &status).await {
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -1713,6 +1687,16 @@ async fn wait_pod_volume_restores(
     let selector = format!("{RESTORE_UID}={}", restore.uid().unwrap_or_default());
     let done: Vec<crate::crd::PodVolumeRestore> =
         csi::wait_all(client, ns, &selector, expected, timeout, |_, _| async {}).await?;
+    if done.len() < expected {
+        run.error(
+            None,
+            false,
+            format!(
+                "{} of the {expected} PodVolumeRestores of this restore are gone: their volumes are not restored",
+                expected - done.len()
+            ),
+        );
+    }
     for r in &done {
         let st = r.status.clone().unwrap_or_default();
         let phase = st.phase.unwrap_or_default();
@@ -1796,6 +1780,9 @@ async fn restore_volume_data(
         Err(_) => stored.spec.storage_location.clone().unwrap_or_default(),
     };
     let mut started = 0;
+    // Whether a node agent runs to write the data, asked once, when the first claim
+    // needs it.
+    let mut agent: Option<bool> = None;
     for v in moved {
         let target = run.target_ns(&v.namespace);
         if !created.contains(&(target.clone(), v.pvc.clone())) {
@@ -1803,6 +1790,25 @@ async fn restore_volume_data(
                 "claim {target}/{}: not created by this restore, its data is not restored",
                 v.pvc
             ));
+            continue;
+        }
+        // No node agent: no DataDownload nobody would take (Velero's waits its item
+        // operation timeout, 4 h, nothing having accepted it). The claim stays as made,
+        // Pending with its selector, so that nothing provisions an empty volume for it
+        // (a StatefulSet would, for a claim left out).
+        let running = match agent {
+            Some(r) => r,
+            None => *agent.insert(csi::agent_appears(client, ns).await?),
+        };
+        if !running {
+            run.error(
+                Some(&target),
+                false,
+                format!(
+                    "claim {target}/{}: its data is not restored: no node agent runs in the cluster to write it (arca install --use-node-agent); the claim is left Pending: restore again into another namespace, or delete it and the pods that use it and restore again",
+                    v.pvc
+                ),
+            );
             continue;
         }
         let dd = csi::download(ns, restore, &location, v, &target);
@@ -1852,6 +1858,16 @@ async fn restore_volume_data(
     )
     .await?;
     *status = st.into_inner().expect("lock");
+    if downloads.len() < started as usize {
+        run.error(
+            None,
+            false,
+            format!(
+                "{} of the {started} DataDownloads of this restore are gone: their claims' data is not restored",
+                started as usize - downloads.len()
+            ),
+        );
+    }
     for d in &downloads {
         let st = d.status.clone().unwrap_or_default();
         let t = &d.spec.target_volume;

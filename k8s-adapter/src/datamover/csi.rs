@@ -534,6 +534,7 @@ where
     let mut canceled = false;
     let mut last = (-1, -1);
     let mut ready = false;
+    let mut failing = None;
     loop {
         tokio::select! {
             ev = events.next() => match ev {
@@ -542,11 +543,20 @@ where
                 // Retried with backoff; the store keeps what it had meanwhile.
                 Some(Err(e)) => {
                     tracing::warn!("watch {} of {selector}: {e}", K::plural(&()));
+                    failing = Some(e.to_string());
                     continue;
                 }
                 None => return Err(Error::Invalid(format!("the watch of {} of {selector} ended", K::plural(&())))),
             },
             _ = tokio::time::sleep_until(deadline) => {
+                // Never seen at all: an error, not an empty (and so "all ended") list.
+                if !ready {
+                    return Err(Error::Invalid(format!(
+                        "could not follow the {} of {selector}: {}",
+                        K::plural(&()),
+                        failing.unwrap_or_else(|| "no answer".into())
+                    )));
+                }
                 let items: Vec<K> = store.state().iter().map(|k| (**k).clone()).collect();
                 if canceled {
                     return Ok(items);

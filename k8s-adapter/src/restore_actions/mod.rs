@@ -39,9 +39,6 @@ pub struct Context {
     /// Claims whose data a DataDownload restores, by (target namespace, name): the label
     /// value of their selector (their new volume binds to them alone).
     pub moved_claims: BTreeMap<(String, String), String>,
-    /// Claims whose data only a DataDownload could restore, with no node agent to run it:
-    /// left out (the restore's errors say why).
-    pub unmoved_claims: BTreeSet<(String, String)>,
     /// Volumes restored under a new name (the rename rule), old name to new.
     pub renamed_pvs: BTreeMap<String, String>,
     /// Pods whose volumes a PodVolumeRestore writes, by (target namespace, pod): the

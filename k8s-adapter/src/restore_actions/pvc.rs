@@ -49,9 +49,6 @@ pub(super) fn transform(pvc: &mut Value, ctx: &Context) -> Verdict {
             .unwrap_or_default()
             .to_string(),
     );
-    if ctx.unmoved_claims.contains(&key) {
-        return Verdict::Skip("its data needs a node agent, and none runs".into());
-    }
     if let Some(value) = ctx.moved_claims.get(&key) {
         super::remove_at(pvc, "/spec", "volumeName");
         pvc["spec"]["selector"] =
@@ -135,19 +132,6 @@ mod tests {
             c["spec"]["selector"],
             json!({"matchLabels": {"arca.dev/dynamic-pv-restore": "sel-1"}})
         );
-    }
-
-    #[test]
-    fn a_claim_whose_data_no_agent_can_write_is_left_out() {
-        let mut ctx = Context::default();
-        ctx.unmoved_claims.insert(("app".into(), "data".into()));
-        assert!(matches!(
-            transform(&mut claim("pvc-123"), &ctx),
-            Verdict::Skip(_)
-        ));
-        let mut other = claim("pvc-124");
-        other["metadata"]["name"] = json!("logs");
-        assert!(matches!(transform(&mut other, &ctx), Verdict::Restore));
     }
 
     #[test]
