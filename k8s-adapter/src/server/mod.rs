@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod repositories;
 mod schedules;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -216,20 +217,57 @@ fn not_leading(ctx: &Ctx, what: &str) -> Result<()> {
 /// Where a waiting backup stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    /// Among the oldest `free` waiting: it may start.
+    /// It may start: a slot is free for it and no backup before it shares a namespace.
     Start,
-    /// Its place in the queue behind the free slots (1: next).
+    /// Its place in the queue (1: next).
     Wait(i64),
 }
 
-/// The queue rule: the backups waiting to start (New, Queued, no phase yet; not one the
-/// sync is creating, not one asked to cancel) in creation order (then name); the first
-/// `free` start. Pure, unit-tested.
+/// The namespaces a backup takes, of those in the cluster (Velero's namespacesForBackup:
+/// its includes and excludes resolved against the cluster's; none when they are invalid,
+/// validation fails it then).
+fn namespaces_of<'a>(b: &Backup, cluster: &'a [String]) -> BTreeSet<&'a str> {
+    let spec = &b.spec;
+    let inc = spec.included_namespaces.clone().unwrap_or_default();
+    let exc = spec.excluded_namespaces.clone().unwrap_or_default();
+    match crate::filter::NamespaceFilter::new(&inc, &exc) {
+        Ok(f) => cluster
+            .iter()
+            .filter(|n| f.includes(n))
+            .map(String::as_str)
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Whether the queue rule needs the cluster's namespaces for `name`: only when another
+/// backup runs or waits before it could it conflict.
+pub fn queue_contended<'a>(list: impl IntoIterator<Item = &'a Backup>, name: &str) -> bool {
+    list.into_iter().any(|b| {
+        b.name_any() != name
+            && (backup_phase(b).as_deref() == Some("InProgress")
+                || (backup_step(b) == Step::Run && b.spec.cancel != Some(true)))
+    })
+}
+
+/// The queue rule (Velero's backup queue controller): the backups waiting to start (New,
+/// Queued, no phase yet; not one the sync is creating, not one asked to cancel) in
+/// creation order (then name). One may start when a slot is free for it among the
+/// runnable ones before it, and no backup running (InProgress) or waiting before it
+/// takes one of its namespaces (Velero's detectNamespaceConflict: two backups of one
+/// namespace never run at once, and the earlier goes first). Pure, unit-tested.
 pub fn queue_place<'a>(
     list: impl IntoIterator<Item = &'a Backup>,
     name: &str,
     free: usize,
+    cluster_namespaces: &[String],
 ) -> Place {
+    let list: Vec<&Backup> = list.into_iter().collect();
+    let mut taken: BTreeSet<&str> = list
+        .iter()
+        .filter(|b| backup_phase(b).as_deref() == Some("InProgress"))
+        .flat_map(|b| namespaces_of(b, cluster_namespaces))
+        .collect();
     let mut waiting: Vec<&Backup> = list
         .into_iter()
         .filter(|b| backup_step(b) == Step::Run && b.spec.cancel != Some(true))
@@ -240,15 +278,21 @@ pub fn queue_place<'a>(
             b.name_any(),
         )
     });
-    let i = waiting
-        .iter()
-        .position(|b| b.name_any() == name)
-        .unwrap_or(waiting.len());
-    if i < free {
-        Place::Start
-    } else {
-        Place::Wait((i - free + 1) as i64)
+    let mut runnable = 0;
+    for (i, b) in waiting.iter().enumerate() {
+        let mine = namespaces_of(b, cluster_namespaces);
+        let free_of_conflict = mine.is_disjoint(&taken);
+        if b.name_any() == name {
+            return if free_of_conflict && runnable < free {
+                Place::Start
+            } else {
+                Place::Wait((i + 1 - runnable.min(free)).max(1) as i64)
+            };
+        }
+        runnable += usize::from(free_of_conflict);
+        taken.extend(mine);
     }
+    Place::Wait((waiting.len() + 1 - runnable.min(free)).max(1) as i64)
 }
 
 /// Mark a backup Queued at `n` (if that changed) and look again soon: a slot frees when
@@ -618,12 +662,26 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
                     (Vec::new(), l.items)
                 }
             };
-            let list = cached.iter().map(|b| &**b).chain(&listed);
+            let list = || cached.iter().map(|b| &**b).chain(&listed);
             // This one's own slot, if it got one, counts as free.
             let free = permit
                 .as_ref()
                 .map_or(0, |_| ctx.slots.available_permits() + 1);
-            match (queue_place(list, &name, free), permit) {
+            // The cluster's namespaces, for the namespace-conflict rule, read only when
+            // another backup runs or waits (Velero lists them at every look).
+            let namespaces = if queue_contended(list(), &name) {
+                Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+                    .list_metadata(&kube::api::ListParams::default())
+                    .await
+                    .map_err(|e| Error::kube("list namespaces", e))?
+                    .items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            match (queue_place(list(), &name, free, &namespaces), permit) {
                 (Place::Start, Some(p)) => p,
                 (Place::Wait(n), _) => return queued(&api, &b, n).await,
                 (Place::Start, None) => return queued(&api, &b, 1).await,
@@ -839,20 +897,22 @@ mod tests {
         }
     }
 
+    /// A Backup made at `secs`, in `phase`.
+    fn backup_at(name: &str, secs: i64, phase: Option<&str>) -> Backup {
+        let mut b = Backup::new(name, Default::default());
+        b.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+        ));
+        b.status = phase.map(|p| crate::crd::BackupStatus {
+            phase: Some(p.into()),
+            ..Default::default()
+        });
+        b
+    }
+
     #[test]
     fn waiting_backups_start_oldest_first_and_the_rest_know_their_place() {
-        let at = |name: &str, secs: i64, phase: Option<&str>| {
-            let mut b = Backup::new(name, Default::default());
-            b.metadata.creation_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
-                ));
-            b.status = phase.map(|p| crate::crd::BackupStatus {
-                phase: Some(p.into()),
-                ..Default::default()
-            });
-            b
-        };
+        let at = backup_at;
         let mut cancelled = at("cancelled", 0, None);
         cancelled.spec.cancel = Some(true);
         let list = vec![
@@ -863,12 +923,61 @@ mod tests {
             at("done", 5, Some("Completed")),
             cancelled,
         ];
-        assert_eq!(queue_place(&list, "a", 1), Place::Start);
-        assert_eq!(queue_place(&list, "b", 1), Place::Wait(1));
-        assert_eq!(queue_place(&list, "c", 1), Place::Wait(2));
-        assert_eq!(queue_place(&list, "a", 0), Place::Wait(1));
-        assert_eq!(queue_place(&list, "c", 3), Place::Start);
+        // Each of its own namespace (the running one too): no conflicts.
+        let list: Vec<Backup> = list
+            .into_iter()
+            .map(|mut b| {
+                b.spec.included_namespaces = Some(vec![format!("ns-{}", b.name_any())]);
+                b
+            })
+            .collect();
+        let nss: Vec<String> = ["running", "a", "b", "c", "done", "cancelled"]
+            .map(|n| format!("ns-{n}"))
+            .to_vec();
+        assert_eq!(queue_place(&list, "a", 1, &nss), Place::Start);
+        assert_eq!(queue_place(&list, "b", 1, &nss), Place::Wait(1));
+        assert_eq!(queue_place(&list, "c", 1, &nss), Place::Wait(2));
+        assert_eq!(queue_place(&list, "a", 0, &nss), Place::Wait(1));
+        assert_eq!(queue_place(&list, "c", 3, &nss), Place::Start);
         assert_eq!(step(Some("Queued")), Step::Run);
+    }
+
+    #[test]
+    fn backups_of_one_namespace_never_run_at_once_and_the_earlier_goes_first() {
+        let at = |name: &str, secs: i64, phase: Option<&str>, nss: &[&str]| {
+            let mut b = backup_at(name, secs, phase);
+            b.spec.included_namespaces = Some(nss.iter().map(|s| s.to_string()).collect());
+            b
+        };
+        let cluster: Vec<String> = ["app", "db", "web", "kube-system"]
+            .map(String::from)
+            .to_vec();
+        let list = vec![
+            at("running", 1, Some("InProgress"), &["app"]),
+            at("again", 10, Some("Queued"), &["app"]),
+            at("db", 20, None, &["db"]),
+            at("glob", 30, None, &["w*", "d*"]),
+            at("gone", 40, None, &["not-in-the-cluster"]),
+        ];
+        // Slots enough for all: the running backup's namespace holds "again" back; "db"
+        // starts; "glob" (db and web) waits behind "db"; a namespace the cluster does
+        // not have conflicts with nothing.
+        assert_eq!(queue_place(&list, "again", 4, &cluster), Place::Wait(1));
+        assert_eq!(queue_place(&list, "db", 4, &cluster), Place::Start);
+        assert_eq!(queue_place(&list, "glob", 4, &cluster), Place::Wait(2));
+        assert_eq!(queue_place(&list, "gone", 4, &cluster), Place::Start);
+        // One slot: the first runnable takes it, in order.
+        assert_eq!(queue_place(&list, "gone", 1, &cluster), Place::Wait(3));
+        // Every namespace (no includes, or "*") conflicts with any backup before it.
+        let all = vec![
+            at("running", 1, Some("InProgress"), &["db"]),
+            at("full", 10, None, &[]),
+            at("star", 20, None, &["*"]),
+        ];
+        assert_eq!(queue_place(&all, "full", 4, &cluster), Place::Wait(1));
+        assert_eq!(queue_place(&all, "star", 4, &cluster), Place::Wait(2));
+        assert!(queue_contended(&all, "full"));
+        assert!(!queue_contended(&all[1..2], "full"));
     }
 
     #[test]
