@@ -5093,6 +5093,30 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         table.contains("default-resources") && table.contains("vol-app"),
         "{table}"
     );
+    // One whose maintenance cannot run (its location does not exist): NotReady, saying why.
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: BackupRepository\nmetadata: {{name: vol-nowhere, namespace: {ins}}}\nspec:\n  volumeNamespace: {app}\n  backupStorageLocation: nowhere\n  maintenanceFrequency: 1s\n"
+        ),
+    )
+    .await;
+    let r = until(
+        &a,
+        REPO,
+        &ins,
+        "vol-nowhere",
+        "NotReady",
+        phase_is("NotReady"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nowhere")),
+        "{r:#}"
+    );
     let yaml = arca.ok(&a, &["repo", "get", "vol-app", "-o", "yaml"]);
     let r: Value = serde_yaml_ng::from_str(&yaml).unwrap();
     assert_eq!(r[0]["spec"]["volumeNamespace"], app.as_str(), "{yaml}");
