@@ -448,6 +448,10 @@ struct Ctx {
     backups: std::sync::OnceLock<kube::runtime::reflector::Store<Backup>>,
     /// When this replica last held the Lease (None: no leader election).
     held: Option<Arc<leader::Held>>,
+    /// The Schedule controller's view of its backups still running, by name: their
+    /// schedule's label value and phase (see `schedules::run`); pruned by each
+    /// schedule's reconcile.
+    schedule_backups: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 impl Ctx {
@@ -543,6 +547,7 @@ pub async fn run(
         ))),
         backups: std::sync::OnceLock::new(),
         held: elector.as_ref().map(|e| e.held()),
+        schedule_backups: Default::default(),
     });
     let sync = {
         let ctx = ctx.clone();

@@ -26,8 +26,9 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
     // list each): the phases of the backups still running are remembered, and a backup
     // not among them (new, or ended) wakes it. A running backup deleted outright (the
     // deletion refuses those; its watch event carries the phase it had) is seen by the
-    // plan's short requeue while a run is held back (`schedule::HELD_WAIT`).
-    let running: std::sync::Mutex<std::collections::HashMap<String, String>> = Default::default();
+    // plan's short requeue while a run is held back (`schedule::HELD_WAIT`), whose
+    // reconcile also forgets it here.
+    let seen = ctx.clone();
     let c = Controller::new(api, watcher::Config::default()).watches(
         backups,
         watcher::Config::default(),
@@ -35,13 +36,13 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
             let schedule = b.labels().get(SCHEDULE_NAME_LABEL)?.clone();
             let phase = b.status.as_ref().and_then(|s| s.phase.clone());
             let phase = phase.unwrap_or_default();
-            let mut m = running.lock().expect("lock");
+            let mut m = seen.schedule_backups.lock().expect("lock");
             let key = b.name_any();
-            if m.get(&key) == Some(&phase) {
+            if m.get(&key).is_some_and(|(_, p)| *p == phase) {
                 return None;
             }
             if matches!(phase.as_str(), "" | "New" | "Queued" | "InProgress") {
-                m.insert(key, phase);
+                m.insert(key, (schedule.clone(), phase));
             } else {
                 m.remove(&key);
             }
@@ -98,6 +99,15 @@ async fn reconcile(cached: Arc<Schedule>, ctx: Arc<Ctx>) -> Result<Action> {
         )
         .await
         .map_err(|e| Error::kube(format!("list backups of schedule {ns}/{name}"), e))?;
+    // Backups of this schedule remembered as running but gone (deleted while running,
+    // their deletion event carrying that phase) are forgotten.
+    {
+        let exists: std::collections::HashSet<String> =
+            list.items.iter().map(|b| b.name_any()).collect();
+        let mine = label_value(&name);
+        let mut m = ctx.schedule_backups.lock().expect("lock");
+        m.retain(|k, (s, _)| *s != mine || exists.contains(k));
+    }
     let now = Utc::now();
     let p = plan(
         &s,
