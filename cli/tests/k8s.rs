@@ -3640,10 +3640,7 @@ async fn pod_log_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stand_in_storage_snapshots_and_restores_claims_of_both_modes() {
     use arca_k8s::k8s_openapi::api::core::v1::Pod;
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
-        return;
-    };
-    let Some(root) = storage::serve(&a.kubeconfig) else {
+    let Some((a, root)) = storage_cluster().await else {
         return;
     };
     let arca = Arca::new("standin");
@@ -4293,18 +4290,32 @@ fn backup_yaml(ns: &str, name: &str, app: &str) -> String {
 }
 
 impl Arca {
-    /// `arca server` held at the pause point `point` until the returned file exists (a
-    /// stalled process that wakes up).
-    fn server_held(&self, c: &Cluster, lease: &str, point: &str) -> (Server, PathBuf) {
+    /// A file whose creation lets go a process held at pause point `point` (not there
+    /// yet).
+    fn go_on(&self, point: &str) -> PathBuf {
         let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{point}", self.suffix()));
         let _ = std::fs::remove_file(&go_on);
-        let s = self.server_with(
+        go_on
+    }
+
+    /// `arca server` (with `args`) held at the pause point `point` until the returned file
+    /// exists (a stalled process that wakes up).
+    fn server_held(
+        &self,
+        c: &Cluster,
+        lease: &str,
+        point: &str,
+        args: &[&str],
+    ) -> (Server, PathBuf) {
+        let go_on = self.go_on(point);
+        let s = self.server_args(
             c,
             lease,
             &[
                 ("ARCA_TEST_PAUSE_AT", point),
                 ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
             ],
+            args,
         );
         (s, go_on)
     }
@@ -4320,7 +4331,7 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
         return;
     };
     let backup = |name: &str| backup_yaml(&arca.ns, name, &app);
-    let (mut first, go_on) = arca.server_held(&a, "3s", "backup-collected");
+    let (mut first, go_on) = arca.server_held(&a, "3s", "backup-collected", &[]);
     first.wait_log("leading").await;
     let second = arca.server_with(&a, "3s", &[]);
     second.wait_log("waiting to lead").await;
@@ -4411,15 +4422,10 @@ async fn two_backups_run_at_once_but_never_two_of_one_namespace() {
     };
     let other = format!("{app}-b");
     apply(&a, &(ns(&other) + &cm(&other, "one", &[], "1"))).await;
-    let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-conc2", arca.suffix()));
-    let _ = std::fs::remove_file(&go_on);
-    let server = arca.server_args(
+    let (server, go_on) = arca.server_held(
         &a,
         "15s",
-        &[
-            ("ARCA_TEST_PAUSE_AT", "backup-collected"),
-            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
-        ],
+        "backup-collected",
         &["--concurrent-backups", "2"],
     );
     server.wait_log("leading").await;
@@ -4463,7 +4469,7 @@ async fn a_backup_changed_while_its_deletion_begins_is_judged_again() {
     let Some((a, arca, app)) = server_test("deljudge").await else {
         return;
     };
-    let (server, go_on) = arca.server_held(&a, "15s", "deletion-judged");
+    let (server, go_on) = arca.server_held(&a, "15s", "deletion-judged", &[]);
     server.wait_log("leading").await;
     apply(&a, &backup_yaml(&arca.ns, "judged", &app)).await;
     assert_eq!(
@@ -6504,22 +6510,17 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         )
         .await
         .unwrap();
-    let restore = |name: &str, target: &str| {
-        let mapping = format!("{app}:{target}");
-        [
-            "restore",
-            "create",
-            name,
-            "--from-backup",
-            "resumed",
-            "--namespace-mappings",
-            &mapping,
-        ]
-        .map(String::from)
-    };
     let (bare, filled) = (format!("{app}-r"), format!("{app}-r2"));
-    let args = restore("without-agent", &bare);
-    arca.expect(&a, 3, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let restore = |name: &str, target: &str, code: i32| {
+        let mapping = format!("{app}:{target}");
+        let from = ["--from-backup", "resumed", "--namespace-mappings", &mapping];
+        arca.expect(
+            &a,
+            code,
+            &[&["restore", "create", name][..], &from].concat(),
+        )
+    };
+    restore("without-agent", &bare, 3);
     let log = arca.ok(&a, &["restore", "logs", "without-agent"]);
     assert!(
         log.contains(&format!(
@@ -6553,8 +6554,7 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     };
     assert!(downloads("without-agent").await.is_empty());
     let _third = arca.node_agent(&a, &image, &[]);
-    let args = restore("with-agent", &filled);
-    arca.ok(&a, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    restore("with-agent", &filled, 0);
     wait_bound(&a, &filled, "data").await;
     let dds = downloads("with-agent").await;
     assert!(
@@ -6579,8 +6579,7 @@ async fn an_upload_queued_behind_another_does_not_time_out() {
     let Some((a, image, arca)) = volume_setting("queue", true).await else {
         return;
     };
-    let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-upload", arca.suffix()));
-    let _ = std::fs::remove_file(&go_on);
+    let go_on = arca.go_on("writer:index-written");
     const TIMEOUT: i64 = 30;
     let agent = arca.node_agent_with(
         &a,
@@ -6670,10 +6669,7 @@ async fn an_upload_queued_behind_another_does_not_time_out() {
 /// timeout), with no snapshot or DataUpload left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_node_agent_volume_data_is_refused_and_named() {
-    let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
-        return;
-    };
-    let Some(_root) = storage::serve(&a.kubeconfig) else {
+    let Some((a, _)) = storage_cluster().await else {
         return;
     };
     let arca = Arca::new("noagent");
@@ -6890,9 +6886,15 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
 /// with it at /data (Filesystem) or /dev/xvda (Block).
 /// A volume test's setting: cluster A with its storage stand-in served, the arca image,
 /// and Arca installed in a namespace of the test's own; None without a cluster.
-async fn volume_setting(name: &str, auto_server: bool) -> Option<(Cluster, String, Arca)> {
+/// Cluster A with the storage stand-in serving it (its root directory).
+async fn storage_cluster() -> Option<(Cluster, PathBuf)> {
     let a = cluster("ARCA_TEST_KUBECONFIG").await?;
-    storage::serve(&a.kubeconfig)?;
+    let root = storage::serve(&a.kubeconfig)?;
+    Some((a, root))
+}
+
+async fn volume_setting(name: &str, auto_server: bool) -> Option<(Cluster, String, Arca)> {
+    let (a, _) = storage_cluster().await?;
     let image = arca_image(&a);
     let arca = Arca {
         auto_server,

@@ -76,7 +76,6 @@ pub struct RunClaim<K> {
     name: String,
     /// "backup ns/name", for messages.
     what: String,
-    uid: String,
     token: String,
     /// The resourceVersion of the claim's last write; writes are serialised through it.
     rv: tokio::sync::Mutex<String>,
@@ -124,13 +123,11 @@ where
                 .await
             {
                 Ok(o) => {
-                    let (uid, _) = uid_and_token(&o);
                     let rv = o.meta().resource_version.clone().unwrap_or_default();
                     return Ok(Self {
                         api,
                         name,
                         what,
-                        uid,
                         token,
                         rv: tokio::sync::Mutex::new(rv),
                         claimed: o,
@@ -184,7 +181,8 @@ where
     fn still_ours(&self, fresh: Option<K>) -> Result<K> {
         let seen = fresh.as_ref().map(uid_and_token);
         let seen = seen.as_ref().map(|(u, t)| (u.as_str(), t.as_deref()));
-        let why = match holder(seen, &self.uid, &self.token) {
+        let uid = self.claimed.meta().uid.as_deref().unwrap_or_default();
+        let why = match holder(seen, uid, &self.token) {
             Holder::Us => return Ok(fresh.expect("present when ours")),
             Holder::Gone => format!("{} was deleted while this run went on", self.what),
             Holder::Replaced => format!(

@@ -303,6 +303,21 @@ impl Run {
         self.log.lock().expect("lock").line("info", msg);
     }
 
+    /// An error when fewer of the restore's `what` were seen at the end of the wait than
+    /// it started, saying what that leaves (`lost`).
+    fn gone(&self, seen: usize, started: usize, what: &str, lost: &str) {
+        if seen < started {
+            self.error(
+                None,
+                false,
+                format!(
+                    "{} of the {started} {what} of this restore are gone: {lost}",
+                    started - seen
+                ),
+            );
+        }
+    }
+
     fn error(&self, ns: Option<&str>, cluster: bool, msg: String) {
         self.log.lock().expect("lock").line("error", msg.clone());
         self.results
@@ -742,9 +757,10 @@ pub async fn run_restore(
     let mut ctx = action_context(client, ns, &spec, &refs, &read_item, &items).await?;
     ctx.restore_hooks = hook_specs.clone();
     let ruid = restore.metadata.uid.clone().unwrap_or_default();
+    // Only a node agent writes volume data back: asked once, when first needed.
+    let mut agents = crate::datamover::csi::AgentPresence::default();
     if !pod_volumes.is_empty() {
-        // Only a node agent writes them (given a moment to show itself, as for a backup).
-        let image = if crate::datamover::csi::agent_appears(client, ns).await? {
+        let image = if agents.runs(client, ns).await? {
             crate::datamover::podvolume::restore_wait_image(client, ns).await?
         } else {
             None
@@ -947,6 +963,7 @@ pub async fn run_restore(
             &moved,
             &mut status,
             cache_root,
+            &mut agents,
         )
         .await?;
     }
@@ -1687,16 +1704,12 @@ async fn wait_pod_volume_restores(
     let selector = format!("{RESTORE_UID}={}", restore.uid().unwrap_or_default());
     let done: Vec<crate::crd::PodVolumeRestore> =
         csi::wait_all(client, ns, &selector, expected, timeout, |_, _| async {}).await?;
-    if done.len() < expected {
-        run.error(
-            None,
-            false,
-            format!(
-                "{} of the {expected} PodVolumeRestores of this restore are gone: their volumes are not restored",
-                expected - done.len()
-            ),
-        );
-    }
+    run.gone(
+        done.len(),
+        expected,
+        "PodVolumeRestores",
+        "their volumes are not restored",
+    );
     for r in &done {
         let st = r.status.clone().unwrap_or_default();
         let phase = st.phase.unwrap_or_default();
@@ -1723,7 +1736,6 @@ async fn wait_pod_volume_restores(
     Ok(())
 }
 
-/// Restore one item and note what became of it, for `restore describe --details`.
 /// A DataDownload for each moved claim the restore created, waited on in phase
 /// WaitingForPluginOperations; a failed one is an error of the restore.
 #[allow(clippy::too_many_arguments)]
@@ -1738,6 +1750,7 @@ async fn restore_volume_data(
     moved: &[crate::datamover::MovedVolume],
     status: &mut RestoreStatus,
     cache_root: Option<&Path>,
+    agents: &mut crate::datamover::csi::AgentPresence,
 ) -> Result<()> {
     use crate::datamover::{RESTORE_UID, csi};
     let created: BTreeSet<(String, String)> = run
@@ -1780,9 +1793,6 @@ async fn restore_volume_data(
         Err(_) => stored.spec.storage_location.clone().unwrap_or_default(),
     };
     let mut started = 0;
-    // Whether a node agent runs to write the data, asked once, when the first claim
-    // needs it.
-    let mut agent: Option<bool> = None;
     for v in moved {
         let target = run.target_ns(&v.namespace);
         if !created.contains(&(target.clone(), v.pvc.clone())) {
@@ -1796,11 +1806,7 @@ async fn restore_volume_data(
         // operation timeout, 4 h, nothing having accepted it). The claim stays as made,
         // Pending with its selector, so that nothing provisions an empty volume for it
         // (a StatefulSet would, for a claim left out).
-        let running = match agent {
-            Some(r) => r,
-            None => *agent.insert(csi::agent_appears(client, ns).await?),
-        };
-        if !running {
+        if !agents.runs(client, ns).await? {
             run.error(
                 Some(&target),
                 false,
@@ -1858,16 +1864,12 @@ async fn restore_volume_data(
     )
     .await?;
     *status = st.into_inner().expect("lock");
-    if downloads.len() < started as usize {
-        run.error(
-            None,
-            false,
-            format!(
-                "{} of the {started} DataDownloads of this restore are gone: their claims' data is not restored",
-                started as usize - downloads.len()
-            ),
-        );
-    }
+    run.gone(
+        downloads.len(),
+        started as usize,
+        "DataDownloads",
+        "their claims' data is not restored",
+    );
     for d in &downloads {
         let st = d.status.clone().unwrap_or_default();
         let t = &d.spec.target_volume;
@@ -1898,6 +1900,7 @@ async fn restore_volume_data(
     Ok(())
 }
 
+/// Restore one item and note what became of it, for `restore describe --details`.
 async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, obj: Value) {
     let outcome = restore_one(run, d, &r, obj).await;
     let namespace = r.namespace.as_deref().map(|n| run.target_ns(n));

@@ -189,18 +189,28 @@ pub struct Moved {
 /// installed, its pod starting) before it gives up moving volume data.
 const AGENT_GRACE: Duration = Duration::from_secs(30);
 
-/// Whether a node agent runs, or shows itself within `AGENT_GRACE` (its Lease, renewed
-/// from its start).
-pub async fn agent_appears(client: &Client, ns: &str) -> Result<bool> {
-    let until = tokio::time::Instant::now() + AGENT_GRACE;
-    loop {
-        if super::agent::agent_running(client, ns, None).await? {
-            return Ok(true);
+/// Whether a node agent runs, asked once per backup or restore, when first needed.
+#[derive(Debug, Default)]
+pub struct AgentPresence(Option<bool>);
+
+impl AgentPresence {
+    /// Whether a node agent runs, or shows itself within `AGENT_GRACE` (its Lease, renewed
+    /// from its start); the first answer is kept.
+    pub async fn runs(&mut self, client: &Client, ns: &str) -> Result<bool> {
+        if let Some(r) = self.0 {
+            return Ok(r);
         }
-        if tokio::time::Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let until = tokio::time::Instant::now() + AGENT_GRACE;
+        let r = loop {
+            if super::agent::agent_running(client, ns, None).await? {
+                break true;
+            }
+            if tokio::time::Instant::now() >= until {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        Ok(*self.0.insert(r))
     }
 }
 
@@ -230,8 +240,7 @@ pub async fn start_uploads(
     let buid = backup.uid().unwrap_or_default();
     let bname = backup.name_any();
     let mut started = Vec::new();
-    // Whether any node agent runs, asked once, when the first upload is to be made.
-    let mut agents: Option<bool> = None;
+    let mut agents = AgentPresence::default();
     for c in claims {
         let who = format!("claim {}/{}", c.namespace, c.name);
         let du_name = upload_name(backup, c);
@@ -291,11 +300,7 @@ pub async fn start_uploads(
         };
         // Nobody would take the upload: Velero's waits its whole prepare timeout (30 min)
         // and leaves the snapshot to clean. Refused before any snapshot is taken.
-        let running = match agents {
-            Some(r) => r,
-            None => *agents.insert(agent_appears(client, ns).await?),
-        };
-        if !running {
+        if !agents.runs(client, ns).await? {
             moved.errors.push((
                 c.namespace.clone(),
                 format!(
@@ -523,7 +528,8 @@ where
             })
             .unwrap_or_default()
     };
-    let (store, writer) = reflector::store();
+    let (store, writer) = reflector::store::<K>();
+    let seen = || -> Vec<K> { store.state().iter().map(|k| (**k).clone()).collect() };
     let events = reflector(
         writer,
         watcher(api.clone(), watcher::Config::default().labels(selector)),
@@ -557,7 +563,7 @@ where
                         failing.unwrap_or_else(|| "no answer".into())
                     )));
                 }
-                let items: Vec<K> = store.state().iter().map(|k| (**k).clone()).collect();
+                let items = seen();
                 if canceled {
                     return Ok(items);
                 }
@@ -580,7 +586,7 @@ where
         if !ready {
             continue;
         }
-        let items: Vec<K> = store.state().iter().map(|k| (**k).clone()).collect();
+        let items = seen();
         let phases: Vec<String> = items.iter().map(phase_of).collect();
         let (done, failed, all) = tally(phases.iter().map(String::as_str));
         if (done, failed) != last {

@@ -240,14 +240,21 @@ fn namespaces_of<'a>(b: &Backup, cluster: &'a [String]) -> BTreeSet<&'a str> {
     }
 }
 
+/// A backup running (its namespaces taken), for the queue rule.
+fn running(b: &Backup) -> bool {
+    backup_phase(b).as_deref() == Some("InProgress")
+}
+
+/// A backup waiting to start, for the queue rule.
+fn waiting(b: &Backup) -> bool {
+    backup_step(b) == Step::Run && b.spec.cancel != Some(true)
+}
+
 /// Whether the queue rule needs the cluster's namespaces for `name`: only when another
-/// backup runs or waits before it could it conflict.
+/// backup runs or waits could it conflict.
 pub fn queue_contended<'a>(list: impl IntoIterator<Item = &'a Backup>, name: &str) -> bool {
-    list.into_iter().any(|b| {
-        b.name_any() != name
-            && (backup_phase(b).as_deref() == Some("InProgress")
-                || (backup_step(b) == Step::Run && b.spec.cancel != Some(true)))
-    })
+    list.into_iter()
+        .any(|b| b.name_any() != name && (running(b) || waiting(b)))
 }
 
 /// The queue rule (Velero's backup queue controller): the backups waiting to start (New,
@@ -265,13 +272,10 @@ pub fn queue_place<'a>(
     let list: Vec<&Backup> = list.into_iter().collect();
     let mut taken: BTreeSet<&str> = list
         .iter()
-        .filter(|b| backup_phase(b).as_deref() == Some("InProgress"))
+        .filter(|b| running(b))
         .flat_map(|b| namespaces_of(b, cluster_namespaces))
         .collect();
-    let mut waiting: Vec<&Backup> = list
-        .into_iter()
-        .filter(|b| backup_step(b) == Step::Run && b.spec.cancel != Some(true))
-        .collect();
+    let mut waiting: Vec<&Backup> = list.into_iter().filter(|b| waiting(b)).collect();
     waiting.sort_by_key(|b| {
         (
             b.metadata.creation_timestamp.clone().map(|t| t.0),
@@ -673,8 +677,9 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
                 .as_ref()
                 .map_or(0, |_| ctx.slots.available_permits() + 1);
             // The cluster's namespaces, for the namespace-conflict rule, read only when
-            // another backup runs or waits (Velero lists them at every look).
-            let namespaces = if queue_contended(list(), &name) {
+            // it could start and another backup runs or waits (Velero lists them at
+            // every look); without a free slot it waits whatever they are.
+            let namespaces = if free > 0 && queue_contended(list(), &name) {
                 Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
                     .list_metadata(&kube::api::ListParams::default())
                     .await
