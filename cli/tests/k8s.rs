@@ -108,6 +108,19 @@ impl Arca {
     }
 
     fn run(&self, c: &Cluster, args: &[&str]) -> Output {
+        let out = self.command(c, args).output().unwrap();
+        if self.auto_server
+            && out.status.success()
+            && args.contains(&"install")
+            && !args.contains(&"--dry-run")
+        {
+            self.ensure_server(c);
+        }
+        out
+    }
+
+    /// The command [`Arca::run`] runs, for a test that goes on while it runs.
+    fn command(&self, c: &Cluster, args: &[&str]) -> Command {
         let mut args = args.to_vec();
         // The CLI creates a backup or restore (or asks for a backup's deletion) and
         // returns; the tests follow each to its end, as `--wait` does.
@@ -138,15 +151,7 @@ impl Arca {
                 None => cmd.env_remove(k),
             };
         }
-        let out = cmd.output().unwrap();
-        if self.auto_server
-            && out.status.success()
-            && args.contains(&"install")
-            && !args.contains(&"--dry-run")
-        {
-            self.ensure_server(c);
-        }
-        out
+        cmd
     }
 
     /// An `arca server` for this test's namespace in cluster `c`, leading.
@@ -6553,9 +6558,90 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
         }
     };
     assert!(downloads("without-agent").await.is_empty());
-    let _third = arca.node_agent(&a, &image, &[]);
-    restore("with-agent", &filled, 0);
+    // The agent writing it is killed (-9) halfway through handing the written volume to
+    // the restored claim (Velero's RebindVolume): the restore claim deleted, the volume
+    // not yet pointed at the target. Its class deletes released volumes: it is retained
+    // there, and the next agent finishes the hand-over.
+    let mut third = arca.node_agent(
+        &a,
+        &image,
+        &[("ARCA_TEST_PAUSE_AT", "rebind-claim-deleted")],
+    );
+    let mapping = format!("{app}:{filled}");
+    let restoring = arca
+        .command(
+            &a,
+            &[
+                "restore",
+                "create",
+                "with-agent",
+                "--from-backup",
+                "resumed",
+                "--namespace-mappings",
+                &mapping,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    third.wait_log("paused at rebind-claim-deleted").await;
+    let dds = downloads("with-agent").await;
+    let pv_name = dds[0]["metadata"]["annotations"][arca_k8s::datamover::agent::WRITTEN]
+        .as_str()
+        .expect("the written volume recorded")
+        .to_string();
+    let pv_of = || {
+        get(
+            &a,
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            None,
+            &pv_name,
+        )
+    };
+    let pv = pv_of().await.expect("the written volume is there");
+    assert_eq!(
+        pv["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+        "{pv:#}"
+    );
+    third.kill();
+    let released = until_long(
+        &a,
+        ("v1", "PersistentVolume", "persistentvolumes"),
+        None,
+        &pv_name,
+        60,
+        |o| {
+            o.as_ref()
+                .is_some_and(|o| o["status"]["phase"] == "Released")
+        },
+    )
+    .await
+    .expect("released, not deleted");
+    assert_eq!(
+        released["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+        "{released:#}"
+    );
+    let _fourth = arca.node_agent(&a, &image, &[]);
+    let out = tokio::task::spawn_blocking(move || restoring.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_bound(&a, &filled, "data").await;
+    let pv = pv_of().await.unwrap();
+    assert_eq!(pv["spec"]["claimRef"]["namespace"], json!(filled), "{pv:#}");
+    assert_eq!(
+        pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+        "the class's policy is put back: {pv:#}"
+    );
     let dds = downloads("with-agent").await;
     assert!(
         dds.len() == 1 && dds[0]["status"]["phase"] == "Completed",
@@ -7288,7 +7374,55 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
         log.lines().any(|l| l == got),
         "the copy reads the backed-up data: {log} (want {got})"
     );
+
+    // Its deletion killed (-9) once the pod volume snapshots are forgotten, before the
+    // record: the Backup stays (Deleting) and the next leader ends the request, the record
+    // gone too (left, a sync would bring the backup back, naming data that is gone).
     drop(third);
+    let volume_snapshots = || arca.volume_snapshots(&a, &app).as_array().unwrap().len();
+    assert_eq!(volume_snapshots(), 2);
+    let mut deleting = arca.server_with(
+        &a,
+        "3s",
+        &[("ARCA_TEST_PAUSE_AT", "deletion-volumes-forgotten")],
+    );
+    deleting.wait_log("leading").await;
+    arca_k8s::manage::request_deletion(&a.client, &arca.ns, "conc")
+        .await
+        .unwrap();
+    deleting
+        .wait_log("paused at deletion-volumes-forgotten")
+        .await;
+    assert_eq!(volume_snapshots(), 0);
+    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "conc")
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["phase"], "Deleting", "{b:#}");
+    deleting.kill();
+    let fifth = arca.server_with(&a, "3s", &[]);
+    until_long(&a, BACKUP, Some(&arca.ns), "conc", 120, Option::is_none).await;
+    let records = arca.dir.path().join("bsl/resources");
+    let left = arca.ok(
+        &a,
+        &[
+            "--repo",
+            records.to_str().unwrap(),
+            "snapshot",
+            "list",
+            "--json",
+        ],
+    );
+    let left: Value = serde_json::from_str(&left).unwrap();
+    assert!(
+        !left
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["labels"]["arca.dev/backup-name"] == "conc"),
+        "the record is gone: {left:#}\n{}",
+        fifth.log()
+    );
+    drop(fifth);
     for n in [&app, &copy] {
         delete_namespace(&a, n).await;
     }

@@ -1037,7 +1037,7 @@ pub async fn wait_thaws(of: Option<&str>, limit: std::time::Duration) {
 
 /// Record the pods this run froze (none: forget them), through the run's claim: a run
 /// another has taken over never rewrites the newer run's list.
-async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Value]) {
+async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Value]) -> Result<()> {
     let v = (!pods.is_empty()).then(|| {
         let keys: Vec<String> = pods
             .iter()
@@ -1049,9 +1049,9 @@ async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Valu
         serde_json::to_string(&keys).expect("serializes")
     });
     let patch = serde_json::json!({"metadata": {"annotations": {FROZEN_ANNOTATION: v}}});
-    if let Err(e) = claim.patch(&patch).await {
-        tracing::warn!("backup {ns}/{name}: recording the pods its hooks froze: {e}");
-    }
+    claim.patch(&patch).await.map(drop).inspect_err(|e| {
+        tracing::warn!("backup {ns}/{name}: recording the pods its hooks freeze: {e}");
+    })
 }
 
 /// Run the post hooks of the pods a stopped run of this backup recorded as frozen (read
@@ -1097,7 +1097,7 @@ pub async fn thaw_recorded(
         &Default::default(),
     )
     .await;
-    set_frozen(claim, ns, name, &[]).await;
+    let _ = set_frozen(claim, ns, name, &[]).await;
     done.runs
         .iter()
         .map(|r| format!("post hooks of a stopped run, run now: {}", r.log_text()))
@@ -1140,7 +1140,7 @@ impl Drop for Thaw {
                     r.log_text()
                 );
             }
-            set_frozen(&claim, &ns, &name, &[]).await;
+            let _ = set_frozen(&claim, &ns, &name, &[]).await;
         });
         THAWS
             .lock()
@@ -1439,8 +1439,10 @@ pub async fn run_backup(
                 .is_empty()
         })
         .collect();
+    // Not recorded, nothing is frozen: a run taken over meanwhile (Superseded) stops
+    // here, and a pod frozen with no record could stay frozen after a kill -9.
     if !may_freeze.is_empty() {
-        set_frozen(claim, ns, name, &may_freeze).await;
+        set_frozen(claim, ns, name, &may_freeze).await?;
     }
     let _thaw = Thaw(
         client.clone(),
@@ -1549,7 +1551,8 @@ pub async fn run_backup(
     )
     .await;
     if !may_freeze.is_empty() {
-        set_frozen(claim, ns, name, &[]).await;
+        // Not forgotten (logged): the next run thaws them again, which a thaw tolerates.
+        let _ = set_frozen(claim, ns, name, &[]).await;
     }
     if !hook_runs.is_empty() {
         status.hook_status = Some(crate::hooks::status(&hook_runs));

@@ -698,6 +698,9 @@ pub async fn rebind(
     });
     if !to_target {
         clean_pod_and_claim(client, ns, name, false).await?;
+        // Killed here, the volume is Released and retained, bound to no claim: the next
+        // run finds it by the download's record and points it at the target.
+        crate::server::pause_point("rebind-claim-deleted").await;
         let targets: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), target_ns);
         let target = targets
             .get(target_pvc)
