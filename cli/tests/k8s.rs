@@ -1282,6 +1282,23 @@ async fn existing_resource_policy_none_and_update() {
         conf["metadata"]["labels"]["arca.dev/restore-name"],
         "pol-update"
     );
+    // Every item counts once processed, whether created, updated, found as it was or not
+    // updatable (Velero: itemsRestored = totalItems at the end).
+    let r = get(
+        &a,
+        "arca.dev/v1",
+        "Restore",
+        "restores",
+        Some(&arca.ns),
+        "pol-update",
+    )
+    .await
+    .unwrap();
+    let p = &r["status"]["progress"];
+    assert!(
+        p["totalItems"].as_i64().unwrap() > 3 && p["itemsRestored"] == p["totalItems"],
+        "{r:#}"
+    );
 
     // A bad policy is refused before anything happens.
     let out = arca.run(

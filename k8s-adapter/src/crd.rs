@@ -481,7 +481,8 @@ pub struct RestoreProgress {
     /// Items to restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_items: Option<i64>,
-    /// Items restored so far.
+    /// Items processed so far, whatever became of each (created, updated, existing,
+    /// skipped, failed), as Velero counts them: equal to `totalItems` once it has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items_restored: Option<i64>,
 }

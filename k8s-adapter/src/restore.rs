@@ -277,6 +277,7 @@ struct Run {
     status_includes: Option<(Vec<String>, Vec<String>)>,
     results: Mutex<Results>,
     log: Mutex<Log>,
+    /// Items processed so far (`status.progress.itemsRestored`).
     restored: std::sync::atomic::AtomicI64,
     /// What became of each item.
     items: Mutex<Vec<RestoredItem>>,
@@ -999,10 +1000,15 @@ pub async fn run_restore(
         .into(),
     );
     status.completion_timestamp = Some(now());
+    let (created, updated) = {
+        let items = run.items.lock().expect("lock");
+        let of = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
+        (of(Outcome::Created), of(Outcome::Updated))
+    };
     run.log.lock().expect("lock").line(
         "info",
         format!(
-            "restore finished: {} of {total} items restored, {} warnings, {} errors",
+            "restore finished: {} of {total} items processed ({created} created, {updated} updated), {} warnings, {} errors",
             run.restored.load(std::sync::atomic::Ordering::Relaxed),
             results.warnings.count(),
             results.errors.count()
@@ -1443,8 +1449,6 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
     let existing = loop {
         match create_with_retry(&api, &want).await {
             Ok(created) => {
-                run.restored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if gr == "pods" {
                     let pod = crate::crd::PodRef {
                         kind: Some("Pod".into()),
@@ -1512,8 +1516,6 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             }
             Ok(true) => {
                 run.info(format!("merged {what} into the existing one"));
-                run.restored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Outcome::Updated
             }
             Err(e) => {
@@ -1595,8 +1597,6 @@ async fn restore_one(run: &Run, d: &Discovery, r: &ItemRef, mut obj: Value) -> O
             .await
         {
             Ok(_) => {
-                run.restored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 run.info(format!("updated {what} to the backed-up version"));
                 Outcome::Updated
             }
@@ -1903,6 +1903,11 @@ async fn restore_volume_data(
 /// Restore one item and note what became of it, for `restore describe --details`.
 async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, obj: Value) {
     let outcome = restore_one(run, d, &r, obj).await;
+    // Every item processed counts, whatever became of it (Velero's processedItems, and
+    // its final itemsRestored = len(restoredItems): created, updated, existing, skipped,
+    // failed), so that a restore that ended shows all of its items.
+    run.restored
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let namespace = r.namespace.as_deref().map(|n| run.target_ns(n));
     run.items.lock().expect("lock").push(RestoredItem {
         item: ItemRef { namespace, ..r },
