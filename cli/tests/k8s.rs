@@ -1286,9 +1286,9 @@ async fn existing_resource_policy_none_and_update() {
     // updatable (Velero: itemsRestored = totalItems at the end).
     let r = get(
         &a,
-        "arca.dev/v1",
-        "Restore",
-        "restores",
+        RESTORE.0,
+        RESTORE.1,
+        RESTORE.2,
         Some(&arca.ns),
         "pol-update",
     )
@@ -1688,7 +1688,7 @@ async fn five_hundred_namespaces_backed_up_and_restored() {
     // Progress as the restore writes it, every write seen (a watch).
     let seen = tokio::spawn({
         use arca_k8s::kube::runtime::{WatchStreamExt, watcher};
-        let r = resource("arca.dev/v1", "Restore", "restores");
+        let r = resource(RESTORE.0, RESTORE.1, RESTORE.2);
         let api: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), &arca.ns, &r);
         async move {
             let mut seen: Vec<i64> = Vec::new();
@@ -4703,6 +4703,7 @@ async fn until(
 }
 
 const BACKUP: (&str, &str, &str) = ("arca.dev/v1", "Backup", "backups");
+const RESTORE: (&str, &str, &str) = ("arca.dev/v1", "Restore", "restores");
 const BSL: (&str, &str, &str) = (
     "arca.dev/v1",
     "BackupStorageLocation",
@@ -4852,14 +4853,9 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     until(&a, BACKUP, &ins, "old", "deleted", |o| o.is_none()).await;
     let out = arca.run(&a, &["backup", "logs", "old"]);
     assert_eq!(out.status.code(), Some(1), "the record went too");
-    until(
-        &a,
-        ("arca.dev/v1", "Restore", "restores"),
-        &ins,
-        "old-r",
-        "deleted with its backup",
-        |o| o.is_none(),
-    )
+    until(&a, RESTORE, &ins, "old-r", "deleted with its backup", |o| {
+        o.is_none()
+    })
     .await;
     let requests = list_json(
         &a,
@@ -5495,16 +5491,9 @@ async fn cancel_stops_a_running_backup_and_restore() {
     second.wait_log("paused at restore-started").await;
     let out = arca.ok(&a, &["restore", "cancel", "r", "--wait"]);
     assert!(out.contains("Restore r: Canceled"), "{out}");
-    let r = get(
-        &a,
-        "arca.dev/v1",
-        "Restore",
-        "restores",
-        Some(&arca.ns),
-        "r",
-    )
-    .await
-    .unwrap();
+    let r = get(&a, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "r")
+        .await
+        .unwrap();
     assert_eq!(r["status"]["phase"], "Canceled", "{r:#}");
     assert!(
         configmap(&a, &format!("{app}-copy"), "c").await.is_none(),
@@ -5523,17 +5512,10 @@ async fn cancel_stops_a_running_backup_and_restore() {
     )
     .await;
     let mut second = second;
-    until(
-        &a,
-        ("arca.dev/v1", "Restore", "restores"),
-        &arca.ns,
-        "r2",
-        "InProgress",
-        |o| {
-            o.as_ref()
-                .is_some_and(|o| o["status"]["phase"] == "InProgress")
-        },
-    )
+    until(&a, RESTORE, &arca.ns, "r2", "InProgress", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "InProgress")
+    })
     .await;
     second.kill();
     let third = arca.server_with(&a, "3s", &[]);
@@ -5543,17 +5525,10 @@ async fn cancel_stops_a_running_backup_and_restore() {
             arca.ns
         ))
         .await;
-    until(
-        &a,
-        ("arca.dev/v1", "Restore", "restores"),
-        &arca.ns,
-        "r2",
-        "Completed",
-        |o| {
-            o.as_ref()
-                .is_some_and(|o| o["status"]["phase"] == "Completed")
-        },
-    )
+    until(&a, RESTORE, &arca.ns, "r2", "Completed", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Completed")
+    })
     .await;
     assert_eq!(
         configmap(&a, &format!("{app}-again"), "c").await.unwrap()["data"]["v"],
@@ -6304,16 +6279,9 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     arca.ok(&a, &["restore", "create", "back", "--from-backup", "moved"]);
-    let r = get(
-        &a,
-        "arca.dev/v1",
-        "Restore",
-        "restores",
-        Some(&arca.ns),
-        "back",
-    )
-    .await
-    .unwrap();
+    let r = get(&a, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "back")
+        .await
+        .unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
     assert_eq!(r["status"]["restoreItemOperationsCompleted"], 2);
     let dds = list_json(
@@ -6890,16 +6858,9 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
     })
     .await;
     arca.ok(&b, &["restore", "create", "vol-r", "--from-backup", "vol"]);
-    let r = get(
-        &b,
-        "arca.dev/v1",
-        "Restore",
-        "restores",
-        Some(&arca.ns),
-        "vol-r",
-    )
-    .await
-    .unwrap();
+    let r = get(&b, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "vol-r")
+        .await
+        .unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}");
     assert_eq!(r["status"]["restoreItemOperationsCompleted"], 1);
     let pods_b: Api<Pod> = Api::namespaced(b.client.clone(), &app);
@@ -7159,9 +7120,9 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
     );
     let r = get(
         &a,
-        "arca.dev/v1",
-        "Restore",
-        "restores",
+        RESTORE.0,
+        RESTORE.1,
+        RESTORE.2,
         Some(&arca.ns),
         "fsb-back",
     )
@@ -7369,16 +7330,9 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
     );
     writer.kill();
     let fourth = arca.node_agent(&a, &image, &[]);
-    let r = until_long(
-        &a,
-        ("arca.dev/v1", "Restore", "restores"),
-        Some(&arca.ns),
-        "conc-back",
-        120,
-        ended,
-    )
-    .await
-    .unwrap();
+    let r = until_long(&a, RESTORE, Some(&arca.ns), "conc-back", 120, ended)
+        .await
+        .unwrap();
     assert_eq!(
         r["status"]["phase"],
         "Completed",
@@ -7929,16 +7883,9 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
         ),
     )
     .await;
-    let r = until_long(
-        &a,
-        ("arca.dev/v1", "Restore", "restores"),
-        Some(&arca.ns),
-        "hk-back",
-        300,
-        ended,
-    )
-    .await
-    .unwrap();
+    let r = until_long(&a, RESTORE, Some(&arca.ns), "hk-back", 300, ended)
+        .await
+        .unwrap();
     let rlogs = arca.ok(&a, &["restore", "logs", "hk-back"]);
     assert_eq!(
         r["status"]["phase"],
