@@ -1891,8 +1891,9 @@ async fn schedule_when(c: &Cluster, ns: &str, name: &str, done: impl Fn(&Value) 
 /// The Schedule controller: a new schedule backs up at once, then on its expression
 /// (`@every`), with names `<schedule>-<UTC timestamp>` and the template's spec; paused, it
 /// makes none; unpaused with --skip-immediately it records the skip; an invalid
-/// expression is FailedValidation (by the API) or refused (by the CLI); a schedule whose
-/// backup is still running makes no second one.
+/// expression is FailedValidation (by the API) or refused (by the CLI); runs missed
+/// while the server was away make one backup; a schedule whose backup is still running
+/// makes no second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
@@ -2075,6 +2076,69 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
         yaml.contains("name: yearly") && yaml.contains("name: bad"),
         "{yaml}"
     );
+
+    // Runs missed while the server was down make one backup, not one each: an hourly
+    // schedule (`TZ=`, a zone half an hour off UTC) whose last backup was five hours ago,
+    // as the server finds it after that long away. It backs up once at once, and its
+    // next run is the zone's next full hour (half past, in UTC), not another catch-up.
+    arca.ok(
+        &a,
+        &[
+            "schedule",
+            "create",
+            "missed",
+            "--schedule",
+            "TZ=Asia/Kolkata 0 * * * *",
+            "--include-namespaces",
+            &app,
+            "--paused",
+        ],
+    );
+    let schedules: Api<DynamicObject> = Api::namespaced_with(
+        a.client.clone(),
+        &arca.ns,
+        &resource("arca.dev/v1", "Schedule", "schedules"),
+    );
+    let long_ago = (chrono::Utc::now() - chrono::Duration::hours(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    schedules
+        .patch_status(
+            "missed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "lastBackup": long_ago } })),
+        )
+        .await
+        .unwrap();
+    arca.ok(&a, &["schedule", "unpause", "missed"]);
+    let s = schedule_when(&a, &arca.ns, "missed", |s| {
+        s["status"]["lastBackup"].is_string() && s["status"]["lastBackup"] != json!(long_ago)
+    })
+    .await;
+    let made = arca.json(
+        &a,
+        &["backup", "get", "-l", "arca.dev/schedule-name=missed"],
+    );
+    assert_eq!(
+        made.as_array().unwrap().len(),
+        1,
+        "one catch-up: {made:#}\n{s:#}"
+    );
+    let d = arca.ok(&a, &["schedule", "describe", "missed"]);
+    let next = d
+        .lines()
+        .find_map(|l| l.strip_prefix("Next run:"))
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%d %H:%M:%S UTC").ok())
+        .map(|t| t.and_utc())
+        .unwrap_or_else(|| panic!("{d}"));
+    let now = chrono::Utc::now();
+    assert!(
+        next > now
+            && next <= now + chrono::Duration::hours(1)
+            && chrono::Timelike::minute(&next) == 30
+            && chrono::Timelike::second(&next) == 0,
+        "next run {next} (now {now}):\n{d}"
+    );
+    arca.ok(&a, &["schedule", "delete", "missed", "--confirm"]);
 
     // No overlap: the server hangs in the first backup (a pause point); the schedule,
     // due every second, makes no second one meanwhile.
@@ -4083,8 +4147,8 @@ async fn wait_backup_phase(c: &Cluster, ns: &str, name: &str, want: &[&str]) -> 
 /// The operator: a Backup created with the API (as `kubectl apply` would) is run by
 /// `arca server`; of two replicas only the Lease's holder works; the leader killed with
 /// SIGKILL in the middle of a backup, the other takes over and runs it to completion (not
-/// Failed, unlike Velero, issue 4503); /metrics counts a success and a failure;
-/// /healthz and /readyz answer.
+/// Failed, unlike Velero, issue 4503); /metrics counts a success, a validation failure
+/// and a failure (a location broken since it was validated); /healthz and /readyz answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     let Some(a) = cluster("ARCA_TEST_KUBECONFIG").await else {
@@ -4174,17 +4238,50 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
         wait_backup_phase(&a, &arca.ns, "nowhere", &["FailedValidation", "Completed"]).await,
         "FailedValidation"
     );
+    // A backup whose location broke after its last validation (hourly here) runs and
+    // fails: Failed, counted as a failure, an event saying so.
+    let brittle = arca.dir.path().join("brittle");
+    apply(
+        &a,
+        &format!(
+            "apiVersion: arca.dev/v1\nkind: BackupStorageLocation\nmetadata: {{name: brittle, namespace: {}}}\nspec:\n  provider: local\n  objectStorage: {{bucket: \"{}\"}}\n  validationFrequency: 1h\n",
+            arca.ns,
+            brittle.display()
+        ),
+    )
+    .await;
+    until(&a, BSL, &arca.ns, "brittle", "Available", |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Available")
+    })
+    .await;
+    std::fs::remove_dir_all(&brittle).unwrap();
+    std::fs::write(&brittle, b"not a bucket").unwrap();
+    apply(&a, &backup("broken", Some("brittle"))).await;
+    assert_eq!(
+        wait_backup_phase(
+            &a,
+            &arca.ns,
+            "broken",
+            &["Failed", "FailedValidation", "Completed", "PartiallyFailed"]
+        )
+        .await,
+        "Failed"
+    );
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = http_get(&format!("{url}/metrics")).1;
-        if metrics.contains("arca_backup_validation_failure_total{schedule=\"\"} 1") {
+        if metrics.contains("arca_backup_validation_failure_total{schedule=\"\"} 1")
+            && metrics.contains("arca_backup_failure_total{schedule=\"\"} 1")
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     for line in [
-        "arca_backup_attempt_total{schedule=\"\"} 1",
+        "arca_backup_attempt_total{schedule=\"\"} 2",
         "arca_backup_success_total{schedule=\"\"} 1",
+        "arca_backup_failure_total{schedule=\"\"} 1",
         "arca_backup_validation_failure_total{schedule=\"\"} 1",
         "arca_backup_last_status{schedule=\"\"} 0",
     ] {
@@ -4195,6 +4292,11 @@ async fn the_server_runs_backups_and_its_standby_takes_over_after_kill_9() {
     assert!(
         reasons.contains("BackupStarted") && reasons.contains("BackupCompleted"),
         "events of by-api: {reasons:?}"
+    );
+    let reasons = event_reasons(&a, &arca.ns, "broken").await;
+    assert!(
+        reasons.contains("BackupFailed"),
+        "events of broken: {reasons:?}"
     );
 }
 
