@@ -1068,15 +1068,7 @@ pub async fn thaw_recorded(
         std::time::Duration::from_secs(600),
     )
     .await;
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let Ok(Some(b)) = api.get_opt(name).await else {
-        return Vec::new();
-    };
-    let Some(keys) = b
-        .annotations()
-        .get(FROZEN_ANNOTATION)
-        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
-    else {
+    let Some((b, keys)) = recorded_frozen(client, ns, name).await else {
         return Vec::new();
     };
     let specs = b.spec.hook_specs();
@@ -1104,6 +1096,34 @@ pub async fn thaw_recorded(
         .collect()
 }
 
+/// The Backup as it is now and the pods its annotation records as frozen (`ns/name`), if
+/// it exists and records any.
+async fn recorded_frozen(client: &Client, ns: &str, name: &str) -> Option<(Backup, Vec<String>)> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let b = api.get_opt(name).await.ok().flatten()?;
+    let keys = b
+        .annotations()
+        .get(FROZEN_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())?;
+    Some((b, keys))
+}
+
+/// The pods a dropped run froze that it still thaws itself. Taken over (or deleted and
+/// made again), the pods the Backup records now are the newer run's: it thaws what this
+/// run recorded as it begins, then freezes and records its own, so a thaw of them here
+/// could undo its freeze in the middle of its backup. Pure.
+fn still_mine_to_thaw(mine: Vec<Value>, superseded: bool, recorded: &[String]) -> Vec<Value> {
+    if !superseded {
+        return mine;
+    }
+    mine.into_iter()
+        .filter(|p| {
+            let (pns, pod) = crate::hooks::backup::key(p);
+            !recorded.contains(&format!("{pns}/{pod}"))
+        })
+        .collect()
+}
+
 /// Post hooks still owed when dropped (a canceled run): run on a task of their own for the
 /// pods still frozen, registered so that the next run and a stopping server wait for it.
 struct Thaw(
@@ -1125,6 +1145,15 @@ impl Drop for Thaw {
         let (ns, name) = (self.3.clone(), self.4.clone());
         let specs = std::mem::take(&mut self.5);
         let task = tokio::spawn(async move {
+            let superseded = matches!(claim.read().await, Err(Error::Superseded(_)));
+            let recorded = match superseded {
+                true => recorded_frozen(&client, &ns, &name)
+                    .await
+                    .map(|(_, keys)| keys)
+                    .unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let pods = still_mine_to_thaw(pods, superseded, &recorded);
             let refs: Vec<&Value> = pods.iter().collect();
             let done = crate::hooks::backup::run(
                 &client,
@@ -1674,6 +1703,39 @@ pub async fn run_backup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_taken_over_leaves_the_newer_runs_frozen_pods_alone() {
+        let pod =
+            |ns: &str, name: &str| serde_json::json!({"metadata": {"namespace": ns, "name": name}});
+        let mine = vec![pod("db", "db-0"), pod("db", "db-1")];
+        let names = |v: Vec<Value>| -> Vec<String> {
+            v.iter()
+                .map(|p| {
+                    let (ns, n) = crate::hooks::backup::key(p);
+                    format!("{ns}/{n}")
+                })
+                .collect()
+        };
+        // Still its own run (canceled, failed): every pod it froze.
+        let recorded = vec!["db/db-0".to_string()];
+        assert_eq!(
+            names(still_mine_to_thaw(mine.clone(), false, &recorded)),
+            ["db/db-0", "db/db-1"]
+        );
+        // Taken over: db-0 is recorded (by this run, for the newer one to thaw, or by the
+        // newer run, frozen by it): left to it. db-1 is no one else's.
+        assert_eq!(
+            names(still_mine_to_thaw(mine.clone(), true, &recorded)),
+            ["db/db-1"]
+        );
+        // Taken over and nothing recorded (the newer run thawed and froze nothing yet,
+        // or the Backup is gone): all of them.
+        assert_eq!(
+            names(still_mine_to_thaw(mine, true, &[])),
+            ["db/db-0", "db/db-1"]
+        );
+    }
 
     #[test]
     fn go_durations() {
