@@ -192,13 +192,22 @@ where
     now.as_ref().is_none_or(|o| step_of(o) != Step::Nothing)
 }
 
-/// Claim a backup (as just read) for a run that starts now ([`RunClaim`]), if it is
-/// still to run and this replica still leads.
-async fn claim_backup(ctx: &Ctx, api: &Api<Backup>, b: &Backup) -> Result<RunClaim<Backup>> {
-    let what = format!("backup {}/{}", ctx.opts.namespace, b.name_any());
+/// Claim a Backup or Restore (as just read, `kind` naming it in messages) for a run that
+/// starts now ([`RunClaim`]), if it is still to run and this replica still leads.
+async fn claim_run<K>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    o: &K,
+    kind: &str,
+    step_of: fn(&K) -> Step,
+) -> Result<RunClaim<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = format!("{kind} {}/{}", ctx.opts.namespace, o.name_any());
     not_leading(ctx, &what)?;
-    RunClaim::take(api.clone(), b.clone(), &what, |b| {
-        backup_step(b) != Step::Nothing
+    RunClaim::take(api.clone(), o.clone(), &what, |o| {
+        step_of(o) != Step::Nothing
     })
     .await
 }
@@ -647,7 +656,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     let run_again = backup_step(&b) == Step::RunAgain;
     // Cancelled before it started: it never takes a slot.
     if !run_again && b.spec.cancel == Some(true) {
-        let claim = claim_backup(&ctx, &api, &b).await?;
+        let claim = claim_run(&ctx, &api, &b, "backup", backup_step).await?;
         return end_canceled(&ctx, &claim, &b, "backup", backup_phase).await;
     }
 
@@ -701,7 +710,7 @@ async fn reconcile_backup(cached: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action> 
     // From here every write of this run is conditional on its claim: a replica that
     // takes over (this one stalled past its Lease) or a Backup made again under this
     // name ends this run's writes.
-    let claim = Arc::new(claim_backup(&ctx, &api, &b).await?);
+    let claim = Arc::new(claim_run(&ctx, &api, &b, "backup", backup_step).await?);
     if b.status
         .as_ref()
         .is_some_and(|s| s.queue_position.is_some())
@@ -808,14 +817,7 @@ async fn reconcile_restore(cached: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action
     let Some(r) = to_run(&api, "restore", ns, &name, restore_step).await? else {
         return Ok(Action::await_change());
     };
-    let what = format!("restore {ns}/{name}");
-    not_leading(&ctx, &what)?;
-    let claim = Arc::new(
-        RunClaim::take(api.clone(), r.clone(), &what, |r| {
-            restore_step(r) != Step::Nothing
-        })
-        .await?,
-    );
+    let claim = Arc::new(claim_run(&ctx, &api, &r, "restore", restore_step).await?);
     let schedule = restore_schedule(&ctx, &r).await;
     ctx.metrics.restore_started(&schedule);
     ctx.event(
