@@ -5200,11 +5200,25 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         .await
         .unwrap();
     let t0 = first["status"]["lastMaintenanceTime"].clone();
-    until(&a, REPO, &ins, "vol-app", "maintained again", |o| {
+    let again = until(&a, REPO, &ins, "vol-app", "maintained again", |o| {
         o.as_ref()
             .is_some_and(|o| o["status"]["lastMaintenanceTime"] != t0)
     })
-    .await;
+    .await
+    .unwrap();
+    // The first was full (never run), the next quick: full ones stay daily
+    // (`--full-repo-maintain-frequency`'s default) whatever the quick frequency.
+    assert_eq!(
+        again["status"]["lastFullMaintenanceTime"], first["status"]["lastFullMaintenanceTime"],
+        "{again:#}"
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("repository {ins}/vol-app: quick maintenance done")),
+        "{}",
+        server.log()
+    );
     assert!(
         arca.dir
             .path()
