@@ -4856,13 +4856,44 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         .await
         .unwrap();
     assert!(v["status"]["lastValidationTime"].is_string(), "{v:#}");
-
-    // A location whose store cannot be reached: Unavailable, and no backup goes there.
     let bsl = |name: &str, bucket: &str, extra: &str| {
         format!(
             "apiVersion: arca.dev/v1\nkind: BackupStorageLocation\nmetadata: {{name: {name}, namespace: {ins}}}\nspec:\n  provider: local\n  objectStorage: {{bucket: \"{bucket}\"}}\n{extra}"
         )
     };
+    // A location's own validationFrequency wins over the server's (1 s here): one
+    // checked hourly is validated once while the default one is validated again.
+    let hourly_dir = arca.dir.path().join("hourly");
+    apply(
+        &a,
+        &bsl(
+            "hourly",
+            hourly_dir.to_str().unwrap(),
+            "  validationFrequency: 1h\n",
+        ),
+    )
+    .await;
+    let hourly = until(&a, BSL, &ins, "hourly", "Available", phase_is("Available"))
+        .await
+        .unwrap();
+    let seen = until(&a, BSL, &ins, "default", "validated again", |o| {
+        o.as_ref().is_some_and(|o| {
+            o["status"]["lastValidationTime"].as_str()
+                > hourly["status"]["lastValidationTime"].as_str()
+        })
+    })
+    .await
+    .unwrap();
+    let now = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "hourly")
+        .await
+        .unwrap();
+    assert_eq!(
+        now["status"]["lastValidationTime"], hourly["status"]["lastValidationTime"],
+        "validated once in the hour\n{now:#}\n{seen:#}"
+    );
+    delete_namespaced(&a, BSL.0, BSL.1, BSL.2, &ins, "hourly").await;
+
+    // A location whose store cannot be reached: Unavailable, and no backup goes there.
     // Unavailable, its status saying why.
     let unavailable = |name: &'static str| {
         let (a, ins) = (&a, &ins);
