@@ -7083,6 +7083,21 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     .await
     .unwrap();
     assert!(b["status"]["snapshotId"].is_null(), "nothing stored: {b:#}");
+    // The namespace's volume repository, read as stored (no cache), checks clean down to
+    // the data the canceled move had uploaded.
+    let repo = arca.dir.path().join("bsl/volumes").join(&app);
+    let out = arca.ok(
+        &a,
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "repo",
+            "check",
+            "--read-data",
+            "--no-cache",
+        ],
+    );
+    eprintln!("check after the cancel: {out}");
     cleaned_up(&a, &arca.ns, &app, &du_name).await;
     assert!(
         agent.log().contains("Canceled") || agent.log().contains("canceled"),
