@@ -1232,7 +1232,16 @@ pub async fn process_deletion(
             }
             owns
         };
-        let mine = if owns { mine } else { Vec::new() };
+        let mut mine = if owns { mine } else { Vec::new() };
+        // The backup's own record last: it is what proves the Backup stands for these
+        // records (its UID), so a deletion killed halfway finds it again and forgets the
+        // restore records it left.
+        mine.sort_by_key(|id| {
+            snaps
+                .iter()
+                .find(|(s, _)| s == id)
+                .is_some_and(|(_, s)| s.tags.iter().any(|t| t == BACKUP_TAG))
+        });
         let mut report = DeleteReport::default();
         // Its volume data first: a deletion killed after the records went would leave
         // the volume snapshots with nothing naming them.
