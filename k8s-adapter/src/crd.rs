@@ -482,7 +482,8 @@ pub struct RestoreProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_items: Option<i64>,
     /// Items processed so far, whatever became of each (created, updated, existing,
-    /// skipped, failed), as Velero counts them: equal to `totalItems` once it has ended.
+    /// skipped, failed), as Velero's (`len(restoredItems)`): equal to `totalItems` once
+    /// it has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items_restored: Option<i64>,
 }

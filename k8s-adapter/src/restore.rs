@@ -1903,9 +1903,11 @@ async fn restore_volume_data(
 /// Restore one item and note what became of it, for `restore describe --details`.
 async fn restore_item(run: &Run, d: &Discovery, r: ItemRef, obj: Value) {
     let outcome = restore_one(run, d, &r, obj).await;
-    // Every item processed counts, whatever became of it (Velero's processedItems, and
-    // its final itemsRestored = len(restoredItems): created, updated, existing, skipped,
-    // failed), so that a restore that ended shows all of its items.
+    // Every item processed counts, whatever became of it (created, updated, existing,
+    // skipped, failed), as in Velero's itemsRestored = len(restoredItems) (restore.go,
+    // restoreItem), so that a restore that ended shows all of its items. Velero makes
+    // them equal by setting totalItems to that count at the end; here the items a
+    // restore leaves out never enter totalItems.
     run.restored
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let namespace = r.namespace.as_deref().map(|n| run.target_ns(n));
