@@ -8122,28 +8122,42 @@ async fn hooks_run_around_the_backup_and_while_pods_come_back() {
     }
 }
 
+/// Namespace `app` with a running pod `app` whose backup hooks (Arca's annotations) are
+/// `pre` and `post`.
+async fn hooked_pod(
+    c: &Cluster,
+    app: &str,
+    pre: [&str; 2],
+    post: [&str; 2],
+) -> Api<arca_k8s::k8s_openapi::api::core::v1::Pod> {
+    let cmd = |c: [&str; 2]| serde_json::to_string(&c).unwrap();
+    apply(
+        c,
+        &(ns(app)
+            + &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations:\n    pre.hook.backup.arca.dev/command: '{}'\n    post.hook.backup.arca.dev/command: '{}'\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'exec sleep 3600']\n",
+                cmd(pre),
+                cmd(post)
+            )),
+    )
+    .await;
+    let pods = Api::namespaced(c.client.clone(), app);
+    pod_running(&pods, "app").await;
+    pods
+}
+
 /// A backup canceled between its pre and post hooks (its server paused there) still runs
 /// the post hook before it is Canceled; one whose server is killed (-9) there is thawed by
 /// the next server's run of it before its pre hooks run again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_stopped_between_its_hooks_still_thaws_the_pod() {
-    use arca_k8s::k8s_openapi::api::core::v1::Pod;
     let Some((a, _image, arca)) = volume_setting("thaw", false).await else {
         return;
     };
     let mut server = arca.server_with(&a, "3s", &[("ARCA_TEST_PAUSE_AT", "backup-pre-hooks-run")]);
     server.wait_log("leading").await;
     let app = format!("thaw-{}", arca.suffix());
-    apply(
-        &a,
-        &(ns(&app)
-            + &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {app}\n  annotations:\n    pre.hook.backup.arca.dev/command: '[\"touch\",\"/tmp/frozen\"]'\n    post.hook.backup.arca.dev/command: '[\"rm\",\"/tmp/frozen\"]'\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: localhost/tools:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'exec sleep 3600']\n"
-            )),
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(a.client.clone(), &app);
-    pod_running(&pods, "app").await;
+    let pods = hooked_pod(&a, &app, ["touch", "/tmp/frozen"], ["rm", "/tmp/frozen"]).await;
     apply(
         &a,
         &format!(
@@ -8224,6 +8238,134 @@ async fn a_backup_stopped_between_its_hooks_still_thaws_the_pod() {
         "{logs}"
     );
     drop(next);
+    let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
+    nss.delete(&app, &DeleteParams::default()).await.unwrap();
+}
+
+/// A run taken over between its hooks (the test plays the run that took it over, by its
+/// claim and annotations): the pods the newer run's settled list names are left frozen
+/// (a thaw would undo the newer freeze mid-backup), and a pod the newer run failed to
+/// freeze because this run still held it (its pre hook `mkdir`, which fails on a frozen
+/// pod as `fsfreeze` does) is thawed once that list settles, not left frozen for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_taken_over_between_its_hooks_thaws_only_what_is_its_own() {
+    use arca_k8s::claim::RunClaim;
+    use arca_k8s::crd::Backup;
+    let Some((a, _image, arca)) = volume_setting("takeover", false).await else {
+        return;
+    };
+    let app = format!("takeover-{}", arca.suffix());
+    let pods = hooked_pod(&a, &app, ["mkdir", "/tmp/frozen"], ["rmdir", "/tmp/frozen"]).await;
+    let backups: Api<Backup> = Api::namespaced(a.client.clone(), &arca.ns);
+    let key = format!("[\"{app}/app\"]");
+    let frozen = || async { exec_out(&pods, "app", &["ls", "/tmp"]).await.trim() == "frozen" };
+    let annotate = |name: String, list: Option<String>, settled: Option<&'static str>| {
+        let backups = backups.clone();
+        async move {
+            let p = json!({ "metadata": { "annotations": {
+                "arca.dev/hooks-frozen": list,
+                "arca.dev/hooks-frozen-settled": settled,
+            }}});
+            backups
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .unwrap();
+        }
+    };
+    // A server of its own per backup, held after the pre hooks (the pod frozen, the list
+    // settled) until its resume file exists; the test then takes the backup over.
+    let taken_over = async |name: &str| {
+        let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{name}", arca.suffix()));
+        let _ = std::fs::remove_file(&go_on);
+        let server = arca.server_args(
+            &a,
+            "5s",
+            &[
+                ("ARCA_TEST_PAUSE_AT", "backup-pre-hooks-run"),
+                ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+            ],
+            &[],
+        );
+        server.wait_log("leading").await;
+        apply(&a, &backup_yaml(&arca.ns, name, &app)).await;
+        server.wait_log("paused at backup-pre-hooks-run").await;
+        assert!(frozen().await);
+        let b = backups.get(name).await.unwrap();
+        let recorded = |k: &str| b.annotations().get(k).cloned();
+        assert_eq!(
+            (
+                recorded("arca.dev/hooks-frozen"),
+                recorded("arca.dev/hooks-frozen-settled")
+            ),
+            (Some(key.clone()), Some("true".to_string())),
+            "settled after the pre hooks: {b:?}"
+        );
+        let newer = RunClaim::take(backups.clone(), b, "backup", |_: &Backup| true)
+            .await
+            .unwrap();
+        (server, go_on, newer)
+    };
+    // The server, leading, runs it again to its end, the pod thawed.
+    let ends_thawed = async |name: &str, mut server: Server, go_on: PathBuf| {
+        let b = until_long(&a, BACKUP, Some(&arca.ns), name, 120, ended)
+            .await
+            .unwrap();
+        assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", server.log());
+        assert!(!frozen().await, "{}", server.log());
+        server.kill();
+        let _ = std::fs::remove_file(&go_on);
+    };
+
+    // 1. The newer run began while this one still held the pod (its thaw of this run's
+    // list came before this run's freeze): its plan recorded, not settled.
+    let (server, go_on, newer) = taken_over("late").await;
+    annotate("late".into(), Some(key.clone()), None).await;
+    std::fs::write(&go_on, b"").unwrap();
+    server
+        .wait_log("waiting for the run that took it over to settle which it froze")
+        .await;
+    assert!(frozen().await, "nothing thawed before the list settles");
+    // Its pre hook fails on the pod this run holds frozen; it settles with nothing.
+    let mkdir = "mkdir /tmp/frozen 2>/dev/null && echo made || echo held";
+    assert_eq!(
+        exec_out(&pods, "app", &["sh", "-c", mkdir]).await.trim(),
+        "held"
+    );
+    annotate("late".into(), None, None).await;
+    let log = server
+        .wait_log(&format!(
+            "backup {}/late stopped before its post hooks; run now: post hook",
+            arca.ns
+        ))
+        .await;
+    assert!(
+        log.contains(&format!("backup {}/late: taken over: 0 frozen pod(s) left to the run that took it over, 1 thawed here", arca.ns))
+            && log.contains(&format!("of pod {app}/app (rmdir /tmp/frozen) succeeded")),
+        "{log}"
+    );
+    drop(newer);
+    ends_thawed("late", server, go_on).await;
+
+    // 2. The newer run thawed this run's list, froze the pod itself and settled: this
+    // run, woken, leaves it frozen.
+    let (server, go_on, newer) = taken_over("kept").await;
+    exec_out(&pods, "app", &["rmdir", "/tmp/frozen"]).await;
+    annotate("kept".into(), Some(key.clone()), None).await;
+    exec_out(&pods, "app", &["mkdir", "/tmp/frozen"]).await;
+    annotate("kept".into(), Some(key.clone()), Some("true")).await;
+    std::fs::write(&go_on, b"").unwrap();
+    let log = server
+        .wait_log(&format!("backup {}/kept: taken over: 1 frozen pod(s) left to the run that took it over, 0 thawed here", arca.ns))
+        .await;
+    assert!(
+        !log.contains(&format!(
+            "backup {}/kept stopped before its post hooks",
+            arca.ns
+        )),
+        "{log}"
+    );
+    drop(newer);
+    ends_thawed("kept", server, go_on).await;
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }

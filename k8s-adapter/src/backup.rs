@@ -1017,6 +1017,17 @@ async fn wait_volume_data(
 /// server killed) owes a thaw, read by the next run and by the cancel.
 pub const FROZEN_ANNOTATION: &str = "arca.dev/hooks-frozen";
 
+/// Set ("true") beside [`FROZEN_ANNOTATION`] once the run that wrote it has run its pre
+/// hooks: the list then names only the pods they left frozen, not every pod they might
+/// freeze. A run taken over trusts only such a list to say which pods are not its own to
+/// thaw.
+pub const FROZEN_SETTLED_ANNOTATION: &str = "arca.dev/hooks-frozen-settled";
+
+/// How long a run taken over waits for the newer run's list to settle before it thaws
+/// all it froze: under the 60 s a stopping server waits for its thaws.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Thaws running on tasks of their own (a dropped run's), by backup: the next run of the
 /// same backup, and a server stopping, wait for them.
 static THAWS: std::sync::Mutex<Vec<(String, tokio::task::JoinHandle<()>)>> =
@@ -1035,9 +1046,16 @@ pub async fn wait_thaws(of: Option<&str>, limit: std::time::Duration) {
     let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
 }
 
-/// Record the pods this run froze (none: forget them), through the run's claim: a run
-/// another has taken over never rewrites the newer run's list.
-async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Value]) -> Result<()> {
+/// Record the pods this run may freeze, or (`settled`, after its pre hooks) those it
+/// froze (none: forget them), through the run's claim: a run another has taken over
+/// never rewrites the newer run's list.
+async fn set_frozen(
+    claim: &RunClaim<Backup>,
+    ns: &str,
+    name: &str,
+    pods: &[Value],
+    settled: bool,
+) -> Result<()> {
     let v = (!pods.is_empty()).then(|| {
         let keys: Vec<String> = pods
             .iter()
@@ -1048,7 +1066,11 @@ async fn set_frozen(claim: &RunClaim<Backup>, ns: &str, name: &str, pods: &[Valu
             .collect();
         serde_json::to_string(&keys).expect("serializes")
     });
-    let patch = serde_json::json!({"metadata": {"annotations": {FROZEN_ANNOTATION: v}}});
+    let settled = (settled && v.is_some()).then_some("true");
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        FROZEN_ANNOTATION: v,
+        FROZEN_SETTLED_ANNOTATION: settled,
+    }}});
     claim.patch(&patch).await.map(drop).inspect_err(|e| {
         tracing::warn!("backup {ns}/{name}: recording the pods its hooks freeze: {e}");
     })
@@ -1068,7 +1090,7 @@ pub async fn thaw_recorded(
         std::time::Duration::from_secs(600),
     )
     .await;
-    let Some((b, keys)) = recorded_frozen(client, ns, name).await else {
+    let Some((b, Recorded { keys, .. })) = recorded_frozen(client, ns, name).await else {
         return Vec::new();
     };
     let specs = b.spec.hook_specs();
@@ -1089,39 +1111,62 @@ pub async fn thaw_recorded(
         &Default::default(),
     )
     .await;
-    let _ = set_frozen(claim, ns, name, &[]).await;
+    let _ = set_frozen(claim, ns, name, &[], false).await;
     done.runs
         .iter()
         .map(|r| format!("post hooks of a stopped run, run now: {}", r.log_text()))
         .collect()
 }
 
-/// The Backup as it is now and the pods its annotation records as frozen (`ns/name`), if
-/// it exists and records any.
-async fn recorded_frozen(client: &Client, ns: &str, name: &str) -> Option<(Backup, Vec<String>)> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let b = api.get_opt(name).await.ok().flatten()?;
-    let keys = b
-        .annotations()
-        .get(FROZEN_ANNOTATION)
-        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())?;
-    Some((b, keys))
+/// The pods a Backup's annotations record as frozen (`ns/name`).
+#[derive(Debug, Default)]
+struct Recorded {
+    keys: Vec<String>,
+    /// Written after the pre hooks: `keys` are frozen, not only planned.
+    settled: bool,
 }
 
-/// The pods a dropped run froze that it still thaws itself. Taken over (or deleted and
-/// made again), the pods the Backup records now are the newer run's: it thaws what this
-/// run recorded as it begins, then freezes and records its own, so a thaw of them here
-/// could undo its freeze in the middle of its backup. Pure.
-fn still_mine_to_thaw(mine: Vec<Value>, superseded: bool, recorded: &[String]) -> Vec<Value> {
-    if !superseded {
-        return mine;
+/// The Backup as it is now and the pods its annotation records as frozen, if it exists
+/// and records any.
+async fn recorded_frozen(client: &Client, ns: &str, name: &str) -> Option<(Backup, Recorded)> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    let b = api.get_opt(name).await.ok().flatten()?;
+    let a = b.annotations();
+    let keys = a
+        .get(FROZEN_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())?;
+    let settled = a.get(FROZEN_SETTLED_ANNOTATION).map(String::as_str) == Some("true");
+    Some((b, Recorded { keys, settled }))
+}
+
+/// The pods a dropped run froze that it still thaws itself, or None while it cannot
+/// tell yet. Its own run still (canceled, failed, or its claim unreadable: a pod left
+/// frozen stops its application, an early thaw only weakens a newer run's copy): all.
+/// Taken over (or deleted and made again), a settled list names pods that are the
+/// claim holder's to thaw: frozen by that run (its thaw of this run's list undid this
+/// run's freeze first), or this run's own list, which that run thaws as it begins; so
+/// they are left alone, since a thaw here could undo the newer run's freeze in the
+/// middle of its backup. A list not settled names pods the newer run may yet fail to
+/// freeze (this run holding them frozen): wait. No list: nobody else thaws them. Pure.
+fn still_mine_to_thaw(
+    mine: Vec<Value>,
+    superseded: bool,
+    recorded: Option<&Recorded>,
+) -> Option<Vec<Value>> {
+    let Some(r) = recorded.filter(|_| superseded) else {
+        return Some(mine);
+    };
+    if !r.settled {
+        return None;
     }
-    mine.into_iter()
-        .filter(|p| {
-            let (pns, pod) = crate::hooks::backup::key(p);
-            !recorded.contains(&format!("{pns}/{pod}"))
-        })
-        .collect()
+    Some(
+        mine.into_iter()
+            .filter(|p| {
+                let (pns, pod) = crate::hooks::backup::key(p);
+                !r.keys.contains(&format!("{pns}/{pod}"))
+            })
+            .collect(),
+    )
 }
 
 /// Post hooks still owed when dropped (a canceled run): run on a task of their own for the
@@ -1146,14 +1191,39 @@ impl Drop for Thaw {
         let specs = std::mem::take(&mut self.5);
         let task = tokio::spawn(async move {
             let superseded = matches!(claim.read().await, Err(Error::Superseded(_)));
-            let recorded = match superseded {
-                true => recorded_frozen(&client, &ns, &name)
-                    .await
-                    .map(|(_, keys)| keys)
-                    .unwrap_or_default(),
-                false => Vec::new(),
+            let waited = tokio::time::Instant::now();
+            let (froze, mut said) = (pods.len(), false);
+            let pods = loop {
+                let recorded = match superseded {
+                    true => recorded_frozen(&client, &ns, &name).await.map(|(_, r)| r),
+                    false => None,
+                };
+                match still_mine_to_thaw(pods.clone(), superseded, recorded.as_ref()) {
+                    Some(p) => break p,
+                    None if waited.elapsed() >= SETTLE_WAIT => {
+                        tracing::warn!(
+                            "backup {ns}/{name}: the run that took it over has not settled its frozen pods in {SETTLE_WAIT:?}: thawing all this run froze"
+                        );
+                        break pods;
+                    }
+                    None => {
+                        if !said {
+                            said = true;
+                            tracing::info!(
+                                "backup {ns}/{name}: taken over with pods frozen; waiting for the run that took it over to settle which it froze"
+                            );
+                        }
+                        tokio::time::sleep(SETTLE_POLL).await
+                    }
+                }
             };
-            let pods = still_mine_to_thaw(pods, superseded, &recorded);
+            if superseded {
+                tracing::info!(
+                    "backup {ns}/{name}: taken over: {} frozen pod(s) left to the run that took it over, {} thawed here",
+                    froze - pods.len(),
+                    pods.len()
+                );
+            }
             let refs: Vec<&Value> = pods.iter().collect();
             let done = crate::hooks::backup::run(
                 &client,
@@ -1169,7 +1239,7 @@ impl Drop for Thaw {
                     r.log_text()
                 );
             }
-            let _ = set_frozen(&claim, &ns, &name, &[]).await;
+            let _ = set_frozen(&claim, &ns, &name, &[], false).await;
         });
         THAWS
             .lock()
@@ -1471,7 +1541,7 @@ pub async fn run_backup(
     // Not recorded, nothing is frozen: a run taken over meanwhile (Superseded) stops
     // here, and a pod frozen with no record could stay frozen after a kill -9.
     if !may_freeze.is_empty() {
-        set_frozen(claim, ns, name, &may_freeze).await?;
+        set_frozen(claim, ns, name, &may_freeze, false).await?;
     }
     let _thaw = Thaw(
         client.clone(),
@@ -1527,6 +1597,12 @@ pub async fn run_backup(
             c.results.errors.add(Some(pns), false, e);
         }
     }
+    // Settled: the pods the pre hooks left frozen. Not written (logged), the list stays
+    // the larger one, which a run taken over waits on, then thaws all it froze.
+    if !may_freeze.is_empty() {
+        let now_frozen = frozen.lock().expect("lock").clone();
+        let _ = set_frozen(claim, ns, name, &now_frozen, true).await;
+    }
     // Post hooks of the pods backed up, and of left-out pods an earlier pre hook froze.
     let mut post_pods = pods_of(&c);
     for p in frozen.lock().expect("lock").iter() {
@@ -1565,6 +1641,11 @@ pub async fn run_backup(
             }
             Ok(_) => Ok(Vec::new()),
         };
+    // Taken over meanwhile (stalled past its Lease), the newer run may have frozen these
+    // pods again: dropped here, the run thaws only what is still its own (`Thaw`).
+    if let Err(e @ Error::Superseded(_)) = claim.read().await {
+        return Err(e);
+    }
     // Post hooks, whatever became of the volumes: an application frozen by its pre hook
     // is thawed even when the backup fails (Velero skips them then); also a left-out pod
     // whose earlier pre hooks succeeded.
@@ -1581,7 +1662,7 @@ pub async fn run_backup(
     .await;
     if !may_freeze.is_empty() {
         // Not forgotten (logged): the next run thaws them again, which a thaw tolerates.
-        let _ = set_frozen(claim, ns, name, &[]).await;
+        let _ = set_frozen(claim, ns, name, &[], false).await;
     }
     if !hook_runs.is_empty() {
         status.hook_status = Some(crate::hooks::status(&hook_runs));
@@ -1717,23 +1798,33 @@ mod tests {
                 })
                 .collect()
         };
-        // Still its own run (canceled, failed): every pod it froze.
-        let recorded = vec!["db/db-0".to_string()];
+        let recorded = |settled| Recorded {
+            keys: vec!["db/db-0".to_string()],
+            settled,
+        };
+        // Still its own run (canceled, failed, its claim unreadable): every pod it froze.
         assert_eq!(
-            names(still_mine_to_thaw(mine.clone(), false, &recorded)),
-            ["db/db-0", "db/db-1"]
+            still_mine_to_thaw(mine.clone(), false, Some(&recorded(true))).map(names),
+            Some(vec!["db/db-0".to_string(), "db/db-1".to_string()])
         );
-        // Taken over: db-0 is recorded (by this run, for the newer one to thaw, or by the
-        // newer run, frozen by it): left to it. db-1 is no one else's.
+        // Taken over, the list settled: db-0 is recorded (by this run, for the newer one
+        // to thaw as it begins, or by the newer run, frozen by it): left to it. db-1 is
+        // no one else's.
         assert_eq!(
-            names(still_mine_to_thaw(mine.clone(), true, &recorded)),
-            ["db/db-1"]
+            still_mine_to_thaw(mine.clone(), true, Some(&recorded(true))).map(names),
+            Some(vec!["db/db-1".to_string()])
+        );
+        // Taken over, the newer run still in its pre hooks: db-0 may be one its pre hook
+        // fails on, this run holding it frozen; nobody would thaw it: not decided yet.
+        assert_eq!(
+            still_mine_to_thaw(mine.clone(), true, Some(&recorded(false))),
+            None
         );
         // Taken over and nothing recorded (the newer run thawed and froze nothing yet,
-        // or the Backup is gone): all of them.
+        // froze nothing, or the Backup is gone): all of them.
         assert_eq!(
-            names(still_mine_to_thaw(mine, true, &[])),
-            ["db/db-0", "db/db-1"]
+            still_mine_to_thaw(mine, true, None).map(names),
+            Some(vec!["db/db-0".to_string(), "db/db-1".to_string()])
         );
     }
 
