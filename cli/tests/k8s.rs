@@ -2114,14 +2114,31 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
         s["status"]["lastBackup"].is_string() && s["status"]["lastBackup"] != json!(long_ago)
     })
     .await;
-    let made = arca.json(
-        &a,
-        &["backup", "get", "-l", "arca.dev/schedule-name=missed"],
-    );
+    let made = || {
+        arca.json(
+            &a,
+            &["backup", "get", "-l", "arca.dev/schedule-name=missed"],
+        )
+    };
+    let one = made();
     assert_eq!(
-        made.as_array().unwrap().len(),
+        one.as_array().unwrap().len(),
         1,
-        "one catch-up: {made:#}\n{s:#}"
+        "one catch-up: {one:#}\n{s:#}"
+    );
+    // Still one after it ended (the schedule wakes when one of its backups ends, and a
+    // second catch-up would be made then).
+    let first = one[0]["metadata"]["name"].as_str().unwrap();
+    let ends = ["Completed", "Failed", "PartiallyFailed"];
+    assert_eq!(
+        wait_backup_phase(&a, &arca.ns, first, &ends).await,
+        "Completed"
+    );
+    let again = made();
+    assert_eq!(
+        again.as_array().unwrap().len(),
+        1,
+        "one catch-up, also after it ended: {again:#}"
     );
     let d = arca.ok(&a, &["schedule", "describe", "missed"]);
     let next = d
@@ -7084,9 +7101,10 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     .unwrap();
     assert!(b["status"]["snapshotId"].is_null(), "nothing stored: {b:#}");
     // The namespace's volume repository, read as stored (no cache), checks clean down to
-    // the data the canceled move had uploaded.
+    // the data the canceled move had uploaded: indexed as it stopped (for a run again to
+    // reuse), every pack read back.
     let repo = arca.dir.path().join("bsl/volumes").join(&app);
-    let out = arca.ok(
+    let check = arca.json(
         &a,
         &[
             "--repo",
@@ -7097,7 +7115,11 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
             "--no-cache",
         ],
     );
-    eprintln!("check after the cancel: {out}");
+    assert_eq!(check["ok"], true, "{check:#}");
+    assert_eq!(check["snapshots"], 0, "{check:#}");
+    let packs = check["packs"].as_u64().unwrap();
+    assert!(packs > 0 && check["packs_read"] == packs, "{check:#}");
+    assert_eq!(check["unindexed_packs"], json!([]), "{check:#}");
     cleaned_up(&a, &arca.ns, &app, &du_name).await;
     assert!(
         agent.log().contains("Canceled") || agent.log().contains("canceled"),
@@ -7781,8 +7803,21 @@ async fn cleaned_up(c: &Cluster, install_ns: &str, app: &str, du_name: &str) {
         Option::is_none,
     )
     .await;
+    // Deleted by then; the snapshot controller's finalizer may hold one a moment longer.
     for n in [app, install_ns] {
-        let left = list_json(c, VOLUME_SNAPSHOT, Some(n), "").await;
+        let mut left = Vec::new();
+        for _ in 0..300 {
+            left = list_json(c, VOLUME_SNAPSHOT, Some(n), "").await;
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                left.iter()
+                    .all(|s| s["metadata"]["deletionTimestamp"].is_string()),
+                "snapshots left in {n}, not deleted: {left:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert!(left.is_empty(), "snapshots left in {n}: {left:#?}");
     }
 }
