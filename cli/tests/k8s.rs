@@ -8389,18 +8389,20 @@ async fn a_run_taken_over_between_its_hooks_thaws_only_what_is_its_own() {
     exec_out(&pods, "app", &["mkdir", "/tmp/frozen"]).await;
     annotate("kept".into(), Some(key.clone()), Some("true")).await;
     std::fs::write(&go_on, b"").unwrap();
-    let log = server
+    server
         .wait_log(&format!("backup {}/kept: taken over: 1 frozen pod(s) left to the run that took it over, 0 thawed here", arca.ns))
         .await;
-    assert!(
-        !log.contains(&format!(
-            "backup {}/kept stopped before its post hooks",
-            arca.ns
-        )),
-        "{log}"
-    );
     drop(newer);
     ends_thawed("kept", server, go_on).await;
+    // The server's run again inherited the list and found the pod still frozen: its
+    // `rmdir` succeeded (it fails on a pod the old run had thawed).
+    let logs = arca.ok(&a, &["backup", "logs", "kept"]);
+    let inherited = format!("of pod {app}/app (rmdir /tmp/frozen) succeeded");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("post hooks of a stopped run, run now") && l.contains(&inherited)),
+        "{logs}"
+    );
     let nss: Api<arca_k8s::k8s_openapi::api::core::v1::Namespace> = Api::all(a.client.clone());
     nss.delete(&app, &DeleteParams::default()).await.unwrap();
 }

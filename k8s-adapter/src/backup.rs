@@ -1024,8 +1024,13 @@ pub const FROZEN_ANNOTATION: &str = "arca.dev/hooks-frozen";
 pub const FROZEN_SETTLED_ANNOTATION: &str = "arca.dev/hooks-frozen-settled";
 
 /// How long a run taken over waits for the newer run's list to settle before it thaws
-/// all it froze: under the 60 s a stopping server waits for its thaws.
-const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+/// all it froze. A server that lost its Lease waits this much longer for its thaws; one
+/// told to stop cuts the wait short ([`cut_settle_waits`]).
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// Set as the server is told to stop: thaws waiting for a newer run's list thaw all at
+/// once rather than die with the process, leaving pods frozen that no list names.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Thaws running on tasks of their own (a dropped run's), by backup: the next run of the
@@ -1044,6 +1049,11 @@ pub async fn wait_thaws(of: Option<&str>, limit: std::time::Duration) {
         mine.into_iter().map(|(_, h)| h).collect()
     };
     let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
+}
+
+/// Thaws waiting for a newer run's list thaw all they froze now (a server told to stop).
+pub fn cut_settle_waits() {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Record the pods this run may freeze, or (`settled`, after its pre hooks) those it
@@ -1090,6 +1100,10 @@ pub async fn thaw_recorded(
         std::time::Duration::from_secs(600),
     )
     .await;
+    // Taken over (a canceled run's cancel arriving late): the list is the newer run's.
+    if let Err(Error::Superseded(_)) = claim.read().await {
+        return Vec::new();
+    }
     let Some((b, Recorded { keys, .. })) = recorded_frozen(client, ns, name).await else {
         return Vec::new();
     };
@@ -1200,9 +1214,12 @@ impl Drop for Thaw {
                 };
                 match still_mine_to_thaw(pods.clone(), superseded, recorded.as_ref()) {
                     Some(p) => break p,
-                    None if waited.elapsed() >= SETTLE_WAIT => {
+                    None if waited.elapsed() >= SETTLE_WAIT
+                        || STOPPING.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
                         tracing::warn!(
-                            "backup {ns}/{name}: the run that took it over has not settled its frozen pods in {SETTLE_WAIT:?}: thawing all this run froze"
+                            "backup {ns}/{name}: the run that took it over has not settled its frozen pods (waited {:?}, at most {SETTLE_WAIT:?}, less when stopping): thawing all this run froze",
+                            waited.elapsed()
                         );
                         break pods;
                     }

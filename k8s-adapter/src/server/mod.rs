@@ -593,8 +593,17 @@ pub async fn run(
         _ = &mut shutdown => Ok(()),
     };
     // Post hooks of canceled backups still running end before another leader may start
-    // (bounded: a hook hanging with no timeout must not hold the Lease forever).
-    crate::backup::wait_thaws(None, Duration::from_secs(60)).await;
+    // (bounded: a hook hanging with no timeout must not hold the Lease forever). With
+    // the Lease lost there is none to hold: a run taken over may wait for the newer
+    // run's list first. Told to stop, the thaws wait for no list.
+    let limit = match &result {
+        Err(_) => crate::backup::SETTLE_WAIT + Duration::from_secs(60),
+        Ok(()) => {
+            crate::backup::cut_settle_waits();
+            Duration::from_secs(60)
+        }
+    };
+    crate::backup::wait_thaws(None, limit).await;
     if result.is_ok()
         && let Some(e) = elector.as_mut()
     {
