@@ -326,9 +326,7 @@ fn resource(api_version: &str, kind: &str, plural: &str) -> arca_k8s::kube::api:
 /// An object as JSON, or None.
 async fn get(
     c: &Cluster,
-    api_version: &str,
-    kind: &str,
-    plural: &str,
+    (api_version, kind, plural): (&str, &str, &str),
     ns: Option<&str>,
     name: &str,
 ) -> Option<Value> {
@@ -344,14 +342,12 @@ async fn get(
 }
 
 async fn configmap(c: &Cluster, ns: &str, name: &str) -> Option<Value> {
-    get(c, "v1", "ConfigMap", "configmaps", Some(ns), name).await
+    get(c, ("v1", "ConfigMap", "configmaps"), Some(ns), name).await
 }
 
 async fn delete_namespaced(
     c: &Cluster,
-    api_version: &str,
-    kind: &str,
-    plural: &str,
+    (api_version, kind, plural): (&str, &str, &str),
     ns: &str,
     name: &str,
 ) {
@@ -372,9 +368,7 @@ async fn wait_bound(c: &Cluster, ns: &str, name: &str) {
     for _ in 0..300 {
         if let Some(pvc) = get(
             c,
-            "v1",
-            "PersistentVolumeClaim",
-            "persistentvolumeclaims",
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             Some(ns),
             name,
         )
@@ -953,9 +947,11 @@ spec:
     assert!(
         get(
             &b,
-            "apiextensions.k8s.io/v1",
-            "CustomResourceDefinition",
-            "customresourcedefinitions",
+            (
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions"
+            ),
             None,
             &crd_name
         )
@@ -991,9 +987,7 @@ spec:
     for i in 0..3 {
         let w = get(
             &b,
-            &format!("{group}/v1"),
-            "Widget",
-            "widgets",
+            (&format!("{group}/v1"), "Widget", "widgets"),
             Some("crd-ns"),
             &format!("w{i}"),
         )
@@ -1003,9 +997,11 @@ spec:
     }
     let crd_b = get(
         &b,
-        "apiextensions.k8s.io/v1",
-        "CustomResourceDefinition",
-        "customresourcedefinitions",
+        (
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
         None,
         &crd_name,
     )
@@ -1099,9 +1095,11 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     }
     delete_namespaced(
         &a,
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "rolebindings",
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
         "rbac-ns",
         "reader",
     )
@@ -1121,9 +1119,11 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     );
     let crb = get(
         &a,
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRoleBinding",
-        "clusterrolebindings",
+        (
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        ),
         None,
         "rbac-test-viewer",
     )
@@ -1133,9 +1133,11 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     assert!(
         get(
             &a,
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRole",
-            "clusterroles",
+            (
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                "clusterroles"
+            ),
             None,
             "rbac-test-viewer"
         )
@@ -1146,9 +1148,11 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     assert!(
         get(
             &a,
-            "rbac.authorization.k8s.io/v1",
-            "RoleBinding",
-            "rolebindings",
+            (
+                "rbac.authorization.k8s.io/v1",
+                "RoleBinding",
+                "rolebindings"
+            ),
             Some("rbac-ns"),
             "reader"
         )
@@ -1161,9 +1165,11 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: rbac-ns}]
     );
     let rb = get(
         &a,
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "rolebindings",
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
         Some("rbac-ns"),
         "reader",
     )
@@ -1196,7 +1202,7 @@ async fn existing_resource_policy_none_and_update() {
         "pol-ns",
     );
     if cms.get_opt("frozen").await.unwrap().is_some() {
-        delete_namespaced(&a, "v1", "ConfigMap", "configmaps", "pol-ns", "frozen").await;
+        delete_namespaced(&a, ("v1", "ConfigMap", "configmaps"), "pol-ns", "frozen").await;
     }
     apply(&a, &frozen("backed-up")).await;
     arca.ok(
@@ -1204,7 +1210,7 @@ async fn existing_resource_policy_none_and_update() {
         &["backup", "create", "pol", "--include-namespaces", "pol-ns"],
     );
     // The cluster moves on.
-    delete_namespaced(&a, "v1", "ConfigMap", "configmaps", "pol-ns", "frozen").await;
+    delete_namespaced(&a, ("v1", "ConfigMap", "configmaps"), "pol-ns", "frozen").await;
     apply(&a, &frozen("replaced")).await;
     apply(&a, &(cm("pol-ns", "conf", &[("v", "2")], "changed") + "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: pol-ns}\nimagePullSecrets: [{name: in-cluster}]\n---\n")).await;
 
@@ -1233,9 +1239,7 @@ async fn existing_resource_policy_none_and_update() {
     // The service account is merged all the same (Velero's rule).
     let sa = get(
         &a,
-        "v1",
-        "ServiceAccount",
-        "serviceaccounts",
+        ("v1", "ServiceAccount", "serviceaccounts"),
         Some("pol-ns"),
         "sa",
     )
@@ -1284,16 +1288,9 @@ async fn existing_resource_policy_none_and_update() {
     );
     // Every item counts once processed, whether created, updated, found as it was or not
     // updatable (Velero: itemsRestored = totalItems at the end).
-    let r = get(
-        &a,
-        RESTORE.0,
-        RESTORE.1,
-        RESTORE.2,
-        Some(&arca.ns),
-        "pol-update",
-    )
-    .await
-    .unwrap();
+    let r = get(&a, RESTORE, Some(&arca.ns), "pol-update")
+        .await
+        .unwrap();
     let p = &r["status"]["progress"];
     assert!(
         p["totalItems"].as_i64().unwrap() > 3 && p["itemsRestored"] == p["totalItems"],
@@ -1330,7 +1327,7 @@ async fn node_ports_are_kept_when_explicit_or_asked_for() {
         )
         + "apiVersion: v1\nkind: Service\nmetadata: {name: auto, namespace: np-ns}\nspec:\n  type: NodePort\n  ports: [{port: 80, protocol: TCP}]\n  selector: {app: x}\n---\n";
     apply(&a, &y).await;
-    let auto_port = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+    let auto_port = get(&a, ("v1", "Service", "services"), Some("np-ns"), "auto")
         .await
         .unwrap()["spec"]["ports"][0]["nodePort"]
         .as_i64()
@@ -1341,22 +1338,22 @@ async fn node_ports_are_kept_when_explicit_or_asked_for() {
     );
 
     let del = || async {
-        delete_namespaced(&a, "v1", "Service", "services", "np-ns", "explicit").await;
-        delete_namespaced(&a, "v1", "Service", "services", "np-ns", "auto").await;
+        delete_namespaced(&a, ("v1", "Service", "services"), "np-ns", "explicit").await;
+        delete_namespaced(&a, ("v1", "Service", "services"), "np-ns", "auto").await;
     };
     del().await;
     arca.ok(
         &a,
         &["restore", "create", "np-default", "--from-backup", "np"],
     );
-    let e = get(&a, "v1", "Service", "services", Some("np-ns"), "explicit")
+    let e = get(&a, ("v1", "Service", "services"), Some("np-ns"), "explicit")
         .await
         .unwrap();
     assert_eq!(
         e["spec"]["ports"][0]["nodePort"], 31081,
         "an explicit node port is kept"
     );
-    let auto = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+    let auto = get(&a, ("v1", "Service", "services"), Some("np-ns"), "auto")
         .await
         .unwrap();
     assert!(auto["spec"]["clusterIP"].as_str().is_some());
@@ -1375,7 +1372,7 @@ async fn node_ports_are_kept_when_explicit_or_asked_for() {
             "--preserve-nodeports",
         ],
     );
-    let auto = get(&a, "v1", "Service", "services", Some("np-ns"), "auto")
+    let auto = get(&a, ("v1", "Service", "services"), Some("np-ns"), "auto")
         .await
         .unwrap();
     assert_eq!(
@@ -1449,9 +1446,7 @@ spec:
     );
     let pvc = get(
         &a,
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Some("sc-ns2"),
         "data",
     )
@@ -1475,9 +1470,7 @@ spec:
     // The original is untouched, and the restore says why it did not restore it.
     let old = get(
         &a,
-        "v1",
-        "PersistentVolume",
-        "persistentvolumes",
+        ("v1", "PersistentVolume", "persistentvolumes"),
         None,
         "sc-test-pv",
     )
@@ -1594,15 +1587,13 @@ async fn migration_to_a_second_cluster_through_s3_alone() {
         );
     };
     assert_eq!(settings["data"]["v"], "from-a");
-    let s = get(&b, "v1", "Secret", "secrets", Some("mig-app"), "token")
+    let s = get(&b, ("v1", "Secret", "secrets"), Some("mig-app"), "token")
         .await
         .unwrap();
     assert_eq!(s["data"]["t"], "czNjcjN0");
     let dep = get(
         &b,
-        "apps/v1",
-        "Deployment",
-        "deployments",
+        ("apps/v1", "Deployment", "deployments"),
         Some("mig-app"),
         "shop",
     )
@@ -1877,7 +1868,7 @@ async fn backups_from_a_schedule_and_a_restore_of_its_newest() {
 async fn schedule_when(c: &Cluster, ns: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut s = Value::Null;
     for _ in 0..300 {
-        s = get(c, "arca.dev/v1", "Schedule", "schedules", Some(ns), name)
+        s = get(c, ("arca.dev/v1", "Schedule", "schedules"), Some(ns), name)
             .await
             .unwrap();
         if done(&s) {
@@ -1984,9 +1975,7 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
     arca.ok(&a, &["schedule", "pause", "often"]);
     let before = get(
         &a,
-        "arca.dev/v1",
-        "Schedule",
-        "schedules",
+        ("arca.dev/v1", "Schedule", "schedules"),
         Some(&arca.ns),
         "often",
     )
@@ -1996,9 +1985,7 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let s = get(
         &a,
-        "arca.dev/v1",
-        "Schedule",
-        "schedules",
+        ("arca.dev/v1", "Schedule", "schedules"),
         Some(&arca.ns),
         "often",
     )
@@ -2058,9 +2045,7 @@ async fn schedules_back_up_at_once_then_on_time_and_never_overlap() {
     );
     let y = get(
         &a,
-        "arca.dev/v1",
-        "Schedule",
-        "schedules",
+        ("arca.dev/v1", "Schedule", "schedules"),
         Some(&arca.ns),
         "yearly",
     )
@@ -2284,9 +2269,7 @@ spec:
     assert!(
         get(
             &b,
-            "v1",
-            "PersistentVolume",
-            "persistentvolumes",
+            ("v1", "PersistentVolume", "persistentvolumes"),
             None,
             &dyn_pv
         )
@@ -2297,9 +2280,7 @@ spec:
     let claim = |name: &'static str| {
         get(
             &b,
-            "v1",
-            "PersistentVolumeClaim",
-            "persistentvolumeclaims",
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             Some(&nsn),
             name,
         )
@@ -2316,9 +2297,7 @@ spec:
     );
     let st = get(
         &b,
-        "v1",
-        "PersistentVolume",
-        "persistentvolumes",
+        ("v1", "PersistentVolume", "persistentvolumes"),
         None,
         &static_pv,
     )
@@ -2489,9 +2468,7 @@ async fn cluster_scoped_resources_only_with_every_namespace() {
     assert!(
         get(
             &b,
-            "storage.k8s.io/v1",
-            "StorageClass",
-            "storageclasses",
+            ("storage.k8s.io/v1", "StorageClass", "storageclasses"),
             None,
             &sc_name
         )
@@ -2514,9 +2491,7 @@ async fn cluster_scoped_resources_only_with_every_namespace() {
     assert!(
         get(
             &b,
-            "storage.k8s.io/v1",
-            "StorageClass",
-            "storageclasses",
+            ("storage.k8s.io/v1", "StorageClass", "storageclasses"),
             None,
             &sc_name
         )
@@ -2751,9 +2726,7 @@ spec:
     let log = arca.ok(&b, &["restore", "logs", "rel-b"]);
     let claim = get(
         &b,
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Some(&nsn),
         "data",
     )
@@ -2764,9 +2737,7 @@ spec:
     assert!(
         get(
             &b,
-            "v1",
-            "PersistentVolume",
-            "persistentvolumes",
+            ("v1", "PersistentVolume", "persistentvolumes"),
             None,
             &pv_name
         )
@@ -2778,9 +2749,7 @@ spec:
     assert!(
         get(
             &b,
-            "scheduling.k8s.io/v1",
-            "PriorityClass",
-            "priorityclasses",
+            ("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses"),
             None,
             &pc
         )
@@ -2790,9 +2759,7 @@ spec:
     assert!(
         get(
             &b,
-            "v1",
-            "PersistentVolumeClaim",
-            "persistentvolumeclaims",
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             Some(&nsn),
             "cache"
         )
@@ -2800,7 +2767,7 @@ spec:
         .is_some(),
         "the pod's unlabelled claim (Velero's add-pvc-from-pod): {log}"
     );
-    let pod = get(&b, "v1", "Pod", "pods", Some(&nsn), "db")
+    let pod = get(&b, ("v1", "Pod", "pods"), Some(&nsn), "db")
         .await
         .expect("pod restored");
     assert!(pod["spec"].get("nodeName").is_none(), "{pod}");
@@ -2875,7 +2842,7 @@ async fn jobs_pods_and_bindings_restore_as_velero_restores_them() {
         json!({"phase": "Succeeded"}),
     )
     .await;
-    let running = get(&a, "batch/v1", "Job", "jobs", Some(&src), "running")
+    let running = get(&a, ("batch/v1", "Job", "jobs"), Some(&src), "running")
         .await
         .unwrap();
     assert!(
@@ -2898,7 +2865,7 @@ async fn jobs_pods_and_bindings_restore_as_velero_restores_them() {
             &format!("{src}:{dst}"),
         ],
     );
-    let job_r = get(&a, "batch/v1", "Job", "jobs", Some(&dst), "running")
+    let job_r = get(&a, ("batch/v1", "Job", "jobs"), Some(&dst), "running")
         .await
         .expect("job restored");
     assert_ne!(
@@ -2908,33 +2875,35 @@ async fn jobs_pods_and_bindings_restore_as_velero_restores_them() {
     );
     let log = arca.ok(&a, &["restore", "logs", "jobs-r"]);
     assert!(
-        get(&a, "batch/v1", "Job", "jobs", Some(&dst), "done")
+        get(&a, ("batch/v1", "Job", "jobs"), Some(&dst), "done")
             .await
             .is_none(),
         "completed job: {log}"
     );
     assert!(
-        get(&a, "v1", "Pod", "pods", Some(&dst), "web")
+        get(&a, ("v1", "Pod", "pods"), Some(&dst), "web")
             .await
             .is_some()
     );
     assert!(
-        get(&a, "v1", "Pod", "pods", Some(&dst), "finished")
+        get(&a, ("v1", "Pod", "pods"), Some(&dst), "finished")
             .await
             .is_none(),
         "completed pod"
     );
     assert!(
-        get(&a, "v1", "Pod", "pods", Some(&dst), "static-web")
+        get(&a, ("v1", "Pod", "pods"), Some(&dst), "static-web")
             .await
             .is_none(),
         "mirror pod"
     );
     let rb = get(
         &a,
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "rolebindings",
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
         Some(&dst),
         "rb",
     )
@@ -3066,7 +3035,7 @@ async fn namespaces_from_their_objects_and_in_place_restores() {
             "configmaps",
         ],
     );
-    let n = get(&b, "v1", "Namespace", "namespaces", None, &nsn)
+    let n = get(&b, ("v1", "Namespace", "namespaces"), None, &nsn)
         .await
         .expect("namespace created");
     assert_eq!(n["metadata"]["labels"]["team"], "payments");
@@ -3274,9 +3243,7 @@ spec:
         async move {
             get(
                 c,
-                "statustest.arca.dev/v1",
-                "Gadget",
-                "gadgets",
+                ("statustest.arca.dev/v1", "Gadget", "gadgets"),
                 Some(&ns),
                 name,
             )
@@ -3799,9 +3766,7 @@ spec:
     let pvc = |name: &'static str| {
         get(
             &a,
-            "v1",
-            "PersistentVolumeClaim",
-            "persistentvolumeclaims",
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             Some(&nsn),
             name,
         )
@@ -3816,9 +3781,7 @@ spec:
         .to_string();
     let pv = get(
         &a,
-        "v1",
-        "PersistentVolume",
-        "persistentvolumes",
+        ("v1", "PersistentVolume", "persistentvolumes"),
         None,
         &disk_pv,
     )
@@ -3849,9 +3812,11 @@ spec:
     let vs = |name: &'static str| {
         get(
             &a,
-            "snapshot.storage.k8s.io/v1",
-            "VolumeSnapshot",
-            "volumesnapshots",
+            (
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshot",
+                "volumesnapshots",
+            ),
             Some(&nsn),
             name,
         )
@@ -3873,9 +3838,11 @@ spec:
             .to_string();
         let c = get(
             &a,
-            "snapshot.storage.k8s.io/v1",
-            "VolumeSnapshotContent",
-            "volumesnapshotcontents",
+            (
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshotContent",
+                "volumesnapshotcontents",
+            ),
             None,
             &content_name,
         )
@@ -3944,9 +3911,11 @@ spec:
     for name in ["files-snap", "disk-snap"] {
         delete_namespaced(
             &a,
-            "snapshot.storage.k8s.io/v1",
-            "VolumeSnapshot",
-            "volumesnapshots",
+            (
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshot",
+                "volumesnapshots",
+            ),
             &nsn,
             name,
         )
@@ -3963,9 +3932,11 @@ spec:
         for c in &contents {
             if get(
                 &a,
-                "snapshot.storage.k8s.io/v1",
-                "VolumeSnapshotContent",
-                "volumesnapshotcontents",
+                (
+                    "snapshot.storage.k8s.io/v1",
+                    "VolumeSnapshotContent",
+                    "volumesnapshotcontents",
+                ),
                 None,
                 c,
             )
@@ -3976,7 +3947,7 @@ spec:
             }
         }
         for p in &volumes {
-            if get(&a, "v1", "PersistentVolume", "persistentvolumes", None, p)
+            if get(&a, ("v1", "PersistentVolume", "persistentvolumes"), None, p)
                 .await
                 .is_some()
             {
@@ -4143,7 +4114,7 @@ fn http_get(url: &str) -> (u16, String) {
 }
 
 async fn backup_phase(c: &Cluster, ns: &str, name: &str) -> String {
-    get(c, "arca.dev/v1", "Backup", "backups", Some(ns), name)
+    get(c, ("arca.dev/v1", "Backup", "backups"), Some(ns), name)
         .await
         .and_then(|b| b["status"]["phase"].as_str().map(str::to_string))
         .unwrap_or_default()
@@ -4498,9 +4469,7 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
     );
     let ended = get(
         &a,
-        "arca.dev/v1",
-        "Backup",
-        "backups",
+        ("arca.dev/v1", "Backup", "backups"),
         Some(&arca.ns),
         "stalled",
     )
@@ -4524,9 +4493,7 @@ async fn a_leader_that_stalls_past_its_lease_stops_and_writes_nothing() {
     assert!(first.log().contains("leadership lost"), "{}", first.log());
     let now = get(
         &a,
-        "arca.dev/v1",
-        "Backup",
-        "backups",
+        ("arca.dev/v1", "Backup", "backups"),
         Some(&arca.ns),
         "stalled",
     )
@@ -4675,7 +4642,7 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
 
     // The resource goes (as if deleted with kubectl); a new Backup of that name, of
     // another namespace, is refused and stores nothing.
-    delete_namespaced(&a, "arca.dev/v1", "Backup", "backups", &arca.ns, "orig").await;
+    delete_namespaced(&a, ("arca.dev/v1", "Backup", "backups"), &arca.ns, "orig").await;
     apply(
         &a,
         &format!(
@@ -4696,9 +4663,7 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
     );
     let b = get(
         &a,
-        "arca.dev/v1",
-        "Backup",
-        "backups",
+        ("arca.dev/v1", "Backup", "backups"),
         Some(&arca.ns),
         "orig",
     )
@@ -4734,9 +4699,7 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
     );
     let b = get(
         &a,
-        "arca.dev/v1",
-        "Backup",
-        "backups",
+        ("arca.dev/v1", "Backup", "backups"),
         Some(&arca.ns),
         "orig",
     )
@@ -4757,7 +4720,7 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
 
     // A sync killed right after its create: the Backup stands with no status; the
     // server leaves it; the next sync writes its status.
-    delete_namespaced(&a, "arca.dev/v1", "Backup", "backups", &arca.ns, "orig").await;
+    delete_namespaced(&a, ("arca.dev/v1", "Backup", "backups"), &arca.ns, "orig").await;
     let mut sync = arca.cmd(&a);
     sync.args(["backup", "get"])
         .env("ARCA_TEST_PAUSE_AT", "sync-created")
@@ -4778,9 +4741,7 @@ async fn a_stored_backup_is_never_shadowed_or_deleted_by_a_namesake() {
     child.wait().unwrap();
     let b = get(
         &a,
-        "arca.dev/v1",
-        "Backup",
-        "backups",
+        ("arca.dev/v1", "Backup", "backups"),
         Some(&arca.ns),
         "orig",
     )
@@ -4812,7 +4773,7 @@ async fn until(
 ) -> Option<Value> {
     let mut o = None;
     for _ in 0..300 {
-        o = get(c, api_version, kind, plural, Some(ns), name).await;
+        o = get(c, (api_version, kind, plural), Some(ns), name).await;
         if done(&o) {
             return o;
         }
@@ -4901,14 +4862,12 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     })
     .await
     .unwrap();
-    let now = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "hourly")
-        .await
-        .unwrap();
+    let now = get(&a, BSL, Some(&ins), "hourly").await.unwrap();
     assert_eq!(
         now["status"]["lastValidationTime"], hourly["status"]["lastValidationTime"],
         "validated once in the hour\n{now:#}\n{seen:#}"
     );
-    delete_namespaced(&a, BSL.0, BSL.1, BSL.2, &ins, "hourly").await;
+    delete_namespaced(&a, BSL, &ins, "hourly").await;
 
     // A location whose store cannot be reached: Unavailable, and no backup goes there.
     // Unavailable, its status saying why.
@@ -4935,9 +4894,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "nowhere")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&ins), "nowhere").await.unwrap();
     assert_eq!(b["status"]["phase"], "FailedValidation");
     assert!(
         b["status"]["validationErrors"][0]
@@ -4963,9 +4920,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
             "1h0m0s",
         ],
     );
-    let old = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "old")
-        .await
-        .unwrap();
+    let old = get(&a, BACKUP, Some(&ins), "old").await.unwrap();
     let t = |k: &str| {
         old["status"][k]
             .as_str()
@@ -5031,7 +4986,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     std::fs::remove_dir_all(&doomed).unwrap();
     std::fs::write(&doomed, b"not a bucket").unwrap();
     unavailable("doomed").await;
-    delete_namespaced(&a, BSL.0, BSL.1, BSL.2, &ins, "doomed").await;
+    delete_namespaced(&a, BSL, &ins, "doomed").await;
 
     // Expired in a read-only location: kept, labelled BSLReadOnly.
     let ro_dir = arca.dir.path().join("ro");
@@ -5071,7 +5026,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         &a,
         &["backup", "create", "synced", "--include-namespaces", &app],
     );
-    delete_namespaced(&a, BACKUP.0, BACKUP.1, BACKUP.2, &ins, "synced").await;
+    delete_namespaced(&a, BACKUP, &ins, "synced").await;
     let s = until(
         &a,
         BACKUP,
@@ -5118,7 +5073,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
             "never",
         ],
     );
-    delete_namespaced(&a, BACKUP.0, BACKUP.1, BACKUP.2, &ins, "far").await;
+    delete_namespaced(&a, BACKUP, &ins, "far").await;
     let gone = chrono::Utc::now();
     // Two syncs of the default location after it was removed: "never" was looked at too.
     until(&a, BSL, &ins, "default", "synced twice since", |o| {
@@ -5131,21 +5086,15 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
     })
     .await;
     assert!(
-        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "far")
-            .await
-            .is_none(),
+        get(&a, BACKUP, Some(&ins), "far").await.is_none(),
         "synced from a location whose backupSyncPeriod is 0"
     );
-    let never = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "never")
-        .await
-        .unwrap();
+    let never = get(&a, BSL, Some(&ins), "never").await.unwrap();
     assert!(never["status"]["lastSyncedTime"].is_null(), "{never:#}");
     // Nor does `backup get`, which syncs the other locations itself.
     arca.ok(&a, &["backup", "get"]);
     assert!(
-        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&ins), "far")
-            .await
-            .is_none(),
+        get(&a, BACKUP, Some(&ins), "far").await.is_none(),
         "synced by backup get from a location whose backupSyncPeriod is 0"
     );
     apply(
@@ -5223,9 +5172,7 @@ async fn expiry_deletion_location_checks_and_sync_run_in_the_server() {
         o.as_ref().is_some_and(|o| o["spec"]["default"] == false)
     })
     .await;
-    let n = get(&a, BSL.0, BSL.1, BSL.2, Some(&ins), "newer")
-        .await
-        .unwrap();
+    let n = get(&a, BSL, Some(&ins), "newer").await.unwrap();
     assert_eq!(n["spec"]["default"], true);
 
     // Each location's records are maintained, and a namespace's volume repository on its
@@ -5490,11 +5437,7 @@ async fn backup_locations_and_uninstall_from_the_cli() {
     // Deleted with its Backup resources; the data stays and comes back.
     let out = arca.ok(&a, &["backup-location", "delete", "second", "--confirm"]);
     assert!(out.contains("with 3 Backup resource(s)"), "{out}");
-    assert!(
-        get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "x")
-            .await
-            .is_none()
-    );
+    assert!(get(&a, BACKUP, Some(&arca.ns), "x").await.is_none());
     arca.ok(
         &a,
         &[
@@ -5601,9 +5544,7 @@ async fn cancel_stops_a_running_backup_and_restore() {
     until(&a, BACKUP, &arca.ns, "q2", "Queued second", queued_at(2)).await;
     let out = arca.ok(&a, &["backup", "cancel", "long", "--wait"]);
     assert!(out.contains("Backup long: Canceled"), "{out}");
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "long")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "long").await.unwrap();
     assert_eq!(b["status"]["phase"], "Canceled", "{b:#}");
     assert!(
         b["status"]["failureReason"]
@@ -5655,9 +5596,7 @@ async fn cancel_stops_a_running_backup_and_restore() {
     second.wait_log("paused at restore-started").await;
     let out = arca.ok(&a, &["restore", "cancel", "r", "--wait"]);
     assert!(out.contains("Restore r: Canceled"), "{out}");
-    let r = get(&a, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "r")
-        .await
-        .unwrap();
+    let r = get(&a, RESTORE, Some(&arca.ns), "r").await.unwrap();
     assert_eq!(r["status"]["phase"], "Canceled", "{r:#}");
     assert!(
         configmap(&a, &format!("{app}-copy"), "c").await.is_none(),
@@ -6177,7 +6116,7 @@ async fn until_long(
 ) -> Option<Value> {
     let mut o = None;
     for _ in 0..secs * 4 {
-        o = get(c, api_version, kind, plural, ns, name).await;
+        o = get(c, (api_version, kind, plural), ns, name).await;
         if done(&o) {
             return o;
         }
@@ -6278,9 +6217,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
             "--snapshot-move-data",
         ],
     );
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "moved")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "moved").await.unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
     assert_eq!(b["status"]["backupItemOperationsAttempted"], 2);
     assert_eq!(b["status"]["backupItemOperationsCompleted"], 2);
@@ -6443,9 +6380,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     arca.ok(&a, &["restore", "create", "back", "--from-backup", "moved"]);
-    let r = get(&a, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "back")
-        .await
-        .unwrap();
+    let r = get(&a, RESTORE, Some(&arca.ns), "back").await.unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
     assert_eq!(r["status"]["restoreItemOperationsCompleted"], 2);
     let dds = list_json(
@@ -6478,9 +6413,7 @@ async fn snapshot_data_moves_through_the_node_agent_and_back() {
     .unwrap();
     let pv = get(
         &a,
-        "v1",
-        "PersistentVolume",
-        "persistentvolumes",
+        ("v1", "PersistentVolume", "persistentvolumes"),
         None,
         claim["spec"]["volumeName"].as_str().unwrap(),
     )
@@ -6743,9 +6676,7 @@ async fn a_node_agent_killed_mid_upload_finishes_it_after_restarting() {
     let pv_of = || {
         get(
             &a,
-            "v1",
-            "PersistentVolume",
-            "persistentvolumes",
+            ("v1", "PersistentVolume", "persistentvolumes"),
             None,
             &pv_name,
         )
@@ -6861,16 +6792,7 @@ async fn an_upload_queued_behind_another_does_not_time_out() {
     let queued = queued.expect("one upload moving, the other Prepared");
     // Prepared past the timeout, and still not failed.
     let du = loop {
-        let du = get(
-            &a,
-            DATA_UPLOAD.0,
-            DATA_UPLOAD.1,
-            DATA_UPLOAD.2,
-            Some(&arca.ns),
-            &queued,
-        )
-        .await
-        .unwrap();
+        let du = get(&a, DATA_UPLOAD, Some(&arca.ns), &queued).await.unwrap();
         assert_eq!(phase(&du), "Prepared", "{du:#}\n{}", agent.log());
         let accepted = du["status"]["acceptedTimestamp"]
             .as_str()
@@ -7022,9 +6944,7 @@ async fn volume_data_migrates_to_a_second_cluster_through_the_bucket() {
     })
     .await;
     arca.ok(&b, &["restore", "create", "vol-r", "--from-backup", "vol"]);
-    let r = get(&b, RESTORE.0, RESTORE.1, RESTORE.2, Some(&arca.ns), "vol-r")
-        .await
-        .unwrap();
+    let r = get(&b, RESTORE, Some(&arca.ns), "vol-r").await.unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}");
     assert_eq!(r["status"]["restoreItemOperationsCompleted"], 1);
     let pods_b: Api<Pod> = Api::namespaced(b.client.clone(), &app);
@@ -7245,9 +7165,7 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
             "--default-volumes-to-fs-backup",
         ],
     );
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "fsb")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "fsb").await.unwrap();
     assert_eq!(b["status"]["phase"], "Completed", "{b:#}\n{}", agent.log());
     let pvbs = list_json(
         &a,
@@ -7302,16 +7220,7 @@ async fn pod_volumes_are_backed_up_by_file_system_and_restored_under_the_init_co
         &a,
         &["restore", "create", "fsb-back", "--from-backup", "fsb"],
     );
-    let r = get(
-        &a,
-        RESTORE.0,
-        RESTORE.1,
-        RESTORE.2,
-        Some(&arca.ns),
-        "fsb-back",
-    )
-    .await
-    .unwrap();
+    let r = get(&a, RESTORE, Some(&arca.ns), "fsb-back").await.unwrap();
     assert_eq!(r["status"]["phase"], "Completed", "{r:#}\n{}", agent.log());
     let pvrs = list_json(
         &a,
@@ -7549,9 +7458,7 @@ async fn pod_volume_backups_run_two_at_a_time_and_survive_a_killed_agent() {
         .wait_log("paused at deletion-volumes-forgotten")
         .await;
     assert_eq!(volume_snapshots(), 0);
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "conc")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "conc").await.unwrap();
     assert_eq!(b["status"]["phase"], "Deleting", "{b:#}");
     deleting.kill();
     let fifth = arca.server_with(&a, "3s", &[]);
@@ -7647,9 +7554,7 @@ async fn bench_volume_data() {
         // The mover alone, on the same volume (its backing file system or file).
         let claim = get(
             &a,
-            "v1",
-            "PersistentVolumeClaim",
-            "persistentvolumeclaims",
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             Some(&app),
             "v",
         )
@@ -7657,9 +7562,7 @@ async fn bench_volume_data() {
         .unwrap();
         let pv = get(
             &a,
-            "v1",
-            "PersistentVolume",
-            "persistentvolumes",
+            ("v1", "PersistentVolume", "persistentvolumes"),
             None,
             claim["spec"]["volumeName"].as_str().unwrap(),
         )
@@ -8214,9 +8117,7 @@ async fn a_backup_stopped_between_its_hooks_still_thaws_the_pod() {
         "the post hook ran with the cancel\n{}",
         server.log()
     );
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "thaw")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "thaw").await.unwrap();
     assert_eq!(b["status"]["phase"], "Canceled", "{b:#}");
     assert!(
         b["metadata"]["annotations"]["arca.dev/hooks-frozen"].is_null(),
@@ -8248,9 +8149,7 @@ async fn a_backup_stopped_between_its_hooks_still_thaws_the_pod() {
         exec_out(&pods, "app", &["ls", "/tmp"]).await.trim(),
         "frozen"
     );
-    let b = get(&a, BACKUP.0, BACKUP.1, BACKUP.2, Some(&arca.ns), "thaw2")
-        .await
-        .unwrap();
+    let b = get(&a, BACKUP, Some(&arca.ns), "thaw2").await.unwrap();
     assert_eq!(
         b["metadata"]["annotations"]["arca.dev/hooks-frozen"],
         format!("[\"{app}/app\"]"),

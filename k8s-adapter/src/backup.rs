@@ -1100,11 +1100,12 @@ pub async fn thaw_recorded(
         std::time::Duration::from_secs(600),
     )
     .await;
-    // Taken over (a canceled run's cancel arriving late): the list is the newer run's.
-    if let Err(Error::Superseded(_)) = claim.read().await {
+    // Read through the claim: taken over (a canceled run's cancel arriving late), the
+    // list is the newer run's.
+    let Ok(b) = claim.read().await else {
         return Vec::new();
-    }
-    let Some((b, Recorded { keys, .. })) = recorded_frozen(client, ns, name).await else {
+    };
+    let Some(Recorded { keys, .. }) = recorded(&b) else {
         return Vec::new();
     };
     let specs = b.spec.hook_specs();
@@ -1140,17 +1141,14 @@ struct Recorded {
     settled: bool,
 }
 
-/// The Backup as it is now and the pods its annotation records as frozen, if it exists
-/// and records any.
-async fn recorded_frozen(client: &Client, ns: &str, name: &str) -> Option<(Backup, Recorded)> {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let b = api.get_opt(name).await.ok().flatten()?;
+/// The pods a Backup's annotations record as frozen, if any.
+fn recorded(b: &Backup) -> Option<Recorded> {
     let a = b.annotations();
     let keys = a
         .get(FROZEN_ANNOTATION)
         .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())?;
     let settled = a.get(FROZEN_SETTLED_ANNOTATION).map(String::as_str) == Some("true");
-    Some((b, Recorded { keys, settled }))
+    Some(Recorded { keys, settled })
 }
 
 /// The pods a dropped run froze that it still thaws itself, or None while it cannot
@@ -1208,11 +1206,17 @@ impl Drop for Thaw {
             let waited = tokio::time::Instant::now();
             let (froze, mut said) = (pods.len(), false);
             let pods = loop {
-                let recorded = match superseded {
-                    true => recorded_frozen(&client, &ns, &name).await.map(|(_, r)| r),
+                // The Backup as it is now (or made again), not through the claim.
+                let list = match superseded {
+                    true => Api::<Backup>::namespaced(client.clone(), &ns)
+                        .get_opt(&name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|b| recorded(&b)),
                     false => None,
                 };
-                match still_mine_to_thaw(pods.clone(), superseded, recorded.as_ref()) {
+                match still_mine_to_thaw(pods.clone(), superseded, list.as_ref()) {
                     Some(p) => break p,
                     None if waited.elapsed() >= SETTLE_WAIT
                         || STOPPING.load(std::sync::atomic::Ordering::Relaxed) =>

@@ -1212,50 +1212,44 @@ pub async fn process_deletion(
             .open(&loc.resources_url(), cache_root, &writer(ns))
             .await?;
         let (snaps, _) = repo.repo().readable_snapshots().await?;
-        let mine: Vec<SnapshotId> = snaps
+        // Its records, each with whether it is the backup's own (else a restore's); the
+        // backup's own last: it is what proves the Backup stands for these records (its
+        // UID), so a deletion killed halfway finds it again and forgets the restore
+        // records it left.
+        let mut mine: Vec<(SnapshotId, bool)> = snaps
             .iter()
             .filter(|(_, s)| s.labels.get(BACKUP_NAME_LABEL).map(String::as_str) == Some(backup))
-            .filter(|(_, s)| s.tags.iter().any(|t| t == BACKUP_TAG || t == RESTORE_TAG))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, s)| {
+                let own = s.tags.iter().any(|t| t == BACKUP_TAG);
+                (own || s.tags.iter().any(|t| t == RESTORE_TAG)).then_some((*id, own))
+            })
             .collect();
+        mine.sort_by_key(|&(_, own)| own);
         // A Backup that stored nothing (refused because its location already held that
         // name: another cluster's backup) must not take that backup's record with it. The
         // records go when the Backup stands for them: synced from them, or the one that
         // stored them (same UID).
         let owns = b.annotations().contains_key(SYNCED_ANNOTATION) || {
             let mut owns = false;
-            for (id, s) in &snaps {
-                if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
-                    let stored: Backup = read_json(&repo, id, "backup.json").await?;
-                    owns |= stored.metadata.uid.is_some() && stored.metadata.uid == b.metadata.uid;
-                }
+            for (id, _) in mine.iter().filter(|(_, own)| *own) {
+                let stored: Backup = read_json(&repo, id, "backup.json").await?;
+                owns |= stored.metadata.uid.is_some() && stored.metadata.uid == b.metadata.uid;
             }
             owns
         };
-        let mut mine = if owns { mine } else { Vec::new() };
-        // The backup's own record last: it is what proves the Backup stands for these
-        // records (its UID), so a deletion killed halfway finds it again and forgets the
-        // restore records it left.
-        mine.sort_by_key(|id| {
-            snaps
-                .iter()
-                .find(|(s, _)| s == id)
-                .is_some_and(|(_, s)| s.tags.iter().any(|t| t == BACKUP_TAG))
-        });
+        let mine = if owns { mine } else { Vec::new() };
         let mut report = DeleteReport::default();
         // Its volume data first: a deletion killed after the records went would leave
         // the volume snapshots with nothing naming them.
-        for (id, s) in &snaps {
-            if mine.contains(id) && s.tags.iter().any(|t| t == BACKUP_TAG) {
-                let volumes = backup_volumes(&repo, id).await?;
-                report.volume_snapshots_forgotten +=
-                    forget_volumes(&loc, &volumes, cache_root, ns).await?;
-            }
+        for (id, _) in mine.iter().filter(|(_, own)| *own) {
+            let volumes = backup_volumes(&repo, id).await?;
+            report.volume_snapshots_forgotten +=
+                forget_volumes(&loc, &volumes, cache_root, ns).await?;
         }
         // Killed here, the records still name volume snapshots that are gone: the
         // request, run again, forgets what is left (forget_volumes skips what is gone).
         crate::server::pause_point("deletion-volumes-forgotten").await;
-        for id in &mine {
+        for (id, _) in &mine {
             repo.repo().delete_snapshot(id).await?;
             report.records_forgotten += 1;
         }
