@@ -6967,7 +6967,18 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     let Some((a, image, arca)) = volume_setting("cancelmove", true).await else {
         return;
     };
-    let agent = arca.node_agent(&a, &image, &[]);
+    // The mover is held after its first batch (16 MiB read and stored, the rest to come)
+    // until the cancel has been asked for: a release build moves the whole volume in
+    // about a second, before a cancel could reach it.
+    let go_on = arca.go_on("volume:batch-read");
+    let agent = arca.node_agent(
+        &a,
+        &image,
+        &[
+            ("ARCA_TEST_ENGINE_PAUSE", "volume:batch-read"),
+            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+        ],
+    );
     let app = format!("cancelmove-{}", arca.suffix());
     app_writing_a_claim(
         &a,
@@ -7004,7 +7015,15 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
         "the upload never moved data:\n{}",
         agent.log()
     );
+    agent.wait_log("paused at volume:batch-read").await;
     arca.ok(&a, &["backup", "cancel", "stopped"]);
+    until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
+        o.as_ref()
+            .is_some_and(|o| o["status"]["phase"] == "Canceling")
+    })
+    .await
+    .unwrap();
+    std::fs::write(&go_on, b"").unwrap();
     let du = until_long(&a, DATA_UPLOAD, Some(&arca.ns), &du_name, 60, |o| {
         o.as_ref()
             .is_some_and(|o| o["status"]["phase"] == "Canceled")

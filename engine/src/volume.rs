@@ -291,6 +291,7 @@ impl Indexed {
         let threads = crate::backup::reader_threads(opts.threads);
         let (w, p, cancel) = (writer.clone(), progress.clone(), opts.cancel.clone());
         let src = source.clone();
+        let (pauses, rt) = (self.repo.pauses.clone(), tokio::runtime::Handle::current());
         // On a blocking thread: the writer's stores may wait for upload slots. Extent lists
         // are stored as they fill, so memory stays bounded whatever the volume's size.
         let read = tokio::task::spawn_blocking(move || -> Result<(Vec<BlobId>, u64)> {
@@ -339,6 +340,8 @@ impl Indexed {
                         pending.push(e);
                     }
                 }
+                // A batch is read, the rest to come: cancel tests hold the backup here.
+                rt.block_on(pauses.at("volume:batch-read"));
                 if pending.len() >= EXTENTS_PER_LIST {
                     let rest = pending.split_off(EXTENTS_PER_LIST);
                     let list = ExtentList {
