@@ -4403,7 +4403,7 @@ fn backup_yaml(ns: &str, name: &str, app: &str) -> String {
 
 impl Arca {
     /// A file whose creation lets go a process held at pause point `point` (not there
-    /// yet).
+    /// yet); `point` only names it.
     fn go_on(&self, point: &str) -> PathBuf {
         let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{point}", self.suffix()));
         let _ = std::fs::remove_file(&go_on);
@@ -6048,6 +6048,28 @@ impl Arca {
         self.node_agent_with(c, image, env, &[])
     }
 
+    /// A node agent (with `args`) whose mover is held at the engine pause point `point`
+    /// until the returned file exists.
+    fn node_agent_held(
+        &self,
+        c: &Cluster,
+        image: &str,
+        point: &str,
+        args: &[&str],
+    ) -> (Server, PathBuf) {
+        let go_on = self.go_on(point);
+        let agent = self.node_agent_with(
+            c,
+            image,
+            &[
+                ("ARCA_TEST_ENGINE_PAUSE", point),
+                ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
+            ],
+            args,
+        );
+        (agent, go_on)
+    }
+
     /// The snapshots of `ns`'s volume repository in the test's local bucket, as
     /// `snapshot list --json` prints them.
     fn volume_snapshots(&self, c: &Cluster, ns: &str) -> Value {
@@ -6751,15 +6773,11 @@ async fn an_upload_queued_behind_another_does_not_time_out() {
     let Some((a, image, arca)) = volume_setting("queue", true).await else {
         return;
     };
-    let go_on = arca.go_on("writer:index-written");
     const TIMEOUT: i64 = 30;
-    let agent = arca.node_agent_with(
+    let (agent, go_on) = arca.node_agent_held(
         &a,
         &image,
-        &[
-            ("ARCA_TEST_ENGINE_PAUSE", "writer:index-written"),
-            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
-        ],
+        "writer:index-written",
         &["--data-mover-prepare-timeout", &format!("{TIMEOUT}s")],
     );
     agent.wait_log("node agent started").await;
@@ -6976,15 +6994,7 @@ async fn a_backup_canceled_mid_upload_stops_its_mover_and_cleans_up() {
     // The mover is held after its first batch (16 MiB read and stored, the rest to come)
     // until the cancel has been asked for: a release build moves the whole volume in
     // about a second, before a cancel could reach it.
-    let go_on = arca.go_on("volume:batch-read");
-    let agent = arca.node_agent(
-        &a,
-        &image,
-        &[
-            ("ARCA_TEST_ENGINE_PAUSE", "volume:batch-read"),
-            ("ARCA_TEST_RESUME_WHEN", go_on.to_str().unwrap()),
-        ],
-    );
+    let (agent, go_on) = arca.node_agent_held(&a, &image, "volume:batch-read", &[]);
     let app = format!("cancelmove-{}", arca.suffix());
     app_writing_a_claim(
         &a,
@@ -8246,8 +8256,8 @@ async fn a_run_taken_over_between_its_hooks_thaws_only_what_is_its_own() {
     // A server of its own per backup, held after the pre hooks (the pod frozen, the list
     // settled) until its resume file exists; the test then takes the backup over.
     let taken_over = async |name: &str| {
-        let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{name}", arca.suffix()));
-        let _ = std::fs::remove_file(&go_on);
+        // Keyed by the backup: two such servers wait at the same point.
+        let go_on = arca.go_on(name);
         let server = arca.server_args(
             &a,
             "5s",
