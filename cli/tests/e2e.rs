@@ -811,60 +811,95 @@ fn one_file_system_stays_on_one_file_system() {
 
 #[test]
 fn an_interrupted_restore_resumes_without_redoing_finished_files() {
+    use std::io::BufRead;
     let env = Env::new();
     env.init();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..300u64 {
-        std::fs::write(src.join(format!("f{i:03}")), noise(i, 600_000)).unwrap();
+    // More files than one restore batch holds (8192), so that the restore can be held
+    // between batches; a few large ones among them.
+    const FILES: u64 = 20_000;
+    for i in 0..FILES {
+        let len = if i % 1000 == 7 { 600_000 } else { 1_000 };
+        std::fs::write(src.join(format!("f{i:05}")), noise(i, len)).unwrap();
     }
     let id = env.backup(&[src.to_str().unwrap()]);
     let dst = env.path("dst");
-    let mut child = env
-        .cmd()
-        .args([
+    let restore = || {
+        let mut c = env.cmd();
+        c.args([
             "snapshot",
             "restore",
             &id,
             "--target",
             dst.to_str().unwrap(),
-        ])
+        ]);
+        c
+    };
+    // Held for good once a batch of files is on the target, the next one under way:
+    // killed there, whatever the machine's speed.
+    let mut child = restore()
+        .env("ARCA_TEST_ENGINE_PAUSE", "restore:batch-written")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill it hard once some files are complete (their mtime is set last).
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let started = std::time::Instant::now();
-    loop {
-        let done = (0..300)
-            .filter(|i| {
-                let name = format!("f{i:03}");
-                mtime(&dst.join(&name)).is_some()
-                    && mtime(&dst.join(&name)) == mtime(&src.join(&name))
-            })
-            .count();
-        if done > 20 || started.elapsed() > std::time::Duration::from_secs(60) {
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("paused at restore:batch-written") {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let killed = !status.success();
     assert!(
-        killed,
-        "the restore finished before it could be interrupted; make the tree larger"
+        said.contains("paused at"),
+        "the restore ended without reaching its pause point: {said}"
     );
-    let r = env.json(&[
-        "snapshot",
-        "restore",
-        &id,
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    let _ = child.kill(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+
+    let r: serde_json::Value =
+        serde_json::from_slice(&restore().arg("--json").output().unwrap().stdout).unwrap();
     assert_same_tree(&src, &dst);
-    // Files completed before the kill were skipped, not rewritten.
-    assert!(r["files_skipped"].as_u64().unwrap() >= 20, "{r}");
-    assert!(r["files_restored"].as_u64().unwrap() < 300, "{r}");
+    // The files of the finished batch were skipped, not rewritten.
+    assert!(r["files_skipped"].as_u64().unwrap() >= 8192, "{r}");
+    assert!(r["files_restored"].as_u64().unwrap() < FILES, "{r}");
+}
+
+/// A repository put back as an older copy: a command says so once (it syncs the index
+/// more than once), with what to do, and goes on.
+#[test]
+fn a_rolled_back_repository_is_said_once_per_command() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), noise(1, 10_000)).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    let old = env.path("old-copy");
+    let cp = |from: &str, to: &Path| {
+        assert!(
+            std::process::Command::new("cp")
+                .args(["-a", from, to.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    cp(&env.repo, &old);
+    std::fs::write(src.join("b"), noise(2, 10_000)).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    std::fs::remove_dir_all(&env.repo).unwrap();
+    cp(old.to_str().unwrap(), Path::new(&env.repo));
+
+    let out = env.run(&["snapshot", "create", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("went backwards").count(), 1, "{err}");
+    assert!(err.contains("seen-index to accept the repository"), "{err}");
 }
 
 #[test]

@@ -21,6 +21,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arca_format::{BlobId, IndexFile, IndexId, PackEntry, PackId, PackKind, RepoId, layout};
 use rocksdb::{
@@ -74,6 +75,9 @@ pub(crate) struct IndexCache {
     seen: Option<PathBuf>,
     /// Temporary caches (no cache root) are removed on drop.
     temp: Option<tempfile::TempDir>,
+    /// The repository going backwards was logged as an error: once per process is
+    /// enough (a command syncs more than once); every sync still reports it.
+    said_backwards: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IndexCache {
@@ -192,6 +196,7 @@ impl IndexCache {
             path,
             seen,
             temp,
+            said_backwards: Default::default(),
         })
     }
 
@@ -672,7 +677,11 @@ impl IndexCache {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()
             );
-            tracing::error!("{why}");
+            if self.said_backwards.swap(true, Ordering::Relaxed) {
+                tracing::debug!("{why}");
+            } else {
+                tracing::error!("{why}");
+            }
             stats.went_backwards = Some(why);
         }
         if let Some(path) = self.seen.as_deref() {

@@ -195,6 +195,7 @@ type Prepared = (Vec<FileJob>, Vec<Result<JobChunks>>);
 
 /// Files per batch, and content bytes per batch: bounds the plan's memory.
 const BATCH_FILES: usize = 8192;
+const BATCH_BYTES: u64 = 1 << 30;
 
 thread_local! {
     /// Each worker's buffer for decrypted blobs: no fresh pages per blob.
@@ -202,7 +203,6 @@ thread_local! {
 }
 /// Workers keep a buffer up to this size between ranges (the average chunk is 1 MiB).
 const PLAIN_BUF_KEEP: usize = 4 << 20;
-const BATCH_BYTES: u64 = 1 << 30;
 /// Blobs closer than this in a pack are fetched in one range.
 const COALESCE_GAP: u64 = 256 << 10;
 /// At most this much per range: still large enough for object stores.
