@@ -4403,9 +4403,9 @@ fn backup_yaml(ns: &str, name: &str, app: &str) -> String {
 
 impl Arca {
     /// A file whose creation lets go a process held at pause point `point` (not there
-    /// yet); `point` only names it.
+    /// yet); `point` only names it. In this test's own directory, removed with it.
     fn go_on(&self, point: &str) -> PathBuf {
-        let go_on = std::env::temp_dir().join(format!("arca-go-on-{}-{point}", self.suffix()));
+        let go_on = self.dir.path().join(format!("go-on-{point}"));
         let _ = std::fs::remove_file(&go_on);
         go_on
     }
