@@ -816,7 +816,8 @@ fn an_interrupted_restore_resumes_without_redoing_finished_files() {
     env.init();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    // More files than one restore batch holds (8192), so that the restore can be held
+    // More files than one restore batch holds (8192, `BATCH_FILES` in the engine's
+    // restore.rs), so that the restore can be held
     // between batches; a few large ones among them.
     const FILES: u64 = 20_000;
     for i in 0..FILES {
@@ -861,8 +862,13 @@ fn an_interrupted_restore_resumes_without_redoing_finished_files() {
     let _ = child.kill(); // SIGKILL
     assert!(!child.wait().unwrap().success());
 
-    let r: serde_json::Value =
-        serde_json::from_slice(&restore().arg("--json").output().unwrap().stdout).unwrap();
+    let r = env.json(&[
+        "snapshot",
+        "restore",
+        &id,
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
     assert_same_tree(&src, &dst);
     // The files of the finished batch were skipped, not rewritten.
     assert!(r["files_skipped"].as_u64().unwrap() >= 8192, "{r}");

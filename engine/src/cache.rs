@@ -75,8 +75,9 @@ pub(crate) struct IndexCache {
     seen: Option<PathBuf>,
     /// Temporary caches (no cache root) are removed on drop.
     temp: Option<tempfile::TempDir>,
-    /// The repository going backwards was logged as an error: once per process is
-    /// enough (a command syncs more than once); every sync still reports it.
+    /// The repository going backwards was logged as an error: once per opened cache
+    /// (one command, or one operation of the server or agent) is enough; every sync
+    /// still reports it in [`SyncStats`].
     said_backwards: std::sync::atomic::AtomicBool,
 }
 
@@ -687,6 +688,8 @@ impl IndexCache {
         if let Some(path) = self.seen.as_deref() {
             // Keep the old live set while the warning stands, so that it is repeated.
             if stats.went_backwards.is_none() {
+                // Accepted (or never so): a later rollback is an error again.
+                self.said_backwards.store(false, Ordering::Relaxed);
                 // Damaged files are not remembered as live: removing one, as repair
                 // advises, is not the repository going backwards.
                 let damaged: BTreeSet<IndexId> = stats.damaged.iter().map(|d| d.0).collect();
