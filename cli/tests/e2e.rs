@@ -885,21 +885,12 @@ fn a_rolled_back_repository_is_said_once_per_command() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a"), noise(1, 10_000)).unwrap();
     env.backup(&[src.to_str().unwrap()]);
-    let old = env.path("old-copy");
-    let cp = |from: &str, to: &Path| {
-        assert!(
-            std::process::Command::new("cp")
-                .args(["-a", from, to.to_str().unwrap()])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    cp(&env.repo, &old);
+    let (repo, old) = (Path::new(&env.repo), env.path("old-copy"));
+    copy_dir(repo, &old);
     std::fs::write(src.join("b"), noise(2, 10_000)).unwrap();
     env.backup(&[src.to_str().unwrap()]);
-    std::fs::remove_dir_all(&env.repo).unwrap();
-    cp(old.to_str().unwrap(), Path::new(&env.repo));
+    std::fs::remove_dir_all(repo).unwrap();
+    copy_dir(&old, repo);
 
     let out = env.run(&["snapshot", "create", src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
