@@ -147,3 +147,23 @@ fn unreachable_bucket_fails_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// A bucket nobody created: said in words, not the server's XML. (Reading a repository
+/// there finds no config, as in an empty bucket: "no Arca repository", also in words.)
+#[test]
+fn a_bucket_that_does_not_exist_is_named() {
+    let Some(env) = s3_env("nobucket") else {
+        return;
+    };
+    let env = Env::with_repo(env.repo.replacen("arca-test", "arca-no-such-bucket", 1));
+    for (verb, says) in [
+        (["repo", "init"], "the bucket does not exist"),
+        (["repo", "status"], "no Arca repository"),
+    ] {
+        let out = env.run(&verb);
+        assert_eq!(out.status.code(), Some(1), "{verb:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{verb:?}: {err}");
+        assert!(!err.contains("<Error>"), "{verb:?}: {err}");
+    }
+}

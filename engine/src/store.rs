@@ -383,6 +383,13 @@ impl ObjectStoreBackend {
                     .into(),
             };
         }
+        // S3 answers a request into a bucket that does not exist with an XML body the
+        // client passes on as it is.
+        if reason.contains("<Code>NoSuchBucket</Code>") {
+            reason = "the bucket does not exist: create it first (e.g. `aws s3 mb`), or check \
+                      the location's bucket name"
+                .into();
+        }
         if reason.is_empty() {
             reason = e.to_string();
         }
